@@ -1,0 +1,25 @@
+"""Errors that are the user's to fix.
+
+The CLI prints these as one clear message and exits non-zero; anything else is
+a bug and keeps its traceback.
+"""
+
+
+class SeverError(Exception):
+    """Base class of every error caused by input the user can correct."""
+
+
+class ConfigError(SeverError, ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class DataError(SeverError, ValueError):
+    """A dataset, CSV or image is missing or malformed; the message names the file or row."""
+
+
+class RLEError(DataError):
+    """A run-length encoded mask string is malformed."""
+
+
+class CheckpointError(SeverError, ValueError):
+    """A checkpoint is missing, corrupt, untrusted or does not match the config."""
