@@ -23,3 +23,16 @@ class RLEError(DataError):
 
 class CheckpointError(SeverError, ValueError):
     """A checkpoint is missing, corrupt, untrusted or does not match the config."""
+
+
+class TrainingError(SeverError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(SeverError):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""
+
+    def __init__(self, message: str, checkpoint: str, signal_number: int):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.signal_number = signal_number

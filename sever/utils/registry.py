@@ -108,6 +108,11 @@ class Registry:
             )
         return self._entries[name]
 
+    def check(self, spec: Any, key: str, supplied: Iterable[str] = ()) -> None:
+        """Validate a block's name and arguments without building it."""
+        name, kwargs = parse_spec(spec, key)
+        check_arguments(self.get(name, f"{key}.type"), kwargs, f"{key}.args", supplied=supplied)
+
     def build(self, spec: Any, key: str, *args: Any, **supplied: Any) -> Any:
         """Instantiate the entry a config block names.
 

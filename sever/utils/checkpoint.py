@@ -1,0 +1,87 @@
+"""Checkpoint files: atomic writes and safe, validated reads.
+
+A checkpoint is a dict of tensors and plain Python types only, so it loads
+with ``torch.load(weights_only=True)``; files that need arbitrary pickles are
+refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sever.exceptions import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_KEYS = ("state_dict", "config", "epoch")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then rename over ``path``.
+
+    A kill at any moment leaves either the old file or the new one, never a
+    truncated mix.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a sever checkpoint with ``weights_only=True`` and check its layout.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupt, needs
+            arbitrary pickles, or is not a sever checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: the file needs arbitrary Python objects to unpickle, "
+            f"which could run code. sever checkpoints hold only tensors and plain types; "
+            f"this one was not written by sever or comes from an untrusted source. ({_first_line(exc)})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint: {_first_line(exc)}") from exc
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise CheckpointError(
+            f"{path}: not a sever checkpoint (expected a dict with keys {', '.join(CHECKPOINT_KEYS)})"
+        )
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,249 @@
+"""Experiment configuration: load YAML safely, apply ``--set`` overrides, validate.
+
+Validation here covers the keys sever reads itself (top level, ``trainer``);
+the ``type``/``args`` blocks are checked against their registries by
+:mod:`sever.main` before anything is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from sever.exceptions import ConfigError
+from sever.utils.registry import did_you_mean
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``SafeLoader`` that also reads ``7e-5`` as a float.
+
+    YAML 1.1 demands a dot in the mantissa (``7.0e-5``); without this resolver
+    the write-up's learning rates would silently load as strings.
+    """
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML text safely; a syntax error names the source and line."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
+
+
+def load_config(path: str | Path) -> dict:
+    """Read an experiment file into a plain dict (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    config = parse_yaml(text, str(path))
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(config).__name__}")
+    return config
+
+
+def dump_config(config: Mapping, path: str | Path) -> None:
+    """Write a config as YAML (the resolved copy saved beside checkpoints)."""
+    Path(path).write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
+
+
+def apply_overrides(config: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Return a copy of ``config`` with ``dotted.key=value`` overrides applied.
+
+    Values are parsed as YAML (``3`` is an int, ``null`` is None, ``[1, 2]`` a
+    list). Missing intermediate mappings are created; list items are addressed
+    by index (``metrics.0.args.threshold=0.4``). Unknown keys are caught later by
+    validation, with a suggestion.
+    """
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. trainer.epochs=5")
+        value = parse_yaml(raw, f"--set {key}")
+        _set_dotted(config, key.strip(), value)
+    return config
+
+
+def _set_dotted(config: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = config
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, where)]
+        elif isinstance(node, dict):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[:depth])}' is a value, not a mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {key}: '{'.'.join(parts[:-1])}' is a value, not a mapping")
+
+
+def _list_index(items: list, part: str, where: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(items) <= int(part) < len(items):
+        raise ConfigError(f"--set {where}: expected an index below {len(items)} into a list")
+    return int(part)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a config section.
+
+    Args:
+        types: accepted Python types (``float`` also accepts ``int``; ``bool`` is never an int).
+        default: value filled in when the key is absent (ignored when ``required``).
+        required: the key must be present.
+        choices: accepted values, when the key is an enumeration.
+        check: extra predicate and the message shown when it fails ("must be > 0").
+        nullable: ``None`` is accepted.
+    """
+
+    types: tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    choices: tuple[Any, ...] | None = None
+    check: tuple[Callable[[Any], bool], str] | None = None
+    nullable: bool = False
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+POSITIVE = (_positive, "must be > 0")
+NON_NEGATIVE = (_non_negative, "must be >= 0")
+SPEC = (str, dict)  # a `type`/`args` block or a bare name
+
+TRAINER_SCHEMA: dict[str, Field] = {
+    "epochs": Field((int,), required=True, check=POSITIVE),
+    "save_period": Field((int,), default=1, check=NON_NEGATIVE),
+    "monitor": Field((str,), default="max val_dice_mean"),
+    "early_stop": Field((int,), default=None, nullable=True, check=POSITIVE),
+    "val_period": Field((int,), default=1, check=POSITIVE),
+    "start_val_epoch": Field((int,), default=0, check=NON_NEGATIVE),
+    "freeze_encoder_epochs": Field((int,), default=0, check=NON_NEGATIVE),
+    "accumulate_steps": Field((int,), default=1, check=POSITIVE),
+    "grad_clip": Field((int, float), default=None, nullable=True, check=POSITIVE),
+    "ema_decay": Field((float,), default=None, nullable=True, check=(lambda v: 0 < v < 1, "must be in (0, 1)")),
+    "nan_policy": Field((str,), default="stop", choices=("stop", "skip")),
+    "tensorboard": Field((bool,), default=True),
+    "log_step": Field((int,), default=10, check=POSITIVE),
+    "vis_images": Field((int,), default=4, check=NON_NEGATIVE),
+    "max_steps_per_epoch": Field((int,), default=None, nullable=True, check=POSITIVE),
+}
+
+TOP_SCHEMA: dict[str, Field] = {
+    "name": Field((str,), required=True),
+    "save_dir": Field((str,), default="saved/"),
+    "seed": Field((int,), default=1234),
+    "device": Field((str,), default="auto"),
+    "amp": Field((str, bool), default="off", nullable=True),
+    "task": Field((str,), default="segmentation", choices=("segmentation", "classification")),
+    "classes": Field((int,), required=True, check=POSITIVE),
+    "class_names": Field((list,), default=None, nullable=True),
+    "arch": Field(SPEC, required=True),
+    "data_loader": Field(SPEC, required=True),
+    "augmentation": Field(SPEC, required=True),
+    "loss": Field(SPEC, required=True),
+    "metrics": Field((list,), default=None, nullable=True),
+    "optimizer": Field((dict,), required=True),
+    "lr_scheduler": Field(SPEC, default=None, nullable=True),
+    "trainer": Field((dict,), required=True),
+}
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "a mapping"}
+
+
+def _check_value(key: str, value: Any, field: Field) -> None:
+    if value is None:
+        if field.nullable:
+            return
+        raise ConfigError(f"{key}: must not be empty")
+    types = field.types + ((int,) if float in field.types else ())
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        expected = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in field.types)
+        raise ConfigError(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})")
+    if field.choices is not None and value not in field.choices:
+        raise ConfigError(
+            f"{key}: {value!r} is not one of {', '.join(map(str, field.choices))}.{did_you_mean(value, map(str, field.choices))}"
+        )
+    if field.check is not None and not field.check[0](value):
+        raise ConfigError(f"{key}: {field.check[1]}, got {value!r}")
+
+
+def validate_section(section: Mapping, schema: Mapping[str, Field], prefix: str = "") -> dict:
+    """Check a mapping against a schema and return it with defaults filled in."""
+    for key in section:
+        if key not in schema:
+            raise ConfigError(
+                f"{prefix}{key}: unknown key.{did_you_mean(key, schema)} Valid: {', '.join(schema)}"
+            )
+    result = {}
+    for key, field in schema.items():
+        if key not in section:
+            if field.required:
+                raise ConfigError(f"{prefix}{key}: missing required key")
+            result[key] = copy.deepcopy(field.default)
+            continue
+        _check_value(prefix + key, section[key], field)
+        result[key] = section[key]
+    return result
+
+
+def normalise_amp(value: Any) -> str:
+    """``amp`` as one of ``off``, ``bf16``, ``fp16`` (YAML reads a bare ``off`` as False)."""
+    if value in (None, False, "off", "none"):
+        return "off"
+    if value in ("bf16", "fp16"):
+        return value
+    raise ConfigError(f"amp: expected off, bf16 or fp16, got {value!r}")
+
+
+def validate_config(config: Mapping) -> dict:
+    """Validate sever's own keys and fill in defaults; returns a new dict."""
+    result = validate_section(config, TOP_SCHEMA)
+    result["trainer"] = validate_section(result["trainer"], TRAINER_SCHEMA, "trainer.")
+    result["amp"] = normalise_amp(result["amp"])
+    names = result["class_names"]
+    if names is not None and len(names) != result["classes"]:
+        raise ConfigError(f"class_names: {len(names)} names given but classes is {result['classes']}")
+    monitor = result["trainer"]["monitor"]
+    if monitor != "off" and (len(monitor.split()) != 2 or monitor.split()[0] not in ("min", "max")):
+        raise ConfigError(f"trainer.monitor: expected 'off' or 'min|max METRIC' (e.g. 'max val_dice_mean'), got {monitor!r}")
+    if result["metrics"] is not None:
+        for i, spec in enumerate(result["metrics"]):
+            _check_value(f"metrics.{i}", spec, Field(SPEC))
+    return result

@@ -1,0 +1,30 @@
+"""Logging set-up from ``logging.yml``."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure console logging for a command (DEBUG with ``verbose``)."""
+    text = resources.files("sever.utils").joinpath("logging.yml").read_text()
+    config = yaml.safe_load(text)
+    if verbose:
+        config["handlers"]["console"]["level"] = "DEBUG"
+    logging.config.dictConfig(config)
+
+
+def add_file_log(path: str | Path) -> logging.Handler:
+    """Also write sever's log to ``path`` (a run's ``train.log``); returns the handler."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger("sever").addHandler(handler)
+    return handler

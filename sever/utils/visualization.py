@@ -1,0 +1,58 @@
+"""Colour overlays of defect masks on steel images (TensorBoard grids, ``--visualize``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# One RGB colour per class; classes beyond the table reuse it cyclically.
+CLASS_COLOURS = np.array(
+    [
+        (230, 25, 75),  # red
+        (60, 180, 75),  # green
+        (0, 130, 200),  # blue
+        (255, 225, 25),  # yellow
+        (145, 30, 180),  # purple
+        (70, 240, 240),  # cyan
+        (245, 130, 48),  # orange
+        (240, 50, 230),  # magenta
+    ],
+    dtype=np.float32,
+)
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """RGB colour of class channel ``index`` (0-based)."""
+    return tuple(int(c) for c in CLASS_COLOURS[index % len(CLASS_COLOURS)])
+
+
+def to_uint8_image(image: np.ndarray) -> np.ndarray:
+    """Stretch a single-channel image of any range to uint8 ``(H, W)`` for display."""
+    image = np.asarray(image, dtype=np.float32)
+    low, high = float(image.min()), float(image.max())
+    if high <= low:
+        return np.zeros(image.shape, dtype=np.uint8)
+    return ((image - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend class colours over a grey image.
+
+    Args:
+        image: ``(H, W)`` uint8 grey image.
+        masks: ``(C, H, W)`` bool/0-1 masks, one per class.
+        alpha: opacity of the colour where a class is present.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image; pixels in several classes take their mean colour.
+    """
+    rgb = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
+    masks = np.asarray(masks, dtype=bool)
+    count = masks.sum(axis=0)
+    if not count.any():
+        return rgb.astype(np.uint8)
+    colours = np.stack([CLASS_COLOURS[i % len(CLASS_COLOURS)] for i in range(masks.shape[0])])
+    colour_sum = np.tensordot(masks.astype(np.float32), colours, axes=(0, 0))  # (H, W, 3)
+    covered = count > 0
+    mean_colour = colour_sum[covered] / count[covered, None]
+    rgb[covered] = (1 - alpha) * rgb[covered] + alpha * mean_colour
+    return np.clip(rgb, 0, 255).astype(np.uint8)
