@@ -234,6 +234,18 @@ def test_ranger_closure_returns_loss_and_steps():
     assert ranger.state[weights]["lookahead_step"] == 1
 
 
+def test_ranger_runs_step_hooks_once_even_after_a_radam_exists():
+    torch.optim.RAdam([nn.Parameter(torch.zeros(1))])  # makes torch wrap RAdam.step with its hook runner
+    weights = nn.Parameter(torch.zeros(4))
+    ranger = Ranger([weights], **RADAM_ARGS)
+    calls = []
+    ranger.register_step_pre_hook(lambda *_: calls.append("pre"))
+    ranger.register_step_post_hook(lambda *_: calls.append("post"))
+    quadratic_step(weights, ranger)
+    assert calls == ["pre", "post"]
+    assert ranger.state[weights]["lookahead_step"] == 1
+
+
 def test_ranger_state_dict_loads_weights_only_and_resumes_identically():
     block = {"type": "Ranger", "args": {"k": 5, "alpha": 0.5}, "encoder": {"lr": 1e-3}, "decoder": {"lr": 1e-2}}
     model = TinyNet()

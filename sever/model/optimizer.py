@@ -103,12 +103,24 @@ class Ranger(torch.optim.RAdam):
                 loss = closure()
         stepping = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
         starts = [(p, p.detach().clone()) for p, _ in stepping if "slow_weights" not in self.state[p]]
-        super().step()
+        self._radam_step()
         for p, start in starts:
             self.state[p]["slow_weights"] = start
         for p, group in stepping:
             self._lookahead(p, group)
         return loss
+
+    def _radam_step(self) -> None:
+        """RAdam's update of every parameter with a gradient.
+
+        Once any RAdam exists, torch wraps ``RAdam.step`` in the wrapper that
+        runs step hooks; ``Ranger.step`` has its own, so the inner call skips it
+        and hooks run once per step.
+        """
+        radam_step = torch.optim.RAdam.step
+        if getattr(radam_step, "hooked", False):
+            radam_step = radam_step.__wrapped__
+        radam_step(self)
 
     def _lookahead(self, param: torch.Tensor, group: Mapping[str, Any]) -> None:
         """Count one fast step of ``param``; every k-th, pull slow weights and reset fast ones."""
