@@ -19,7 +19,7 @@ import difflib
 import inspect
 from typing import Any, Callable, Iterable, Mapping
 
-from sever.exceptions import ConfigError
+from sever.exceptions import ConfigError, SeverError
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -126,7 +126,7 @@ class Registry:
         check_arguments(target, kwargs, f"{key}.args", supplied=supplied.keys())
         try:
             return target(*args, **supplied, **kwargs)
-        except ConfigError:
+        except SeverError:  # already names what is wrong (a data error stays a data error)
             raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{key}: cannot build {self.kind} '{name}': {exc}") from exc
