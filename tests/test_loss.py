@@ -294,6 +294,8 @@ def test_build_from_config_block():
         ("TverskyLoss", {"alpha": 0, "beta": 0}, "cannot both be 0"),
         ("FocalTverskyLoss", {"gamma": 0}, "gamma must be > 0"),
         ("FocalTverskyLoss", {"beta": True}, "beta must be a finite number"),
+        ("DiceLoss", {"per_image": "false"}, "per_image must be true or false"),
+        ("LovaszLoss", {"per_image": 1}, "per_image must be true or false"),
     ],
 )
 def test_bad_arguments_fail_naming_the_key(name, args, message):

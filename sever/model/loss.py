@@ -43,6 +43,13 @@ def _check_number(name: str, value: Any, *, positive: bool = False, at_most: flo
     return float(value)
 
 
+def _check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool; ``ValueError`` otherwise (a YAML string "false" is not False)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 class Loss(nn.Module):
     """Base class: checks shapes and runs :meth:`compute` in float32 with autocast off.
 
@@ -65,6 +72,7 @@ class Loss(nn.Module):
             return self.compute(logits.float(), target.float())
 
     def compute(self, logits: Tensor, target: Tensor) -> LossOutput:
+        """The loss of float32 ``logits`` against float32 0/1 ``target``; defined by each subclass."""
         raise NotImplementedError
 
 
@@ -109,7 +117,7 @@ class _OverlapLoss(Loss):
     def __init__(self, smooth: float = 1.0, per_image: bool = False):
         super().__init__()
         self.smooth = _check_number("smooth", smooth, positive=True)
-        self.per_image = bool(per_image)
+        self.per_image = _check_flag("per_image", per_image)
 
     def soft_counts(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Soft true positives ``sum(p * t)``, predicted area ``sum(p)`` and target area ``sum(t)``.
@@ -286,7 +294,7 @@ class LovaszLoss(Loss):
 
     def __init__(self, per_image: bool = True):
         super().__init__()
-        self.per_image = bool(per_image)
+        self.per_image = _check_flag("per_image", per_image)
 
     def compute(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.per_image:
