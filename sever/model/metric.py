@@ -1,0 +1,257 @@
+"""Evaluation metrics: the competition Dice (the only implementation in sever) and friends.
+
+Functional core, for any caller (trainer, evaluation, threshold tuning):
+
+- :func:`dice_per_image` and :func:`iou_per_image` score binary masks ``(N, C, H, W)``
+  per image and class, with the competition rule that a pair of empty masks scores 1.
+
+Accumulating metrics, built by name from ``METRICS``, share the :class:`Metric` interface:
+``reset()``, ``update(logits, target)`` once per batch, ``compute() -> dict[str, float]``
+and ``reduce_(fn)`` to combine the state of several processes before ``compute``. Each
+batch is reduced at once to a few per-class sums, so no masks are kept. Names returned are
+plain (``dice_0``, ``dice_mean``); the trainer adds ``train_``/``val_`` prefixes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from sever.utils.registry import Registry
+
+METRICS = Registry("metric")
+
+
+def _overlap(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """``|A ∩ B|`` and ``|A| + |B|`` per image and class, each float64 ``(N, C)``.
+
+    ``pred`` and ``target`` are masks ``(N, C, H, W)`` of equal shape, bool or numbers with
+    nonzero meaning foreground.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if pred.ndim < 3:
+        raise ValueError(f"expected masks (N, C, H, W), got {tuple(pred.shape)}")
+    pred, target = pred != 0, target != 0
+    dims = tuple(range(2, pred.ndim))
+    intersection = (pred & target).sum(dims)
+    areas = pred.sum(dims) + target.sum(dims)
+    return intersection.double(), areas.double()
+
+
+def _ratio_empty_one(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator``, and 1.0 where the denominator is 0 (both masks empty)."""
+    return torch.where(denominator == 0, 1.0, numerator / denominator.clamp_min(1))
+
+
+def dice_per_image(pred: Tensor, target: Tensor) -> Tensor:
+    """Competition Dice ``2|A ∩ B| / (|A| + |B|)`` of each image and class.
+
+    Args:
+        pred: predicted masks ``(N, C, H, W)``, bool or 0/1 (nonzero is foreground), on
+            any device; numpy arrays go through ``torch.from_numpy`` first.
+        target: true masks, same shape and conventions.
+
+    Returns:
+        float64 ``(N, C)`` on the input's device: 1.0 where both masks are empty, 0.0 where
+        exactly one is.
+    """
+    intersection, areas = _overlap(pred, target)
+    return _ratio_empty_one(2 * intersection, areas)
+
+
+def iou_per_image(pred: Tensor, target: Tensor) -> Tensor:
+    """Jaccard index ``|A ∩ B| / |A ∪ B|`` of each image and class.
+
+    Args and returns as :func:`dice_per_image`: float64 ``(N, C)``, 1.0 where both masks
+    are empty, 0.0 where exactly one is.
+    """
+    intersection, areas = _overlap(pred, target)
+    return _ratio_empty_one(intersection, areas - intersection)
+
+
+class Metric:
+    """Base class of accumulating metrics.
+
+    The state is the tensors named in ``state_names``, all float64 on the device of the
+    first batch, created by the first :meth:`update` (which also fixes the number of
+    classes ``C``) and only ever summed, so that the state of several processes combines
+    by :meth:`reduce_` with a sum all-reduce. Subclasses set ``state_names`` and ``ndim``
+    (the number of dimensions of the inputs) and implement :meth:`batch_state` and
+    :meth:`compute_state`.
+
+    Args:
+        threshold: a probability in ``(0, 1)``; a logit counts as positive when
+            ``sigmoid(logit) > threshold``.
+    """
+
+    state_names: tuple[str, ...] = ()
+    ndim = 4
+
+    def __init__(self, threshold: float = 0.5):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise ValueError(f"threshold must be a probability strictly between 0 and 1, got {threshold!r}")
+        self.threshold = float(threshold)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch seen (and the number of classes)."""
+        for name in self.state_names:
+            setattr(self, name, None)
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """Add one batch: ``logits`` and 0/1 ``target`` of equal shape, ``(B, C, ...)`` with ``ndim`` dims."""
+        kind = type(self).__name__
+        if logits.shape != target.shape or logits.ndim != self.ndim:
+            raise ValueError(
+                f"{kind}: expected logits and target of one shape with {self.ndim} dimensions, "
+                f"got {tuple(logits.shape)} and {tuple(target.shape)}"
+            )
+        pred = torch.sigmoid(logits.float()) > self.threshold
+        batch = self.batch_state(pred, target != 0)
+        for name, value in zip(self.state_names, batch):
+            value = value.to(torch.float64)
+            current = getattr(self, name)
+            if current is None:
+                setattr(self, name, value)
+            elif current.shape != value.shape:
+                shapes = f"{tuple(current.shape)} then {tuple(value.shape)}"
+                raise ValueError(f"{kind}: the number of classes changed between batches ({name} {shapes})")
+            else:
+                current += value
+
+    def reduce_(self, fn: Callable[[Tensor], object]) -> None:
+        """Apply ``fn`` in place to each state tensor, e.g. ``torch.distributed.all_reduce`` (a sum)."""
+        for name in self.state_names:
+            fn(self._state(name))
+
+    def compute(self) -> dict[str, float]:
+        """The metric values from the accumulated state."""
+        return self.compute_state(*(self._state(name) for name in self.state_names))
+
+    def _state(self, name: str) -> Tensor:
+        value = getattr(self, name)
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}: no batch has been added since the last reset")
+        return value
+
+    def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, ...]:
+        """One batch's contribution to each state tensor, in ``state_names`` order.
+
+        ``pred`` and ``target`` are bool tensors of the input shape.
+        """
+        raise NotImplementedError
+
+    def compute_state(self, *state: Tensor) -> dict[str, float]:
+        """Metric values from the state tensors, given in ``state_names`` order."""
+        raise NotImplementedError
+
+
+def _per_class(prefix: str, values: Tensor) -> dict[str, float]:
+    """``{prefix_0: values[0], ...}`` for a ``(C,)`` tensor."""
+    return {f"{prefix}_{index}": value for index, value in enumerate(values.tolist())}
+
+
+class _PerImageScore(Metric):
+    """Mean of a per-image score over every image, per class and overall.
+
+    Inputs: logits and masks ``(B, C, H, W)``. State: the sum of the scores per class
+    ``(C,)`` and the number of images ``()``.
+    """
+
+    state_names = ("score_sum", "images")
+    name: str  # prefix of the returned keys
+    score: Callable[[Tensor, Tensor], Tensor]  # bool masks (N, C, H, W) -> float64 (N, C)
+
+    def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return self.score(pred, target).sum(0), torch.tensor(float(len(pred)), device=pred.device)
+
+    def compute_state(self, score_sum: Tensor, images: Tensor) -> dict[str, float]:
+        per_class = score_sum / images
+        return {**_per_class(self.name, per_class), f"{self.name}_mean": per_class.mean().item()}
+
+
+@METRICS.register
+class Dice(_PerImageScore):
+    """Competition Dice of thresholded sigmoid masks ``(B, C, H, W)``.
+
+    Returns ``dice_0 .. dice_{C-1}`` (mean over images of each class channel, 0-indexed) and
+    ``dice_mean`` (mean over every image-class pair, the competition score). Empty prediction
+    and empty target score 1.
+
+    Args:
+        threshold: probability above which a pixel is predicted as defect.
+    """
+
+    name = "dice"
+    score = staticmethod(dice_per_image)
+
+
+@METRICS.register
+class IoU(_PerImageScore):
+    """Jaccard index of thresholded sigmoid masks ``(B, C, H, W)``.
+
+    Returns ``iou_0 .. iou_{C-1}`` and ``iou_mean`` (mean over every image-class pair);
+    empty prediction and empty target score 1.
+
+    Args:
+        threshold: probability above which a pixel is predicted as defect.
+    """
+
+    name = "iou"
+    score = staticmethod(iou_per_image)
+
+
+@METRICS.register
+class Accuracy(Metric):
+    """Accuracy of a multilabel classifier: logits and 0/1 targets ``(B, C)``.
+
+    Returns ``accuracy`` (the fraction of all image-class decisions that are right) and
+    ``accuracy_0 .. accuracy_{C-1}`` (per class, over images).
+
+    Args:
+        threshold: probability above which a class is predicted present.
+    """
+
+    state_names = ("correct", "images")
+    ndim = 2
+
+    def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return (pred == target).sum(0), torch.tensor(float(len(pred)), device=pred.device)
+
+    def compute_state(self, correct: Tensor, images: Tensor) -> dict[str, float]:
+        per_class = correct / images
+        return {"accuracy": per_class.mean().item(), **_per_class("accuracy", per_class)}
+
+
+@METRICS.register
+class PrecisionRecall(Metric):
+    """Per-class precision and recall of a multilabel classifier: logits and 0/1 targets ``(B, C)``.
+
+    Returns ``precision_0 ..``, ``recall_0 ..`` and their unweighted means over classes
+    ``precision_mean``, ``recall_mean``. The 0/0 cases are defined as 1.0 (no mistake of
+    that kind was possible): precision of a class never predicted present, recall of a
+    class never present in the targets.
+
+    Args:
+        threshold: probability above which a class is predicted present.
+    """
+
+    state_names = ("true_pos", "false_pos", "false_neg")
+    ndim = 2
+
+    def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return (pred & target).sum(0), (pred & ~target).sum(0), (~pred & target).sum(0)
+
+    def compute_state(self, true_pos: Tensor, false_pos: Tensor, false_neg: Tensor) -> dict[str, float]:
+        precision = _ratio_empty_one(true_pos, true_pos + false_pos)
+        recall = _ratio_empty_one(true_pos, true_pos + false_neg)
+        return {
+            **_per_class("precision", precision),
+            **_per_class("recall", recall),
+            "precision_mean": precision.mean().item(),
+            "recall_mean": recall.mean().item(),
+        }

@@ -1,0 +1,225 @@
+"""Metrics: the competition Dice core, accumulating metrics, distributed reduction, registry."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from sever.exceptions import ConfigError
+from sever.model.metric import METRICS, IoU, Accuracy, Dice, PrecisionRecall, dice_per_image, iou_per_image
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+def masks(*pairs):
+    """(N, C, 2, 2) uint8 masks from nested lists: images of channels of 2x2 rows."""
+    return torch.tensor(pairs, dtype=torch.uint8)
+
+
+EMPTY = [[0, 0], [0, 0]]
+FULL = [[1, 1], [1, 1]]
+# two images, two classes: (2/3, empty/empty) and (empty/non-empty, full/full)
+PRED = masks([[[1, 1], [0, 0]], EMPTY], [EMPTY, FULL])
+TRUE = masks([[[1, 0], [0, 0]], EMPTY], [[[0, 0], [0, 1]], FULL])
+
+
+def as_logits(pred):
+    """Logits whose sigmoid is far above 0.5 where ``pred`` is 1 and far below where 0."""
+    return 10.0 * (2 * pred.float() - 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dice_and_iou_per_image_by_hand(device):
+    dice = dice_per_image(PRED.to(device), TRUE.to(device))
+    iou = iou_per_image(PRED.to(device), TRUE.to(device))
+    assert dice.dtype == iou.dtype == torch.float64
+    assert dice.device.type == device
+    # 2 * 1 / (2 + 1); both empty; one empty; identical
+    torch.testing.assert_close(dice.cpu(), torch.tensor([[2 / 3, 1.0], [0.0, 1.0]], dtype=torch.float64))
+    # 1 / 2; both empty; one empty; identical
+    torch.testing.assert_close(iou.cpu(), torch.tensor([[0.5, 1.0], [0.0, 1.0]], dtype=torch.float64))
+
+
+def test_empty_conventions():
+    empty, spot = masks([EMPTY]), masks([[[0, 1], [0, 0]]])
+    assert dice_per_image(empty, empty).item() == 1.0
+    assert dice_per_image(spot, empty).item() == 0.0
+    assert dice_per_image(empty, spot).item() == 0.0
+    assert iou_per_image(empty, empty).item() == 1.0
+    assert iou_per_image(empty, spot).item() == 0.0
+
+
+def test_bool_uint8_float_and_numpy_inputs_agree():
+    expected = dice_per_image(PRED, TRUE)
+    torch.testing.assert_close(dice_per_image(PRED.bool(), TRUE.bool()), expected)
+    torch.testing.assert_close(dice_per_image(PRED.float(), TRUE.float()), expected)
+    torch.testing.assert_close(dice_per_image(torch.from_numpy(PRED.numpy()), torch.from_numpy(TRUE.numpy())), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.bool_, (2, 3, 4, 5), elements=st.booleans()),
+    arrays(np.bool_, (2, 3, 4, 5), elements=st.booleans()),
+)
+def test_dice_properties(pred, target):
+    pred, target = torch.from_numpy(pred), torch.from_numpy(target)
+    dice, iou = dice_per_image(pred, target), iou_per_image(pred, target)
+    assert ((dice >= 0) & (dice <= 1)).all()
+    torch.testing.assert_close(dice, dice_per_image(target, pred))
+    torch.testing.assert_close(iou, dice / (2 - dice))  # IoU = D / (2 - D), empty pairs included
+    assert (dice_per_image(pred, pred) == 1).all()
+
+
+def test_functional_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="differ in shape"):
+        dice_per_image(PRED, TRUE[:, :1])
+    with pytest.raises(ValueError, match=r"expected masks \(N, C, H, W\)"):
+        iou_per_image(torch.ones(2, 4), torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dice_and_iou_metrics_by_hand(device):
+    dice, iou = Dice(), IoU()
+    for metric in (dice, iou):
+        metric.update(as_logits(PRED).to(device), TRUE.to(device))
+    assert dice.compute() == pytest.approx({"dice_0": 1 / 3, "dice_1": 1.0, "dice_mean": 2 / 3})
+    assert iou.compute() == pytest.approx({"iou_0": 0.25, "iou_1": 1.0, "iou_mean": 0.625})
+    assert all(getattr(dice, name).device.type == device for name in Dice.state_names)
+
+
+def test_threshold_applies_to_sigmoid_probability():
+    logits, target = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)  # sigmoid(0) = 0.5 is not > 0.5
+    strict, low = Dice(threshold=0.5), Dice(threshold=0.4)
+    strict.update(logits, target)
+    low.update(logits, target)
+    assert strict.compute()["dice_mean"] == 0.0
+    assert low.compute()["dice_mean"] == 1.0
+
+
+def test_half_logits_give_the_same_result():
+    torch.manual_seed(0)
+    logits, target = 4 * torch.randn(2, 4, 16, 16), (torch.rand(2, 4, 16, 16) > 0.8).to(torch.uint8)
+    full, half = Dice(), Dice()
+    full.update(logits.half().float(), target)
+    half.update(logits.half(), target)
+    assert half.compute() == full.compute()
+
+
+def test_accuracy_by_hand():
+    # predictions [[1, 0], [1, 0], [0, 1]] against [[1, 0], [0, 0], [0, 1]]
+    logits = torch.tensor([[2.0, -1.0], [3.0, -2.0], [-1.0, 1.0]])
+    target = torch.tensor([[1, 0], [0, 0], [0, 1]])
+    metric = Accuracy()
+    metric.update(logits, target)
+    assert metric.compute() == pytest.approx({"accuracy": 5 / 6, "accuracy_0": 2 / 3, "accuracy_1": 1.0})
+
+
+def test_precision_recall_by_hand_with_zero_over_zero():
+    # class 0: predicted [1, 1, 0], true [1, 0, 1]: precision 1/2, recall 1/2
+    # class 1: never predicted, true [1, 0, 0]: precision 0/0 = 1, recall 0
+    # class 2: predicted [1, 0, 0], never true: precision 0, recall 0/0 = 1
+    pred = torch.tensor([[1, 0, 1], [1, 0, 0], [0, 0, 0]])
+    target = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    metric = PrecisionRecall()
+    metric.update(as_logits(pred), target)
+    assert metric.compute() == pytest.approx(
+        {
+            "precision_0": 0.5,
+            "precision_1": 1.0,
+            "precision_2": 0.0,
+            "recall_0": 0.5,
+            "recall_1": 0.0,
+            "recall_2": 1.0,
+            "precision_mean": 0.5,
+            "recall_mean": 0.5,
+        }
+    )
+
+
+def random_batches(metric_type, generator):
+    """Two batches of (logits, target) of the shape ``metric_type`` takes, 4 classes."""
+    shape = (4, 8, 8) if metric_type.ndim == 4 else (4,)
+    return [
+        (torch.randn(size, *shape, generator=generator), (torch.rand(size, *shape, generator=generator) > 0.7).to(torch.uint8))
+        for size in (3, 2)
+    ]
+
+
+ALL_METRICS = [Dice, IoU, Accuracy, PrecisionRecall]
+
+
+@pytest.mark.parametrize("metric_type", ALL_METRICS)
+def test_two_batches_equal_one_batch_of_both(metric_type):
+    (logits_a, target_a), (logits_b, target_b) = random_batches(metric_type, torch.Generator().manual_seed(2))
+    parts, whole = metric_type(), metric_type()
+    parts.update(logits_a, target_a)
+    parts.update(logits_b, target_b)
+    whole.update(torch.cat([logits_a, logits_b]), torch.cat([target_a, target_b]))
+    assert parts.compute() == pytest.approx(whole.compute(), rel=1e-12)
+
+
+@pytest.mark.parametrize("metric_type", ALL_METRICS)
+def test_reduce_sums_the_state_of_two_ranks(metric_type):
+    (logits_a, target_a), (logits_b, target_b) = random_batches(metric_type, torch.Generator().manual_seed(3))
+    rank_0, rank_1, whole = metric_type(), metric_type(), metric_type()
+    rank_0.update(logits_a, target_a)
+    rank_1.update(logits_b, target_b)
+    whole.update(torch.cat([logits_a, logits_b]), torch.cat([target_a, target_b]))
+    # a fake all-reduce: rank 0 receives rank 1's state, in state_names order
+    other = iter([getattr(rank_1, name) for name in metric_type.state_names])
+    rank_0.reduce_(lambda tensor: tensor.add_(next(other)))
+    assert rank_0.compute() == pytest.approx(whole.compute(), rel=1e-12)
+
+
+@pytest.mark.parametrize("metric_type", ALL_METRICS)
+def test_reduce_of_two_identical_ranks_doubles_the_state(metric_type):
+    ((logits, target), _) = random_batches(metric_type, torch.Generator().manual_seed(4))
+    reduced, twice = metric_type(), metric_type()
+    reduced.update(logits, target)
+    before = {name: getattr(reduced, name).clone() for name in metric_type.state_names}
+    reduced.reduce_(lambda tensor: tensor.mul_(2))
+    twice.update(logits, target)
+    twice.update(logits, target)
+    for name in metric_type.state_names:
+        torch.testing.assert_close(getattr(reduced, name), 2 * before[name])
+        torch.testing.assert_close(getattr(reduced, name), getattr(twice, name))
+    assert reduced.compute() == pytest.approx(twice.compute(), rel=1e-12)
+
+
+def test_reset_forgets_batches_and_classes():
+    metric = Dice()
+    metric.update(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2))
+    metric.reset()
+    with pytest.raises(RuntimeError, match="no batch has been added"):
+        metric.compute()
+    with pytest.raises(RuntimeError, match="no batch has been added"):
+        metric.reduce_(lambda tensor: tensor)
+    metric.update(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2))
+    assert set(metric.compute()) == {"dice_0", "dice_1", "dice_mean"}
+
+
+def test_update_rejects_bad_shapes():
+    metric = Dice()
+    metric.update(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="number of classes changed"):
+        metric.update(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="with 4 dimensions"):
+        metric.update(torch.zeros(1, 4), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="with 2 dimensions"):
+        Accuracy().update(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="one shape"):
+        PrecisionRecall().update(torch.zeros(2, 4), torch.zeros(2, 3))
+
+
+def test_every_metric_is_registered_and_builds():
+    assert set(METRICS.names()) == {"Dice", "IoU", "Accuracy", "PrecisionRecall"}
+    metric = METRICS.build({"type": "Dice", "args": {"threshold": 0.3}}, "metrics[0]")
+    assert isinstance(metric, Dice) and metric.threshold == 0.3
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 1.5, -0.1, True, "0.5"])
+def test_bad_threshold_fails_naming_the_key(threshold):
+    with pytest.raises(ConfigError, match=r"^metrics\[1\]: .*threshold must be a probability"):
+        METRICS.build({"type": "PrecisionRecall", "args": {"threshold": threshold}}, "metrics[1]")
