@@ -59,11 +59,11 @@ def test_hand_computed_value(loss, expected):
 
 def test_bce_dice_is_weighted_sum_with_named_parts():
     out = BCEDiceLoss()(LOGITS, TARGET)
-    assert set(out) == {"loss", "bce", "dice"}
+    assert set(out) == {"loss", "bce", "dice_loss"}
     assert out["bce"].item() == pytest.approx(math.log(8 / 3) / 2, rel=1e-6)
-    assert out["dice"].item() == pytest.approx(0.3, rel=1e-6)
+    assert out["dice_loss"].item() == pytest.approx(0.3, rel=1e-6)
     assert out["loss"].item() == pytest.approx(0.3 * math.log(8 / 3) + 0.4 * 0.3, rel=1e-6)
-    assert not out["bce"].requires_grad and not out["dice"].requires_grad
+    assert not out["bce"].requires_grad and not out["dice_loss"].requires_grad
 
 
 def test_bce_pos_weight_scalar_and_per_class():

@@ -317,7 +317,7 @@ class BCEDiceLoss(Loss):
     """``bce_weight * BCE + dice_weight * (1 - Dice)``, the write-up's loss (0.6 / 0.4).
 
     Input ``(B, C, H, W)`` (or ``(B, C)``). Returns ``{"loss": total, "bce": BCE,
-    "dice": 1 - Dice}``, the parts unweighted and detached. Dice as :class:`DiceLoss` with
+    "dice_loss": 1 - Dice}``, the parts unweighted and detached. Dice as :class:`DiceLoss` with
     its defaults (smooth 1, per class over the batch).
 
     Args:
@@ -335,7 +335,7 @@ class BCEDiceLoss(Loss):
     def compute(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         bce = self.bce.compute(logits, target)
         dice = self.dice.compute(logits, target)
-        return {"loss": self.bce_weight * bce + self.dice_weight * dice, "bce": bce.detach(), "dice": dice.detach()}
+        return {"loss": self.bce_weight * bce + self.dice_weight * dice, "bce": bce.detach(), "dice_loss": dice.detach()}
 
 
 @LOSSES.register
