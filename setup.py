@@ -27,7 +27,7 @@ setup(
     install_requires=[
         "torch>=2.1,<=2.14.1",
         "torchvision>=0.16",
-        "segmentation-models-pytorch>=0.5,<0.7",
+        "segmentation-models-pytorch>=0.6,<0.7",
         "albumentations>=2.0,<2.1",
         "opencv-python-headless>=4.8",
         "click>=8.1",
