@@ -62,6 +62,7 @@ def test_decode_masks_stacks_the_class_decodes(data):
     planes = [data.draw(arrays(np.uint8, (height, width), elements=st.integers(0, 1))) for _ in range(n_classes)]
     stacked = decode_masks([rle_encode(p) for p in planes], (height, width))
     assert stacked.shape == (height, width, n_classes) and stacked.dtype == np.uint8
+    assert stacked.flags["C_CONTIGUOUS"]
     assert np.array_equal(stacked, np.stack(planes, axis=-1))
 
 
@@ -71,7 +72,7 @@ def test_kaggle_convention_is_one_indexed_and_column_major():
     expected[0:3] = 1
     expected[9:14] = 1
     assert np.array_equal(mask, expected.reshape(4, 4, order="F"))
-    assert mask.dtype == np.uint8 and mask.flags["C_CONTIGUOUS"]
+    assert mask.dtype == np.uint8 and mask.flags["F_CONTIGUOUS"]  # the RLE's own layout, no copy
     assert rle_encode(mask) == "1 3 10 5"
 
 

@@ -92,6 +92,14 @@ def _rle_values(rle: str) -> np.ndarray:
 
 def _check_runs(starts: np.ndarray, lengths: np.ndarray) -> None:
     """Raise :class:`RLEError` unless starts >= 1, lengths >= 1, runs sorted and disjoint."""
+    ends = starts + lengths  # one past the last pixel, 1-indexed
+    if starts[0] >= 1 and lengths.min() >= 1 and (starts[1:] >= ends[:-1]).all():
+        return  # sorted runs of positive length starting at >= 1 all start at >= 1
+    _raise_run_error(starts, lengths, ends)
+
+
+def _raise_run_error(starts: np.ndarray, lengths: np.ndarray, ends: np.ndarray) -> None:
+    """Raise :class:`RLEError` describing the first bad start, length or run order."""
     bad = np.flatnonzero(starts < 1)
     if bad.size:
         k = bad[0]
@@ -100,17 +108,12 @@ def _check_runs(starts: np.ndarray, lengths: np.ndarray) -> None:
     if bad.size:
         k = bad[0]
         raise RLEError(f"RLE run {k + 1} (start {starts[k]}) has length {lengths[k]}; lengths must be >= 1")
-    ends = starts + lengths  # one past the last pixel, 1-indexed
-    bad = np.flatnonzero(starts[1:] < ends[:-1])
-    if bad.size:
-        k = bad[0] + 1
-        if starts[k] <= starts[k - 1]:
-            problem = f"starts at {starts[k]}, not after run {k}'s start {starts[k - 1]}: runs are not sorted"
-        else:
-            problem = (
-                f"starts at {starts[k]}, inside run {k} (pixels {starts[k - 1]}..{ends[k - 1] - 1}): runs overlap"
-            )
-        raise RLEError(f"RLE run {k + 1} {problem}")
+    k = np.flatnonzero(starts[1:] < ends[:-1])[0] + 1
+    if starts[k] <= starts[k - 1]:
+        problem = f"starts at {starts[k]}, not after run {k}'s start {starts[k - 1]}: runs are not sorted"
+    else:
+        problem = f"starts at {starts[k]}, inside run {k} (pixels {starts[k - 1]}..{ends[k - 1] - 1}): runs overlap"
+    raise RLEError(f"RLE run {k + 1} {problem}")
 
 
 def rle_parse(rle: str | float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -178,10 +181,12 @@ def _runs_to_flat(starts0: np.ndarray, lengths: np.ndarray, low: int, high: int)
     ends = starts0 + lengths
     first = np.searchsorted(ends, low, side="right")
     stop = np.searchsorted(starts0, high, side="left")
-    run_starts = np.clip(starts0[first:stop], low, high) - low
-    run_ends = np.clip(ends[first:stop], low, high) - low
-    if run_starts.size == 0:
+    if first >= stop:
         return np.zeros(high - low, np.uint8)
+    run_starts = starts0[first:stop] - low
+    run_ends = ends[first:stop] - low
+    run_starts[0] = max(run_starts[0], 0)  # runs are sorted and disjoint: only the first
+    run_ends[-1] = min(run_ends[-1], high - low)  # and the last can stick out of the window
     counts = np.empty(2 * run_starts.size + 1, np.int64)
     counts[0] = run_starts[0]
     counts[2:-1:2] = run_starts[1:] - run_ends[:-1]
@@ -190,6 +195,15 @@ def _runs_to_flat(starts0: np.ndarray, lengths: np.ndarray, low: int, high: int)
     values = np.zeros(counts.size, np.uint8)
     values[1::2] = 1
     return np.repeat(values, counts)
+
+
+def _decode_transposed(rle: str | float | None, shape: Sequence[int], columns: Sequence[int] | None) -> np.ndarray:
+    """The mask's columns as rows: C-contiguous uint8 ``(W', H)``, ``W' = c1 - c0``."""
+    height, width = _mask_size(shape)
+    first, stop = _column_window(columns, width)
+    starts0, lengths = rle_parse(rle)
+    _check_bounds(starts0, lengths, height, width)
+    return _runs_to_flat(starts0, lengths, first * height, stop * height).reshape(stop - first, height)
 
 
 def rle_decode(rle: str | float | None, shape: Sequence[int], columns: Sequence[int] | None = None) -> np.ndarray:
@@ -202,28 +216,30 @@ def rle_decode(rle: str | float | None, shape: Sequence[int], columns: Sequence[
             pixels ``[c0 * H, c1 * H)`` are decoded.
 
     Returns:
-        C-contiguous uint8 0/1 array of shape ``(H, W)``, or ``(H, c1 - c0)``
-        with a column window (equal to ``rle_decode(rle, shape)[:, c0:c1]``).
+        uint8 0/1 array of shape ``(H, W)``, or ``(H, c1 - c0)`` with a column
+        window (equal to ``rle_decode(rle, shape)[:, c0:c1]``). It is
+        Fortran-ordered, the layout of the RLE itself, because making it
+        C-contiguous costs more than decoding: numpy, ``torch.from_numpy`` and
+        cv2 inputs take it as is; use :func:`decode_masks` (C order) or
+        ``np.ascontiguousarray`` to draw into it in place with cv2.
 
     Raises:
         RLEError: malformed string (see :func:`rle_parse`) or a run past ``H * W``.
     """
-    height, width = _mask_size(shape)
-    first, stop = _column_window(columns, width)
-    starts0, lengths = rle_parse(rle)
-    _check_bounds(starts0, lengths, height, width)
-    flat = _runs_to_flat(starts0, lengths, first * height, stop * height)
-    return cv2.transpose(flat.reshape(stop - first, height))
+    return _decode_transposed(rle, shape, columns).T
 
 
 def _decode_planes(
     encodings: Sequence, shape: Sequence[int], columns: Sequence[int] | None, describe: Callable[[int], str]
 ) -> np.ndarray:
-    """Stack the decoded masks of ``encodings`` into ``(H, W', C)``; errors prefixed by ``describe(k)``."""
+    """Stack the decoded masks of ``encodings`` into C-contiguous ``(H, W', C)``.
+
+    Errors are prefixed by ``describe(k)`` for the class index ``k``.
+    """
     planes = []
     for k, rle in enumerate(encodings):
         try:
-            planes.append(rle_decode(rle, shape, columns))
+            planes.append(cv2.transpose(_decode_transposed(rle, shape, columns)))
         except RLEError as exc:
             raise RLEError(f"{describe(k)}: {exc}") from None
     if not planes:
@@ -241,7 +257,7 @@ def decode_masks(encodings: Sequence, shape: Sequence[int], columns: Sequence[in
         columns: optional ``(c0, c1)`` column window, as in :func:`rle_decode`.
 
     Returns:
-        uint8 0/1 array of shape ``(H, W, C)`` (``W = c1 - c0`` with a window).
+        C-contiguous uint8 0/1 array of shape ``(H, W, C)`` (``W = c1 - c0`` with a window).
 
     Raises:
         RLEError: a malformed string; the message names its class (1-based).
@@ -262,7 +278,11 @@ def rle_encode(mask: np.ndarray) -> str:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"rle_encode expects a 2-D (H, W) mask, got shape {mask.shape}")
-    column_major = cv2.transpose((mask != 0).view(np.uint8)).reshape(-1)
+    defect = (mask != 0).view(np.uint8)  # C- or F-ordered like ``mask``
+    if defect.flags.f_contiguous:  # e.g. from rle_decode: already column-major
+        column_major = defect.ravel(order="F")
+    else:
+        column_major = cv2.transpose(defect).reshape(-1)
     padded = np.zeros(column_major.size + 2, np.uint8)
     padded[1:-1] = column_major
     edges = np.flatnonzero(padded[1:] != padded[:-1])
