@@ -94,6 +94,7 @@ def main() -> None:
     assert all(baseline_encode(mask) == rle for mask, rle in zip(encode_sample, encodings))
     offsets = np.random.default_rng(0).integers(0, args.width - args.crop_width + 1, len(encodings)).tolist()
     crops = list(zip(encodings, offsets))
+    crop = args.crop_width
     runs = np.mean([len(rle.split()) / 2 for rle in encodings])
 
     rows = [
@@ -104,10 +105,10 @@ def main() -> None:
             masks_per_second(lambda rle: baseline_decode(rle, shape), encodings, args.repeat),
         ),
         (
-            f"decode crop {shape[0]}x{args.crop_width}",
+            f"decode crop {shape[0]}x{crop}",
             len(crops),
-            masks_per_second(lambda c: rle_decode(c[0], shape, (c[1], c[1] + args.crop_width)), crops, args.repeat),
-            masks_per_second(lambda c: baseline_decode(c[0], shape)[:, c[1] : c[1] + args.crop_width], crops, args.repeat),
+            masks_per_second(lambda c: rle_decode(c[0], shape, (c[1], c[1] + crop)), crops, args.repeat),
+            masks_per_second(lambda c: baseline_decode(c[0], shape)[:, c[1] : c[1] + crop], crops, args.repeat),
         ),
         (
             f"encode {shape[0]}x{shape[1]}",

@@ -96,41 +96,37 @@ def _apply(image: np.ndarray, mask: np.ndarray, canvas: np.ndarray, change: np.n
     mask |= cv2.dilate(canvas, _KERNEL)
 
 
-def _paint_pits(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> None:
+# Each _draw_* function draws one defect kind as 1s into a zero uint8 canvas
+# (H, w) and returns the grey-level change to make there (a number or an
+# (H, w) array). ``scale`` is H / 256: sizes below are for 256-pixel-high images.
+
+
+def _draw_pits(rng: np.random.Generator, canvas: np.ndarray, scale: float) -> float:
     """Class 1: one or two clusters of small dark pits."""
-    height, width = mask.shape
-    scale = height / 256
-    canvas = np.zeros_like(mask)
     for _ in range(rng.integers(1, 3)):
-        y, x = _centre(rng, height, width)
+        y, x = _centre(rng, *canvas.shape)
         count = rng.integers(15, 45)
         ys = rng.normal(y, 14 * scale, count).astype(int)
         xs = rng.normal(x, 35 * scale, count).astype(int)
         radii = np.maximum(1, (rng.uniform(1, 3.5, count) * scale).astype(int))
         for pit in zip(xs.tolist(), ys.tolist(), radii.tolist()):
             cv2.circle(canvas, pit[:2], pit[2], 1, -1)
-    _apply(image, mask, canvas, -50.0)
+    return -50.0
 
 
-def _paint_inclusions(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> None:
+def _draw_inclusions(rng: np.random.Generator, canvas: np.ndarray, scale: float) -> float:
     """Class 2: dark blobs elongated along the rolling direction (the width)."""
-    height, width = mask.shape
-    scale = height / 256
-    canvas = np.zeros_like(mask)
-    y, x = _centre(rng, height, width)
+    y, x = _centre(rng, *canvas.shape)
     for _ in range(rng.integers(1, 4)):
         centre = (int(x + rng.normal(0, 60 * scale)), int(y + rng.normal(0, 20 * scale)))
         axes = (max(2, int(rng.uniform(25, 90) * scale)), max(1, int(rng.uniform(2.5, 6) * scale)))
         cv2.ellipse(canvas, centre, axes, rng.uniform(-4, 4), 0, 360, 1, -1)
-    _apply(image, mask, canvas, -55.0)
+    return -55.0
 
 
-def _paint_scratches(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> None:
+def _draw_scratches(rng: np.random.Generator, canvas: np.ndarray, scale: float) -> float:
     """Class 3: one to three long thin lines at a random angle, all bright or all dark."""
-    height, width = mask.shape
-    scale = height / 256
-    canvas = np.zeros_like(mask)
-    y, x = _centre(rng, height, width)
+    y, x = _centre(rng, *canvas.shape)
     angle = rng.uniform(0, np.pi)
     for _ in range(rng.integers(1, 4)):
         direction = angle + rng.normal(0, 0.05)
@@ -138,14 +134,12 @@ def _paint_scratches(rng: np.random.Generator, image: np.ndarray, mask: np.ndarr
         middle = np.array([x, y]) + rng.normal(0, 12 * scale, 2)
         ends = [tuple(int(v) for v in middle - half), tuple(int(v) for v in middle + half)]
         cv2.line(canvas, ends[0], ends[1], 1, max(2, int(rng.uniform(2, 4) * scale)))
-    _apply(image, mask, canvas, 60.0 if rng.random() < 0.5 else -55.0)
+    return 60.0 if rng.random() < 0.5 else -55.0
 
 
-def _paint_patch(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> None:
+def _draw_patch(rng: np.random.Generator, canvas: np.ndarray, scale: float) -> np.ndarray:
     """Class 4: a large irregular region, darker and with a blotchy, grainier texture."""
-    height, width = mask.shape
-    scale = height / 256
-    canvas = np.zeros_like(mask)
+    height, width = canvas.shape
     y, x = _centre(rng, height, width)
     angles = np.sort(rng.uniform(0, 2 * np.pi, 16))
     radii = rng.uniform(0.6, 1.0, 16)
@@ -153,10 +147,10 @@ def _paint_patch(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) 
     corners = np.stack([x + reach_x * radii * np.cos(angles), y + reach_y * radii * np.sin(angles)], axis=1)
     cv2.fillPoly(canvas, [corners.astype(np.int32)], 1)
     blotches = _smooth_noise(rng, (max(2, height // 16), max(2, width // 16)), height, width) * 12
-    _apply(image, mask, canvas, blotches + _grain(rng, height, width, 6.0) - 30.0)
+    return blotches + _grain(rng, height, width, 6.0) - 30.0
 
 
-PAINTERS = (_paint_pits, _paint_inclusions, _paint_scratches, _paint_patch)
+DRAWERS = (_draw_pits, _draw_inclusions, _draw_scratches, _draw_patch)
 
 
 def _pick_classes(rng: np.random.Generator, classes: int) -> np.ndarray:
@@ -166,7 +160,7 @@ def _pick_classes(rng: np.random.Generator, classes: int) -> np.ndarray:
     return rng.choice(classes, size=count, replace=False, p=weights)
 
 
-def render_image(rng: np.random.Generator, height: int, width: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_image(rng: np.random.Generator, height: int, width: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image and its masks.
 
     Each defect class present gets its own band of columns, so classes never overlap.
@@ -179,12 +173,14 @@ def render_image(rng: np.random.Generator, height: int, width: int, classes: int
     present = _pick_classes(rng, classes)
     bands = np.linspace(0, width, len(present) + 1).astype(int)
     for k, first, stop in zip(present.tolist(), bands[:-1].tolist(), bands[1:].tolist()):
-        PAINTERS[k](rng, image[:, first:stop], masks[k, :, first:stop])
+        canvas = np.zeros((height, stop - first), np.uint8)
+        change = DRAWERS[k](rng, canvas, height / 256)
+        _apply(image[:, first:stop], masks[k, :, first:stop], canvas, change)
     image += 0.5  # round, not truncate, when converting
     return np.clip(image, 0, 255, out=image).astype(np.uint8), masks
 
 
-def perturb_masks(rng: np.random.Generator, masks: np.ndarray) -> np.ndarray:
+def _perturb_masks(rng: np.random.Generator, masks: np.ndarray) -> np.ndarray:
     """Pseudo-labels from true masks ``(C, H, W)``: each non-empty mask kept, eroded, dilated or dropped."""
     perturbed = masks.copy()
     for k in np.flatnonzero(masks.any(axis=(1, 2))).tolist():
@@ -231,11 +227,11 @@ def _write_split(
     perturbed = truth.copy() if pseudo else None
     for row, name in enumerate(ids):
         rng = np.random.default_rng(np.random.SeedSequence(params["seed"], spawn_key=(1 + first_index + row,)))
-        image, masks = render_image(rng, *shape, classes)
+        image, masks = _render_image(rng, *shape, classes)
         _write_jpeg(folder / name, image)
         truth[row] = [rle_encode(mask) for mask in masks]
         if pseudo:
-            perturbed[row] = [rle_encode(mask) for mask in perturb_masks(rng, masks)]
+            perturbed[row] = [rle_encode(mask) for mask in _perturb_masks(rng, masks)]
     return truth, perturbed
 
 
