@@ -63,10 +63,12 @@ def masks_per_second(function: Callable, items: Sequence, repeat: int) -> float:
 
 def load_encodings(csv: Path, classes: int, scratch: Path) -> tuple[list[str], str]:
     """The non-empty RLE strings of ``csv``, or of fresh demo data if it is absent."""
+    source = str(csv)
     if not csv.is_file():
         csv = make_demo_data(scratch) / "train.csv"
+        source = f"demo train.csv ({source} not found)"
     annotations = read_rle_csv(csv, classes)
-    return annotations.encodings[annotations.has_defect()].tolist(), str(csv)
+    return annotations.encodings[annotations.has_defect()].tolist(), source
 
 
 def parse_args() -> argparse.Namespace:
