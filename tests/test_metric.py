@@ -223,3 +223,23 @@ def test_every_metric_is_registered_and_builds():
 def test_bad_threshold_fails_naming_the_key(threshold):
     with pytest.raises(ConfigError, match=r"^metrics\[1\]: .*threshold must be a probability"):
         METRICS.build({"type": "PrecisionRecall", "args": {"threshold": threshold}}, "metrics[1]")
+
+
+def test_dice_min_pixels_wipes_small_predictions_before_scoring():
+    logits = torch.full((2, 2, 4, 4), -10.0)
+    target = torch.zeros(2, 2, 4, 4)
+    logits[0, 0, :1, :2] = 10.0  # 2 stray pixels of class 0 on an empty image
+    logits[1, 1, :2, :2] = 10.0  # 4 correct pixels of class 1
+    target[1, 1, :2, :2] = 1
+    plain, filtered = Dice(), Dice(min_pixels=[3, 3])
+    for metric in (plain, filtered):
+        metric.update(logits, target)
+    assert plain.compute()["dice_0"] == pytest.approx(0.5)
+    assert filtered.compute() == {"dice_0": 1.0, "dice_1": 1.0, "dice_mean": 1.0}
+    too_strict = Dice(min_pixels=5)
+    too_strict.update(logits, target)
+    assert too_strict.compute()["dice_1"] == pytest.approx(0.5), "the correct 4-pixel mask is wiped too"
+    with pytest.raises(ValueError, match="min_pixels"):
+        Dice(min_pixels=-1)
+    with pytest.raises(ValueError, match="3 values given for 2 classes"):
+        Dice(min_pixels=[1, 2, 3]).update(logits, target)

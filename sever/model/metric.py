@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from sever.model.postprocess import check_min_pixels, min_pixels_per_class, wipe_small_masks
 from sever.utils.registry import Registry
 
 METRICS = Registry("metric")
@@ -123,6 +124,11 @@ class Metric:
             else:
                 current += value
 
+    @property
+    def empty(self) -> bool:
+        """True until the first :meth:`update` after a reset."""
+        return any(getattr(self, name) is None for name in self.state_names)
+
     def reduce_(self, fn: Callable[[Tensor], object]) -> None:
         """Apply ``fn`` in place to each state tensor, e.g. ``torch.distributed.all_reduce`` (a sum)."""
         for name in self.state_names:
@@ -166,7 +172,13 @@ class _PerImageScore(Metric):
     name: str  # prefix of the returned keys
     score: Callable[[Tensor, Tensor], Tensor]  # bool masks (N, C, H, W) -> float64 (N, C)
 
+    def __init__(self, threshold: float = 0.5, min_pixels: int | list[int] | None = None):
+        super().__init__(threshold)
+        self.min_pixels = min_pixels
+        check_min_pixels(min_pixels)
+
     def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        pred = wipe_small_masks(pred, min_pixels_per_class(self.min_pixels, pred.shape[1]))
         return self.score(pred, target).sum(0), torch.tensor(float(len(pred)), device=pred.device)
 
     def compute_state(self, score_sum: Tensor, images: Tensor) -> dict[str, float]:
@@ -184,6 +196,9 @@ class Dice(_PerImageScore):
 
     Args:
         threshold: probability above which a pixel is predicted as defect.
+        min_pixels: optional minimum predicted pixels per class (one number or one per
+            class); smaller predictions are wiped first, as the competition entries did
+            (the write-up: 600, 600, 1000, 2000).
     """
 
     name = "dice"
@@ -199,6 +214,7 @@ class IoU(_PerImageScore):
 
     Args:
         threshold: probability above which a pixel is predicted as defect.
+        min_pixels: as for :class:`Dice`.
     """
 
     name = "iou"
