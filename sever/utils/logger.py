@@ -26,5 +26,8 @@ def add_file_log(path: str | Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.getLogger("sever").addHandler(handler)
+    logger = logging.getLogger("sever")
+    if logger.level == logging.NOTSET or logger.level > logging.DEBUG:
+        logger.setLevel(logging.DEBUG)  # the file gets everything even when used as a library
+    logger.addHandler(handler)
     return handler

@@ -1,0 +1,289 @@
+"""The generic training loop: epochs, monitoring, early stopping, checkpoints.
+
+Subclasses implement one epoch of training and of validation; everything that
+is the same for every task lives here.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from sever import __version__
+from sever.exceptions import CheckpointError, ConfigError, TrainingInterrupted
+from sever.model.scheduler import step_scheduler
+from sever.utils.checkpoint import atomic_torch_save
+from sever.utils.run import RunPaths
+
+logger = logging.getLogger(__name__)
+
+
+class BaseTrainer(abc.ABC):
+    """Runs epochs, tracks the monitored metric and writes checkpoints.
+
+    Args:
+        model: the network (a :class:`~sever.base.BaseModel`).
+        optimizer: its optimiser, parameter groups named ``encoder``/``decoder``.
+        lr_scheduler: stepped once per epoch, or None.
+        config: the validated experiment config (saved in every checkpoint).
+        run: the run folder to write to.
+    """
+
+    def __init__(self, model, optimizer, lr_scheduler, config: dict, run: RunPaths):
+        self.model = model
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.config = config
+        self.run = run
+        options = config["trainer"]
+        self.epochs = options["epochs"]
+        self.save_period = options["save_period"]
+        self.early_stop = options["early_stop"]
+        self.val_period = options["val_period"]
+        self.start_val_epoch = options["start_val_epoch"]
+        self.freeze_encoder_epochs = options["freeze_encoder_epochs"]
+        self.monitor_mode, self.monitor_metric = self._parse_monitor(options["monitor"])
+        self.monitor_best = self._worst_score()
+        self.not_improved = 0
+        self.start_epoch = 1
+        self.start_step = 0
+        self.writer = SummaryWriter(str(run.tensorboard)) if options["tensorboard"] else None
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ subclass API
+
+    @abc.abstractmethod
+    def _train_epoch(self, epoch: int, start_step: int) -> dict[str, float]:
+        """Train one epoch from batch ``start_step``; return the epoch's logged values.
+
+        Must check :attr:`stop_requested` after each optimiser step and, when
+        set, return early with :attr:`steps_done` holding the batches finished.
+        """
+
+    @abc.abstractmethod
+    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+        """Validate; return metrics prefixed ``val_``."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Task state to checkpoint beside the model (e.g. EMA weights, AMP scaler)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_extra_state` saved."""
+
+    # ------------------------------------------------------------------ the loop
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_signal is not None
+
+    def train(self) -> dict[str, float]:
+        """Train from :attr:`start_epoch` to the last epoch; return the last epoch's log."""
+        log: dict[str, float] = {}
+        with self._stop_on_signals():
+            for epoch in range(self.start_epoch, self.epochs + 1):
+                self._apply_encoder_freeze(epoch)
+                start_step, self.start_step = self.start_step, 0
+                self.steps_done = 0
+                log = {"epoch": epoch, **self._train_epoch(epoch, start_step)}
+                if self.stop_requested:
+                    self._save_interrupted(epoch)
+                if self._should_validate(epoch):
+                    log.update(self._valid_epoch(epoch))
+                step_scheduler(self.lr_scheduler, log, self.monitor_metric)
+                improved = self._update_monitor(log)
+                self._log_epoch(log)
+                self._save_epoch(epoch, improved)
+                if self.early_stop and self.not_improved >= self.early_stop:
+                    logger.info(
+                        "early stopping: %s has not improved for %d validations (best %.5f)",
+                        self.monitor_metric, self.not_improved, self.monitor_best,
+                    )
+                    break
+        if self.writer is not None:
+            self.writer.close()
+        return log
+
+    def _apply_encoder_freeze(self, epoch: int) -> None:
+        if not self.freeze_encoder_epochs:
+            return
+        if epoch <= self.freeze_encoder_epochs:
+            if epoch == self.start_epoch or epoch == 1:
+                logger.info("encoder frozen for epochs 1-%d", self.freeze_encoder_epochs)
+            self.model.freeze_encoder()
+        elif epoch == self.freeze_encoder_epochs + 1 or epoch == self.start_epoch:
+            logger.info("encoder unfrozen from epoch %d", epoch)
+            self.model.unfreeze_encoder()
+
+    def _should_validate(self, epoch: int) -> bool:
+        return (
+            epoch % self.val_period == 0
+            or (self.start_val_epoch and epoch >= self.start_val_epoch)
+            or epoch == self.epochs
+        )
+
+    # ------------------------------------------------------------------ monitoring
+
+    @staticmethod
+    def _parse_monitor(monitor: str) -> tuple[str, str | None]:
+        if monitor == "off":
+            return "off", None
+        mode, metric = monitor.split()
+        return mode, metric
+
+    def _worst_score(self) -> float:
+        return {"min": math.inf, "max": -math.inf, "off": 0.0}[self.monitor_mode]
+
+    def _update_monitor(self, log: dict[str, float]) -> bool:
+        """Update the best score; True when this epoch improved it."""
+        if self.monitor_mode == "off":
+            return False
+        if self.monitor_metric not in log:
+            if any(key.startswith("val_") for key in log):
+                available = ", ".join(sorted(k for k in log if k != "epoch"))
+                raise ConfigError(
+                    f"trainer.monitor: metric '{self.monitor_metric}' is not produced; available: {available}"
+                )
+            return False  # no validation this epoch
+        score = log[self.monitor_metric]
+        better = score < self.monitor_best if self.monitor_mode == "min" else score > self.monitor_best
+        if better:
+            self.monitor_best = score
+            self.not_improved = 0
+        else:
+            self.not_improved += 1
+        return better
+
+    def _log_epoch(self, log: dict[str, float]) -> None:
+        epoch = log["epoch"]
+        summary = "  ".join(f"{k} {v:.4f}" for k, v in log.items() if k != "epoch")
+        logger.info("epoch %d/%d  %s", epoch, self.epochs, summary)
+        if self.writer is None:
+            return
+        for key, value in log.items():
+            if key != "epoch":
+                self.writer.add_scalar(f"epoch/{key}", value, epoch)
+        for group in self.optimizer.param_groups:
+            self.writer.add_scalar(f"lr/{group.get('name', 'all')}", group["lr"], epoch)
+        self.writer.flush()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state(self, epoch: int, step: int) -> dict[str, Any]:
+        """Everything needed to resume: tensors and plain types only."""
+        return {
+            "sever_version": __version__,
+            "arch": self.config["arch"]["type"] if isinstance(self.config["arch"], dict) else self.config["arch"],
+            "epoch": epoch,
+            "step": step,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "monitor_best": self.monitor_best,
+            "not_improved": self.not_improved,
+            "config": self.config,
+            "rng": _rng_state(),
+            **self._extra_state(),
+        }
+
+    def _save_epoch(self, epoch: int, improved: bool) -> None:
+        """Refresh ``last.pth``; link it as the periodic and best checkpoints."""
+        atomic_torch_save(self._state(epoch, 0), self.run.last)
+        if self.save_period and epoch % self.save_period == 0:
+            _atomic_link(self.run.last, self.run.epoch_checkpoint(epoch))
+            logger.debug("saved %s", self.run.epoch_checkpoint(epoch))
+        if improved:
+            _atomic_link(self.run.last, self.run.best)
+            logger.info("new best %s %.5f: saved %s", self.monitor_metric, self.monitor_best, self.run.best)
+
+    def _save_interrupted(self, epoch: int) -> None:
+        """Save mid-epoch progress and stop."""
+        atomic_torch_save(self._state(epoch - 1, self.steps_done), self.run.last)
+        if self.writer is not None:
+            self.writer.close()
+        name = signal.Signals(self._stop_signal).name
+        raise TrainingInterrupted(
+            f"{name} received: stopped at epoch {epoch} after {self.steps_done} batches and saved "
+            f"{self.run.last}. Resume with: sever train -r {self.run.root}",
+            checkpoint=str(self.run.last),
+            signal_number=self._stop_signal,
+        )
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint loaded with :func:`~sever.utils.checkpoint.load_checkpoint`."""
+        try:
+            self.model.load_state_dict(state["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]}") from exc
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.monitor_best = state["monitor_best"]
+        self.not_improved = state["not_improved"]
+        self.start_epoch = state["epoch"] + 1
+        self.start_step = state.get("step", 0)
+        self._load_extra_state(state)
+        _set_rng_state(state["rng"])
+        logger.info("resumed at epoch %d, batch %d", self.start_epoch, self.start_step)
+
+    # ------------------------------------------------------------------ signals
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM finish the current step, then save and stop."""
+
+        def request_stop(signum, frame):
+            if self._stop_signal is not None:  # second Ctrl-C: stop at once
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            logger.warning("%s received: finishing the current step, then saving", signal.Signals(signum).name)
+
+        if threading.current_thread() is threading.main_thread():
+            previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        else:
+            previous = {}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _atomic_link(source: Path, target: Path) -> None:
+    """Make ``target`` a copy of ``source`` atomically (a hard link when possible)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,249 @@
+"""Supervised trainers: segmentation (masks) and classification (defect presence).
+
+Both share one training step (forward, loss, backward with AMP, gradient
+accumulation and clipping, EMA); they differ in what they show in TensorBoard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from sever.base.base_trainer import BaseTrainer
+from sever.exceptions import TrainingError
+from sever.utils.device import autocast
+from sever.utils.visualization import overlay_masks, to_uint8_image
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(BaseTrainer):
+    """One supervised training step and validation pass for any (image, target) task.
+
+    Args:
+        model, optimizer, lr_scheduler, config, run: see :class:`BaseTrainer`.
+        loss: module returning a scalar or a dict with ``"loss"`` and named parts.
+        metrics: accumulating metrics (``reset``/``update``/``compute``).
+        train_loader: yields ``(images (B, 1, H, W), targets)``; its batch sampler
+            has ``set_epoch(epoch, start_batch)``.
+        valid_loader: the same for validation, or None.
+        device: where to train.
+        amp: ``off``, ``bf16`` or ``fp16``.
+    """
+
+    def __init__(self, model, loss, metrics, optimizer, lr_scheduler, config, run, train_loader,
+                 valid_loader, device: torch.device, amp: str = "off"):
+        super().__init__(model, optimizer, lr_scheduler, config, run)
+        options = config["trainer"]
+        self.loss = loss
+        self.metrics = metrics
+        self.train_loader = train_loader
+        self.valid_loader = valid_loader
+        self.device = device
+        self.amp = amp
+        self.accumulate = options["accumulate_steps"]
+        self.grad_clip = options["grad_clip"]
+        self.nan_policy = options["nan_policy"]
+        self.log_step = options["log_step"]
+        self.vis_images = options["vis_images"]
+        self.max_steps = options["max_steps_per_epoch"]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+        decay = options["ema_decay"]
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            if decay is not None
+            else None
+        )
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ training
+
+    def _batches_per_epoch(self) -> int:
+        total = len(self.train_loader)
+        return min(total, self.max_steps) if self.max_steps else total
+
+    def _train_epoch(self, epoch: int, start_step: int) -> dict[str, float]:
+        self.model.train()
+        self.train_loader.batch_sampler.set_epoch(epoch, start_step)
+        for metric in self.metrics:
+            metric.reset()
+        n_batches = self._batches_per_epoch()
+        sums: dict[str, float] = {}
+        seen, started = 0, time.perf_counter()
+        progress = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch}", leave=False,
+                        dynamic_ncols=True, disable=None)
+        self.optimizer.zero_grad(set_to_none=True)
+        step = start_step
+        for step, (images, targets) in enumerate(self.train_loader, start=start_step):
+            if step >= n_batches:
+                break
+            parts = self._train_step(images, targets, step, n_batches, epoch)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            seen += images.shape[0]
+            self.steps_done = step + 1
+            progress.update()
+            rate = seen / max(time.perf_counter() - started, 1e-9)
+            progress.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{rate:.1f}")
+            if self.writer is not None and step % self.log_step == 0:
+                global_step = (epoch - 1) * n_batches + step
+                for key, value in parts.items():
+                    self.writer.add_scalar(f"batch/{key}", value, global_step)
+            if self.stop_requested and self._at_update_boundary(step, n_batches):
+                break
+        progress.close()
+        counted = max(self.steps_done - start_step, 1)
+        log = {f"train_{key}": value / counted for key, value in sums.items()}
+        log.update({f"train_{k}": v for m in self.metrics if not m.empty for k, v in m.compute().items()})
+        log["train_images_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
+        return log
+
+    def _at_update_boundary(self, step: int, n_batches: int) -> bool:
+        return (step + 1) % self.accumulate == 0 or step + 1 == n_batches
+
+    def _train_step(self, images, targets, step: int, n_batches: int, epoch: int) -> dict[str, float]:
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        with autocast(self.amp, self.device):
+            logits = self.model(images)
+            parts = self._loss_parts(logits, targets)
+        total = parts["loss"]
+        if not torch.isfinite(total):
+            return self._non_finite(total, step, epoch)
+        self.scaler.scale(total / self.accumulate).backward()
+        if self._at_update_boundary(step, n_batches):
+            self._optimizer_step()
+        with torch.no_grad():
+            for metric in self.metrics:
+                metric.update(logits.detach(), targets)
+        return {key: float(value.detach()) for key, value in parts.items()}
+
+    def _loss_parts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.loss(logits, targets)
+        return dict(out) if isinstance(out, dict) else {"loss": out}
+
+    def _optimizer_step(self) -> None:
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def _non_finite(self, total: torch.Tensor, step: int, epoch: int) -> dict[str, float]:
+        total = total.detach()
+        if self.nan_policy == "skip":
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            logger.warning("non-finite loss (%s) at epoch %d batch %d: step skipped (%d so far)",
+                           float(total), epoch, step, self.skipped_steps)
+            return {"loss": 0.0}
+        last = self.run.last if self.run.last.exists() else None
+        raise TrainingError(
+            f"non-finite loss ({float(total)}) at epoch {epoch} batch {step}; training stopped and no "
+            f"checkpoint was written over the good ones"
+            + (f" (last good: {last})" if last else "")
+            + ". Lower the learning rate, check the data, or set trainer.nan_policy: skip."
+        )
+
+    # ------------------------------------------------------------------ validation
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation scores: the EMA average when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @torch.inference_mode()
+    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+        model = self.eval_model
+        model.eval()
+        for metric in self.metrics:
+            metric.reset()
+        sums: dict[str, float] = {}
+        batches = 0
+        for batch_index, (images, targets) in enumerate(tqdm(self.valid_loader, desc="validation", leave=False,
+                                                             dynamic_ncols=True, disable=None)):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with autocast(self.amp, self.device):
+                logits = model(images)
+                parts = self._loss_parts(logits, targets)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            batches += 1
+            for metric in self.metrics:
+                metric.update(logits, targets)
+            self._collect_visuals(batch_index, images, targets, logits)
+        self._write_visuals(epoch)
+        log = {f"val_{key}": value / max(batches, 1) for key, value in sums.items()}
+        log.update({f"val_{k}": v for m in self.metrics if not m.empty for k, v in m.compute().items()})
+        return log
+
+    def _collect_visuals(self, batch_index, images, targets, logits) -> None:
+        """Hook: keep what :meth:`_write_visuals` shows (called for each validation batch)."""
+
+    def _write_visuals(self, epoch: int) -> None:
+        """Hook: write validation visuals to TensorBoard."""
+
+    # ------------------------------------------------------------------ checkpoint extras
+
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"scaler": self.scaler.state_dict()}
+        if self.ema is not None:
+            state["ema_state_dict"] = self.ema.state_dict()
+        return state
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema_state_dict") is not None:
+            self.ema.load_state_dict(state["ema_state_dict"])
+
+
+class SegmentationTrainer(Trainer):
+    """Trains mask models; TensorBoard shows ground truth and predictions overlaid."""
+
+    def _collect_visuals(self, batch_index, images, targets, logits) -> None:
+        if batch_index == 0:
+            self._visuals = []
+        if self.writer is None or len(self._visuals) >= self.vis_images:
+            return
+        take = self.vis_images - len(self._visuals)
+        predicted = (torch.sigmoid(logits[:take].float()) > 0.5).cpu().numpy()
+        for image, truth, pred in zip(images[:take].float().cpu().numpy(), targets[:take].cpu().numpy(), predicted):
+            grey = to_uint8_image(image[0])
+            self._visuals.append(np.concatenate([overlay_masks(grey, truth), overlay_masks(grey, pred)], axis=0))
+
+    def _write_visuals(self, epoch: int) -> None:
+        if self.writer is None or not getattr(self, "_visuals", None):
+            return
+        grid = np.stack(self._visuals)  # (N, 2H, W, 3): truth above, prediction below
+        self.writer.add_images("val/truth_above_prediction", grid, epoch, dataformats="NHWC")
+        self._visuals = []
+
+
+class ClassificationTrainer(Trainer):
+    """Trains defect-presence classifiers; TensorBoard shows a PR curve per class."""
+
+    def _collect_visuals(self, batch_index, images, targets, logits) -> None:
+        if batch_index == 0:
+            self._probs, self._labels = [], []
+        if self.writer is not None:
+            self._probs.append(torch.sigmoid(logits.float()).cpu())
+            self._labels.append(targets.cpu())
+
+    def _write_visuals(self, epoch: int) -> None:
+        if self.writer is None or not getattr(self, "_probs", None):
+            return
+        probs, labels = torch.cat(self._probs), torch.cat(self._labels)
+        for c in range(probs.shape[1]):
+            self.writer.add_pr_curve(f"val/pr_class_{c}", labels[:, c], probs[:, c], epoch)
+        self._probs, self._labels = [], []
