@@ -1,0 +1,46 @@
+"""The shipped experiment files: valid, and each one trains a step on CPU."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sever.main import build_experiment, prepare_config
+from sever.utils.config import load_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+WRITE_UP = ["config.yml", "sever-unet-b5.yml", "sever-fpn-se_resnext50.yml", "sever-unet-se_resnext50.yml"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*.yml")))
+def test_every_experiment_file_is_valid(name):
+    prepare_config(load_config(EXPERIMENTS / name))
+
+
+def test_write_up_hyper_parameters():
+    config = prepare_config(load_config(EXPERIMENTS / "config.yml"))
+    assert (config["arch"]["type"], config["arch"]["args"]["encoder_name"]) == ("FPN", "efficientnet-b5")
+    assert config["loss"] == {"type": "BCEDiceLoss", "args": {"bce_weight": 0.6, "dice_weight": 0.4}}
+    assert config["optimizer"]["encoder"] == {"lr": 7e-5, "weight_decay": 3e-5}
+    assert config["optimizer"]["decoder"] == {"lr": 3e-3, "weight_decay": 3e-4}
+    assert config["lr_scheduler"]["args"] == {"start_anneal": 30, "n_epochs": 250}
+    assert config["augmentation"]["args"] == {"height": 256, "width": 384}
+
+
+@pytest.mark.parametrize("name", WRITE_UP)
+def test_write_up_model_trains_one_step_on_a_small_crop(name, demo_dir):
+    config = prepare_config(load_config(EXPERIMENTS / name), [
+        "arch.args.encoder_weights=null", f"data_loader.args.data_dir={demo_dir}",
+        "data_loader.args.batch_size=2", "data_loader.args.num_workers=0", "device=cpu",
+        "augmentation.args.height=64", "augmentation.args.width=64",
+    ])
+    experiment = build_experiment(config)
+    images, masks = next(iter(experiment.data.train_loader))
+    assert images.shape == (2, 1, 64, 64)
+    model = experiment.model.train()
+    before = [p.detach().clone() for p in model.decoder.parameters()]
+    loss = experiment.loss(model(images), masks)["loss"]
+    loss.backward()
+    experiment.optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.decoder.parameters()))
