@@ -38,7 +38,7 @@ setup(
         "tqdm>=4.65",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "hypothesis>=6.90"],
+        "test": ["pytest>=7.4", "hypothesis>=6.90", "docutils>=0.20"],
         "kaggle": ["kaggle>=1.6"],
     },
     entry_points={"console_scripts": ["sever=sever.cli:cli"]},
