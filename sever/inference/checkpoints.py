@@ -1,0 +1,173 @@
+"""Turn a run folder or checkpoint file into a model ready for inference.
+
+``-m saved/demo/1122_035652`` uses that run's ``checkpoints/model_best.pth``
+(else ``last.pth``, else its newest ``checkpoint-epoch{N}.pth``); ``-m
+path/to/file.pth`` uses the file. The checkpoint's own config rebuilds the
+model (with ``encoder_weights`` off: the weights come from the checkpoint, so
+nothing is downloaded) and gives the normalisation its training used. When the
+run kept an exponential moving average, its weights are loaded: validation
+scored them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from sever.data_loader.augmentation import TRANSFORMS
+from sever.exceptions import CheckpointError, ConfigError
+from sever.model.model import build_model
+from sever.utils.checkpoint import load_checkpoint
+from sever.utils.run import RunPaths
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEYS = ("arch", "classes", "augmentation", "task")
+EMA_PREFIX = "module."
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with what inference needs to feed it.
+
+    Attributes:
+        model: maps ``(B, in_channels, H, W)`` normalised images to logits
+            ``(B, C, H, W)`` (segmentation) or ``(B, C)`` (classification).
+        source: the checkpoint file (for messages).
+        config: the run's validated config.
+        mean, std: grey normalisation ``(x / 255 - mean) / std`` of the run's augmentation.
+        in_channels: how many input channels the model reads (the grey image is repeated).
+    """
+
+    model: nn.Module
+    source: Path
+    config: dict
+    mean: float
+    std: float
+    in_channels: int
+
+    @property
+    def classes(self) -> int:
+        return self.config["classes"]
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file ``path`` names: the file itself, or the best one of a run folder.
+
+    Raises:
+        CheckpointError: nothing there, or a folder without checkpoints.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    run = RunPaths(path)
+    epochs = run.saved_epochs()
+    candidates = [run.best, run.last] + ([run.epoch_checkpoint(epochs[-1])] if epochs else [])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"{path}: not a run folder with checkpoints (looked for {run.best} and {run.last})"
+    )
+
+
+def _checked_config(state: dict, source: Path) -> dict:
+    config = state["config"]
+    missing = [key for key in CONFIG_KEYS if not isinstance(config, dict) or key not in config]
+    if missing:
+        raise CheckpointError(f"{source}: not a sever checkpoint: its config lacks {', '.join(missing)}")
+    return config
+
+
+def _weights(state: dict, source: Path) -> dict[str, torch.Tensor]:
+    """The EMA weights when the checkpoint has them (prefix ``module.`` removed), else ``state_dict``."""
+    ema = state.get("ema_state_dict")
+    if ema is None:
+        return state["state_dict"]
+    logger.info("%s: using the EMA weights", source)
+    return {key[len(EMA_PREFIX):]: value for key, value in ema.items() if key.startswith(EMA_PREFIX)}
+
+
+def _arch_block(config: dict) -> dict:
+    """The config's ``arch`` as ``{"type": ..., "args": {...}}`` (a bare name is allowed in configs)."""
+    arch = config["arch"]
+    arch = {"type": arch} if isinstance(arch, str) else arch
+    return {"type": arch.get("type"), "args": dict(arch.get("args") or {})}
+
+
+def build_eval_model(config: dict, source: Path) -> nn.Module:
+    """The model ``config`` describes, without pretrained encoder weights (nothing is downloaded)."""
+    arch = _arch_block(config)
+    arch["args"]["encoder_weights"] = None
+    try:
+        return build_model(arch, config["classes"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{source}: cannot rebuild the model of this checkpoint: {exc}") from exc
+
+
+def as_loaded_model(model: nn.Module, config: dict, source: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Wrap ``model`` with the normalisation and input channels of its ``config``, in eval mode on ``device``."""
+    transforms = TRANSFORMS.build(config["augmentation"], "augmentation")
+    in_channels = _arch_block(config)["args"].get("in_channels", "g")
+    channels = len(in_channels) if isinstance(in_channels, str) else int(in_channels)
+    return LoadedModel(model.to(device).eval(), source, config, transforms.mean, transforms.std, channels)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a run folder or checkpoint file as an eval-mode model on ``device``.
+
+    Raises:
+        CheckpointError: missing, corrupt or foreign file, or weights that do not fit
+            the model its config describes.
+    """
+    source = resolve_checkpoint(path)
+    state = load_checkpoint(source)
+    config = _checked_config(state, source)
+    model = build_eval_model(config, source)
+    try:
+        model.load_state_dict(_weights(state, source))
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{source}: the weights do not fit the {_arch_block(config)['type']} model its config describes: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    logger.info("loaded %s (%s, epoch %s)", source, _arch_block(config)["type"], state.get("epoch"))
+    return as_loaded_model(model, config, source, device)
+
+
+def load_models(paths: Sequence[str | Path], task: str, device: torch.device | str = "cpu",
+                option: str = "-m") -> list[LoadedModel]:
+    """Load several checkpoints of one task with one class count (an ensemble).
+
+    Args:
+        paths: run folders or checkpoint files.
+        task: ``segmentation`` or ``classification``: what every checkpoint must be.
+        option: the command-line option that named them, for messages.
+
+    Raises:
+        CheckpointError: a load fails, a checkpoint is of the other task, or class counts differ.
+    """
+    models = [load_model(path, device) for path in paths]
+    for loaded in models:
+        if loaded.task != task:
+            hint = "--classifier" if loaded.task == "classification" else "-m"
+            raise CheckpointError(f"{option} {loaded.source}: a {loaded.task} run; give it with {hint}")
+    first = models[0]
+    for loaded in models[1:]:
+        if loaded.classes != first.classes:
+            raise CheckpointError(
+                f"{option}: {first.source} predicts {first.classes} classes but {loaded.source} "
+                f"predicts {loaded.classes}; an ensemble needs one class count"
+            )
+    return models

@@ -1,0 +1,199 @@
+"""What prediction writes: the submission CSV, probability maps and overlay images.
+
+- Submissions go through :func:`sever.data_loader.process.write_rle_csv`:
+  ``current`` is Kaggle's ``ImageId,EncodedPixels,ClassId`` (one row per image
+  and class, empty EncodedPixels for none), ``original`` the first
+  ``ImageId_ClassId,EncodedPixels``.
+- ``--save-probs DIR`` writes ``DIR/<image name>.npz`` per image, compressed:
+  ``probs`` uint8 ``(C, H, W)`` (``q`` stands for ``q / 255``) and, with a
+  classifier, ``class_probs`` float32 ``(C,)``. ``sever tune --probs`` reads them.
+- ``--visualize DIR`` writes ``DIR/<image stem>.png``: the image with the
+  predicted masks in class colours and a legend below it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from sever.data_loader.datasets import list_images
+from sever.data_loader.process import Annotations, rle_encode, write_rle_csv
+from sever.exceptions import DataError
+from sever.inference.predictor import Predictor
+from sever.model.postprocess import PostProcessing
+from sever.utils.visualization import class_colour, overlay_masks
+
+logger = logging.getLogger(__name__)
+
+SUBMISSION_FORMATS = {"current": "submission", "original": "original"}  # CLI name -> process.py format
+PROBS_SUFFIX = ".npz"
+
+
+class Submission:
+    """Collects the RLE strings of predicted masks, image by image, then writes the CSV."""
+
+    def __init__(self, classes: int):
+        self.classes = classes
+        self.image_ids: list[str] = []
+        self.encodings: list[list[str]] = []
+
+    def add(self, names: Sequence[str], masks: np.ndarray) -> None:
+        """Add images ``names`` with their masks ``(B, C, H, W)`` bool."""
+        for name, image_masks in zip(names, masks):
+            self.image_ids.append(name)
+            self.encodings.append([rle_encode(mask) for mask in image_masks])
+
+    def annotations(self) -> Annotations:
+        encodings = np.array(self.encodings, dtype=object).reshape(len(self.image_ids), self.classes)
+        return Annotations(tuple(self.image_ids), encodings, np.zeros(encodings.shape, np.int64), "prediction")
+
+    def write(self, path: str | Path, fmt: str = "current") -> Path:
+        """Write the CSV (``fmt``: ``current`` or ``original``), atomically."""
+        return write_rle_csv(path, self.annotations(), SUBMISSION_FORMATS[fmt])
+
+
+def save_probabilities(directory: Path, name: str, probs: np.ndarray, class_probs: np.ndarray | None = None) -> Path:
+    """Write one image's uint8 probabilities ``(C, H, W)`` (and classifier ``(C,)``) as ``name.npz``."""
+    path = Path(directory) / f"{name}{PROBS_SUFFIX}"
+    arrays = {"probs": np.ascontiguousarray(probs, dtype=np.uint8)}
+    if class_probs is not None:
+        arrays["class_probs"] = np.asarray(class_probs, dtype=np.float32)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def probability_files(directory: str | Path) -> list[Path]:
+    """The ``.npz`` files of a ``--save-probs`` folder, sorted by name.
+
+    Raises:
+        DataError: the folder is missing or has none.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"probability folder not found: {directory}")
+    files = sorted(p for p in directory.iterdir() if p.name.endswith(PROBS_SUFFIX) and p.is_file())
+    if not files:
+        raise DataError(f"no {PROBS_SUFFIX} probability files in {directory} (write them with sever predict --save-probs)")
+    return files
+
+
+def image_name(path: Path) -> str:
+    """The image file name a probability file belongs to (``abc.jpg.npz`` -> ``abc.jpg``)."""
+    return path.name[: -len(PROBS_SUFFIX)]
+
+
+def load_probabilities(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(probs uint8 (C, H, W), class_probs float32 (C,) or None)`` from one ``.npz`` file.
+
+    Raises:
+        DataError: unreadable file or unexpected contents, naming the file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            probs = data["probs"]
+            class_probs = data["class_probs"] if "class_probs" in data.files else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a sever probability file: {exc}") from None
+    if probs.dtype != np.uint8 or probs.ndim != 3:
+        raise DataError(f"{path}: expected uint8 probabilities (C, H, W), got {probs.dtype} {probs.shape}")
+    return probs, class_probs
+
+
+LEGEND_ROW = 26  # pixels per legend row
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def legend(names: Sequence[str], width: int) -> np.ndarray:
+    """A dark ``(rows * 26, width, 3)`` uint8 RGB strip: a colour box and the name of each class."""
+    entries, x, row = [], 6, 0
+    for index, name in enumerate(names):
+        text_width = cv2.getTextSize(name, _FONT, 0.5, 1)[0][0]
+        needed = 22 + text_width + 14
+        if x > 6 and x + needed > width:
+            x, row = 6, row + 1
+        entries.append((index, name, x, row))
+        x += needed
+    strip = np.full(((row + 1) * LEGEND_ROW, width, 3), 32, np.uint8)
+    for index, name, x, row in entries:
+        top = row * LEGEND_ROW + 6
+        cv2.rectangle(strip, (x, top), (x + 14, top + 14), class_colour(index), thickness=-1)
+        cv2.putText(strip, name, (x + 20, top + 12), _FONT, 0.5, (235, 235, 235), 1, cv2.LINE_AA)
+    return strip
+
+
+def write_overlay(directory: Path, name: str, image: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> Path:
+    """Write ``directory/<stem>.png``: ``image (H, W)`` uint8 with ``masks (C, H, W)`` overlaid, legend below."""
+    rgb = np.concatenate([overlay_masks(image, masks), legend(class_names, image.shape[1])], axis=0)
+    path = Path(directory) / f"{Path(name).stem}.png"
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise DataError(f"cannot write {path}")
+    return path
+
+
+@dataclass
+class PredictionSummary:
+    """What :func:`predict_directory` did: images, images with each class, time taken."""
+
+    images: int
+    class_images: np.ndarray
+    seconds: float
+    output: Path
+
+    def describe(self, class_names: Sequence[str]) -> str:
+        per_class = ", ".join(f"{name} {count}" for name, count in zip(class_names, self.class_images.tolist()))
+        rate = self.images / max(self.seconds, 1e-9)
+        return (f"wrote {self.output}: {self.images} images in {self.seconds:.1f} s ({rate:.2f} images/s); "
+                f"images with defects per class: {per_class}")
+
+
+def _make_dir(path: str | Path | None) -> Path | None:
+    if path is None:
+        return None
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create folder {path}: {exc.strerror or exc}") from None
+    return Path(path)
+
+
+def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir: str | Path, output: str | Path,
+                      fmt: str = "current", save_probs: str | Path | None = None, visualize: str | Path | None = None,
+                      batch_size: int = 8, num_workers: int = 2) -> PredictionSummary:
+    """Predict every image of ``image_dir`` and write the submission (and probabilities, overlays).
+
+    Args:
+        predictor: the models.
+        settings: post-processing settings for ``predictor.classes`` classes.
+        image_dir: folder of images (sorted by name; the CSV lists them in that order).
+        output: submission CSV path; ``fmt`` ``current`` or ``original``.
+        save_probs: folder for one ``.npz`` of uint8 probabilities per image, or None.
+        visualize: folder for one overlay PNG per image, or None.
+    """
+    started = time.perf_counter()
+    image_dir = Path(image_dir)
+    names = list_images(image_dir)
+    _make_dir(Path(output).parent)
+    probs_dir, overlay_dir = _make_dir(save_probs), _make_dir(visualize)
+    submission = Submission(predictor.classes)
+    class_images = np.zeros(predictor.classes, np.int64)
+    for batch in predictor.predict_files([image_dir / name for name in names], batch_size, num_workers):
+        masks = settings.apply(batch.probs, batch.class_probs).cpu().numpy()
+        submission.add(batch.names, masks)
+        class_images += masks.any(axis=(2, 3)).sum(axis=0)
+        if probs_dir is not None:
+            probs = batch.probs.cpu().numpy()
+            class_probs = batch.class_probs.cpu().numpy() if batch.class_probs is not None else [None] * len(probs)
+            for name, image_probs, image_class_probs in zip(batch.names, probs, class_probs):
+                save_probabilities(probs_dir, name, image_probs, image_class_probs)
+        if overlay_dir is not None:
+            for name, image, image_masks in zip(batch.names, batch.images.numpy(), masks):
+                write_overlay(overlay_dir, name, image, image_masks, predictor.class_names)
+    path = submission.write(output, fmt)
+    return PredictionSummary(len(names), class_images, time.perf_counter() - started, path)

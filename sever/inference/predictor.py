@@ -1,0 +1,295 @@
+"""Batched full-size prediction: test-time augmentation, ensembles and classifier probabilities.
+
+Each image is read once as uint8 grey and normalised per model with that model's
+own training statistics. For every model the TTA views (flipped copies) go
+through the network in the same forward batch, their sigmoid probabilities are
+flipped back and averaged; the models' probabilities are then combined by
+``mean`` (weighted), ``rms`` (weighted root mean square) or ``max`` per class
+and pixel, and quantised to uint8 (``q`` stands for ``q / 255``), the form
+post-processing, saved probability maps and tuning all share.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from sever.data_loader.datasets import read_grey
+from sever.exceptions import ConfigError, DataError
+from sever.inference.checkpoints import LoadedModel, load_models
+from sever.model.postprocess import PROB_SCALE, PostProcessing
+from sever.utils.device import autocast, check_amp, resolve_device
+
+logger = logging.getLogger(__name__)
+
+# Flip dimensions of each TTA view of an (B, C, H, W) batch: -1 flips W (horizontal), -2 flips H.
+TTA_VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "hflip": ((), (-1,)),
+    "vflip": ((), (-2,)),
+    "both": ((), (-1,), (-2,), (-2, -1)),
+}
+AVERAGES = ("mean", "rms", "max")
+
+
+def class_labels(names: Sequence[str] | None, classes: int) -> list[str]:
+    """Report labels: ``"1 pitted_spots"`` from class names, else ``"class 1"`` (1-based like ClassId)."""
+    if names:
+        return [f"{c + 1} {name}" for c, name in enumerate(names)]
+    return [f"class {c + 1}" for c in range(classes)]
+
+
+def average_probabilities(probs: Sequence[Tensor], mode: str = "mean", weights: Sequence[float] | None = None) -> Tensor:
+    """Combine the probabilities of several models, element by element.
+
+    Args:
+        probs: M float tensors of one shape, e.g. ``(B, C, H, W)`` or ``(B, C)``, in [0, 1].
+        mode: ``mean`` (``sum w p / sum w``), ``rms`` (``sqrt(sum w p^2 / sum w)``, which
+            leans towards the larger values) or ``max``.
+        weights: M non-negative weights (default all 1); ``max`` takes none.
+
+    Returns:
+        A tensor of the inputs' shape.
+    """
+    check_average(mode, weights, len(probs))
+    stack = torch.stack(list(probs))
+    if mode == "max":
+        return stack.amax(dim=0)
+    w = torch.tensor(weights if weights is not None else [1.0] * len(probs), dtype=stack.dtype, device=stack.device)
+    w = w.view(-1, *([1] * (stack.ndim - 1)))
+    if mode == "mean":
+        return (stack * w).sum(dim=0) / w.sum()
+    return ((stack * stack * w).sum(dim=0) / w.sum()).sqrt()
+
+
+def check_average(mode: str, weights: Sequence[float] | None, count: int) -> None:
+    """Raise ConfigError for an unknown mode, or weights that do not fit ``count`` models."""
+    if mode not in AVERAGES:
+        raise ConfigError(f"average: {mode!r} is not one of {', '.join(AVERAGES)}")
+    if weights is None:
+        return
+    if mode == "max":
+        raise ConfigError("weights: max averaging takes no weights")
+    if len(weights) != count:
+        raise ConfigError(f"weights: {len(weights)} weights given for {count} models")
+    if any(w < 0 for w in weights) or not sum(weights) > 0:
+        raise ConfigError(f"weights: expected non-negative weights with a positive sum, got {list(weights)}")
+
+
+def tta_probabilities(model: Callable[[Tensor], Tensor], x: Tensor, tta: str = "none") -> Tensor:
+    """Mean sigmoid probability over the TTA views of ``x``, each flipped back.
+
+    Args:
+        model: maps ``(B', C_in, H, W)`` to logits ``(B', C, H, W)`` or ``(B', C)``.
+        x: ``(B, C_in, H, W)`` normalised images.
+        tta: a key of :data:`TTA_VIEWS`; all views run as one batch of ``B * views``.
+
+    Returns:
+        float32 ``(B, C, H, W)`` aligned with ``x`` (or ``(B, C)`` for a classifier).
+    """
+    views = TTA_VIEWS[tta]
+    batch = torch.cat([x.flip(dims) if dims else x for dims in views]) if len(views) > 1 else x
+    probs = torch.sigmoid(model(batch).float()).split(x.shape[0])
+    total = None
+    for view, dims in zip(probs, views):
+        aligned = view.flip(dims) if dims and view.ndim == 4 else view
+        total = aligned if total is None else total + aligned
+    return total / len(views)
+
+
+def quantize(probs: Tensor) -> Tensor:
+    """float probabilities in [0, 1] -> uint8 ``round(255 p)``."""
+    return (probs * PROB_SCALE).round_().clamp_(0, PROB_SCALE).to(torch.uint8)
+
+
+@dataclass
+class PredictionBatch:
+    """One batch of predictions.
+
+    Attributes:
+        names: B image file names.
+        images: ``(B, H, W)`` uint8 images, on the CPU.
+        probs: ``(B, C, H, W)`` uint8 ensemble probabilities, on the predictor's device.
+        class_probs: ``(B, C)`` float32 classifier probabilities, or None without a classifier.
+    """
+
+    names: list[str]
+    images: Tensor
+    probs: Tensor
+    class_probs: Tensor | None
+
+
+class Predictor:
+    """An ensemble of segmentation models (and optional classifiers) with TTA.
+
+    Args:
+        models: segmentation models of one class count.
+        classifiers: classification models of the same class count, averaged by mean.
+        average: how the segmentation models are combined: ``mean``, ``rms`` or ``max``.
+        weights: one weight per segmentation model (``mean``/``rms``), or None.
+        tta: ``none``, ``hflip``, ``vflip`` or ``both`` (identity, h, v and h+v flips).
+        device: where the models are.
+        amp: ``off``, ``bf16`` or ``fp16``: autocast for the forward passes.
+    """
+
+    def __init__(self, models: Sequence[LoadedModel], classifiers: Sequence[LoadedModel] = (), average: str = "mean",
+                 weights: Sequence[float] | None = None, tta: str = "none", device: torch.device | str = "cpu",
+                 amp: str = "off"):
+        if not models:
+            raise ConfigError("give at least one segmentation model")
+        if tta not in TTA_VIEWS:
+            raise ConfigError(f"tta: {tta!r} is not one of {', '.join(TTA_VIEWS)}")
+        check_average(average, weights, len(models))
+        for classifier in classifiers:
+            if classifier.classes != models[0].classes:
+                raise ConfigError(
+                    f"--classifier {classifier.source} predicts {classifier.classes} classes but "
+                    f"{models[0].source} predicts {models[0].classes}"
+                )
+        self.models = list(models)
+        self.classifiers = list(classifiers)
+        self.average = average
+        self.weights = list(weights) if weights is not None else None
+        self.tta = tta
+        self.device = torch.device(device)
+        check_amp(amp, self.device)
+        self.amp = amp
+
+    @property
+    def classes(self) -> int:
+        return self.models[0].classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Labels of the classes for reports, from the first model's ``class_names`` (see :func:`class_labels`)."""
+        return class_labels(self.models[0].config.get("class_names"), self.classes)
+
+    def _forward(self, loaded: LoadedModel, images: Tensor) -> Tensor:
+        x = images.unsqueeze(1).float().div_(PROB_SCALE).sub_(loaded.mean).div_(loaded.std)
+        if loaded.in_channels > 1:
+            x = x.expand(-1, loaded.in_channels, -1, -1)
+        with autocast(self.amp, self.device):
+            return tta_probabilities(loaded.model, x, self.tta)
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Probabilities of a batch of same-size images.
+
+        Args:
+            images: ``(B, H, W)`` uint8 grey images, any device.
+
+        Returns:
+            ``(probs, class_probs)``: uint8 ``(B, C, H, W)`` and float32 ``(B, C)`` (None
+            without classifiers), on :attr:`device`.
+        """
+        images = images.to(self.device, non_blocking=True)
+        probs = average_probabilities([self._forward(m, images) for m in self.models], self.average, self.weights)
+        class_probs = None
+        if self.classifiers:
+            class_probs = average_probabilities([self._forward(m, images) for m in self.classifiers], "mean")
+        return quantize(probs), class_probs
+
+    def predict_files(self, paths: Sequence[Path], batch_size: int = 8, num_workers: int = 2,
+                      description: str = "predict") -> Iterator[PredictionBatch]:
+        """Predict image files in order, ``batch_size`` at a time, with a progress bar.
+
+        Images are read by ``num_workers`` loader processes; a batch of mixed sizes is
+        split into runs of one size.
+
+        Raises:
+            DataError: an image is missing or unreadable (the message names it).
+        """
+        with tqdm(total=len(paths), desc=description, unit="img", dynamic_ncols=True, disable=None) as progress:
+            for batch in read_images(paths, batch_size, num_workers):
+                for names, images in _same_size_runs(batch):
+                    probs, class_probs = self.predict(images)
+                    yield PredictionBatch(names, images, probs, class_probs)
+                    progress.update(len(names))
+
+
+class _GreyImages(Dataset):
+    """Image files as ``(name, uint8 (H, W) image or None, error message or None)``.
+
+    Errors travel as values so that a loader worker's failure reaches the user as one
+    clear message instead of a wrapped traceback.
+    """
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = [Path(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[str, np.ndarray | None, str | None]:
+        path = self.paths[index]
+        try:
+            return path.name, read_grey(path), None
+        except DataError as exc:
+            return path.name, None, str(exc)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def read_images(paths: Sequence[Path], batch_size: int, num_workers: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+    """Batches of ``(name, uint8 (H, W) image)`` read in loader processes, in order."""
+    if batch_size < 1 or num_workers < 0:
+        raise ConfigError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {num_workers}")
+    loader = DataLoader(_GreyImages(paths), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list)
+    for batch in loader:
+        for _, _, error in batch:
+            if error is not None:
+                raise DataError(error)
+        yield [(name, image) for name, image, _ in batch]
+
+
+def _same_size_runs(batch: list[tuple[str, np.ndarray]]) -> Iterator[tuple[list[str], Tensor]]:
+    """Consecutive images of one size, stacked: ``(names, uint8 (B, H, W))``."""
+    start = 0
+    for end in range(1, len(batch) + 1):
+        if end == len(batch) or batch[end][1].shape != batch[start][1].shape:
+            run = batch[start:end]
+            yield [name for name, _ in run], torch.from_numpy(np.stack([image for _, image in run]))
+            start = end
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``auto`` -> ``fp16`` on CUDA, ``off`` elsewhere; other values as given."""
+    if amp == "auto":
+        return "fp16" if device.type == "cuda" else "off"
+    return amp
+
+
+def build_predictor(models: Sequence[str | Path], classifiers: Sequence[str | Path] = (), average: str = "mean",
+                    weights: Sequence[float] | None = None, tta: str = "none", device: str = "auto",
+                    amp: str = "auto") -> Predictor:
+    """Load run folders / checkpoints and make a :class:`Predictor` (the commands' entry point)."""
+    torch_device = resolve_device(device)
+    loaded = load_models(models, "segmentation", torch_device, "-m")
+    loaded_classifiers = load_models(classifiers, "classification", torch_device, "--classifier") if classifiers else []
+    return Predictor(loaded, loaded_classifiers, average, weights, tta, torch_device, resolve_amp(amp, torch_device))
+
+
+def load_settings(path: str | Path | None, classes: int, classifier: bool) -> PostProcessing:
+    """Post-processing settings from ``path`` (or the defaults) for a predictor.
+
+    With a classifier, ``c_factor`` defaults to the write-up's 5; without one,
+    settings with a ``classifier`` block are refused.
+    """
+    settings = PostProcessing.load(path, classes) if path is not None else PostProcessing.default(classes)
+    if classifier:
+        settings = settings.with_classifier()
+        if not any(settings.min_pixels) and settings.veto is None:
+            logger.warning("classifier given but min_pixels are all 0 and no veto: the classifier changes nothing")
+    elif settings.gated:
+        raise ConfigError(f"{path}: classifier: settings for a classifier, but no --classifier was given")
+    return settings
