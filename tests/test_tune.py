@@ -1,0 +1,103 @@
+"""sever tune: the per-class search is exact, keeps the base settings in the grid, and its YAML is usable."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from inference_runs import invoke, runs  # noqa: F401 (fixture)
+
+from sever.exceptions import ConfigError
+from sever.model.metric import dice_per_image
+from sever.model.postprocess import PostProcessing
+from sever.inference.tune import TuneStatistics
+
+
+def synthetic(n=6, size=8):
+    """Probabilities and truth for 2 classes where the best settings are known.
+
+    Class 0: every image has a true 4x4 square at p=0.70 and noise pixels at p=0.549 outside it,
+    so thresholds from 0.55 up are perfect. Class 1: odd images have a true 4x4 square, even
+    images a 3-pixel false blob, all at p=0.9, so a minimum between 4 and 16 pixels is perfect.
+    """
+    probs = torch.zeros(n, 2, size, size, dtype=torch.uint8)
+    truth = torch.zeros(n, 2, size, size, dtype=torch.uint8)
+    probs[:, 0, 0, 4:] = 140  # 140 / 255 = 0.549
+    probs[:, 0, 2:6, 0:4] = 179
+    truth[:, 0, 2:6, 0:4] = 1
+    probs[1::2, 1, 4:8, 4:8] = 230
+    truth[1::2, 1, 4:8, 4:8] = 1
+    probs[0::2, 1, 0, 0:3] = 230
+    return probs, truth
+
+
+def gathered(base, thresholds=(0.3, 0.55, 0.7), class_probs=None):
+    probs, truth = synthetic()
+    stats = TuneStatistics(base, thresholds, ["class 1", "class 2"])
+    stats.update([f"{i}.jpg" for i in range(3)], probs[:3], truth[:3], None if class_probs is None else class_probs[:3])
+    stats.update([f"{i}.jpg" for i in range(3, 6)], probs[3:], truth[3:], None if class_probs is None else class_probs[3:])
+    return stats, probs, truth
+
+
+def test_search_finds_the_known_best_and_its_score_is_exact():
+    base = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0, "one_class_per_pixel": False}, 2)
+    stats, probs, truth = gathered(base)
+    result = stats.search(min_pixels=[0, 2, 10, 20])
+    best = result.best
+    assert best.threshold[0] >= 0.55 and 4 <= best.min_pixels[1] <= 16
+    assert result.thresholds == [0.3, 0.5, 0.55, 0.7]  # the base threshold is always tried
+    np.testing.assert_allclose(result.best_scores, [1.0, 1.0])
+    assert (result.best_scores >= result.base_scores).all() and result.base_scores.mean() < 1
+    for settings, scores in ((best, result.best_scores), (base, result.base_scores)):
+        direct = dice_per_image(settings.apply(probs), truth).mean(0).numpy()
+        np.testing.assert_allclose(direct, scores)  # the search scores exactly what prediction produces
+
+
+def test_a_tie_keeps_the_base_settings():
+    base = PostProcessing.from_mapping({"threshold": 0.6, "min_pixels": [0, 10]}, 2)
+    result = gathered(base)[0].search(min_pixels=[0, 5, 12])
+    assert result.best == base
+
+
+def test_c_factor_is_searched_with_a_classifier():
+    base = PostProcessing.from_mapping({"threshold": 0.6, "min_pixels": [0, 2], "classifier": {"c_factor": 1}}, 2)
+    class_probs = torch.tensor([[1.0, 0.0], [1.0, 1.0]] * 3)  # the classifier sees through the false blobs
+    stats, probs, truth = gathered(base, class_probs=class_probs)
+    result = stats.search(min_pixels=[2], c_factors=[1, 2])
+    assert result.best.c_factor == (1.0, 2.0)  # t = 2 * 2 - 2 * 1 * 0 = 4 wipes the 3-pixel blobs
+    np.testing.assert_allclose(result.best_scores, [1.0, 1.0])
+    direct = dice_per_image(result.best.apply(probs, class_probs), truth).mean(0).numpy()
+    np.testing.assert_allclose(direct, result.best_scores)
+    assert "c_factor at threshold" in result.tables()
+
+
+def test_component_domination_cannot_be_tuned_per_class():
+    with pytest.raises(ConfigError, match="component_domination"):
+        TuneStatistics(PostProcessing.default(2).replace(component_domination=True), [0.5], ["a", "b"])
+
+
+def mean_line(text, label="mean"):
+    return [float(v) for v in re.search(rf"^{label}\s+([\d.]+)\s+([\d.]+)", text, re.M).groups()]
+
+
+def test_cli_tune_on_a_split_then_evaluate_with_the_tuned_file(runs, tmp_path):
+    out = tmp_path / "tuned.yml"
+    result = invoke("tune", "-m", runs["fpn"], "--split", "val", "--num-workers", 0, "-o", out,
+                    "--thresholds", "0.4,0.6", "--min-pixels", "0,100,1000")
+    assert result.exit_code == 0, result.output
+    base, tuned = mean_line(result.output)
+    assert tuned >= base and "threshold  min_pixels" in result.output
+    assert PostProcessing.load(out, 4).threshold[0] in (0.4, 0.5, 0.6)
+    scored = invoke("evaluate", "-m", runs["fpn"], "--split", "val", "--postprocess", out, "--num-workers", 0)
+    assert f"mean Dice {tuned:.4f}" in scored.output
+
+
+def test_cli_tune_from_saved_probabilities(runs, demo_dir, tmp_path):
+    invoke("predict", "-m", runs["fpn"], "-i", demo_dir / "test_images", "-o", tmp_path / "s.csv",
+           "--num-workers", 0, "--save-probs", tmp_path / "probs")
+    result = invoke("tune", "--probs", tmp_path / "probs", "--truth", demo_dir / "test_labels.csv",
+                    "-o", tmp_path / "pp.yml", "--thresholds", "0.5,0.7", "--min-pixels", "0,50")
+    assert result.exit_code == 0, result.output
+    base, tuned = mean_line(result.output)
+    assert tuned >= base and "(6 images)" in result.output
+    assert PostProcessing.load(tmp_path / "pp.yml", 4).min_pixels[0] in (0, 50, 600)
