@@ -77,3 +77,154 @@ def demo_data(out_dir: str, seed: int, overwrite: bool) -> None:
 
     path = make_demo_data(out_dir, seed=seed, overwrite=overwrite)
     click.echo(f"demo data in {path}")
+
+
+# ----------------------------------------------------------------------------- predict, evaluate, tune
+
+
+def _prediction_options(command):
+    """The options shared by ``predict``, ``evaluate -m`` and ``tune -m``: models and how they predict."""
+    options = [
+        click.option("-m", "--model", "models", multiple=True, type=click.Path(),
+                     help="Run folder (its best checkpoint) or checkpoint file; repeat for an ensemble."),
+        click.option("-w", "--weight", "weights", multiple=True, type=float,
+                     help="Ensemble weight of each -m, in order (mean and rms averaging)."),
+        click.option("--average", default="mean", show_default=True, type=click.Choice(["mean", "rms", "max"]),
+                     help="How the models' probabilities are combined, per class and pixel."),
+        click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "hflip", "vflip", "both"]),
+                     help="Test-time flips, averaged in probability space (both: h, v and h+v)."),
+        click.option("--classifier", "classifiers", multiple=True, type=click.Path(),
+                     help="Classification run gating the segmentation (repeat to average several)."),
+        click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
+                     help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune."),
+        click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (times TTA views)."),
+        click.option("--num-workers", default=2, show_default=True, help="Image reading processes."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]),
+                     help="Mixed precision; auto: fp16 on CUDA, off on CPU."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _predictor_and_settings(options: dict):
+    """Build the predictor and post-processing settings from the shared options."""
+    from sever.inference.predictor import build_predictor, load_settings
+
+    predictor = build_predictor(options["models"], options["classifiers"], options["average"],
+                                list(options["weights"]) or None, options["tta"], options["device"], options["amp"])
+    settings = load_settings(options["postprocess"], predictor.classes, bool(options["classifiers"]))
+    return predictor, settings
+
+
+def _numbers(text: str, kind: type, option: str) -> list:
+    """``"0.3,0.4,0.5"`` -> ``[0.3, 0.4, 0.5]`` (of ``kind``)."""
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated {kind.__name__} values, got {text!r}",
+                                 param_hint=option) from None
+
+
+@cli.command()
+@_prediction_options
+@click.option("-i", "--images", "image_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of images to predict.")
+@click.option("-o", "--output", default="submission.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="Submission CSV to write.")
+@click.option("--format", "fmt", default="current", show_default=True, type=click.Choice(["current", "original"]),
+              help="current: ImageId,EncodedPixels,ClassId; original: ImageId_ClassId,EncodedPixels.")
+@click.option("--save-probs", type=click.Path(file_okay=False), default=None,
+              help="Folder for each image's probabilities (uint8 .npz), for sever tune --probs.")
+@click.option("--visualize", type=click.Path(file_okay=False), default=None,
+              help="Folder for PNG overlays of the predictions.")
+def predict(image_dir: str, output: str, fmt: str, save_probs: str | None, visualize: str | None, **options) -> None:
+    """Predict a folder of images and write a submission CSV."""
+    from sever.data_loader.datasets import list_images
+    from sever.inference.outputs import predict_directory
+
+    if not options["models"]:
+        raise click.UsageError("give at least one -m RUN_OR_CHECKPOINT")
+    list_images(image_dir)  # an empty or missing folder fails before the models load
+    predictor, settings = _predictor_and_settings(options)
+    summary = predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize,
+                                options["batch_size"], options["num_workers"])
+    click.echo(summary.describe(predictor.class_names))
+
+
+@cli.command()
+@_prediction_options
+@click.option("--split", type=click.Choice(["val"]), default=None,
+              help="With -m: score the run's own validation split.")
+@click.option("--pred", "pred_csv", type=click.Path(dir_okay=False), default=None,
+              help="Submission CSV to score (either Kaggle format).")
+@click.option("--truth", "truth_csv", type=click.Path(dir_okay=False), default=None,
+              help="Labelled CSV to score against (either Kaggle format).")
+@click.option("--images", "image_dir", type=click.Path(file_okay=False), default=None,
+              help="With --pred: the images (image list and sizes).")
+@click.option("--size", default=None, help="With --pred and no --images: every image's HEIGHTxWIDTH, e.g. 256x1600.")
+@click.option("--classes", default=4, show_default=True, help="With --pred: number of classes.")
+def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, image_dir: str | None, size: str | None,
+             classes: int, **options) -> None:
+    """Score a submission against labels, or a run on its validation split."""
+    from sever.inference import evaluate as scoring
+
+    if bool(options["models"]) == bool(pred_csv):
+        raise click.UsageError("give either --pred CSV --truth CSV, or -m RUN --split val")
+    if pred_csv:
+        if not truth_csv:
+            raise click.UsageError("--pred needs --truth LABELS_CSV")
+        result = scoring.evaluate_csv(pred_csv, truth_csv, classes, image_dir,
+                                      scoring.parse_size(size) if size else None)
+    else:
+        if split is None:
+            raise click.UsageError("-m needs --split val (or score a submission with --pred)")
+        predictor, settings = _predictor_and_settings(options)
+        paths, annotations = scoring.predictor_split(predictor)
+        result = scoring.evaluate_predictions(predictor, settings, paths, annotations,
+                                              options["batch_size"], options["num_workers"])
+    click.echo(result.table())
+
+
+@cli.command()
+@_prediction_options
+@click.option("--split", type=click.Choice(["val"]), default=None, help="With -m: tune on the run's validation split.")
+@click.option("--probs", "probs_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of probabilities saved by sever predict --save-probs.")
+@click.option("--truth", "truth_csv", type=click.Path(dir_okay=False), default=None,
+              help="With --probs: the labels of those images.")
+@click.option("-o", "--output", default="postprocess.yml", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the best settings (YAML for sever predict --postprocess).")
+@click.option("--thresholds", default="0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.65,0.7", show_default=True,
+              help="Probability thresholds to try.")
+@click.option("--min-pixels", default="0,200,400,600,800,1000,1500,2000,3000,4000", show_default=True,
+              help="Minimum defect pixel counts to try.")
+@click.option("--c-factors", default="1,2,5,10,20", show_default=True, help="Classifier c_factors to try.")
+def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output: str, thresholds: str,
+         min_pixels: str, c_factors: str, **options) -> None:
+    """Search per-class thresholds and minimum pixel counts on labelled images."""
+    from sever.inference import tune as tuning
+
+    grid = (_numbers(thresholds, float, "--thresholds"), _numbers(min_pixels, int, "--min-pixels"),
+            _numbers(c_factors, float, "--c-factors"))
+    if bool(options["models"]) == bool(probs_dir):
+        raise click.UsageError("give either -m RUN --split val, or --probs DIR --truth CSV")
+    if probs_dir:
+        if not truth_csv:
+            raise click.UsageError("--probs needs --truth LABELS_CSV")
+        stats = tuning.statistics_from_files(probs_dir, truth_csv, options["postprocess"], grid[0],
+                                             batch_size=options["batch_size"])
+        source = probs_dir
+    else:
+        if split is None:
+            raise click.UsageError("-m needs --split val (or tune on saved probabilities with --probs)")
+        predictor, settings = _predictor_and_settings(options)
+        stats = tuning.statistics_from_run(predictor, settings, grid[0], options["batch_size"],
+                                           options["num_workers"])
+        source = f"the validation split of {predictor.models[0].source}"
+    result = stats.search(grid[1], grid[2])
+    click.echo(result.tables())
+    click.echo("")
+    click.echo(result.summary())
+    click.echo(f"wrote {result.write(output, source)}")
