@@ -129,8 +129,10 @@ def _numbers(text: str, kind: type, option: str) -> list:
 
 @cli.command()
 @_prediction_options
-@click.option("-i", "--images", "image_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder of images to predict.")
+@click.option("-i", "--images", "image_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of images to predict (with -m).")
+@click.option("--from-probs", "probs_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Instead of -m and -i: probabilities saved by --save-probs; repeat to ensemble them.")
 @click.option("-o", "--output", default="submission.csv", show_default=True, type=click.Path(dir_okay=False),
               help="Submission CSV to write.")
 @click.option("--format", "fmt", default="current", show_default=True, type=click.Choice(["current", "original"]),
@@ -138,18 +140,30 @@ def _numbers(text: str, kind: type, option: str) -> list:
 @click.option("--save-probs", type=click.Path(file_okay=False), default=None,
               help="Folder for each image's probabilities (uint8 .npz), for sever tune --probs.")
 @click.option("--visualize", type=click.Path(file_okay=False), default=None,
-              help="Folder for PNG overlays of the predictions.")
-def predict(image_dir: str, output: str, fmt: str, save_probs: str | None, visualize: str | None, **options) -> None:
+              help="Folder for PNG overlays of the predictions (with -m).")
+def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt: str, save_probs: str | None,
+            visualize: str | None, **options) -> None:
     """Predict a folder of images and write a submission CSV."""
     from sever.data_loader.datasets import list_images
-    from sever.inference.outputs import predict_directory
+    from sever.inference import outputs
+    from sever.inference.predictor import class_labels, load_settings
 
-    if not options["models"]:
-        raise click.UsageError("give at least one -m RUN_OR_CHECKPOINT")
+    if bool(options["models"]) == bool(probs_dirs):
+        raise click.UsageError("give either -m RUN_OR_CHECKPOINT (one or more) with -i IMAGE_DIR, or --from-probs DIR")
+    if probs_dirs:
+        if image_dir or visualize or options["classifiers"]:
+            raise click.UsageError("--from-probs takes no -i, --visualize or --classifier")
+        saved = outputs.SavedProbabilities(probs_dirs, options["average"], list(options["weights"]) or None)
+        settings = load_settings(options["postprocess"], saved.classes, saved.gated)
+        summary = outputs.write_predictions(saved.batches(options["batch_size"]), settings, [], output, fmt, save_probs)
+        click.echo(summary.describe(class_labels(None, saved.classes)))
+        return
+    if image_dir is None:
+        raise click.UsageError("-m needs -i IMAGE_DIR")
     list_images(image_dir)  # an empty or missing folder fails before the models load
     predictor, settings = _predictor_and_settings(options)
-    summary = predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize,
-                                options["batch_size"], options["num_workers"])
+    summary = outputs.predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize,
+                                        options["batch_size"], options["num_workers"])
     click.echo(summary.describe(predictor.class_names))
 
 

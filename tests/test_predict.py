@@ -13,7 +13,7 @@ from sever.data_loader.datasets import read_grey
 from sever.data_loader.process import decode_masks, read_rle_csv
 from sever.exceptions import CheckpointError, ConfigError
 from sever.inference.checkpoints import LoadedModel, load_model
-from sever.inference.outputs import Submission, load_probabilities
+from sever.inference.outputs import Submission, load_probabilities, save_probabilities
 from sever.inference.predictor import Predictor, average_probabilities, build_predictor, quantize, tta_probabilities
 from sever.model.postprocess import PostProcessing
 from sever.utils.checkpoint import atomic_torch_save, load_checkpoint
@@ -124,6 +124,33 @@ def test_both_submission_formats_round_trip(tmp_path, fmt, header):
     assert read.image_ids == ("a.jpg", "b.jpg", "c.jpg") and read.encodings[1, 2] == ""
     for position in range(3):
         np.testing.assert_array_equal(read.decode(position, (16, 24)).transpose(2, 0, 1), masks[position])
+
+
+def test_saved_probabilities_are_ensembled_and_post_processed(tmp_path):
+    rng = np.random.default_rng(1)
+    x = {n: rng.integers(40, 216, (4, 8, 12)) for n in ("a.jpg", "b.jpg")}
+    # y - x divisible by 4: the weighted mean (3 x + y) / 4 is a whole level, never a rounding tie
+    maps = {"x": x, "y": {n: v + 4 * rng.integers(-10, 11, v.shape) for n, v in x.items()}}
+    maps = {d: {n: v.astype(np.uint8) for n, v in images.items()} for d, images in maps.items()}
+    for d, images in maps.items():
+        (tmp_path / d).mkdir()
+        for name, probs in images.items():
+            save_probabilities(tmp_path / d, name, probs)
+    pp = tmp_path / "pp.yml"
+    pp.write_text(NO_WIPE)
+    out = tmp_path / "s.csv"
+    result = invoke("predict", "--from-probs", tmp_path / "x", "--from-probs", tmp_path / "y", "-w", 3, "-w", 1,
+                    "--postprocess", pp, "-o", out, "--format", "original")
+    assert result.exit_code == 0, result.output
+    written = read_rle_csv(out, 4)
+    settings = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0}, 4)
+    for position, name in enumerate(written.image_ids):
+        mean = (3 * maps["x"][name].astype(int) + maps["y"][name]) // 4
+        masks = settings.apply(torch.from_numpy(mean.astype(np.uint8))[None])[0].numpy()
+        np.testing.assert_array_equal(written.decode(position, (8, 12)).transpose(2, 0, 1), masks)
+    (tmp_path / "y" / "b.jpg.npz").unlink()
+    assert "no probabilities for 1 image(s)" in cli_error("predict", "--from-probs", tmp_path / "x",
+                                                          "--from-probs", tmp_path / "y", "-o", out)
 
 
 def test_ema_weights_are_preferred(runs, tmp_path):

@@ -6,7 +6,8 @@
   ``ImageId_ClassId,EncodedPixels``.
 - ``--save-probs DIR`` writes ``DIR/<image name>.npz`` per image, compressed:
   ``probs`` uint8 ``(C, H, W)`` (``q`` stands for ``q / 255``) and, with a
-  classifier, ``class_probs`` float32 ``(C,)``. ``sever tune --probs`` reads them.
+  classifier, ``class_probs`` float32 ``(C,)``. ``sever tune --probs`` and
+  ``sever predict --from-probs`` (:class:`SavedProbabilities`) read them.
 - ``--visualize DIR`` writes ``DIR/<image stem>.png``: the image with the
   predicted masks in class colours and a legend below it.
 """
@@ -18,16 +19,24 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from sever.data_loader.datasets import list_images
 from sever.data_loader.process import Annotations, rle_encode, write_rle_csv
 from sever.exceptions import DataError
-from sever.inference.predictor import Predictor
-from sever.model.postprocess import PostProcessing
+from sever.inference.predictor import (
+    PredictionBatch,
+    Predictor,
+    average_probabilities,
+    check_average,
+    quantize,
+)
+from sever.model.postprocess import PROB_SCALE, PostProcessing
 from sever.utils.visualization import class_colour, overlay_masks
 
 logger = logging.getLogger(__name__)
@@ -139,7 +148,7 @@ def write_overlay(directory: Path, name: str, image: np.ndarray, masks: np.ndarr
 
 @dataclass
 class PredictionSummary:
-    """What :func:`predict_directory` did: images, images with each class, time taken."""
+    """What :func:`write_predictions` did: images, images with each class, time taken."""
 
     images: int
     class_images: np.ndarray
@@ -163,27 +172,25 @@ def _make_dir(path: str | Path | None) -> Path | None:
     return Path(path)
 
 
-def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir: str | Path, output: str | Path,
-                      fmt: str = "current", save_probs: str | Path | None = None, visualize: str | Path | None = None,
-                      batch_size: int = 8, num_workers: int = 2) -> PredictionSummary:
-    """Predict every image of ``image_dir`` and write the submission (and probabilities, overlays).
+def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessing, class_names: Sequence[str],
+                      output: str | Path, fmt: str = "current", save_probs: str | Path | None = None,
+                      visualize: str | Path | None = None) -> PredictionSummary:
+    """Post-process ``batches`` and write the submission (and probabilities, overlays).
 
     Args:
-        predictor: the models.
-        settings: post-processing settings for ``predictor.classes`` classes.
-        image_dir: folder of images (sorted by name; the CSV lists them in that order).
+        batches: predictions in submission order; ``images`` is needed for ``visualize``.
+        settings: post-processing settings, one value per class.
+        class_names: C labels for the overlays' legend.
         output: submission CSV path; ``fmt`` ``current`` or ``original``.
         save_probs: folder for one ``.npz`` of uint8 probabilities per image, or None.
         visualize: folder for one overlay PNG per image, or None.
     """
     started = time.perf_counter()
-    image_dir = Path(image_dir)
-    names = list_images(image_dir)
     _make_dir(Path(output).parent)
     probs_dir, overlay_dir = _make_dir(save_probs), _make_dir(visualize)
-    submission = Submission(predictor.classes)
-    class_images = np.zeros(predictor.classes, np.int64)
-    for batch in predictor.predict_files([image_dir / name for name in names], batch_size, num_workers):
+    submission = Submission(settings.classes)
+    class_images = np.zeros(settings.classes, np.int64)
+    for batch in batches:
         masks = settings.apply(batch.probs, batch.class_probs).cpu().numpy()
         submission.add(batch.names, masks)
         class_images += masks.any(axis=(2, 3)).sum(axis=0)
@@ -194,6 +201,88 @@ def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir:
                 save_probabilities(probs_dir, name, image_probs, image_class_probs)
         if overlay_dir is not None:
             for name, image, image_masks in zip(batch.names, batch.images.numpy(), masks):
-                write_overlay(overlay_dir, name, image, image_masks, predictor.class_names)
+                write_overlay(overlay_dir, name, image, image_masks, class_names)
     path = submission.write(output, fmt)
-    return PredictionSummary(len(names), class_images, time.perf_counter() - started, path)
+    return PredictionSummary(len(submission.image_ids), class_images, time.perf_counter() - started, path)
+
+
+def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir: str | Path, output: str | Path,
+                      fmt: str = "current", save_probs: str | Path | None = None, visualize: str | Path | None = None,
+                      batch_size: int = 8, num_workers: int = 2) -> PredictionSummary:
+    """Predict every image of ``image_dir`` (sorted by name) and write the outputs (:func:`write_predictions`)."""
+    image_dir = Path(image_dir)
+    paths = [image_dir / name for name in list_images(image_dir)]
+    return write_predictions(predictor.predict_files(paths, batch_size, num_workers), settings, predictor.class_names,
+                             output, fmt, save_probs, visualize)
+
+
+class SavedProbabilities:
+    """Probability maps saved by ``--save-probs``, one folder per ensemble member, combined like models.
+
+    The images are those of the first folder; every other folder must have them too.
+
+    Args:
+        directories: ``--save-probs`` folders.
+        average, weights: how the folders' probabilities are combined (see
+            :func:`~sever.inference.predictor.average_probabilities`); classifier
+            probabilities are averaged by mean.
+
+    Raises:
+        DataError: a folder without probability files, an image missing from a folder, or
+            folders that disagree on class count, size or classifier probabilities.
+    """
+
+    def __init__(self, directories: Sequence[str | Path], average: str = "mean", weights: Sequence[float] | None = None):
+        check_average(average, weights, len(directories))
+        self.directories = [Path(d) for d in directories]
+        self.average, self.weights = average, weights
+        self.names = [image_name(path) for path in probability_files(self.directories[0])]
+        for directory in self.directories[1:]:
+            missing = [name for name in self.names if not (directory / f"{name}{PROBS_SUFFIX}").is_file()]
+            if missing:
+                raise DataError(f"{directory}: no probabilities for {len(missing)} image(s) of "
+                                f"{self.directories[0]}, e.g. {missing[0]}")
+        probs, class_probs = self.load(self.names[0])
+        self.classes, self.gated = probs.shape[0], class_probs is not None
+
+    def load(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """One image's combined ``(probs uint8 (C, H, W), class_probs float32 (C,) or None)``."""
+        loaded = [(path, *load_probabilities(path)) for path in (d / f"{name}{PROBS_SUFFIX}" for d in self.directories)]
+        first_path, first, first_class = loaded[0]
+        for path, probs, class_probs in loaded[1:]:
+            if probs.shape != first.shape or (class_probs is None) != (first_class is None):
+                raise DataError(f"{path} does not match {first_path}: probabilities {probs.shape} against "
+                                f"{first.shape}, classifier probabilities {class_probs is not None} against "
+                                f"{first_class is not None}")
+        if len(loaded) == 1:
+            return first, first_class
+        probs = average_probabilities([torch.from_numpy(p).float() / PROB_SCALE for _, p, _ in loaded],
+                                      self.average, self.weights)
+        class_probs = None
+        if first_class is not None:
+            class_probs = average_probabilities([torch.from_numpy(c) for _, _, c in loaded]).numpy()
+        return quantize(probs).numpy(), class_probs
+
+    def batches(self, batch_size: int = 8) -> Iterator[PredictionBatch]:
+        """The images in order, ``batch_size`` of one size at a time (``images`` is None)."""
+        batch: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        for name in tqdm(self.names, desc="probabilities", unit="img", dynamic_ncols=True, disable=None):
+            probs, class_probs = self.load(name)
+            if (class_probs is not None) != self.gated:
+                raise DataError(f"{name}: classifier probabilities in some files and not in others")
+            if batch and (len(batch) == batch_size or probs.shape != batch[0][1].shape):
+                yield _saved_batch(batch)
+                batch = []
+            batch.append((name, probs, class_probs))
+        if batch:
+            yield _saved_batch(batch)
+
+
+def _saved_batch(batch: list[tuple[str, np.ndarray, np.ndarray | None]]) -> PredictionBatch:
+    class_probs = [c for _, _, c in batch]
+    return PredictionBatch(
+        names=[name for name, _, _ in batch],
+        images=None,
+        probs=torch.from_numpy(np.stack([p for _, p, _ in batch])),
+        class_probs=None if class_probs[0] is None else torch.from_numpy(np.stack(class_probs)),
+    )

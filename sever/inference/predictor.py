@@ -116,13 +116,13 @@ class PredictionBatch:
 
     Attributes:
         names: B image file names.
-        images: ``(B, H, W)`` uint8 images, on the CPU.
+        images: ``(B, H, W)`` uint8 images, on the CPU (None for saved probabilities).
         probs: ``(B, C, H, W)`` uint8 ensemble probabilities, on the predictor's device.
         class_probs: ``(B, C)`` float32 classifier probabilities, or None without a classifier.
     """
 
     names: list[str]
-    images: Tensor
+    images: Tensor | None
     probs: Tensor
     class_probs: Tensor | None
 

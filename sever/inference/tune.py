@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor
 from sever.data_loader.process import read_rle_csv
 from sever.exceptions import ConfigError, DataError
 from sever.inference.evaluate import predictor_split, truth_batch
-from sever.inference.outputs import image_name, load_probabilities, probability_files
+from sever.inference.outputs import SavedProbabilities
 from sever.inference.predictor import Predictor, class_labels, load_settings
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
@@ -226,19 +226,6 @@ def statistics_from_run(predictor: Predictor, base: PostProcessing, thresholds: 
     return stats
 
 
-def _probability_batches(files: Sequence[Path], batch_size: int) -> Iterator[list[tuple[str, np.ndarray, np.ndarray | None]]]:
-    """Saved probability maps in batches of one size: ``(image name, probs, class_probs)``."""
-    batch: list = []
-    for path in files:
-        probs, class_probs = load_probabilities(path)
-        if batch and (len(batch) == batch_size or probs.shape != batch[0][1].shape):
-            yield batch
-            batch = []
-        batch.append((image_name(path), probs, class_probs))
-    if batch:
-        yield batch
-
-
 def statistics_from_files(probs_dir: str | Path, truth_csv: str | Path, postprocess: str | Path | None,
                           thresholds: Sequence[float], class_names: Sequence[str] | None = None,
                           batch_size: int = 8) -> TuneStatistics:
@@ -246,18 +233,11 @@ def statistics_from_files(probs_dir: str | Path, truth_csv: str | Path, postproc
 
     The images are the folder's; ground-truth rows for other images are ignored.
     """
-    files = probability_files(probs_dir)
-    first, first_class_probs = load_probabilities(files[0])
-    classes, gated = first.shape[0], first_class_probs is not None
-    names = [image_name(path) for path in files]
-    truth = read_rle_csv(truth_csv, classes, image_ids=names)
-    stats = TuneStatistics(load_settings(postprocess, classes, gated), thresholds,
-                           class_labels(class_names, classes))
-    for batch in _probability_batches(files, batch_size):
-        if any((class_probs is not None) != gated for _, _, class_probs in batch):
-            raise DataError(f"{probs_dir}: some probability files have classifier probabilities and some do not")
-        batch_names = [name for name, _, _ in batch]
-        probs = torch.from_numpy(np.stack([p for _, p, _ in batch]))
-        class_probs = torch.from_numpy(np.stack([cp for _, _, cp in batch])) if gated else None
-        stats.update(batch_names, probs, truth_batch(truth, batch_names, probs.shape[-2:]), class_probs)
+    saved = SavedProbabilities([probs_dir])
+    truth = read_rle_csv(truth_csv, saved.classes, image_ids=saved.names)
+    stats = TuneStatistics(load_settings(postprocess, saved.classes, saved.gated), thresholds,
+                           class_labels(class_names, saved.classes))
+    for batch in saved.batches(batch_size):
+        stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
+                     batch.class_probs)
     return stats
