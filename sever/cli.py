@@ -88,7 +88,7 @@ def _prediction_options(command):
         click.option("-m", "--model", "models", multiple=True, type=click.Path(),
                      help="Run folder (its best checkpoint) or checkpoint file; repeat for an ensemble."),
         click.option("-w", "--weight", "weights", multiple=True, type=float,
-                     help="Ensemble weight of each -m, in order (mean and rms averaging)."),
+                     help="Ensemble weight of each -m (or --from-probs), in order; mean and rms only."),
         click.option("--average", default="mean", show_default=True, type=click.Choice(["mean", "rms", "max"]),
                      help="How the models' probabilities are combined, per class and pixel."),
         click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "hflip", "vflip", "both"]),

@@ -36,16 +36,21 @@ def classifier_changes() -> dict:
     return {"task": "classification", "arch": CLASSIFIER, "loss": "BCELoss", "metrics": ["Accuracy"]}
 
 
+_RUNS: dict[str, Path] = {}  # written once per session, whichever test module asks first
+
+
 @pytest.fixture(scope="session")
 def runs(demo_dir, tmp_path_factory) -> dict[str, Path]:
     """Run folders: ``fpn`` and ``unet`` (4 classes), ``three`` (3 classes), ``classifier``."""
-    root = tmp_path_factory.mktemp("runs")
-    return {
-        "fpn": make_run(root, demo_dir, "fpn", seed=1),
-        "unet": make_run(root, demo_dir, "unet", seed=2, arch=UNET),
-        "three": make_run(root, demo_dir, "three", seed=3, classes=3),
-        "classifier": make_run(root, demo_dir, "classifier", seed=4, **classifier_changes()),
-    }
+    if not _RUNS:
+        root = tmp_path_factory.mktemp("runs")
+        _RUNS.update(
+            fpn=make_run(root, demo_dir, "fpn", seed=1),
+            unet=make_run(root, demo_dir, "unet", seed=2, arch=UNET),
+            three=make_run(root, demo_dir, "three", seed=3, classes=3),
+            classifier=make_run(root, demo_dir, "classifier", seed=4, **classifier_changes()),
+        )
+    return _RUNS
 
 
 def invoke(*args):
