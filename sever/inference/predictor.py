@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -245,6 +246,8 @@ def read_images(paths: Sequence[Path], batch_size: int, num_workers: int) -> Ite
     """Batches of ``(name, uint8 (H, W) image)`` read in loader processes, in order."""
     if batch_size < 1 or num_workers < 0:
         raise ConfigError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {num_workers}")
+    if num_workers > 0:
+        cv2.setNumThreads(0)  # OpenCV's thread pool does not survive fork(), as in SteelDataLoader
     loader = DataLoader(_GreyImages(paths), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list)
     for batch in loader:
         for _, _, error in batch:
