@@ -77,3 +77,39 @@ def demo_data(out_dir: str, seed: int, overwrite: bool) -> None:
 
     path = make_demo_data(out_dir, seed=seed, overwrite=overwrite)
     click.echo(f"demo data in {path}")
+
+
+@cli.command()
+@click.option("--from", "source", required=True, type=click.Choice(["kaggle", "mask-folder"]),
+              help="Format to read.")
+@click.option("--to", "target", required=True, type=click.Choice(["kaggle", "mask-folder"]),
+              help="Format to write.")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Image folder (both formats).")
+@click.option("--masks", required=True, type=click.Path(file_okay=False),
+              help="Mask folder: read with --from mask-folder, written with --to mask-folder.")
+@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False),
+              help="Kaggle CSV: read with --from kaggle (either format), written with --to kaggle.")
+@click.option("--classes", required=True, type=click.IntRange(min=1), help="Number of defect classes.")
+@click.option("--class-names", default=None, metavar="A,B,...",
+              help="Comma-separated class names: the per-class mask folder names (default 1..classes).")
+@click.option("--layout", default="labels", show_default=True, type=click.Choice(["labels", "per-class"]),
+              help="Mask folder written: one label map per image, or one binary mask per class.")
+@click.option("--csv-format", default="train", show_default=True,
+              type=click.Choice(["train", "original", "submission"]),
+              help="CSV written: ImageId,ClassId,EncodedPixels (train), ImageId_ClassId (original), ...")
+def convert(source: str, target: str, images: str, masks: str, csv_path: str, classes: int,
+            class_names: str | None, layout: str, csv_format: str) -> None:
+    """Convert masks between a Kaggle CSV and a mask folder (images/ + masks/)."""
+    from sever.data_loader.convert import csv_to_mask_folder, mask_folder_to_csv
+
+    if source == target:
+        raise click.UsageError("--from and --to are the same format: nothing to convert")
+    names = [name.strip() for name in class_names.split(",")] if class_names else None
+    if names is not None and len(names) != classes:
+        raise click.BadParameter(f"{len(names)} names for {classes} classes", param_hint="--class-names")
+    if source == "mask-folder":
+        annotations = mask_folder_to_csv(images, masks, csv_path, classes, names, csv_format)
+        click.echo(f"wrote {int(annotations.has_defect().sum())} masks of {len(annotations)} images to {csv_path}")
+    else:
+        annotations = csv_to_mask_folder(images, csv_path, masks, classes, names, layout)
+        click.echo(f"wrote {layout} masks of {len(annotations)} images to {masks}")

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_METRICS = {"segmentation": ["Dice"], "classification": ["Accuracy", "PrecisionRecall"]}
 SUPPLIED = {
     "arch": ("classes",),
-    "data_loader": ("classes", "transforms", "seed", "task"),
+    "data_loader": ("classes", "class_names", "transforms", "seed", "task"),
 }
 
 
@@ -87,7 +87,8 @@ def build_experiment(config: dict) -> Experiment:
     transforms = TRANSFORMS.build(config["augmentation"], "augmentation")
     data = DATA_LOADERS.build(
         config["data_loader"], "data_loader",
-        classes=config["classes"], transforms=transforms, seed=config["seed"], task=config["task"],
+        classes=config["classes"], class_names=config["class_names"], transforms=transforms, seed=config["seed"],
+        task=config["task"],
     )
     model = build_model(config["arch"], config["classes"]).to(device)
     logger.info("model: %s over %s, %s trainable parameters", config["arch"]["type"],

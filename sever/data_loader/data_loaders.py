@@ -32,6 +32,7 @@ from sever.data_loader.datasets import (
     image_size,
     list_images,
 )
+from sever.data_loader.mask_folder import read_mask_folder
 from sever.data_loader.process import Annotations, read_rle_csv
 from sever.data_loader.sampling import SAMPLERS, allocate, class_balance_groups
 from sever.exceptions import ConfigError, DataError
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 DATA_LOADERS = Registry("data loader")
 
 DATASETS = {"segmentation": SegmentationDataset, "classification": ClassificationDataset}
+SOURCE_FORMATS = ("kaggle", "mask_folder")
 
 
 def stratified_split(n_defects: np.ndarray, validation: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +114,9 @@ class SteelDataLoader:
         num_workers: loader processes (0 loads in the main process).
         csv: masks CSV in either Kaggle format, relative to ``data_dir``.
         images: image folder relative to ``data_dir``.
+        format: ``kaggle`` (masks from ``csv``) or ``mask_folder`` (PNG masks in
+            ``masks``, see :mod:`sever.data_loader.mask_folder`).
+        masks: the mask folder relative to ``data_dir`` (``format: mask_folder``).
         pseudo_csv: optional pseudo-label CSV for ``pseudo_images`` (training only).
         pseudo_images: folder of the pseudo-labelled images.
         sampler: optional ``{type, args}`` of a weighted batch sampler; its groups
@@ -120,15 +125,16 @@ class SteelDataLoader:
         pin_memory: pin host memory when training on CUDA.
         generate_demo: write the synthetic demo dataset into ``data_dir`` first
             if it is not there (``experiments/demo.yml``).
-        classes, transforms, seed, task: supplied by sever from the config.
+        classes, class_names, transforms, seed, task: supplied by sever from the config.
     """
 
     def __init__(self, data_dir: str, batch_size: int = 16, validation_split: float | int = 0.2,
                  num_workers: int = 2, csv: str = "train.csv", images: str = "train_images",
                  pseudo_csv: str | None = None, pseudo_images: str = "test_images",
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
-                 pin_memory: bool = True, generate_demo: bool = False,
-                 *, classes: int, transforms, seed: int, task: str = "segmentation"):
+                 pin_memory: bool = True, generate_demo: bool = False, format: str = "kaggle",
+                 masks: str = "train_masks", *, classes: int, class_names: list[str] | None = None,
+                 transforms, seed: int, task: str = "segmentation"):
         _check_positive("batch_size", batch_size)
         if num_workers < 0:
             raise ConfigError(f"data_loader.args.num_workers: must be >= 0, got {num_workers}")
@@ -142,7 +148,12 @@ class SteelDataLoader:
         self.transforms = transforms
         dataset_class = DATASETS[task]
 
-        annotations, paths = load_split_source(self.data_dir, images, csv, classes)
+        if format not in SOURCE_FORMATS:
+            raise ConfigError(f"data_loader.args.format: {format!r} is not one of {', '.join(SOURCE_FORMATS)}")
+        if format == "kaggle":
+            annotations, paths = load_split_source(self.data_dir, images, csv, classes)
+        else:
+            annotations, paths = read_mask_folder(self.data_dir / images, self.data_dir / masks, classes, class_names)
         train_idx, valid_idx = stratified_split(annotations.n_defects(), validation_split, seed)
         train_ann, train_paths = annotations.subset(train_idx), [paths[i] for i in train_idx]
         groups = None
