@@ -18,9 +18,12 @@ import torch
 
 from sever.data_loader.augmentation import TRANSFORMS
 from sever.data_loader.data_loaders import DATA_LOADERS
+from sever.detection.data import DetectionTransforms, VOCDataLoader
+from sever.detection.metric import MeanAP
 from sever.exceptions import ConfigError
 from sever.model.loss import LOSSES
 from sever.model.metric import METRICS
+from sever.model.detection import DetectionLoss, FasterRCNN
 from sever.model.model import ARCHITECTURES, build_model
 from sever.model.optimizer import build_optimizer
 from sever.model.scheduler import SCHEDULERS, build_scheduler
@@ -28,12 +31,16 @@ from sever.trainer import TRAINERS
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import apply_overrides, dump_config, load_config, validate_config
 from sever.utils.device import check_amp, resolve_device
+from sever.utils.registry import parse_spec
 from sever.utils.logger import add_file_log
 from sever.utils.run import RunPaths, resolve_resume
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRICS = {"segmentation": ["Dice"], "classification": ["Accuracy", "PrecisionRecall"]}
+DEFAULT_METRICS = {"segmentation": ["Dice"], "classification": ["Accuracy", "PrecisionRecall"],
+                   "detection": [MeanAP.__name__]}
+DETECTION_PARTS = {"arch": (ARCHITECTURES, FasterRCNN), "data_loader": (DATA_LOADERS, VOCDataLoader),
+                   "augmentation": (TRANSFORMS, DetectionTransforms), "loss": (LOSSES, DetectionLoss)}
 SUPPLIED = {
     "arch": ("classes",),
     "data_loader": ("classes", "class_names", "transforms", "seed", "task"),
@@ -50,6 +57,7 @@ def seed_everything(seed: int) -> None:
 def prepare_config(config: dict, overrides: tuple[str, ...] | list[str] = ()) -> dict:
     """Apply ``--set`` overrides, validate sever's keys and every ``type``/``args`` block."""
     config = validate_config(apply_overrides(config, overrides))
+    check_task_parts(config)
     ARCHITECTURES.check(config["arch"], "arch", supplied=SUPPLIED["arch"])
     DATA_LOADERS.check(config["data_loader"], "data_loader", supplied=SUPPLIED["data_loader"])
     TRANSFORMS.check(config["augmentation"], "augmentation")
@@ -59,6 +67,17 @@ def prepare_config(config: dict, overrides: tuple[str, ...] | list[str] = ()) ->
     if config["lr_scheduler"] is not None:
         SCHEDULERS.check(config["lr_scheduler"], "lr_scheduler", supplied=("optimizer",))
     return config
+
+
+def check_task_parts(config: dict) -> None:
+    """Detection blocks (boxes) only with ``task: detection``, and only they with it."""
+    detection = config["task"] == "detection"
+    for key, (registry, part) in DETECTION_PARTS.items():
+        name = parse_spec(config[key], key)[0]
+        entry = registry.get(name, f"{key}.type")
+        if (isinstance(entry, type) and issubclass(entry, part)) != detection:
+            needed = f"{part.__name__}" if detection else f"anything but {part.__name__}"
+            raise ConfigError(f"{key}.type: task {config['task']} needs {needed}, got {name}")
 
 
 def metric_specs(config: dict) -> list:

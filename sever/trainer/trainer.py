@@ -86,7 +86,7 @@ class Trainer(BaseTrainer):
             parts = self._train_step(images, targets, step, n_batches, epoch)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
-            seen += images.shape[0]
+            seen += len(images)
             self.steps_done = step + 1
             progress.update()
             rate = seen / max(time.perf_counter() - started, 1e-9)

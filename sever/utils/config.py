@@ -171,7 +171,7 @@ TOP_SCHEMA: dict[str, Field] = {
     "seed": Field((int,), default=1234),
     "device": Field((str,), default="auto"),
     "amp": Field((str, bool), default="off", nullable=True),
-    "task": Field((str,), default="segmentation", choices=("segmentation", "classification")),
+    "task": Field((str,), default="segmentation", choices=("segmentation", "classification", "detection")),
     "classes": Field((int,), required=True, check=POSITIVE),
     "class_names": Field((list,), default=None, nullable=True),
     "arch": Field(SPEC, required=True),
