@@ -111,7 +111,7 @@ def build_experiment(config: dict) -> Experiment:
     )
     model = build_model(config["arch"], config["classes"]).to(device)
     logger.info("model: %s over %s, %s trainable parameters", config["arch"]["type"],
-                config["arch"].get("args", {}).get("encoder_name", "?"), f"{model.trainable_parameters():,}")
+                _backbone_name(config["arch"]), f"{model.trainable_parameters():,}")
     loss = LOSSES.build(config["loss"], "loss")
     metrics = [METRICS.build(spec, f"metrics.{i}") for i, spec in enumerate(metric_specs(config))]
     optimizer = build_optimizer(model, config["optimizer"])
@@ -127,6 +127,11 @@ def make_trainer(experiment: Experiment, run: RunPaths):
         train_loader=experiment.data.train_loader, valid_loader=experiment.data.valid_loader,
         device=experiment.device, amp=experiment.config["amp"],
     )
+
+
+def _backbone_name(arch: dict) -> str:
+    args = arch.get("args", {})
+    return args.get("encoder_name", args.get("backbone", "?"))
 
 
 def _checkpoint_bytes(model: torch.nn.Module) -> int:

@@ -33,7 +33,7 @@ def detection_config(data_dir, save_dir, **trainer):
         "augmentation": {"type": "DetectionTransforms", "args": {"train_aug": True, "mosaic": 0.5}},
         "loss": "DetectionLoss",
         "optimizer": {"type": "SGD", "args": {"lr": 0.01, "momentum": 0.9}},
-        "trainer": {"epochs": 2, "monitor": "max val_map", "tensorboard": False, "max_steps_per_epoch": 2,
+        "trainer": {"epochs": 2, "monitor": "max val_map", "tensorboard": False, "max_steps_per_epoch": 1,
                     **trainer},
     }
 
@@ -173,16 +173,18 @@ def test_masks_to_boxes_scores_components_by_mean_probability():
     assert masks_to_boxes(np.zeros((3, 4, 4)))[0].shape == (0, 4)
 
 
-def test_segmentation_checkpoint_evaluated_as_a_detector(make_config, demo_dir):
-    run = main.train(make_config(epochs=1))
-    results = evaluate_segmentation_as_detector(run.last, demo_dir / "train_images", csv=demo_dir / "train.csv")
+def test_segmentation_checkpoint_evaluated_as_a_detector(make_config, demo_dir, tmp_path):
+    config = main.prepare_config(make_config())
+    checkpoint = tmp_path / "seg.pth"
+    torch.save({"state_dict": build_model(config["arch"], 4).state_dict(), "config": config, "epoch": 0}, checkpoint)
+    results = evaluate_segmentation_as_detector(checkpoint, demo_dir / "train_images", csv=demo_dir / "train.csv")
     assert {"map", "map_50", "map_75", "mar_1", "mar_10", "mar_100"} <= results.keys()
     assert all(-1 <= value <= 1 for value in results.values())
     assert any(key.startswith("ap_") for key in results)
     with pytest.raises(ConfigError, match="exactly one ground truth"):
-        evaluate_segmentation_as_detector(run.last, demo_dir / "train_images")
+        evaluate_segmentation_as_detector(checkpoint, demo_dir / "train_images")
     with pytest.raises(CheckpointError, match="not a detector"):
-        next(predict_boxes([run.last], demo_dir / "train_images"))
+        next(predict_boxes([checkpoint], demo_dir / "train_images"))
 
 
 # ---------------------------------------------------------------- the model, training, prediction
@@ -211,22 +213,24 @@ def test_config_errors(voc_dir, tmp_path, monkeypatch):
 
 
 def test_training_steps_checkpoints_resume_and_prediction(voc_dir, tmp_path):
-    straight = main.train(detection_config(voc_dir, tmp_path / "a"))
-    halted = main.train(detection_config(voc_dir, tmp_path / "b", epochs=1))
-    main.resume(halted.root, ["trainer.epochs=2"])
-    a, b = load_checkpoint(straight.last), load_checkpoint(halted.last)
-    assert a["epoch"] == b["epoch"] == 2
-    assert all(torch.equal(a["state_dict"][key], b["state_dict"][key]) for key in a["state_dict"])
-    first = build_model(a["config"]["arch"], 2).state_dict()
-    assert any(not torch.equal(first[key], value) for key, value in a["state_dict"].items())
-    log = straight.log_file.read_text()
+    run = main.train(detection_config(voc_dir, tmp_path))
+    finished = load_checkpoint(run.last)
+    log = run.log_file.read_text()
     assert "val_map " in log and "val_ap_0" in log and "train_box_reg" in log
-    predictions = dict(predict_boxes([straight.last, halted.last], voc_dir / "images", threshold=0.0))
+    first = build_model(finished["config"]["arch"], 2).state_dict()
+    assert any(not torch.equal(first[key], value) for key, value in finished["state_dict"].items())
+    # Resuming from the end of epoch 1 retrains epoch 2 exactly.
+    main.resume(run.checkpoints / "checkpoint-epoch1.pth")
+    resumed = load_checkpoint(run.last)
+    assert resumed["epoch"] == finished["epoch"] == 2
+    assert all(torch.equal(resumed["state_dict"][key], value) for key, value in finished["state_dict"].items())
+    ensemble = [run.last, run.checkpoints / "checkpoint-epoch1.pth"]
+    predictions = dict(predict_boxes(ensemble, voc_dir / "images", threshold=0.0))
     assert len(predictions) == 6
     for found in predictions.values():
         assert found["boxes"].shape[1] == 4 and (np.diff(found["scores"]) <= 0).all()
         assert set(found["labels"].tolist()) <= {0, 1}
-    csv_path = predict_to_folder([straight.last], voc_dir / "images", tmp_path / "out", threshold=0.0)
+    csv_path = predict_to_folder([run.last], voc_dir / "images", tmp_path / "out", threshold=0.0)
     assert csv_path.read_text().splitlines()[0] == "ImageId,ClassId,ClassName,Score,XMin,YMin,XMax,YMax"
     assert len(list((tmp_path / "out").glob("*.png"))) == 6
 

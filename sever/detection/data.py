@@ -112,6 +112,8 @@ class DetectionTransforms:
 
     def build(self, train: bool) -> A.Compose:
         body = self._train_transforms() if train and self.train_aug else []
+        if not body:  # boxes pass through unchanged
+            return SeverCompose([])
         return SeverCompose(body, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
                                                            clip=True, min_area=1.0))
 

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from sever.exceptions import ConfigError
 from sever.model.metric import METRICS
 
 SUMMARY = (
@@ -51,10 +52,14 @@ class MeanAP:
     """
 
     def __init__(self):
-        from torchmetrics.detection import MeanAveragePrecision
+        try:
+            from torchmetrics.detection import MeanAveragePrecision
 
-        self._metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools",
-                                            class_metrics=True)
+            self._metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools",
+                                                class_metrics=True)
+        except ImportError as exc:  # ModuleNotFoundError from either package
+            raise ConfigError(f"metrics: MeanAP needs torchmetrics and pycocotools ({exc}); "
+                              "install them with: pip install 'sever[detection]'") from None
         self._images = 0
 
     def reset(self) -> None:
