@@ -10,7 +10,7 @@ from sever import main
 from sever.detection.data import DetectionDataset, DetectionTransforms, VOCDataLoader, mosaic
 from sever.detection.from_masks import evaluate_segmentation_as_detector, masks_to_boxes
 from sever.detection.metric import MeanAP, map_table
-from sever.detection.predict import draw_boxes, predict_boxes, predict_to_folder
+from sever.detection.predict import draw_boxes, evaluate_detector, predict_boxes, predict_to_folder
 from sever.data_loader.voc import read_voc_folder
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.model.model import build_model
@@ -230,6 +230,8 @@ def test_training_steps_checkpoints_resume_and_prediction(voc_dir, tmp_path):
     for found in predictions.values():
         assert found["boxes"].shape[1] == 4 and (np.diff(found["scores"]) <= 0).all()
         assert set(found["labels"].tolist()) <= {0, 1}
+    results = evaluate_detector([run.last], voc_dir / "images", voc_dir / "annotations")
+    assert 0 <= results["map"] <= results["map_50"] <= 1 and "ap_0" in results
     csv_path = predict_to_folder([run.last], voc_dir / "images", tmp_path / "out", threshold=0.0)
     assert csv_path.read_text().splitlines()[0] == "ImageId,ClassId,ClassName,Score,XMin,YMin,XMax,YMax"
     assert len(list((tmp_path / "out").glob("*.png"))) == 6

@@ -119,7 +119,7 @@ def test_errors_name_the_file(tmp_path):
         read_mask_folder(images, mask_dir, 3)
     cv2.imwrite(str(mask_dir / "img1.png"), np.zeros((48, 48), np.uint8))
     cv2.imwrite(str(mask_dir / "stray.png"), np.zeros((48, 48), np.uint8))
-    with pytest.raises(DataError, match=r"1 mask\(s\) have no image .*stray.png"):
+    with pytest.raises(DataError, match=r"1 file\(s\) have no image .*stray.png"):
         read_mask_folder(images, mask_dir, 3)
     (mask_dir / "stray.png").unlink()
     colour = np.zeros((48, 48, 3), np.uint8)

@@ -98,7 +98,7 @@ def test_folder_errors(tmp_path):
         find_voc_folders(tmp_path)
     make_voc(tmp_path, n=2)
     (tmp_path / "annotations" / "ghost.xml").write_text(voc_xml("ghost", 10, 10, []))
-    with pytest.raises(DataError, match=r"1 annotation\(s\) have no image .*ghost.xml"):
+    with pytest.raises(DataError, match=r"1 file\(s\) have no image .*ghost.xml"):
         read_voc_folder(tmp_path / "images", tmp_path / "annotations", CLASSES)
     with pytest.raises(DataError, match="folder not found"):
         find_voc_folders(tmp_path, "images", "labels")

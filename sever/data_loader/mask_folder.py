@@ -107,23 +107,23 @@ def label_planes(labels: np.ndarray, classes: int, path: Path) -> list[np.ndarra
     return [(labels == k + 1).view(np.uint8) for k in range(classes)]
 
 
-def _stems(names: Sequence[str], where: Path) -> dict[str, str]:
-    """Image file name by stem; DataError when two images share a stem (their masks would clash)."""
+def image_stems(names: Sequence[str], image_dir: Path, suffix: str = MASK_SUFFIX) -> dict[str, str]:
+    """Image file name by stem; DataError when two images share a stem (their ``suffix`` files would clash)."""
     stems: dict[str, str] = {}
     for name in names:
         stem = Path(name).stem
         if stem in stems:
-            raise DataError(f"{where}: {stems[stem]} and {name} share the mask name {stem}{MASK_SUFFIX}")
+            raise DataError(f"{image_dir}: {stems[stem]} and {name} would share the file {stem}{suffix}")
         stems[stem] = name
     return stems
 
 
-def _check_orphans(folder: Path, stems: dict[str, str], image_dir: Path) -> None:
-    """DataError naming mask files in ``folder`` that belong to no image."""
-    orphans = sorted(p.name for p in folder.glob(f"*{MASK_SUFFIX}") if p.stem not in stems)
+def check_orphans(folder: Path, stems: dict[str, str], image_dir: Path, suffix: str = MASK_SUFFIX) -> None:
+    """DataError naming the ``suffix`` files in ``folder`` whose stem is no image's in ``image_dir``."""
+    orphans = sorted(p.name for p in folder.glob(f"*{suffix}") if p.stem not in stems)
     if orphans:
         shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
-        raise DataError(f"{folder}: {len(orphans)} mask(s) have no image in {image_dir}: {shown}")
+        raise DataError(f"{folder}: {len(orphans)} file(s) have no image in {image_dir}: {shown}")
 
 
 def _checked_size(mask: np.ndarray, path: Path, image_path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -169,11 +169,11 @@ def read_mask_folder(image_dir: str | Path, mask_dir: str | Path, classes: int,
     """
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     names = list_images(image_dir)
-    stems = _stems(names, image_dir)
+    stems = image_stems(names, image_dir)
     folders = class_folders(classes, class_names)
     layout = detect_layout(mask_dir, folders)
     for folder in [mask_dir] if layout == "labels" else [mask_dir / f for f in folders if (mask_dir / f).is_dir()]:
-        _check_orphans(folder, stems, image_dir)
+        check_orphans(folder, stems, image_dir)
     encodings = np.empty((len(names), classes), dtype=object)
     for i, name in enumerate(tqdm(names, desc=f"reading {mask_dir.name}", leave=False, disable=None)):
         planes = _image_planes(image_dir / name, mask_dir, layout, folders, Path(name).stem)
@@ -232,7 +232,7 @@ def write_mask_folder(annotations: Annotations, image_dir: str | Path, mask_dir:
         raise ValueError(f"unknown mask layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     folders = class_folders(annotations.n_classes, class_names)
-    _stems(annotations.image_ids, image_dir)
+    image_stems(annotations.image_ids, image_dir)
     for i, name in enumerate(tqdm(annotations.image_ids, desc=f"writing {mask_dir.name}", leave=False, disable=None)):
         masks = annotations.decode(i, image_size(image_dir / name))
         stem = Path(name).stem

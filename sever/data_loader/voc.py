@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from sever.data_loader.datasets import list_images
+from sever.data_loader.mask_folder import check_orphans, image_stems
 from sever.exceptions import DataError
 
 logger = logging.getLogger(__name__)
@@ -172,19 +173,11 @@ def read_voc_folder(image_dir: str | Path, annotation_dir: str | Path,
     """
     image_dir, annotation_dir = Path(image_dir), Path(annotation_dir)
     names = list_images(image_dir)
-    by_stem: dict[str, str] = {}
-    for name in names:
-        stem = Path(name).stem
-        if stem in by_stem:
-            raise DataError(f"{image_dir}: {by_stem[stem]} and {name} would share the annotation {stem}.xml")
-        by_stem[stem] = name
+    by_stem = image_stems(names, image_dir, ".xml")
     xml_stems = sorted(p.stem for p in annotation_dir.glob("*.xml"))
     if not xml_stems:
         raise DataError(f"no VOC annotation files (*.xml) in {annotation_dir}")
-    orphans = [stem for stem in xml_stems if stem not in by_stem]
-    if orphans:
-        shown = ", ".join(f"{s}.xml" for s in orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
-        raise DataError(f"{annotation_dir}: {len(orphans)} annotation(s) have no image in {image_dir}: {shown}")
+    check_orphans(annotation_dir, by_stem, image_dir, ".xml")
     annotated = set(xml_stems)
     boxes = [
         parse_voc(annotation_dir / f"{Path(name).stem}.xml", class_names) if Path(name).stem in annotated

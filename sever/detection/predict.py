@@ -1,9 +1,11 @@
 """Scored boxes from detector checkpoints, drawn on the images or written as a CSV.
 
-For ``sever predict`` on a ``task: detection`` checkpoint::
+For ``sever predict`` and ``sever evaluate`` on ``task: detection`` checkpoints::
 
-    from sever.detection.predict import predict_to_folder
+    from sever.detection.predict import evaluate_detector, predict_to_folder
     csv_path = predict_to_folder(checkpoints, image_dir, out_dir, threshold=0.5, device="cpu")
+    results = evaluate_detector(checkpoints, image_dir, annotation_dir)   # MeanAP results
+    print(map_table(results, class_names))                    # sever.detection.metric
 
 Several checkpoints form an ensemble: their detections of an image are pooled
 and overlapping boxes of one class (IoU > 0.5) merged by non-maximum suppression.
@@ -23,6 +25,8 @@ from torchvision.ops import batched_nms
 from tqdm import tqdm
 
 from sever.data_loader.datasets import list_images, read_grey
+from sever.data_loader.voc import read_voc_folder
+from sever.detection.metric import MeanAP
 from sever.exceptions import CheckpointError
 from sever.model.model import build_model
 from sever.utils.checkpoint import load_checkpoint
@@ -156,3 +160,20 @@ def predict_to_folder(checkpoints: Sequence[str | Path], image_dir: str | Path, 
                 cv2.imwrite(str(out_dir / f"{Path(name).stem}.png"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
     logger.info("wrote %s", csv_path)
     return csv_path
+
+
+def evaluate_detector(checkpoints: Sequence[str | Path], image_dir: str | Path, annotation_dir: str | Path,
+                      device: str | torch.device = "cpu") -> dict[str, float]:
+    """COCO box metrics (:class:`~sever.detection.metric.MeanAP`) of detector checkpoints on a VOC folder.
+
+    Every detection the model keeps (``score_threshold`` of its ``arch``) is scored,
+    as COCO evaluation expects; the XML files' class names must be the checkpoint's ``class_names``.
+    """
+    class_names = load_checkpoint(checkpoints[0])["config"]["class_names"]
+    paths, truth = read_voc_folder(image_dir, annotation_dir, class_names)
+    metric = MeanAP()
+    found = predict_boxes(checkpoints, image_dir, 0.0, device, names=[path.name for path in paths])
+    for (_, detections), boxes in zip(found, truth):
+        metric.update([{key: torch.from_numpy(value) for key, value in detections.items()}],
+                      [{"boxes": torch.from_numpy(boxes.boxes), "labels": torch.from_numpy(boxes.labels)}])
+    return metric.compute()
