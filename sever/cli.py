@@ -55,15 +55,39 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
               help="Checkpoint file or run folder to continue (its newest valid checkpoint).")
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value by dotted path, e.g. --set trainer.epochs=5 (repeatable).")
-def train(configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...]) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes on this machine (DistributedDataParallel, one per GPU); "
+                   "the same as launching with torchrun --standalone --nproc_per_node N.")
+@click.pass_context
+def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...],
+          nproc: int) -> None:
     """Train models from experiment files, or resume a run."""
-    from sever import main
-
     if bool(configs) == bool(resume):
         raise click.UsageError("give either -c CONFIG (one or more) or -r CHECKPOINT_OR_RUN_DIR")
+    if nproc > 1:
+        ctx.exit(_launch_distributed(nproc, configs, resume, overrides, ctx.obj["debug"]))
+    from sever import main
+    from sever.utils.distributed import from_environment
+
     runs = [main.resume(resume, overrides)] if resume else main.train_from_files(configs, overrides)
-    for run in runs:
-        click.echo(f"run saved in {run.root}")
+    if from_environment().is_main:
+        for run in runs:
+            click.echo(f"run saved in {run.root}")
+
+
+def _launch_distributed(nproc: int, configs, resume, overrides, debug: bool) -> int:
+    """Re-run this ``sever train`` under torchrun with ``nproc`` processes; returns its exit code."""
+    import subprocess
+    import sys
+
+    args = ["--debug"] if debug else []
+    args += ["train", *(f"--config={c}" for c in configs), *(f"--set={o}" for o in overrides)]
+    if resume:
+        args.append(f"--resume={resume}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "sever", *args]
+    logger.info("launching %d processes: %s", nproc, " ".join(command))
+    return subprocess.run(command, check=False).returncode
 
 
 @cli.command("demo-data")
