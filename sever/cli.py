@@ -101,3 +101,48 @@ def demo_data(out_dir: str, seed: int, overwrite: bool) -> None:
 
     path = make_demo_data(out_dir, seed=seed, overwrite=overwrite)
     click.echo(f"demo data in {path}")
+
+
+@cli.command()
+@click.option("-r", "--run", "run_dir", required=True, type=click.Path(),
+              help="Run folder, e.g. saved/sever-unet-b5/1026_140000.")
+@click.option("-e", "--epoch", "epochs", multiple=True, type=int,
+              help="Send checkpoint-epoch{N}.pth of this epoch (repeatable).")
+@click.option("--best", is_flag=True, help="Send model_best.pth.")
+@click.option("--weights-only", is_flag=True,
+              help="Send only what inference needs (weights, EMA weights, config): no optimiser state.")
+@click.option("--dataset-id", default=None, metavar="USER/SLUG",
+              help="Kaggle dataset to create or add a version to [default: your user name from the Kaggle "
+                   "credentials / sever-<name>-<run stamp>].")
+@click.option("--title", default=None, help="Dataset title, 6-50 characters, used on creation "
+                                            "[default: sever-<name> <run stamp>].")
+@click.option("--license", "license_name", default="CC0-1.0", show_default=True, help="Kaggle licence name.")
+@click.option("-m", "--message", default=None, help="Notes for a new version [default: the files sent].")
+@click.option("--staging", type=click.Path(file_okay=False), default=None,
+              help="Empty folder to stage the files in, kept afterwards [default: a temporary folder].")
+@click.option("--dry-run", is_flag=True, help="Stage and show what would be sent, then stop.")
+def upload(run_dir: str, epochs: tuple[int, ...], best: bool, weights_only: bool, dataset_id: str | None,
+           title: str | None, license_name: str, message: str | None, staging: str | None, dry_run: bool) -> None:
+    """Publish chosen checkpoints of a run as a Kaggle dataset (for offline Kaggle kernels)."""
+    import shlex
+
+    from sever import upload as kaggle_upload
+
+    plan = kaggle_upload.plan_upload(run_dir, epochs, best, dataset_id=dataset_id, title=title,
+                                     license_name=license_name, weights_only=weights_only, staging=staging,
+                                     sending=not dry_run)
+    message = message or kaggle_upload.default_message(plan)
+    action = None if dry_run else kaggle_upload.remote_action(plan.dataset_id)
+    with kaggle_upload.staging_folder(plan, keep=dry_run) as folder:
+        staged = kaggle_upload.stage(plan, folder)
+        click.echo(kaggle_upload.describe(staged))
+        if dry_run:
+            commands = kaggle_upload.kaggle_commands(staged, message)
+            click.echo(f"dry run: nothing sent; the staged files stay in {folder}. Sending runs\n"
+                       f"  kaggle {shlex.join(commands['create'])}\n"
+                       f"or, when {plan.dataset_id} exists,\n  kaggle {shlex.join(commands['version'])}")
+            return
+        published = kaggle_upload.publish(staged, action, message)
+    click.echo(published.output)
+    click.echo(f"{'created' if published.action == 'create' else 'new version of'} "
+               f"https://www.kaggle.com/datasets/{plan.dataset_id}")

@@ -249,6 +249,11 @@ class BaseTrainer(abc.ABC):
 
     def resume(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint loaded with :func:`~sever.utils.checkpoint.load_checkpoint`."""
+        if state.get("optimizer") is None or "rng" not in state:
+            raise CheckpointError(
+                "this checkpoint holds weights only (e.g. from sever upload --weights-only): it can be used "
+                "for prediction or as encoder_weights, but training cannot resume from it"
+            )
         try:
             self.model.load_state_dict(state["state_dict"])
         except RuntimeError as exc:
