@@ -39,7 +39,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.4", "hypothesis>=6.90", "docutils>=0.20", "torchmetrics>=1.4", "pycocotools>=2.0.7"],
-        "kaggle": ["kaggle>=1.6"],
+        "kaggle": ["kaggle>=1.6", "six"],  # kaggle 2.2 imports six without declaring it
         "detection": ["torchmetrics>=1.4", "pycocotools>=2.0.7"],
     },
     entry_points={"console_scripts": ["sever=sever.cli:cli"]},

@@ -209,6 +209,8 @@ class VOCDataLoader(SteelDataLoader):
         pin_memory: pin host memory when training on CUDA.
         classes, class_names, transforms, seed, task: supplied by sever; ``class_names``
             (the config's) are the class names used in the XML files.
+        rank, world_size: this process's shard in distributed training, as for
+            :class:`~sever.data_loader.data_loaders.SteelDataLoader`.
     """
 
     def __init__(self, data_dir: str, batch_size: int = 4, validation_split: float | int = 0.1,
@@ -216,7 +218,7 @@ class VOCDataLoader(SteelDataLoader):
                  valid_images: str | None = None, valid_annotations: str | None = None,
                  valid_batch_size: int | None = None, pin_memory: bool = True,
                  *, classes: int, class_names: list[str] | None = None, transforms, seed: int,
-                 task: str = "detection"):
+                 task: str = "detection", rank: int = 0, world_size: int = 1):
         if task != "detection":
             raise ConfigError(f"data_loader.type: VOCDataLoader reads boxes, for task: detection (not {task})")
         if class_names is None:
@@ -231,18 +233,20 @@ class VOCDataLoader(SteelDataLoader):
         self.pin_memory = pin_memory and torch.cuda.is_available()
         train_paths, train_boxes, valid_paths, valid_boxes = self._read(
             images, annotations, valid_images, valid_annotations, class_names, validation_split)
-        if len(train_paths) < batch_size:
+        if len(train_paths) < batch_size * world_size:
             raise DataError(f"the training split has {len(train_paths)} images, fewer than "
-                            f"data_loader.args.batch_size ({batch_size})")
+                            f"data_loader.args.batch_size ({batch_size}) x {world_size} process(es)")
         self.train_dataset = DetectionDataset(train_paths, train_boxes, transforms.build(train=True), transforms.mosaic)
         self.valid_dataset = (DetectionDataset(valid_paths, valid_boxes, transforms.build(train=False))
                               if valid_paths else None)
         batch_sampler = SAMPLERS.build("ShuffleBatchSampler", "data_loader.args.sampler",
-                                       groups=[np.arange(len(train_paths))], batch_size=batch_size, seed=seed)
+                                       groups=[np.arange(len(train_paths))], batch_size=batch_size, seed=seed,
+                                       rank=rank, world_size=world_size)
         self.train_loader = self._loader(self.train_dataset, batch_sampler=SeededBatches(batch_sampler, seed),
                                          collate_fn=collate_detection)
         self.valid_loader = (self._loader(self.valid_dataset, batch_size=valid_batch_size or batch_size,
-                                          shuffle=False, collate_fn=collate_detection)
+                                          sampler=range(rank, len(valid_paths), world_size),
+                                          collate_fn=collate_detection)
                              if self.valid_dataset is not None else None)
         logger.info("data: %d training images (%d boxes), %d validation images, from %s", len(train_paths),
                     sum(len(b) for b in train_boxes), len(valid_paths), self.data_dir)

@@ -5,11 +5,15 @@ training the model returns its loss dict, which the ``loss`` block
 (``DetectionLoss``) weighs; validation runs the model in evaluation mode and feeds
 its detections to the metrics (``MeanAP``). torchvision's detectors give no loss
 in evaluation mode, so there is no validation loss: monitor ``max val_map``.
+In distributed training each rank validates its share of the images and
+torchmetrics gathers the metric's state across ranks when it computes.
 TensorBoard shows validation images with true boxes (top) and detections scoring
 at least ``vis_threshold`` (bottom).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -33,12 +37,15 @@ class DetectionTrainer(Trainer):
 
     def _train_step(self, images, targets, step: int, n_batches: int, epoch: int) -> dict[str, float]:
         images, targets = self._to_device(images, targets)
-        with autocast(self.amp, self.device):
-            parts = self.loss(self.model(images, targets))
-        if not torch.isfinite(parts["loss"]):
-            return self._non_finite(parts["loss"], step, epoch)
-        self.scaler.scale(parts["loss"] / self.accumulate).backward()
-        if self._at_update_boundary(step, n_batches):
+        update = self._at_update_boundary(step, n_batches)
+        sync = self.network.no_sync() if self.dist.enabled and not update else contextlib.nullcontext()
+        with sync:
+            with autocast(self.amp, self.device):
+                parts = self.loss(self.network(images, targets))
+            if not torch.isfinite(parts["loss"]):
+                return self._non_finite(parts["loss"], step, epoch)
+            self.scaler.scale(parts["loss"] / self.accumulate).backward()
+        if update:
             self._optimizer_step()
         return {key: float(value.detach()) for key, value in parts.items()}
 
