@@ -236,6 +236,8 @@ class VOCDataLoader(SteelDataLoader):
         if len(train_paths) < batch_size * world_size:
             raise DataError(f"the training split has {len(train_paths)} images, fewer than "
                             f"data_loader.args.batch_size ({batch_size}) x {world_size} process(es)")
+        if 0 < len(valid_paths) < world_size:
+            raise DataError(f"{len(valid_paths)} validation images cannot be shared by {world_size} processes")
         self.train_dataset = DetectionDataset(train_paths, train_boxes, transforms.build(train=True), transforms.mosaic)
         self.valid_dataset = (DetectionDataset(valid_paths, valid_boxes, transforms.build(train=False))
                               if valid_paths else None)
