@@ -146,6 +146,9 @@ def upload(run_dir: str, epochs: tuple[int, ...], best: bool, weights_only: bool
     click.echo(published.output)
     click.echo(f"{'created' if published.action == 'create' else 'new version of'} "
                f"https://www.kaggle.com/datasets/{plan.dataset_id}")
+
+
+@cli.command()
 @click.option("--from", "source", required=True, type=click.Choice(["kaggle", "mask-folder"]),
               help="Format to read.")
 @click.option("--to", "target", required=True, type=click.Choice(["kaggle", "mask-folder"]),
