@@ -88,7 +88,7 @@ def test_validation_fills_defaults():
         ("trainer.epochs=true", r"trainer\.epochs: expected an integer"),
         ("classes=0", r"classes: must be > 0"),
         ("amp=fp32", r"amp: expected off, bf16 or fp16"),
-        ("task=detection", r"task: 'detection' is not one of"),
+        ("task=tracking", r"task: 'tracking' is not one of"),
         ("trainer.monitor=maximise dice", r"trainer\.monitor"),
         ("trainer.nan_policy=ignore", r"trainer\.nan_policy"),
         ("trainer.ema_decay=1.5", r"trainer\.ema_decay: must be in \(0, 1\)"),

@@ -267,6 +267,7 @@ def test_every_loss_is_registered():
         "LovaszLoss",
         "BCEDiceLoss",
         "WeightedSumLoss",
+        "DetectionLoss",
     }
 
 

@@ -20,7 +20,7 @@ from sever.model.model import (
     set_input_channels,
 )
 
-SEGMENTATION_NAMES = [name for name in ARCHITECTURES.names() if name != "Classifier"]
+SEGMENTATION_NAMES = [name for name in ARCHITECTURES.names() if name not in ("Classifier", "FasterRCNN")]
 
 # Where each encoder keeps the conv that reads the image.
 STEMS = {

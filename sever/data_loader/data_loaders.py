@@ -32,6 +32,7 @@ from sever.data_loader.datasets import (
     image_size,
     list_images,
 )
+from sever.data_loader.mask_folder import read_mask_folder
 from sever.data_loader.process import Annotations, read_rle_csv
 from sever.data_loader.sampling import SAMPLERS, allocate, class_balance_groups
 from sever.exceptions import ConfigError, DataError
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 DATA_LOADERS = Registry("data loader")
 
 DATASETS = {"segmentation": SegmentationDataset, "classification": ClassificationDataset}
+SOURCE_FORMATS = ("kaggle", "mask_folder")
 
 
 def stratified_split(n_defects: np.ndarray, validation: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +114,9 @@ class SteelDataLoader:
         num_workers: loader processes (0 loads in the main process).
         csv: masks CSV in either Kaggle format, relative to ``data_dir``.
         images: image folder relative to ``data_dir``.
+        format: ``kaggle`` (masks from ``csv``) or ``mask_folder`` (PNG masks in
+            ``masks``, see :mod:`sever.data_loader.mask_folder`).
+        masks: the mask folder relative to ``data_dir`` (``format: mask_folder``).
         pseudo_csv: optional pseudo-label CSV for ``pseudo_images`` (training only).
         pseudo_images: folder of the pseudo-labelled images.
         sampler: optional ``{type, args}`` of a weighted batch sampler; its groups
@@ -120,15 +125,19 @@ class SteelDataLoader:
         pin_memory: pin host memory when training on CUDA.
         generate_demo: write the synthetic demo dataset into ``data_dir`` first
             if it is not there (``experiments/demo.yml``).
-        classes, transforms, seed, task: supplied by sever from the config.
+        classes, class_names, transforms, seed, task: supplied by sever from the config.
+        rank, world_size: this process's shard in distributed training; every
+            rank gets ``batch_size`` images of each global batch and a disjoint
+            slice of the validation images.
     """
 
     def __init__(self, data_dir: str, batch_size: int = 16, validation_split: float | int = 0.2,
                  num_workers: int = 2, csv: str = "train.csv", images: str = "train_images",
                  pseudo_csv: str | None = None, pseudo_images: str = "test_images",
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
-                 pin_memory: bool = True, generate_demo: bool = False,
-                 *, classes: int, transforms, seed: int, task: str = "segmentation"):
+                 pin_memory: bool = True, generate_demo: bool = False, format: str = "kaggle",
+                 masks: str = "train_masks", *, classes: int, class_names: list[str] | None = None,
+                 transforms, seed: int, task: str = "segmentation", rank: int = 0, world_size: int = 1):
         _check_positive("batch_size", batch_size)
         if num_workers < 0:
             raise ConfigError(f"data_loader.args.num_workers: must be >= 0, got {num_workers}")
@@ -142,7 +151,12 @@ class SteelDataLoader:
         self.transforms = transforms
         dataset_class = DATASETS[task]
 
-        annotations, paths = load_split_source(self.data_dir, images, csv, classes)
+        if format not in SOURCE_FORMATS:
+            raise ConfigError(f"data_loader.args.format: {format!r} is not one of {', '.join(SOURCE_FORMATS)}")
+        if format == "kaggle":
+            annotations, paths = load_split_source(self.data_dir, images, csv, classes)
+        else:
+            annotations, paths = read_mask_folder(self.data_dir / images, self.data_dir / masks, classes, class_names)
         train_idx, valid_idx = stratified_split(annotations.n_defects(), validation_split, seed)
         train_ann, train_paths = annotations.subset(train_idx), [paths[i] for i in train_idx]
         groups = None
@@ -151,11 +165,14 @@ class SteelDataLoader:
             groups = [np.arange(len(train_ann)), len(train_ann) + np.arange(len(pseudo_ann))]
             train_ann, train_paths = train_ann.concat(pseudo_ann), train_paths + pseudo_paths
             logger.info("pseudo-labels: %d images from %s", len(pseudo_ann), pseudo_csv)
-        if len(train_ann) < batch_size:
+        if len(train_ann) < batch_size * world_size:
             raise DataError(
                 f"the training split has {len(train_ann)} images, fewer than data_loader.args.batch_size "
-                f"({batch_size}): no complete batch can be formed. Lower the batch size or validation_split."
+                f"({batch_size}) x {world_size} process(es): no complete batch can be formed. "
+                f"Lower the batch size or validation_split."
             )
+        if 0 < len(valid_idx) < world_size:
+            raise DataError(f"{len(valid_idx)} validation images cannot be shared by {world_size} processes")
         self._check_crop(train_paths[0])
         self.train_dataset = dataset_class(train_paths, train_ann, transforms.build(train=True))
         self.valid_dataset = (
@@ -166,10 +183,12 @@ class SteelDataLoader:
         if groups is None:
             groups = class_balance_groups(train_ann.has_defect()) if sampler else [np.arange(len(train_ann))]
         batch_sampler = SAMPLERS.build(sampler or "ShuffleBatchSampler", "data_loader.args.sampler",
-                                       groups=groups, batch_size=batch_size, seed=seed)
+                                       groups=groups, batch_size=batch_size, seed=seed,
+                                       rank=rank, world_size=world_size)
         self.train_loader = self._loader(self.train_dataset, batch_sampler=SeededBatches(batch_sampler, seed))
         self.valid_loader = (
-            self._loader(self.valid_dataset, batch_size=valid_batch_size or batch_size, shuffle=False)
+            self._loader(self.valid_dataset, batch_size=valid_batch_size or batch_size,
+                         sampler=range(rank, len(self.valid_dataset), world_size))
             if self.valid_dataset is not None
             else None
         )

@@ -161,8 +161,9 @@ def load_models(paths: Sequence[str | Path], task: str, device: torch.device | s
     models = [load_model(path, device) for path in paths]
     for loaded in models:
         if loaded.task != task:
-            hint = "--classifier" if loaded.task == "classification" else "-m"
-            raise CheckpointError(f"{option} {loaded.source}: a {loaded.task} run; give it with {hint}")
+            hint = {"segmentation": "give it with -m", "classification": "give it with --classifier"}.get(
+                loaded.task, "predict, evaluate and tune take segmentation runs and classifiers")
+            raise CheckpointError(f"{option} {loaded.source}: a {loaded.task} run; {hint}")
     first = models[0]
     for loaded in models[1:]:
         if loaded.classes != first.classes:

@@ -163,6 +163,9 @@ TRAINER_SCHEMA: dict[str, Field] = {
     "log_step": Field((int,), default=10, check=POSITIVE),
     "vis_images": Field((int,), default=4, check=NON_NEGATIVE),
     "max_steps_per_epoch": Field((int,), default=None, nullable=True, check=POSITIVE),
+    "channels_last": Field((bool,), default=False),
+    "compile": Field((bool,), default=False),
+    "cudnn_benchmark": Field((bool,), default=True),
 }
 
 TOP_SCHEMA: dict[str, Field] = {
@@ -171,7 +174,7 @@ TOP_SCHEMA: dict[str, Field] = {
     "seed": Field((int,), default=1234),
     "device": Field((str,), default="auto"),
     "amp": Field((str, bool), default="off", nullable=True),
-    "task": Field((str,), default="segmentation", choices=("segmentation", "classification")),
+    "task": Field((str,), default="segmentation", choices=("segmentation", "classification", "detection")),
     "classes": Field((int,), required=True, check=POSITIVE),
     "class_names": Field((list,), default=None, nullable=True),
     "arch": Field(SPEC, required=True),

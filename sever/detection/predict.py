@@ -1,0 +1,179 @@
+"""Scored boxes from detector checkpoints, drawn on the images or written as a CSV.
+
+For ``sever predict`` and ``sever evaluate`` on ``task: detection`` checkpoints::
+
+    from sever.detection.predict import evaluate_detector, predict_to_folder
+    csv_path = predict_to_folder(checkpoints, image_dir, out_dir, threshold=0.5, device="cpu")
+    results = evaluate_detector(checkpoints, image_dir, annotation_dir)   # MeanAP results
+    print(map_table(results, class_names))                    # sever.detection.metric
+
+Several checkpoints form an ensemble: their detections of an image are pooled
+and overlapping boxes of one class (IoU > 0.5) merged by non-maximum suppression.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+from tqdm import tqdm
+
+from sever.data_loader.datasets import list_images, read_grey
+from sever.data_loader.voc import read_voc_folder
+from sever.detection.metric import MeanAP
+from sever.exceptions import CheckpointError
+from sever.model.model import build_model
+from sever.utils.checkpoint import load_checkpoint
+from sever.utils.visualization import class_colour
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE_IOU = 0.5
+BOX_COLUMNS = ("ImageId", "ClassId", "ClassName", "Score", "XMin", "YMin", "XMax", "YMax")
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The model of a sever checkpoint in evaluation mode, and the checkpoint's config.
+
+    The EMA weights are used when the run kept them (they are what validation scored).
+
+    Raises:
+        CheckpointError: unreadable, or the weights do not fit the config's model.
+    """
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    model = build_model(config["arch"], config["classes"])
+    weights = state["state_dict"]
+    if state.get("ema_state_dict") is not None:
+        prefix = "module."
+        weights = {k[len(prefix):]: v for k, v in state["ema_state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint}: weights do not match its model: {str(exc).splitlines()[0]}") from exc
+    return model.to(device).eval(), config
+
+
+def grey_as_rgb(image: np.ndarray) -> torch.Tensor:
+    """A ``(H, W)`` uint8 grey image as the detector's ``(3, H, W)`` float input in ``[0, 1]``."""
+    return torch.from_numpy(image).float().div_(255).expand(3, -1, -1).contiguous()
+
+
+def merge_detections(detections: Sequence[dict[str, torch.Tensor]], iou: float = ENSEMBLE_IOU) -> dict[str, torch.Tensor]:
+    """Pool several models' detections of one image; per class, non-maximum suppression at ``iou``."""
+    pooled = {key: torch.cat([d[key] for d in detections]) for key in ("boxes", "labels", "scores")}
+    keep = batched_nms(pooled["boxes"].float(), pooled["scores"].float(), pooled["labels"], iou)
+    return {key: value[keep] for key, value in pooled.items()}
+
+
+def predict_boxes(checkpoints: Sequence[str | Path], image_dir: str | Path, threshold: float = 0.5,
+                  device: str | torch.device = "cpu", names: Sequence[str] | None = None,
+                  ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """Detect defects in the images of ``image_dir``.
+
+    Args:
+        checkpoints: one or more ``task: detection`` checkpoints (an ensemble when several).
+        image_dir: the images.
+        threshold: keep detections scoring at least this.
+        device: where the models run.
+        names: image file names to predict (default: all in ``image_dir``).
+
+    Yields:
+        ``(image name, {"boxes" (N, 4) float32 pixels, "labels" (N,) int64 0-based,
+        "scores" (N,) float32})`` per image, best score first.
+
+    Raises:
+        CheckpointError: a checkpoint is not a detector's, or the ensemble's classes differ.
+    """
+    models = [load_model(path, device) for path in checkpoints]
+    for path, (_, config) in zip(checkpoints, models):
+        if config["task"] != "detection":
+            raise CheckpointError(f"{path}: a {config['task']} model, not a detector (task: detection)")
+        if config["class_names"] != models[0][1]["class_names"]:
+            raise CheckpointError(f"{path}: its class_names differ from {checkpoints[0]}'s; an ensemble needs the same")
+    for name in tqdm(list(names) if names is not None else list_images(image_dir), desc="detecting", disable=None):
+        image = grey_as_rgb(read_grey(Path(image_dir) / name)).to(device)
+        with torch.inference_mode():
+            found = [model([image])[0] for model, _ in models]
+        merged = merge_detections(found) if len(found) > 1 else found[0]
+        keep = merged["scores"] >= threshold
+        order = torch.argsort(merged["scores"][keep], descending=True)
+        yield name, {key: value[keep][order].cpu().numpy() for key, value in merged.items()}
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None = None,
+               class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Draw labelled boxes on an image.
+
+    Args:
+        image: ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8.
+        boxes: ``(N, 4)`` ``(x0, y0, x1, y1)`` pixels.
+        labels: ``(N,)`` 0-based classes: colour (:func:`~sever.utils.visualization.class_colour`) and caption.
+        scores: ``(N,)`` shown after the class name, or None.
+        class_names: captions of the classes (default: their numbers from 1).
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB copy with the boxes drawn.
+    """
+    canvas = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image.copy())
+    scale = max(canvas.shape[:2]) / 600
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1))):
+        colour = class_colour(int(label))
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        cv2.rectangle(canvas, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), colour, max(1, int(2 * scale)))
+        caption = class_names[label] if class_names is not None else str(int(label) + 1)
+        if scores is not None:
+            caption += f" {float(scores[i]):.2f}"
+        cv2.putText(canvas, caption, (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, max(0.35, 0.5 * scale),
+                    colour, 1, cv2.LINE_AA)
+    return canvas
+
+
+def predict_to_folder(checkpoints: Sequence[str | Path], image_dir: str | Path, out_dir: str | Path,
+                      threshold: float = 0.5, device: str | torch.device = "cpu", draw: bool = True) -> Path:
+    """Run :func:`predict_boxes` and write ``out_dir/boxes.csv`` (and ``out_dir/NAME.png`` drawings).
+
+    The CSV has one row per box: ``ImageId,ClassId,ClassName,Score,XMin,YMin,XMax,YMax``
+    with ``ClassId`` 1-based (as in the Kaggle CSVs) and pixel-edge coordinates.
+    Returns the CSV's path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    class_names = load_checkpoint(checkpoints[0])["config"]["class_names"]
+    csv_path = out_dir / "boxes.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(BOX_COLUMNS)
+        for name, found in predict_boxes(checkpoints, image_dir, threshold, device):
+            for box, label, score in zip(found["boxes"], found["labels"], found["scores"]):
+                caption = class_names[label] if class_names else str(int(label) + 1)
+                writer.writerow([name, int(label) + 1, caption, f"{score:.4f}", *(f"{v:.1f}" for v in box)])
+            if draw:
+                drawn = draw_boxes(read_grey(Path(image_dir) / name), found["boxes"], found["labels"],
+                                   found["scores"], class_names)
+                cv2.imwrite(str(out_dir / f"{Path(name).stem}.png"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    logger.info("wrote %s", csv_path)
+    return csv_path
+
+
+def evaluate_detector(checkpoints: Sequence[str | Path], image_dir: str | Path, annotation_dir: str | Path,
+                      device: str | torch.device = "cpu") -> dict[str, float]:
+    """COCO box metrics (:class:`~sever.detection.metric.MeanAP`) of detector checkpoints on a VOC folder.
+
+    Every detection the model keeps (``score_threshold`` of its ``arch``) is scored,
+    as COCO evaluation expects; the XML files' class names must be the checkpoint's ``class_names``.
+    """
+    class_names = load_checkpoint(checkpoints[0])["config"]["class_names"]
+    paths, truth = read_voc_folder(image_dir, annotation_dir, class_names)
+    metric = MeanAP()
+    found = predict_boxes(checkpoints, image_dir, 0.0, device, names=[path.name for path in paths])
+    for (_, detections), boxes in zip(found, truth):
+        metric.update([{key: torch.from_numpy(value) for key, value in detections.items()}],
+                      [{"boxes": torch.from_numpy(boxes.boxes), "labels": torch.from_numpy(boxes.labels)}])
+    return metric.compute()

@@ -1,0 +1,117 @@
+"""Pascal VOC reading: layouts, coordinates, and errors that name the file and object."""
+
+import cv2
+import numpy as np
+import pytest
+
+from sever.data_loader.voc import find_voc_folders, parse_voc, read_voc_folder
+from sever.exceptions import DataError
+
+CLASSES = ["crazing", "patches"]
+
+
+def voc_xml(name, width, height, objects, size=True):
+    """VOC XML text; ``objects`` are ``(class, xmin, ymin, xmax, ymax)`` with VOC's 1-based corners."""
+    body = "".join(
+        f"<object><name>{c}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+        f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        for c, x0, y0, x1, y1 in objects
+    )
+    stated = f"<size><width>{width}</width><height>{height}</height><depth>1</depth></size>" if size else ""
+    return f"<annotation><filename>{name}</filename>{stated}{body}</annotation>"
+
+
+def make_voc(root, n=8, images="images", annotations="annotations", seed=0, sizes=((64, 80), (72, 72))):
+    """A tiny VOC dataset: dark images with bright boxes of two classes; returns the per-image objects."""
+    rng = np.random.default_rng(seed)
+    (root / images).mkdir(parents=True)
+    (root / annotations).mkdir(parents=True)
+    truth = []
+    for i in range(n):
+        height, width = sizes[i % len(sizes)]
+        image = rng.integers(20, 60, (height, width), dtype=np.uint8)
+        objects = []
+        for k in range(1 + i % 2):
+            w, h = rng.integers(12, 28, 2)
+            x0, y0 = rng.integers(0, width - w), rng.integers(0, height - h)
+            image[y0:y0 + h, x0:x0 + w] = 200 if k == 0 else 140
+            objects.append((CLASSES[k], int(x0 + 1), int(y0 + 1), int(x0 + w), int(y0 + h)))
+        cv2.imwrite(str(root / images / f"img{i}.png"), image)
+        (root / annotations / f"img{i}.xml").write_text(voc_xml(f"img{i}.png", width, height, objects))
+        truth.append(objects)
+    return truth
+
+
+def test_boxes_become_zero_based_pixel_edges(tmp_path):
+    truth = make_voc(tmp_path)
+    paths, boxes = read_voc_folder(tmp_path / "images", tmp_path / "annotations", CLASSES)
+    assert [p.name for p in paths] == sorted(f"img{i}.png" for i in range(8))
+    first = boxes[[p.name for p in paths].index("img1.png")]
+    expected = [[x0 - 1, y0 - 1, x1, y1] for _, x0, y0, x1, y1 in truth[1]]
+    assert first.boxes.dtype == np.float32 and first.boxes.tolist() == expected
+    assert first.labels.tolist() == [0, 1] and first.size == (72, 72)
+
+
+def test_whole_image_box_and_missing_size(tmp_path):
+    path = tmp_path / "a.xml"
+    path.write_text(voc_xml("a.jpg", 200, 100, [("patches", 1, 1, 200, 100)]))
+    assert parse_voc(path, CLASSES).boxes.tolist() == [[0, 0, 200, 100]]
+    path.write_text(voc_xml("a.jpg", 0, 0, [("patches", 0, 0, 5, 5)], size=False))
+    parsed = parse_voc(path, CLASSES)
+    assert parsed.size is None and parsed.boxes.tolist() == [[0, 0, 5, 5]]
+
+
+@pytest.mark.parametrize("layout", [("train_images", "train_annotations"), ("JPEGImages", "Annotations"),
+                                    ("images", "annotations")])
+def test_layouts_are_found(tmp_path, layout):
+    make_voc(tmp_path, n=2, images=layout[0], annotations=layout[1])
+    assert find_voc_folders(tmp_path) == (tmp_path / layout[0], tmp_path / layout[1])
+
+
+def test_images_without_xml_are_defect_free(tmp_path):
+    make_voc(tmp_path, n=3)
+    (tmp_path / "annotations" / "img2.xml").unlink()
+    _, boxes = read_voc_folder(tmp_path / "images", tmp_path / "annotations", CLASSES)
+    assert [len(b) for b in boxes] == [1, 2, 0]
+
+
+@pytest.mark.parametrize("xml, message", [
+    ("<annotation><object><name>patches</name>", r"a.xml: malformed XML: .*line 1"),
+    ("<root/>", r"a.xml: root element is <root>"),
+    (voc_xml("a", 50, 50, [("rust", 1, 1, 5, 5)]), r"a.xml: object 1 has class 'rust', which is not in class_names"),
+    (voc_xml("a", 50, 50, [("patches", 1, 1, 5, 5), ("patches", 10, 10, 51, 20)]),
+     r"a.xml: object 2 \(patches\): box xmin=10 ymin=10 xmax=51 ymax=20 lies outside the 50x50"),
+    (voc_xml("a", 50, 50, [("patches", 5, 5, 3, 9)]), r"object 1 \(patches\): box .* is empty"),
+    (voc_xml("a", 50, 50, [("patches", -2, 5, 3, 9)]), r"negative coordinate"),
+    (voc_xml("a", 50, 50, [("patches", "a", 5, 3, 9)]), r"<xmin> is 'a', not a number"),
+    ("<annotation><object><name>patches</name></object></annotation>", r"object 1 \(patches\): missing <bndbox>"),
+    ("<annotation><object><bndbox/></object></annotation>", r"object 1: missing <name>"),
+])
+def test_malformed_annotations_name_file_and_object(tmp_path, xml, message):
+    (tmp_path / "a.xml").write_text(xml)
+    with pytest.raises(DataError, match=message):
+        parse_voc(tmp_path / "a.xml", CLASSES)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="no VOC layout found"):
+        find_voc_folders(tmp_path)
+    make_voc(tmp_path, n=2)
+    (tmp_path / "annotations" / "ghost.xml").write_text(voc_xml("ghost", 10, 10, []))
+    with pytest.raises(DataError, match=r"1 file\(s\) have no image .*ghost.xml"):
+        read_voc_folder(tmp_path / "images", tmp_path / "annotations", CLASSES)
+    with pytest.raises(DataError, match="folder not found"):
+        find_voc_folders(tmp_path, "images", "labels")
+
+
+def test_neu_det_sample(shared_data, tmp_path):
+    """Real NEU-DET: every class name parses and boxes stay inside the 200x200 images."""
+    names = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+    source = shared_data / "neu-det" / "annotations"
+    files = sorted(source.glob("*.xml"))[::40]
+    parsed = [parse_voc(path, names) for path in files]
+    assert len(parsed) >= 40 and {int(k) for p in parsed for k in p.labels} == set(range(6))
+    boxes = np.concatenate([p.boxes for p in parsed])
+    assert boxes.min() >= 0 and boxes[:, 2:].max() <= 200 and (boxes[:, 2:] > boxes[:, :2]).all()
+    assert all(p.size == (200, 200) for p in parsed)
+    assert find_voc_folders(shared_data / "neu-det") == (shared_data / "neu-det" / "images", source)
