@@ -38,8 +38,9 @@ setup(
         "tqdm>=4.65",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "hypothesis>=6.90", "docutils>=0.20"],
+        "test": ["pytest>=7.4", "hypothesis>=6.90", "docutils>=0.20", "onnx>=1.15", "onnxruntime>=1.17"],
         "kaggle": ["kaggle>=1.6"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["sever=sever.cli:cli"]},
     classifiers=[

@@ -77,3 +77,25 @@ def demo_data(out_dir: str, seed: int, overwrite: bool) -> None:
 
     path = make_demo_data(out_dir, seed=seed, overwrite=overwrite)
     click.echo(f"demo data in {path}")
+
+
+@cli.command()
+@click.option("-m", "--model", "checkpoint", required=True, type=click.Path(),
+              help="Checkpoint file, or run folder (its model_best.pth, else its newest checkpoint).")
+@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript"]), help="Export format.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--height", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Height of the example input, pixels.")
+@click.option("--width", default=1600, show_default=True, type=click.IntRange(min=1),
+              help="Width of the example input, pixels.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset version.")
+@click.option("--dynamic", is_flag=True,
+              help="ONNX: accept any height and width, not only the example's (the batch size is always free).")
+def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: int, dynamic: bool) -> None:
+    """Export a trained model to ONNX or TorchScript and check it against PyTorch."""
+    from sever.export import export_model
+
+    result = export_model(checkpoint, fmt, out, height=height, width=width, opset=opset, dynamic=dynamic)
+    shapes = ", ".join("x".join(map(str, shape)) for shape in result.checked_shapes)
+    click.echo(f"exported the {result.weights} weights of {result.checkpoint} to {result.path} ({fmt})")
+    click.echo(f"checked against PyTorch on random inputs {shapes}: max abs difference {result.max_abs_diff:.2e}")
