@@ -287,12 +287,14 @@ def union_runs(runs: Sequence[Runs]) -> Runs:
         runs: ``(starts0, lengths)`` pairs of masks of one shape (each sorted and disjoint).
 
     Returns:
-        ``(starts0, lengths)`` int64 ``(R,)``: the union, overlapping or touching runs merged.
+        ``(starts0, lengths)`` int64 ``(R,)``: the union; runs of different masks
+        that overlap or touch are merged (a single mask's runs are returned as they are).
     """
-    starts = np.concatenate([np.zeros(0, np.int64), *(starts0 for starts0, _ in runs)])
-    if not starts.size:
-        return starts, starts.copy()
-    ends = np.concatenate([starts0 + lengths for starts0, lengths in runs])
+    marked = [(starts0, lengths) for starts0, lengths in runs if starts0.size]
+    if len(marked) <= 1:  # the usual case: one class or none, nothing to merge
+        return marked[0] if marked else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    starts = np.concatenate([starts0 for starts0, _ in marked])
+    ends = np.concatenate([starts0 + lengths for starts0, lengths in marked])
     order = np.argsort(starts, kind="stable")
     starts, reach = starts[order], np.maximum.accumulate(ends[order])
     firsts = np.flatnonzero(np.concatenate([[True], starts[1:] > reach[:-1]]))
