@@ -39,9 +39,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
-from sever.data_loader.augmentation import HeavyCropTransforms, SeverCompose
+from sever.data_loader.augmentation import HeavyCropTransforms
 from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.demo import make_demo_data
@@ -75,20 +76,21 @@ class OriginalDesign(Dataset):
         by_image = frame.pivot(index="ImageId", columns="ClassId", values="EncodedPixels")
         self.frame = by_image.reindex(index=list_images(image_dir), columns=range(1, CLASSES + 1))
         self.image_dir = image_dir
-        heavy = HeavyCropTransforms(height, width).build(train=True)
+        heavy = HeavyCropTransforms(height, width).build(train=True)  # its transforms after the crop
         crop = A.OneOf([A.CropNonEmptyMaskIfExists(height, width), A.RandomCrop(height, width)], p=1)
-        self.pipeline = SeverCompose([crop, *heavy.transforms])
+        self.pipeline = A.Compose([crop, *heavy.transforms, ToTensorV2(transpose_mask=True)])
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.frame.iloc[index]
-        image = cv2.imread(str(self.image_dir / row.name), cv2.IMREAD_COLOR)[:, :, 0]
-        mask = np.zeros((*image.shape, CLASSES), np.float32)
+        image = cv2.imread(str(self.image_dir / row.name), cv2.IMREAD_COLOR)[:, :, :1]
+        shape = image.shape[:2]
+        mask = np.zeros((*shape, CLASSES), np.float32)
         for k, rle in enumerate(row.to_numpy()):
             if isinstance(rle, str):
-                mask[:, :, k] = loop_decode(rle, image.shape)
+                mask[:, :, k] = loop_decode(rle, shape)
         out = self.pipeline(image=image, mask=mask)
         return out["image"], out["mask"]
 
