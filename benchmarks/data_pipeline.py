@@ -13,13 +13,13 @@ worker unless stated) over the same images:
   ``HeavyCropTransforms(256, 384)``, the write-up's crop, fed its seeded keys;
   then (c) with 2 workers.
 
-It prints samples/s (best and median of ``--repeat`` passes; the first batch of
-each pass is excluded as warm-up) and the ratios (c)/(b) and (a)/(c); then the
+It prints samples/s (best and median of ``--repeat`` passes, taken in turns; the
+first batch of each pass is excluded as warm-up) and the ratios (c)/(b) and (a)/(c); then the
 CPU time per sample of (a), (b), (c) and of (c)'s stages in one process, which
 other processes' load on a shared machine distorts less. Run from the
 repository root::
 
-    PYTHONPATH=. python benchmarks/data_pipeline.py [--data-dir data/demo] [--samples 256] [--repeat 3]
+    PYTHONPATH=. python benchmarks/data_pipeline.py [--data-dir data/demo] [--samples 256] [--repeat 5]
 
 Without ``DATA_DIR/train.csv`` the demo data (256 images of 256x1600) is
 generated into a temporary directory.
@@ -123,17 +123,13 @@ def seeded_batches(data: SteelDataLoader, samples: int) -> list[list[tuple[int, 
     return batches[: samples // BATCH]
 
 
-def rates(dataset: Dataset, batches: list, workers: int, repeat: int) -> list[float]:
-    """Samples/s of each of ``repeat`` passes over ``batches``, the first batch not timed."""
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0)
-    measured = []
-    for _ in range(repeat):
-        iterator = iter(loader)
-        next(iterator)
-        started = time.perf_counter()
-        count = BATCH * sum(1 for _ in iterator)
-        measured.append(count / (time.perf_counter() - started))
-    return measured
+def one_pass(loader: DataLoader) -> float:
+    """Samples/s of one pass over ``loader``'s batches, the first batch (warm-up) not timed."""
+    iterator = iter(loader)
+    next(iterator)
+    started = time.perf_counter()
+    count = BATCH * sum(1 for _ in iterator)
+    return count / (time.perf_counter() - started)
 
 
 def cpu_ms(function: Callable[[int], object], n: int) -> float:
@@ -179,21 +175,34 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=256, help="crop height")
     parser.add_argument("--width", type=int, default=384, help="crop width")
     parser.add_argument("--samples", type=int, default=256, help="samples per pass (repeats the images)")
-    parser.add_argument("--repeat", type=int, default=3, help="passes per measurement")
+    parser.add_argument("--repeat", type=int, default=5, help="passes per pipeline")
     return parser.parse_args()
 
 
 def loader_rates(args: argparse.Namespace, data: SteelDataLoader, original: OriginalDesign,
                  image_dir: Path) -> dict[str, list[float]]:
-    """Samples/s of every DataLoader pass of (a), (b), (c) and (c) with 2 workers."""
+    """Samples/s of each pass of (a), (b), (c) and (c) with 2 workers.
+
+    The passes take turns (a, b, c, c2, a, b, ...) so that a burst of load from
+    other processes does not fall on one pipeline only.
+    """
     n = len(data.train_dataset)
     plain, seeded = shuffled_batches(n, args.samples), seeded_batches(data, args.samples)
-    return {
-        "(a) JPEG decode only": rates(DecodeOnly(image_dir), plain, 1, args.repeat),
-        "(b) original design": rates(original, plain, 1, args.repeat),
-        "(c) sever, 1 worker": rates(data.train_dataset, seeded, 1, args.repeat),
-        "(c) sever, 2 workers": rates(data.train_dataset, seeded, 2, args.repeat),
+    setups = {
+        "(a) JPEG decode only": (DecodeOnly(image_dir), plain, 1),
+        "(b) original design": (original, plain, 1),
+        "(c) sever, 1 worker": (data.train_dataset, seeded, 1),
+        "(c) sever, 2 workers": (data.train_dataset, seeded, 2),
     }
+    loaders = {
+        name: DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=True)
+        for name, (dataset, batches, workers) in setups.items()
+    }
+    measured: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(args.repeat):
+        for name, loader in loaders.items():
+            measured[name].append(one_pass(loader))
+    return measured
 
 
 def print_ratios(label: str, a: float, b: float, c: float) -> None:
