@@ -38,9 +38,11 @@ setup(
         "tqdm>=4.65",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "hypothesis>=6.90", "docutils>=0.20", "torchmetrics>=1.4", "pycocotools>=2.0.7"],
+        "test": ["pytest>=7.4", "hypothesis>=6.90", "docutils>=0.20", "torchmetrics>=1.4", "pycocotools>=2.0.7",
+                 "onnx>=1.15", "onnxruntime>=1.17"],
         "kaggle": ["kaggle>=1.6", "six"],  # kaggle 2.2 imports six without declaring it
         "detection": ["torchmetrics>=1.4", "pycocotools>=2.0.7"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["sever=sever.cli:cli"]},
     classifiers=[

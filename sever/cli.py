@@ -347,3 +347,24 @@ def convert(source: str, target: str, images: str, masks: str, csv_path: str, cl
     else:
         annotations = csv_to_mask_folder(images, csv_path, masks, classes, names, layout)
         click.echo(f"wrote {layout} masks of {len(annotations)} images to {masks}")
+
+@cli.command()
+@click.option("-m", "--model", "checkpoint", required=True, type=click.Path(),
+              help="Checkpoint file, or run folder (its model_best.pth, else its newest checkpoint).")
+@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript"]), help="Export format.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--height", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Height of the example input, pixels.")
+@click.option("--width", default=1600, show_default=True, type=click.IntRange(min=1),
+              help="Width of the example input, pixels.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset version.")
+@click.option("--dynamic", is_flag=True,
+              help="ONNX: accept any height and width, not only the example's (the batch size is always free).")
+def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: int, dynamic: bool) -> None:
+    """Export a trained model to ONNX or TorchScript and check it against PyTorch."""
+    from sever.export import export_model
+
+    result = export_model(checkpoint, fmt, out, height=height, width=width, opset=opset, dynamic=dynamic)
+    shapes = ", ".join("x".join(map(str, shape)) for shape in result.checked_shapes)
+    click.echo(f"exported the {result.weights} weights of {result.checkpoint} to {result.path} ({fmt})")
+    click.echo(f"checked against PyTorch on random inputs {shapes}: max abs difference {result.max_abs_diff:.2e}")

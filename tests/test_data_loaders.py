@@ -9,7 +9,7 @@ import torch
 
 from sever.data_loader.augmentation import HeavyCropTransforms, LightTransforms
 from sever.data_loader.data_loaders import SteelDataLoader, stratified_split
-from sever.data_loader.datasets import ImageDataset, list_images, read_grey
+from sever.data_loader.datasets import ImageDataset, SegmentationDataset, list_images, read_grey
 from sever.data_loader.process import read_rle_csv
 from sever.exceptions import ConfigError, DataError, RLEError
 from sever.model.model import build_model
@@ -151,6 +151,10 @@ def test_rle_running_past_the_image_names_row_and_image(demo_dir, tmp_path):
     position = [p.name for p in data.train_dataset.paths].index(image_id)
     with pytest.raises(RLEError, match=rf"row 1.*{image_id}"):
         data.train_dataset.load(position)
+    cropping = SegmentationDataset(data.train_dataset.paths, data.train_dataset.annotations,
+                                   HeavyCropTransforms(32, 32).build(train=True))
+    with pytest.raises(RLEError, match=rf"row 1 .*{image_id}.*image .*{image_id}, 64x256"):
+        cropping[(position, 0)]  # the crop-first path reads the runs before decoding
 
 
 def test_neu_seg_real_data_pads_for_the_network_and_crops_back(shared_data):

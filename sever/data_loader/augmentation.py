@@ -20,6 +20,14 @@ casts it). Training pipelines crop to ``crop_size`` when the set has one; the
 evaluation pipeline only normalises, keeping the full image (the model pads to
 a multiple of 32 itself).
 
+Cropping: the crop is always a training pipeline's first step, and where it
+goes is a :class:`CropPolicy` (random, or onto a defect) that the pipeline
+exposes as ``pipeline.crop``. Called on full-size arrays, the pipeline places
+the crop from the mask itself; the training dataset instead places it from
+the RLE runs before decoding anything (:meth:`SeverCompose.crop_window`),
+decodes only the window and calls :meth:`SeverCompose.after_crop`. Both give
+the same output for the same seed.
+
 Seeding: ``pipeline.set_random_seed(seed)`` (a non-negative int) makes the
 next call a deterministic function of ``seed``. The data layer calls it before
 every sample with a seed derived from (run seed, epoch, sample index), so the
@@ -28,15 +36,17 @@ augmentation does not depend on the number of workers.
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 from albumentations.core.composition import BaseCompose
-from albumentations.core.transforms_interface import BasicTransform
-from albumentations.pytorch import ToTensorV2
+import torch
 
+from sever.data_loader.process import Runs, mask_runs, union_runs
 from sever.exceptions import DataError
 from sever.utils.registry import Registry
 
@@ -47,38 +57,129 @@ GRAY_STD = 0.0383
 SIZE_MULTIPLE = 32  # segmentation_models_pytorch needs H and W divisible by 32
 
 
-class SeverCompose(A.Compose):
-    """``A.Compose`` for one grayscale image and its mask, with independent seeding.
+@dataclass(frozen=True)
+class CropPolicy:
+    """Where a ``height x width`` training crop goes, from the positions of the defect pixels.
 
-    It differs from ``A.Compose`` in two ways:
+    With probability ``defect_probability``, when the sample has any defect,
+    the crop is placed onto one, as albumentations 2.0.8's
+    ``CropNonEmptyMaskIfExists`` does: a pixel is drawn uniformly among the
+    defect pixels of all classes together (their union), the window is put
+    so that pixel falls at a uniformly random offset inside it, then shifted
+    to lie inside the image. Otherwise the window is uniform over the image,
+    as ``RandomCrop``. The write-up's ``OneOf([CropNonEmptyMaskIfExists,
+    RandomCrop])`` is ``defect_probability=0.5``; 0 is a plain random crop.
+    """
+
+    height: int
+    width: int
+    defect_probability: float = 0.0
+
+    def window(self, rng: np.random.Generator, shape: Sequence[int], defects: Sequence[Runs]) -> tuple[int, int]:
+        """``(top, left)`` of the crop in an image of ``shape = (H, W)``.
+
+        Args:
+            rng: the only source of randomness.
+            defects: the defect runs of the image's masks, one ``(starts0, lengths)``
+                pair per class (column-major pixel numbers, as in ``process.py``).
+
+        Raises:
+            DataError: the crop is larger than the image.
+        """
+        height, width = (int(n) for n in shape[:2])
+        if self.height > height or self.width > width:
+            raise DataError(f"a {self.height}x{self.width} crop does not fit a {height}x{width} image")
+        if self.defect_probability and rng.random() < self.defect_probability:
+            starts0, lengths = union_runs(defects)
+            if starts0.size:
+                row, column = _defect_pixel(rng, starts0, lengths, height)
+                top = min(max(row - int(rng.integers(self.height)), 0), height - self.height)
+                left = min(max(column - int(rng.integers(self.width)), 0), width - self.width)
+                return top, left
+        return int(rng.integers(height - self.height + 1)), int(rng.integers(width - self.width + 1))
+
+
+def _defect_pixel(rng: np.random.Generator, starts0: np.ndarray, lengths: np.ndarray, height: int) -> tuple[int, int]:
+    """``(row, column)`` of a pixel drawn uniformly from the runs of a mask ``height`` pixels high."""
+    ends = np.cumsum(lengths)
+    number = int(rng.integers(ends[-1]))  # the number-th defect pixel in column-major order
+    run = int(np.searchsorted(ends, number, side="right"))
+    pixel = int(starts0[run]) + number - int(ends[run] - lengths[run])
+    column, row = divmod(pixel, height)
+    return row, column
+
+
+class SeverCompose(A.Compose):
+    """``A.Compose`` for one grayscale image and its mask, with a crop policy and independent seeding.
+
+    It differs from ``A.Compose`` in three ways:
 
     - the image is checked and brought to ``(H, W, 1)`` here, the one place
       where the grayscale layout is handled;
-    - :meth:`set_random_seed` gives every transform its own seed spawned from
-      the given one. Plain ``A.Compose`` seeds every transform with the same
-      value, so e.g. a horizontal and a vertical flip with ``p=0.5`` would
-      always fire together.
+    - ``crop`` (a :class:`CropPolicy` or None) is applied before ``transforms``;
+      :meth:`crop_window` and :meth:`after_crop` let a caller that knows the
+      defect runs crop the data itself;
+    - :meth:`set_random_seed` seeds one pair of generators that the crop and
+      every transform draw from in turn. Plain ``A.Compose`` seeds every
+      transform's own generators with the same value, so e.g. a horizontal and
+      a vertical flip with ``p=0.5`` would always fire together.
     """
 
+    def __init__(self, transforms: list, crop: CropPolicy | None = None):
+        super().__init__(transforms)
+        self.crop = crop
+
     def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
+        """Crop (with a crop policy), then apply the transforms, to full-size data."""
+        if self.crop is not None and "image" in data:
+            data = self._cropped(data)
+        return self.after_crop(*args, force_apply=force_apply, **data)
+
+    def _cropped(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with its image and mask cut to the window placed from the mask's defect pixels."""
+        image = as_grayscale_hwc(data["image"])
+        mask = data.get("mask")
+        defects = [] if mask is None else [mask_runs(np.asarray(mask).reshape(*image.shape[:2], -1).any(axis=2))]
+        top, left = self.crop_window(image.shape, defects)
+        window = (slice(top, top + self.crop.height), slice(left, left + self.crop.width))
+        cropped = {**data, "image": image[window]}
+        if mask is not None:
+            cropped["mask"] = mask[window]
+        return cropped
+
+    def crop_window(self, shape: Sequence[int], defects: Sequence[Runs]) -> tuple[int, int]:
+        """``(top, left)`` of this call's crop (see :meth:`CropPolicy.window`); needs a crop."""
+        return self.crop.window(self.random_generator, shape, defects)
+
+    def after_crop(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
+        """The pipeline without its crop, for data already cropped at :meth:`crop_window`."""
         if "image" in data:
             data["image"] = as_grayscale_hwc(data["image"])
-        return super().__call__(*args, force_apply=force_apply, **data)
+        return _as_tensors(super().__call__(*args, force_apply=force_apply, **data))
 
     def set_random_seed(self, seed: int | None) -> None:
-        """Seed this pipeline; ``None`` draws fresh entropy for every transform."""
-        super().set_random_seed(seed)
-        if seed is not None:
-            _seed_children(self, np.random.SeedSequence(seed))
+        """Seed this pipeline; ``None`` draws fresh entropy.
+
+        The crop, then each transform in turn, draw from one numpy and one
+        Python generator seeded here and shared through ``set_random_state``.
+        """
+        self.seed = seed
+        self.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def _seed_children(compose: BaseCompose, sequence: np.random.SeedSequence) -> None:
-    """Give each transform under ``compose`` a distinct seed spawned from ``sequence``."""
-    children = [t for t in compose.transforms if isinstance(t, (BasicTransform, BaseCompose))]
-    for child, child_sequence in zip(children, sequence.spawn(len(children))):
-        child.set_random_seed(int(child_sequence.generate_state(1)[0]))
-        if isinstance(child, BaseCompose):
-            _seed_children(child, child_sequence)
+def _as_tensors(data: dict[str, Any]) -> dict[str, Any]:
+    """``image (h, w, 1)`` and ``mask (h, w, C)`` arrays as ``(1, h, w)`` and ``(C, h, w)`` tensors.
+
+    The mask is made channel-first and contiguous with ``cv2.split``: a third of
+    the time of torch's copy of a permuted view, and contiguous masks collate
+    into batches twice as fast.
+    """
+    if "image" in data:
+        data["image"] = torch.from_numpy(data["image"].transpose(2, 0, 1))
+    if "mask" in data:
+        mask = data["mask"]
+        data["mask"] = torch.from_numpy(np.stack(cv2.split(mask)) if mask.ndim == 3 else mask[None])
+    return data
 
 
 def as_grayscale_hwc(image: np.ndarray) -> np.ndarray:
@@ -120,7 +221,12 @@ class TransformSet:
         height, width: training crop size, positive multiples of 32, or both
             None for no crop.
         mean, std: grayscale statistics as fractions of 255.
+
+    A subclass defines its random transforms (:meth:`_train_transforms`, after
+    the crop) and, with :attr:`defect_crop_probability`, where its crop goes.
     """
+
+    defect_crop_probability = 0.0  # see CropPolicy; 0: crops are uniformly random
 
     def __init__(
         self,
@@ -144,22 +250,27 @@ class TransformSet:
         """
         return self._crop
 
-    def build(self, train: bool) -> A.Compose:
+    @property
+    def crop_policy(self) -> CropPolicy | None:
+        """Where training crops go, or None when training sees full images."""
+        return CropPolicy(*self._crop, self.defect_crop_probability) if self._crop else None
+
+    def build(self, train: bool) -> SeverCompose:
         """The training pipeline (``train=True``) or the evaluation pipeline.
 
         Both map ``image (H, W)`` uint8 and ``mask (H, W, C)`` uint8 to
         ``image (1, h, w)`` float32 and ``mask (C, h, w)`` uint8 tensors;
-        evaluation keeps ``(h, w) = (H, W)``.
+        evaluation keeps ``(h, w) = (H, W)``. The training pipeline crops
+        first, by :attr:`crop_policy`.
         """
         body = self._train_transforms() if train else []
-        return SeverCompose([*body, A.Normalize(mean=self.mean, std=self.std), ToTensorV2(transpose_mask=True)])
-
-    def _random_crop(self) -> list[A.BasicTransform]:
-        """A random crop to ``crop_size``, or nothing without one."""
-        return [A.RandomCrop(*self._crop)] if self._crop else []
+        return SeverCompose(
+            [*body, A.Normalize(mean=self.mean, std=self.std)],
+            crop=self.crop_policy if train else None,
+        )
 
     def _train_transforms(self) -> list[A.BasicTransform | BaseCompose]:
-        """The random part of the training pipeline, applied to uint8 data."""
+        """The random part of the training pipeline after the crop, applied to uint8 data."""
         raise NotImplementedError
 
 
@@ -167,9 +278,12 @@ class TransformSet:
 class HeavyCropTransforms(TransformSet):
     """The write-up's recipe: defect-seeking or random crop, one of CLAHE/blur/sharpen, flips.
 
-    Half the crops are taken onto a defect when the mask has any
-    (``CropNonEmptyMaskIfExists``), half anywhere.
+    Half the crops are taken onto a defect when the mask has any (the
+    write-up's ``OneOf([CropNonEmptyMaskIfExists, RandomCrop])``, see
+    :class:`CropPolicy`), half anywhere.
     """
+
+    defect_crop_probability = 0.5
 
     def __init__(self, height: int, width: int, mean: float = GRAY_MEAN, std: float = GRAY_STD):
         super().__init__(height, width, mean, std)
@@ -177,9 +291,7 @@ class HeavyCropTransforms(TransformSet):
             raise ValueError("HeavyCropTransforms needs a crop height and width")
 
     def _train_transforms(self) -> list[A.BasicTransform | BaseCompose]:
-        height, width = self._crop
         return [
-            A.OneOf([A.CropNonEmptyMaskIfExists(height, width), A.RandomCrop(height, width)], p=1),
             A.OneOf(
                 [A.CLAHE(p=0.5), A.GaussianBlur(blur_limit=3, p=0.3), A.Sharpen(alpha=(0.2, 0.3), p=0.3)],
                 p=1,
@@ -218,7 +330,6 @@ class MediumTransforms(TransformSet):
 
     def _train_transforms(self) -> list[A.BasicTransform | BaseCompose]:
         return [
-            *self._random_crop(),
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.RandomBrightnessContrast(self.brightness_limit, self.contrast_limit, p=0.5),
@@ -245,4 +356,4 @@ class LightTransforms(TransformSet):
     """Optional random crop and a horizontal flip."""
 
     def _train_transforms(self) -> list[A.BasicTransform | BaseCompose]:
-        return [*self._random_crop(), A.HorizontalFlip(p=0.5)]
+        return [A.HorizontalFlip(p=0.5)]

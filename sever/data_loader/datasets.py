@@ -1,7 +1,10 @@
 """Datasets over steel images and their run-length encoded masks.
 
 Images are read as one grey channel (the Severstal JPEGs are three identical
-channels); masks are decoded from RLE at the image's own size and stay uint8.
+channels); masks are decoded from RLE and stay uint8. When the training
+pipeline crops, the crop window is chosen from the RLE runs before decoding,
+and only the window's columns are decoded (a column range is one contiguous
+pixel range of the column-major RLE).
 A dataset item can be asked for with a plain index or with ``(index, seed)``:
 the seed makes that sample's augmentation reproducible whatever worker runs it.
 """
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sever.data_loader.process import Annotations
+from sever.data_loader.process import Annotations, Runs, decode_runs
 from sever.exceptions import DataError, RLEError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -76,7 +79,9 @@ class SegmentationDataset(Dataset):
         paths: image files, aligned with ``annotations``.
         annotations: per-image, per-class RLE strings.
         transforms: an albumentations pipeline taking ``image (H, W)`` uint8 and
-            ``mask (H, W, C)`` uint8 and returning tensors.
+            ``mask (H, W, C)`` uint8 and returning tensors. A
+            :class:`~sever.data_loader.augmentation.SeverCompose` with a ``crop``
+            gets only the crop window decoded (see :meth:`load_crop`).
 
     Items: ``(image (1, h, w) float32, mask (C, h, w) uint8)``.
     """
@@ -91,22 +96,45 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _runs(self, index: int, shape: tuple[int, int]) -> list[Runs]:
+        """Sample ``index``'s per-class runs; RLEError naming the CSV row and the image."""
+        try:
+            return self.annotations.runs(index, shape)
+        except RLEError as exc:
+            raise RLEError(f"{exc} (image {self.paths[index]}, {shape[0]}x{shape[1]})") from exc
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw ``(image (H, W), mask (H, W, C))`` uint8 pair of sample ``index``."""
+        image = read_grey(self.paths[index])
+        return image, decode_runs(self._runs(index, image.shape), image.shape)
+
+    def load_crop(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(image (h, w), mask (h, w, C))`` uint8 crop that ``transforms.crop`` places.
+
+        The window comes from ``transforms.crop_window`` (seeded with the
+        pipeline), given the runs' pixel positions; only its columns are decoded.
+        """
         path = self.paths[index]
         image = read_grey(path)
+        runs = self._runs(index, image.shape)
         try:
-            mask = self.annotations.decode(index, image.shape[:2])
-        except RLEError as exc:
-            raise RLEError(f"{exc} (image {path}, {image.shape[0]}x{image.shape[1]})") from exc
-        return image, mask
+            top, left = self.transforms.crop_window(image.shape, runs)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc} (augmentation.args sets the crop)") from None
+        height, width = self.transforms.crop.height, self.transforms.crop.width
+        mask = decode_runs(runs, image.shape, (left, left + width))[top : top + height]
+        return image[top : top + height, left : left + width], mask
 
     def _transformed(self, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = _split_key(key)
-        image, mask = self.load(index)
         if seed is not None:
             self.transforms.set_random_seed(seed)
-        out = self.transforms(image=image, mask=mask)
+        if getattr(self.transforms, "crop", None) is None:
+            image, mask = self.load(index)
+            out = self.transforms(image=image, mask=mask)
+        else:
+            image, mask = self.load_crop(index)
+            out = self.transforms.after_crop(image=image, mask=mask)
         return out["image"], out["mask"]
 
     def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor]:

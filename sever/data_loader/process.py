@@ -197,13 +197,18 @@ def _runs_to_flat(starts0: np.ndarray, lengths: np.ndarray, low: int, high: int)
     return np.repeat(values, counts)
 
 
+def _runs_transposed(starts0: np.ndarray, lengths: np.ndarray, height: int, columns: tuple[int, int]) -> np.ndarray:
+    """The columns ``[c0, c1)`` of one mask's runs as rows: C-contiguous uint8 ``(c1 - c0, H)``."""
+    first, stop = columns
+    return _runs_to_flat(starts0, lengths, first * height, stop * height).reshape(stop - first, height)
+
+
 def _decode_transposed(rle: str | float | None, shape: Sequence[int], columns: Sequence[int] | None) -> np.ndarray:
     """The mask's columns as rows: C-contiguous uint8 ``(W', H)``, ``W' = c1 - c0``."""
     height, width = _mask_size(shape)
-    first, stop = _column_window(columns, width)
     starts0, lengths = rle_parse(rle)
     _check_bounds(starts0, lengths, height, width)
-    return _runs_to_flat(starts0, lengths, first * height, stop * height).reshape(stop - first, height)
+    return _runs_transposed(starts0, lengths, height, _column_window(columns, width))
 
 
 def rle_decode(rle: str | float | None, shape: Sequence[int], columns: Sequence[int] | None = None) -> np.ndarray:
@@ -229,23 +234,72 @@ def rle_decode(rle: str | float | None, shape: Sequence[int], columns: Sequence[
     return _decode_transposed(rle, shape, columns).T
 
 
-def _decode_planes(
-    encodings: Sequence, shape: Sequence[int], columns: Sequence[int] | None, describe: Callable[[int], str]
-) -> np.ndarray:
-    """Stack the decoded masks of ``encodings`` into C-contiguous ``(H, W', C)``.
+Runs = tuple[np.ndarray, np.ndarray]
+"""One mask's runs ``(starts0, lengths)``: int64 ``(R,)`` arrays as :func:`rle_parse` returns them."""
+
+
+def _class_runs(encodings: Sequence, shape: Sequence[int], describe: Callable[[int], str]) -> list[Runs]:
+    """The parsed runs of each class encoding, checked to lie inside an ``(H, W)`` mask.
 
     Errors are prefixed by ``describe(k)`` for the class index ``k``.
     """
-    planes = []
+    height, width = _mask_size(shape)
+    runs = []
     for k, rle in enumerate(encodings):
         try:
-            planes.append(cv2.transpose(_decode_transposed(rle, shape, columns)))
+            starts0, lengths = rle_parse(rle)
+            _check_bounds(starts0, lengths, height, width)
         except RLEError as exc:
             raise RLEError(f"{describe(k)}: {exc}") from None
-    if not planes:
-        raise ValueError("decode_masks needs at least one class encoding")
+        runs.append((starts0, lengths))
+    return runs
+
+
+def decode_runs(runs: Sequence[Runs], shape: Sequence[int], columns: Sequence[int] | None = None) -> np.ndarray:
+    """Stack the masks of C classes given as runs (e.g. from :meth:`Annotations.runs`).
+
+    Args:
+        runs: C ``(starts0, lengths)`` pairs, already checked to lie inside ``shape``.
+        shape: ``(H, W)`` of the full image in pixels.
+        columns: optional ``(c0, c1)`` column window, as in :func:`rle_decode`.
+
+    Returns:
+        C-contiguous uint8 0/1 array of shape ``(H, W, C)`` (``W = c1 - c0`` with a window).
+    """
+    if not runs:
+        raise ValueError("decode_runs needs the runs of at least one class")
+    height, width = _mask_size(shape)
+    window = _column_window(columns, width)
+    planes = [
+        cv2.transpose(_runs_transposed(starts0, lengths, height, window))
+        if starts0.size
+        else np.zeros((height, window[1] - window[0]), np.uint8)
+        for starts0, lengths in runs
+    ]
     stacked = cv2.merge(planes)
     return stacked.reshape(*planes[0].shape, len(planes))
+
+
+def union_runs(runs: Sequence[Runs]) -> Runs:
+    """The pixels marked in any of several masks, as sorted disjoint runs.
+
+    Args:
+        runs: ``(starts0, lengths)`` pairs of masks of one shape (each sorted and disjoint).
+
+    Returns:
+        ``(starts0, lengths)`` int64 ``(R,)``: the union; runs of different masks
+        that overlap or touch are merged (a single mask's runs are returned as they are).
+    """
+    marked = [(starts0, lengths) for starts0, lengths in runs if starts0.size]
+    if len(marked) <= 1:  # the usual case: one class or none, nothing to merge
+        return marked[0] if marked else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    starts = np.concatenate([starts0 for starts0, _ in marked])
+    ends = np.concatenate([starts0 + lengths for starts0, lengths in marked])
+    order = np.argsort(starts, kind="stable")
+    starts, reach = starts[order], np.maximum.accumulate(ends[order])
+    firsts = np.flatnonzero(np.concatenate([[True], starts[1:] > reach[:-1]]))
+    lasts = np.append(firsts[1:] - 1, starts.size - 1)
+    return starts[firsts], reach[lasts] - starts[firsts]
 
 
 def decode_masks(encodings: Sequence, shape: Sequence[int], columns: Sequence[int] | None = None) -> np.ndarray:
@@ -262,7 +316,31 @@ def decode_masks(encodings: Sequence, shape: Sequence[int], columns: Sequence[in
     Raises:
         RLEError: a malformed string; the message names its class (1-based).
     """
-    return _decode_planes(encodings, shape, columns, lambda k: f"class {k + 1}")
+    return decode_runs(_class_runs(encodings, shape, lambda k: f"class {k + 1}"), shape, columns)
+
+
+def mask_runs(mask: np.ndarray) -> Runs:
+    """The runs of a mask, as :func:`rle_parse` returns them for ``rle_encode(mask)``.
+
+    Args:
+        mask: array of shape ``(H, W)``, any dtype; nonzero pixels are defect.
+
+    Returns:
+        ``(starts0, lengths)`` int64 ``(R,)``: 0-indexed column-major first
+        pixels and pixel counts, touching runs merged.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D (H, W) mask, got shape {mask.shape}")
+    defect = (mask != 0).view(np.uint8)  # C- or F-ordered like ``mask``
+    if defect.flags.f_contiguous:  # e.g. from rle_decode: already column-major
+        column_major = defect.ravel(order="F")
+    else:
+        column_major = cv2.transpose(defect).reshape(-1)
+    padded = np.zeros(column_major.size + 2, np.uint8)
+    padded[1:-1] = column_major
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return edges[0::2], edges[1::2] - edges[0::2]
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -275,22 +353,10 @@ def rle_encode(mask: np.ndarray) -> str:
         ``"start length ..."`` with 1-indexed column-major starts, touching runs
         merged; ``""`` for an all-zero mask.
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"rle_encode expects a 2-D (H, W) mask, got shape {mask.shape}")
-    defect = (mask != 0).view(np.uint8)  # C- or F-ordered like ``mask``
-    if defect.flags.f_contiguous:  # e.g. from rle_decode: already column-major
-        column_major = defect.ravel(order="F")
-    else:
-        column_major = cv2.transpose(defect).reshape(-1)
-    padded = np.zeros(column_major.size + 2, np.uint8)
-    padded[1:-1] = column_major
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    if edges.size == 0:
-        return ""
-    pairs = np.empty(edges.size, np.int64)
-    pairs[0::2] = edges[0::2] + 1
-    pairs[1::2] = edges[1::2] - edges[0::2]
+    starts0, lengths = mask_runs(mask)
+    pairs = np.empty(2 * starts0.size, np.int64)
+    pairs[0::2] = starts0 + 1
+    pairs[1::2] = lengths
     return " ".join(map(str, pairs.tolist()))
 
 
@@ -416,7 +482,18 @@ class Annotations:
 
         A malformed or out-of-bounds string raises :class:`RLEError` naming its CSV row.
         """
-        return _decode_planes(self.encodings[position], shape, columns, lambda k: self.location(position, k))
+        return decode_runs(self.runs(position, shape), shape, columns)
+
+    def runs(self, position: int, shape: Sequence[int]) -> list[Runs]:
+        """The C classes' runs ``(starts0, lengths)`` of the image at ``position``, without decoding.
+
+        Args:
+            shape: ``(H, W)`` of the image; every run must lie inside it.
+
+        Raises:
+            RLEError: a malformed or out-of-bounds string, naming its CSV row.
+        """
+        return _class_runs(self.encodings[position], shape, lambda k: self.location(position, k))
 
 
 # ------------------------------------------------------------------- CSV reading

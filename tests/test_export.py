@@ -1,0 +1,103 @@
+"""`sever export`: ONNX and TorchScript files that compute what the PyTorch model computes."""
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from sever import main
+from sever.cli import cli
+from sever.exceptions import CheckpointError, ConfigError
+from sever.export import export_model, load_trained_model
+from sever.model.model import build_model
+from sever.utils.checkpoint import atomic_torch_save
+
+ARCH = {"type": "FPN", "args": {"encoder_name": "resnet18", "encoder_weights": "imagenet",
+                                "decoder_args": {"decoder_pyramid_channels": 32,
+                                                 "decoder_segmentation_channels": 32}}}
+CLASSES = 4
+
+
+def tiny_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    arch = {**ARCH, "args": {**ARCH["args"], "encoder_weights": None}}
+    return build_model(arch, CLASSES).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint whose config asks for ImageNet weights: export must not download them."""
+    path = tmp_path_factory.mktemp("export") / "model.pth"
+    model = tiny_model(0)
+    atomic_torch_save({"state_dict": model.state_dict(), "config": {"arch": ARCH, "classes": CLASSES}, "epoch": 3},
+                      path)
+    return path, model
+
+
+def pytorch_logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return model(x).numpy()
+
+
+def test_onnx_export_matches_pytorch_at_any_size_when_dynamic(checkpoint, tmp_path):
+    path, model = checkpoint
+    result = export_model(path, "onnx", tmp_path / "out" / "model.onnx", height=64, width=96, dynamic=True)
+    assert result.path.is_file() and result.weights == "model" and result.max_abs_diff <= 1e-4
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 1, 64, 96), (3, 1, 64, 96), (2, 1, 50, 70)]:  # 50x70: the model pads to 64x96
+        x = torch.randn(*shape)
+        logits = session.run(None, {"image": x.numpy()})[0]
+        expected = pytorch_logits(model, x)
+        assert logits.shape == expected.shape and np.abs(logits - expected).max() <= 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_torchscript_export_matches_pytorch(checkpoint, tmp_path):
+    path, model = checkpoint
+    result = export_model(path, "torchscript", tmp_path / "model.pt", height=64, width=96)
+    loaded = torch.jit.load(str(result.path))
+    for shape in [(2, 1, 64, 96), (1, 1, 40, 100)]:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            logits = loaded(x).numpy()
+        assert np.abs(logits - pytorch_logits(model, x)).max() <= 1e-4
+
+
+def test_ema_weights_are_exported_when_the_run_kept_them(tmp_path):
+    model, averaged_into = tiny_model(0), tiny_model(1)
+    ema = AveragedModel(averaged_into, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    state = {"state_dict": model.state_dict(), "ema_state_dict": ema.state_dict(),
+             "config": {"arch": ARCH, "classes": CLASSES}, "epoch": 1}
+    atomic_torch_save(state, tmp_path / "ema.pth")
+    loaded, _, weights = load_trained_model(tmp_path / "ema.pth")
+    x = torch.randn(1, 1, 64, 64)
+    assert weights == "ema"
+    assert np.abs(pytorch_logits(loaded, x) - pytorch_logits(averaged_into, x)).max() == 0
+
+
+def test_cli_exports_the_ema_weights_of_a_trained_run_at_a_fixed_size(make_config, tmp_path):
+    run = main.train(make_config(epochs=1, ema_decay=0.9))
+    out = tmp_path / "run.onnx"
+    result = CliRunner().invoke(cli, ["export", "-m", str(run.root), "--format", "onnx", "-o", str(out),
+                                      "--height", "64", "--width", "96"])
+    assert result.exit_code == 0, result.output
+    assert f"the ema weights of {run.best}" in result.output and "2x1x64x96: max abs difference" in result.output
+    model, _, _ = load_trained_model(run.best)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 1, 64, 96)  # the batch size stays free
+    assert np.abs(session.run(None, {"image": x.numpy()})[0] - pytorch_logits(model, x)).max() <= 1e-4
+
+
+def test_missing_checkpoint_and_unknown_format_are_clear_errors(checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="neither a checkpoint file nor a run folder"):
+        export_model(tmp_path / "nowhere", "onnx", tmp_path / "x.onnx")
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'; valid: onnx, torchscript"):
+        export_model(checkpoint[0], "tflite", tmp_path / "x.tflite")
+    result = CliRunner().invoke(cli, ["export", "-m", str(tmp_path / "missing.pth"), "--format", "onnx",
+                                      "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 1 and "missing.pth: neither a checkpoint file nor a run folder" in result.output
+    result = CliRunner().invoke(cli, ["export", "-m", str(checkpoint[0]), "--format", "tflite", "-o", "x"])
+    assert result.exit_code == 2 and "Invalid value for '--format'" in result.output
+    assert not (tmp_path / "x.onnx").exists()
