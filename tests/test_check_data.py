@@ -137,6 +137,7 @@ def test_loader_refuses_bad_data_before_training_listing_the_first_problems(data
     message = str(caught.value)
     assert message.count("truncated or corrupt JPEG") == 5 and "... and 2 more" in message
     loader(data, check="off")  # the user's call: found only when those images load
+    loader(data, check=False)  # `check: off` as YAML reads it
     with pytest.raises(ConfigError, match="data_loader.args.check: 'fast' is not one of quick, full, off"):
         loader(data, check="fast")
 

@@ -272,7 +272,8 @@ def preflight(sources: Sequence[Source], mode: str = "quick", crop: tuple[int, i
     Args:
         sources: ``(annotations, image paths)`` of the training CSV first, then
             any pseudo-label CSV.
-        mode: ``quick``, ``full`` or ``off`` (``data_loader.args.check``).
+        mode: ``quick``, ``full`` or ``off`` (``data_loader.args.check``; YAML
+            reads a bare ``off`` as False and ``on`` as True, meaning ``off`` and ``quick``).
         crop: the training crop ``(h, w)``, which every image must be able to hold.
 
     Returns:
@@ -283,6 +284,8 @@ def preflight(sources: Sequence[Source], mode: str = "quick", crop: tuple[int, i
         DataError: listing the first problems and their count.
         ConfigError: an unknown mode, or a crop larger than some image.
     """
+    if isinstance(mode, bool):
+        mode = "quick" if mode else "off"
     if mode not in CHECK_MODES:
         raise ConfigError(f"data_loader.args.check: {mode!r} is not one of {', '.join(CHECK_MODES)}")
     if mode == "off":
