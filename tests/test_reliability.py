@@ -96,6 +96,7 @@ CONFIG_CASES = {
         set_key("augmentation.args.heigth", 64),
         ["augmentation.args.heigth: unknown argument for HeavyCropTransforms. Did you mean 'height'?"],
     ),
+    "seed outside NumPy's range": (set_key("seed", -1), ["seed: must be in 0..2**32-1"]),
     "wrong type": (set_key("trainer.epochs", "three"), ["trainer.epochs: expected an integer, got 'three'"]),
     "missing required key": (delete_key("loss"), ["loss: missing required key"]),
     "negative learning rate": (set_key("optimizer.encoder.lr", -0.001), ["optimizer.encoder.lr: must be >= 0"]),
