@@ -1,19 +1,22 @@
-"""Property-based fuzzing: random bytes and strings into the RLE decoder, the CSV loader and the
-config loader give a valid result or the documented error, never anything else."""
+"""Property-based fuzzing: random bytes and strings into the RLE decoder, the CSV loader, the
+config loader, image headers and checkpoint files give a valid result or the documented error,
+never anything else."""
 
 import copy
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from conftest import tiny_config
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sever.data_loader.checks import image_header_size
 from sever.data_loader.process import read_rle_csv, rle_decode, rle_parse
-from sever.exceptions import ConfigError, DataError, RLEError
+from sever.exceptions import CheckpointError, ConfigError, DataError, RLEError
 from sever.main import prepare_config
+from sever.utils.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 from sever.utils.config import apply_overrides, load_config, parse_yaml, validate_config
 
 FUZZ = settings(max_examples=150, deadline=None)
@@ -191,3 +194,37 @@ def test_image_header_of_random_bytes_gives_a_size_or_a_data_error(start, blob, 
         except DataError:
             return
     assert height >= 1 and width >= 1
+
+
+def checkpoint_bytes():
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "good.pth"
+        torch.save({"state_dict": {"w": torch.arange(6.0)}, "config": {"name": "t"}, "epoch": 1, "step": 0}, path)
+        return path.read_bytes()
+
+
+GOOD_CHECKPOINT = checkpoint_bytes()
+
+
+BYTE_VALUES = st.sampled_from([0, 1, 0x7F, 0x80, 0xFF]) | st.integers(0, 255)
+HEADER_AND_PICKLE = st.integers(0, min(400, len(GOOD_CHECKPOINT) - 1))  # zip header, then data.pkl
+
+
+@FUZZ
+@given(st.integers(0, len(GOOD_CHECKPOINT)), st.lists(st.tuples(HEADER_AND_PICKLE, BYTE_VALUES), max_size=4))
+# One byte changed in the zip header or the pickle made torch.load raise IndexError or TypeError.
+@example(len(GOOD_CHECKPOINT), [(26, 0xFF)])
+@example(len(GOOD_CHECKPOINT), [(71, 0)])
+@example(len(GOOD_CHECKPOINT), [(195, 0x80)])
+def test_damaged_checkpoints_load_or_raise_a_checkpoint_error(length, flips):
+    blob = bytearray(GOOD_CHECKPOINT)
+    for position, value in flips:
+        blob[position] = value
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "damaged.pth"
+        path.write_bytes(bytes(blob[:length]))
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError:
+            return
+    assert all(key in state for key in CHECKPOINT_KEYS)

@@ -11,7 +11,6 @@ import inspect
 import logging
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -94,8 +93,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"which could run code. sever checkpoints hold only tensors and plain types; "
             f"this one was not written by sever or comes from an untrusted source. ({_first_line(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint: {_first_line(exc)}") from exc
+    # A damaged file makes torch.load raise many kinds (RuntimeError, EOFError, BadZipFile,
+    # KeyError, IndexError, ...); all mean the same to the user.
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
     if (
         not isinstance(state, dict)
         or any(key not in state for key in CHECKPOINT_KEYS)
