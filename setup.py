@@ -39,7 +39,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.4", "hypothesis>=6.90", "docutils>=0.20"],
-        "kaggle": ["kaggle>=1.6"],
+        "kaggle": ["kaggle>=1.6", "six"],  # kaggle 2.2 imports six without declaring it
     },
     entry_points={"console_scripts": ["sever=sever.cli:cli"]},
     classifiers=[

@@ -55,15 +55,39 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
               help="Checkpoint file or run folder to continue (its newest valid checkpoint).")
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value by dotted path, e.g. --set trainer.epochs=5 (repeatable).")
-def train(configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...]) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes on this machine (DistributedDataParallel, one per GPU); "
+                   "the same as launching with torchrun --standalone --nproc_per_node N.")
+@click.pass_context
+def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...],
+          nproc: int) -> None:
     """Train models from experiment files, or resume a run."""
-    from sever import main
-
     if bool(configs) == bool(resume):
         raise click.UsageError("give either -c CONFIG (one or more) or -r CHECKPOINT_OR_RUN_DIR")
+    if nproc > 1:
+        ctx.exit(_launch_distributed(nproc, configs, resume, overrides, ctx.obj["debug"]))
+    from sever import main
+    from sever.utils.distributed import from_environment
+
     runs = [main.resume(resume, overrides)] if resume else main.train_from_files(configs, overrides)
-    for run in runs:
-        click.echo(f"run saved in {run.root}")
+    if from_environment().is_main:
+        for run in runs:
+            click.echo(f"run saved in {run.root}")
+
+
+def _launch_distributed(nproc: int, configs, resume, overrides, debug: bool) -> int:
+    """Re-run this ``sever train`` under torchrun with ``nproc`` processes; returns its exit code."""
+    import subprocess
+    import sys
+
+    args = ["--debug"] if debug else []
+    args += ["train", *(f"--config={c}" for c in configs), *(f"--set={o}" for o in overrides)]
+    if resume:
+        args.append(f"--resume={resume}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "sever", *args]
+    logger.info("launching %d processes: %s", nproc, " ".join(command))
+    return subprocess.run(command, check=False).returncode
 
 
 @cli.command("demo-data")
@@ -77,6 +101,51 @@ def demo_data(out_dir: str, seed: int, overwrite: bool) -> None:
 
     path = make_demo_data(out_dir, seed=seed, overwrite=overwrite)
     click.echo(f"demo data in {path}")
+
+
+@cli.command()
+@click.option("-r", "--run", "run_dir", required=True, type=click.Path(),
+              help="Run folder, e.g. saved/sever-unet-b5/1026_140000.")
+@click.option("-e", "--epoch", "epochs", multiple=True, type=int,
+              help="Send checkpoint-epoch{N}.pth of this epoch (repeatable).")
+@click.option("--best", is_flag=True, help="Send model_best.pth.")
+@click.option("--weights-only", is_flag=True,
+              help="Send only what inference needs (weights, EMA weights, config): no optimiser state.")
+@click.option("--dataset-id", default=None, metavar="USER/SLUG",
+              help="Kaggle dataset to create or add a version to [default: your user name from the Kaggle "
+                   "credentials / sever-<name>-<run stamp>].")
+@click.option("--title", default=None, help="Dataset title, 6-50 characters, used on creation "
+                                            "[default: sever-<name> <run stamp>].")
+@click.option("--license", "license_name", default="CC0-1.0", show_default=True, help="Kaggle licence name.")
+@click.option("-m", "--message", default=None, help="Notes for a new version [default: the files sent].")
+@click.option("--staging", type=click.Path(file_okay=False), default=None,
+              help="Empty folder to stage the files in, kept afterwards [default: a temporary folder].")
+@click.option("--dry-run", is_flag=True, help="Stage and show what would be sent, then stop.")
+def upload(run_dir: str, epochs: tuple[int, ...], best: bool, weights_only: bool, dataset_id: str | None,
+           title: str | None, license_name: str, message: str | None, staging: str | None, dry_run: bool) -> None:
+    """Publish chosen checkpoints of a run as a Kaggle dataset (for offline Kaggle kernels)."""
+    import shlex
+
+    from sever import upload as kaggle_upload
+
+    plan = kaggle_upload.plan_upload(run_dir, epochs, best, dataset_id=dataset_id, title=title,
+                                     license_name=license_name, weights_only=weights_only, staging=staging,
+                                     sending=not dry_run)
+    message = message or kaggle_upload.default_message(plan)
+    action = None if dry_run else kaggle_upload.remote_action(plan.dataset_id)
+    with kaggle_upload.staging_folder(plan, keep=dry_run) as folder:
+        staged = kaggle_upload.stage(plan, folder)
+        click.echo(kaggle_upload.describe(staged))
+        if dry_run:
+            commands = kaggle_upload.kaggle_commands(staged, message)
+            click.echo(f"dry run: nothing sent; the staged files stay in {folder}. Sending runs\n"
+                       f"  kaggle {shlex.join(commands['create'])}\n"
+                       f"or, when {plan.dataset_id} exists,\n  kaggle {shlex.join(commands['version'])}")
+            return
+        published = kaggle_upload.publish(staged, action, message)
+    click.echo(published.output)
+    click.echo(f"{'created' if published.action == 'create' else 'new version of'} "
+               f"https://www.kaggle.com/datasets/{plan.dataset_id}")
 
 
 @cli.command("check-data")

@@ -25,7 +25,9 @@ from sever.model.model import ARCHITECTURES, build_model
 from sever.model.optimizer import build_optimizer
 from sever.model.scheduler import SCHEDULERS, build_scheduler
 from sever.trainer import TRAINERS
+from sever.utils import distributed
 from sever.utils.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
+from sever.utils.distributed import Distributed
 from sever.utils.config import apply_overrides, dump_config, load_config, validate_config
 from sever.utils.device import check_amp, resolve_device
 from sever.utils.logger import add_file_log
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_METRICS = {"segmentation": ["Dice"], "classification": ["Accuracy", "PrecisionRecall"]}
 SUPPLIED = {
     "arch": ("classes",),
-    "data_loader": ("classes", "transforms", "seed", "task"),
+    "data_loader": ("classes", "transforms", "seed", "task", "rank", "world_size"),
 }
 
 
@@ -71,6 +73,7 @@ class Experiment:
 
     config: dict
     device: torch.device
+    distributed: Distributed
     model: Any
     data: Any
     loss: Any
@@ -80,23 +83,32 @@ class Experiment:
 
 
 def build_experiment(config: dict) -> Experiment:
-    """Build data, model, loss, metrics, optimiser and schedule from a prepared config."""
+    """Build data, model, loss, metrics, optimiser and schedule from a prepared config.
+
+    Under ``torchrun`` this also joins the process group and takes this rank's device.
+    """
     seed_everything(config["seed"])
-    device = resolve_device(config["device"])
+    context = distributed.from_environment()
+    device = distributed.setup(context, resolve_device(config["device"]))
     check_amp(config["amp"], device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config["trainer"]["cudnn_benchmark"]
     transforms = TRANSFORMS.build(config["augmentation"], "augmentation")
     data = DATA_LOADERS.build(
         config["data_loader"], "data_loader",
         classes=config["classes"], transforms=transforms, seed=config["seed"], task=config["task"],
+        rank=context.rank, world_size=context.world_size,
     )
     model = build_model(config["arch"], config["classes"]).to(device)
+    if config["trainer"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     logger.info("model: %s over %s, %s trainable parameters", config["arch"]["type"],
                 config["arch"].get("args", {}).get("encoder_name", "?"), f"{model.trainable_parameters():,}")
     loss = LOSSES.build(config["loss"], "loss")
     metrics = [METRICS.build(spec, f"metrics.{i}") for i, spec in enumerate(metric_specs(config))]
     optimizer = build_optimizer(model, config["optimizer"])
     scheduler = build_scheduler(optimizer, config["lr_scheduler"])
-    return Experiment(config, device, model, data, loss, metrics, optimizer, scheduler)
+    return Experiment(config, device, context, model, data, loss, metrics, optimizer, scheduler)
 
 
 def make_trainer(experiment: Experiment, run: RunPaths):
@@ -105,7 +117,7 @@ def make_trainer(experiment: Experiment, run: RunPaths):
         experiment.model, experiment.loss, experiment.metrics, experiment.optimizer,
         experiment.lr_scheduler, experiment.config, run,
         train_loader=experiment.data.train_loader, valid_loader=experiment.data.valid_loader,
-        device=experiment.device, amp=experiment.config["amp"],
+        device=experiment.device, amp=experiment.config["amp"], distributed=experiment.distributed,
     )
 
 
@@ -118,16 +130,14 @@ def train(config: dict, overrides: tuple[str, ...] | list[str] = ()) -> RunPaths
     """Train a new run from a loaded config; returns its folder."""
     config = prepare_config(config, overrides)
     experiment = build_experiment(config)
-    run = RunPaths.create(config["save_dir"], config["name"])
-    run.check_free_space(4 * _checkpoint_bytes(experiment.model))
-    dump_config(config, run.config)
-    handler = add_file_log(run.log_file)
-    try:
-        logger.info("run folder: %s", run.root)
-        make_trainer(experiment, run).train()
-    finally:
-        logging.getLogger("sever").removeHandler(handler)
-        handler.close()
+    context = experiment.distributed
+    run = None
+    if context.is_main:
+        run = RunPaths.create(config["save_dir"], config["name"])
+        run.check_free_space(4 * _checkpoint_bytes(experiment.model))
+        dump_config(config, run.config)
+    run = RunPaths(Path(context.broadcast(str(run.root) if run else None)))
+    _run_trainer(experiment, run, "run folder: %s", run.root)
     return run
 
 
@@ -143,19 +153,32 @@ def resume(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Run
     check_compatible(state["config"], config, str(checkpoint))
     experiment = build_experiment(config)
     run = RunPaths(checkpoint.resolve().parent.parent)
-    run.make_dirs()
-    remove_stale_temporaries(run.checkpoints)
-    run.check_free_space(4 * _checkpoint_bytes(experiment.model))
-    handler = add_file_log(run.log_file)
+    if experiment.distributed.is_main:
+        run.make_dirs()
+        remove_stale_temporaries(run.checkpoints)
+        run.check_free_space(4 * _checkpoint_bytes(experiment.model))
+    _run_trainer(experiment, run, "resuming from %s", checkpoint, state=state)
+    return run
+
+
+def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any, state: dict | None = None) -> None:
+    """Train with the run's log file attached; rank 0 logs, the others only warn."""
+    context = experiment.distributed
+    sever_logger = logging.getLogger("sever")
+    handler = add_file_log(run.log_file) if context.is_main else None
+    if not context.is_main:
+        sever_logger.setLevel(logging.WARNING)
     try:
-        logger.info("resuming %s from %s", run.root, checkpoint)
+        logger.info(message, *args)
         trainer = make_trainer(experiment, run)
-        trainer.resume(state)
+        if state is not None:
+            trainer.resume(state)
         trainer.train()
     finally:
-        logging.getLogger("sever").removeHandler(handler)
-        handler.close()
-    return run
+        if handler is not None:
+            sever_logger.removeHandler(handler)
+            handler.close()
+        distributed.teardown(context)
 
 
 def train_from_files(config_paths: tuple[str, ...], overrides: tuple[str, ...] = ()) -> list[RunPaths]:

@@ -142,3 +142,14 @@ def test_checkpoint_of_another_architecture_is_refused(make_config):
     with pytest.raises(CheckpointError, match="encoder_name is .resnet18. in the checkpoint but .resnet34."):
         main.resume(run.root, ["arch.args.encoder_name=resnet34"])
     assert config_path.is_file()
+
+
+def test_weights_only_checkpoint_cannot_resume(make_config):
+    from sever.upload import inference_state
+    from sever.utils.checkpoint import atomic_torch_save
+
+    run = run_of(make_config(epochs=1))
+    slim = run.checkpoints / "slim.pth"
+    atomic_torch_save(inference_state(load_checkpoint(run.last)), slim)
+    with pytest.raises(CheckpointError, match="weights only"):
+        main.resume(slim, ["trainer.epochs=2"])

@@ -26,6 +26,7 @@ from sever import __version__
 from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from sever.model.scheduler import step_scheduler
 from sever.utils.checkpoint import atomic_torch_save
+from sever.utils.distributed import Distributed
 from sever.utils.run import RunPaths
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class BaseTrainer(abc.ABC):
         run: the run folder to write to.
     """
 
-    def __init__(self, model, optimizer, lr_scheduler, config: dict, run: RunPaths):
+    def __init__(self, model, optimizer, lr_scheduler, config: dict, run: RunPaths,
+                 distributed: Distributed = Distributed()):
         self.model = model
+        self.dist = distributed
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.config = config
@@ -60,7 +63,7 @@ class BaseTrainer(abc.ABC):
         self.not_improved = 0
         self.start_epoch = 1
         self.start_step = 0
-        self.writer = SummaryWriter(str(run.tensorboard)) if options["tensorboard"] else None
+        self.writer = SummaryWriter(str(run.tensorboard)) if options["tensorboard"] and distributed.is_main else None
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ subclass API
@@ -69,8 +72,9 @@ class BaseTrainer(abc.ABC):
     def _train_epoch(self, epoch: int, start_step: int) -> dict[str, float]:
         """Train one epoch from batch ``start_step``; return the epoch's logged values.
 
-        Must check :attr:`stop_requested` after each optimiser step and, when
-        set, return early with :attr:`steps_done` holding the batches finished.
+        Keeps :attr:`steps_done` at the number of batches finished. Must call
+        :meth:`_stop_agreed` after each optimiser step and, when it says so,
+        set :attr:`interrupted` and return early.
         """
 
     @abc.abstractmethod
@@ -90,6 +94,10 @@ class BaseTrainer(abc.ABC):
     def stop_requested(self) -> bool:
         return self._stop_signal is not None
 
+    def _stop_agreed(self) -> bool:
+        """Whether to stop now; in distributed training every rank stops at the same step."""
+        return self.dist.any(self.stop_requested)
+
     def train(self) -> dict[str, float]:
         """Train from :attr:`start_epoch` to the last epoch; return the last epoch's log."""
         log: dict[str, float] = {}
@@ -97,16 +105,19 @@ class BaseTrainer(abc.ABC):
             for epoch in range(self.start_epoch, self.epochs + 1):
                 self._apply_encoder_freeze(epoch)
                 start_step, self.start_step = self.start_step, 0
-                self.steps_done = 0
+                self.steps_done, self.interrupted = 0, False
                 log = {"epoch": epoch, **self._train_epoch(epoch, start_step)}
-                if self.stop_requested:
+                if self.interrupted:
                     self._save_interrupted(epoch)
+                    self._raise_interrupted(f"stopped at epoch {epoch} after {self.steps_done} batches")
                 if self._should_validate(epoch):
                     log.update(self._valid_epoch(epoch))
                 step_scheduler(self.lr_scheduler, log, self.monitor_metric)
                 improved = self._update_monitor(log)
                 self._log_epoch(log)
                 self._save_epoch(epoch, improved)
+                if self._stop_agreed():
+                    self._raise_interrupted(f"stopped after epoch {epoch}")
                 if self.early_stop and self.not_improved >= self.early_stop:
                     logger.info(
                         "early stopping: %s has not improved for %d validations (best %.5f)",
@@ -118,15 +129,20 @@ class BaseTrainer(abc.ABC):
         return log
 
     def _apply_encoder_freeze(self, epoch: int) -> None:
-        if not self.freeze_encoder_epochs:
+        """Freeze the encoder for the first ``freeze_encoder_epochs`` epochs."""
+        frozen = epoch <= self.freeze_encoder_epochs
+        if frozen == self.model.encoder_frozen:
             return
-        if epoch <= self.freeze_encoder_epochs:
-            if epoch == self.start_epoch or epoch == 1:
-                logger.info("encoder frozen for epochs 1-%d", self.freeze_encoder_epochs)
+        if frozen:
+            logger.info("encoder frozen for epochs 1-%d", self.freeze_encoder_epochs)
             self.model.freeze_encoder()
-        elif epoch == self.freeze_encoder_epochs + 1 or epoch == self.start_epoch:
+        else:
             logger.info("encoder unfrozen from epoch %d", epoch)
             self.model.unfreeze_encoder()
+        self._trainable_changed()
+
+    def _trainable_changed(self) -> None:
+        """Hook: the set of trainable parameters changed (e.g. rebuild a DDP wrapper)."""
 
     def _should_validate(self, epoch: int) -> bool:
         return (
@@ -210,8 +226,13 @@ class BaseTrainer(abc.ABC):
                 )
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
-        """Refresh ``last.pth``; link it as the periodic and best checkpoints."""
-        self._check_finite_weights(epoch)
+        """Refresh ``last.pth``; link it as the periodic and best checkpoints (rank 0 only)."""
+        self._check_finite_weights(epoch)  # on every rank: all hold the same weights and stop together
+        if self.dist.is_main:
+            self._write_epoch_checkpoints(epoch, improved)
+        self.dist.barrier()
+
+    def _write_epoch_checkpoints(self, epoch: int, improved: bool) -> None:
         atomic_torch_save(self._state(epoch, 0), self.run.last)
         if self.save_period and epoch % self.save_period == 0:
             _atomic_link(self.run.last, self.run.epoch_checkpoint(epoch))
@@ -221,21 +242,30 @@ class BaseTrainer(abc.ABC):
             logger.info("new best %s %.5f: saved %s", self.monitor_metric, self.monitor_best, self.run.best)
 
     def _save_interrupted(self, epoch: int) -> None:
-        """Save mid-epoch progress and stop."""
+        """Save mid-epoch progress: ``last.pth`` records the batches done in ``epoch``."""
         self._check_finite_weights(epoch)
-        atomic_torch_save(self._state(epoch - 1, self.steps_done), self.run.last)
+        if self.dist.is_main:
+            atomic_torch_save(self._state(epoch - 1, self.steps_done), self.run.last)
+        self.dist.barrier()
+
+    def _raise_interrupted(self, where: str) -> None:
         if self.writer is not None:
             self.writer.close()
-        name = signal.Signals(self._stop_signal).name
+        signum = self._stop_signal or signal.SIGTERM  # another rank may have received it
+        name = signal.Signals(signum).name
         raise TrainingInterrupted(
-            f"{name} received: stopped at epoch {epoch} after {self.steps_done} batches and saved "
-            f"{self.run.last}. Resume with: sever train -r {self.run.root}",
+            f"{name} received: {where} and saved {self.run.last}. Resume with: sever train -r {self.run.root}",
             checkpoint=str(self.run.last),
-            signal_number=self._stop_signal,
+            signal_number=signum,
         )
 
     def resume(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint loaded with :func:`~sever.utils.checkpoint.load_checkpoint`."""
+        if state.get("optimizer") is None or "rng" not in state:
+            raise CheckpointError(
+                "this checkpoint holds weights only (e.g. from sever upload --weights-only): it can be used "
+                "for prediction or as encoder_weights, but training cannot resume from it"
+            )
         try:
             self.model.load_state_dict(state["state_dict"])
         except RuntimeError as exc:

@@ -121,6 +121,9 @@ class SteelDataLoader:
             (``quick``, ``full`` also decodes every image, ``off``); see
             :mod:`sever.data_loader.checks`.
         classes, transforms, seed, task: supplied by sever from the config.
+        rank, world_size: this process's shard in distributed training; every
+            rank gets ``batch_size`` images of each global batch and a disjoint
+            slice of the validation images.
     """
 
     def __init__(self, data_dir: str, batch_size: int = 16, validation_split: float | int = 0.2,
@@ -128,7 +131,8 @@ class SteelDataLoader:
                  pseudo_csv: str | None = None, pseudo_images: str = "test_images",
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
                  pin_memory: bool = True, generate_demo: bool = False, check: str = "quick",
-                 *, classes: int, transforms, seed: int, task: str = "segmentation"):
+                 *, classes: int, transforms, seed: int, task: str = "segmentation",
+                 rank: int = 0, world_size: int = 1):
         _check_positive("batch_size", batch_size)
         if num_workers < 0:
             raise ConfigError(f"data_loader.args.num_workers: must be >= 0, got {num_workers}")
@@ -153,11 +157,14 @@ class SteelDataLoader:
             groups = [np.arange(len(train_ann)), len(train_ann) + np.arange(len(pseudo_ann))]
             train_ann, train_paths = train_ann.concat(pseudo_ann), train_paths + pseudo_paths
             logger.info("pseudo-labels: %d images from %s", len(pseudo_ann), pseudo_csv)
-        if len(train_ann) < batch_size:
+        if len(train_ann) < batch_size * world_size:
             raise DataError(
                 f"the training split has {len(train_ann)} images, fewer than data_loader.args.batch_size "
-                f"({batch_size}): no complete batch can be formed. Lower the batch size or validation_split."
+                f"({batch_size}) x {world_size} process(es): no complete batch can be formed. "
+                f"Lower the batch size or validation_split."
             )
+        if 0 < len(valid_idx) < world_size:
+            raise DataError(f"{len(valid_idx)} validation images cannot be shared by {world_size} processes")
         preflight(sources, check, getattr(transforms, "crop_size", None))
         self.train_dataset = dataset_class(train_paths, train_ann, transforms.build(train=True))
         self.valid_dataset = (
@@ -168,10 +175,12 @@ class SteelDataLoader:
         if groups is None:
             groups = class_balance_groups(train_ann.has_defect()) if sampler else [np.arange(len(train_ann))]
         batch_sampler = SAMPLERS.build(sampler or "ShuffleBatchSampler", "data_loader.args.sampler",
-                                       groups=groups, batch_size=batch_size, seed=seed)
+                                       groups=groups, batch_size=batch_size, seed=seed,
+                                       rank=rank, world_size=world_size)
         self.train_loader = self._loader(self.train_dataset, batch_sampler=SeededBatches(batch_sampler, seed))
         self.valid_loader = (
-            self._loader(self.valid_dataset, batch_size=valid_batch_size or batch_size, shuffle=False)
+            self._loader(self.valid_dataset, batch_size=valid_batch_size or batch_size,
+                         sampler=range(rank, len(self.valid_dataset), world_size))
             if self.valid_dataset is not None
             else None
         )

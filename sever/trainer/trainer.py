@@ -6,18 +6,21 @@ accumulation and clipping, EMA); they differ in what they show in TensorBoard.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from sever.base.base_trainer import BaseTrainer
 from sever.exceptions import TrainingError
 from sever.utils.device import autocast
+from sever.utils.distributed import Distributed
 from sever.utils.visualization import overlay_masks, to_uint8_image
 
 logger = logging.getLogger(__name__)
@@ -38,8 +41,8 @@ class Trainer(BaseTrainer):
     """
 
     def __init__(self, model, loss, metrics, optimizer, lr_scheduler, config, run, train_loader,
-                 valid_loader, device: torch.device, amp: str = "off"):
-        super().__init__(model, optimizer, lr_scheduler, config, run)
+                 valid_loader, device: torch.device, amp: str = "off", distributed: Distributed = Distributed()):
+        super().__init__(model, optimizer, lr_scheduler, config, run, distributed)
         options = config["trainer"]
         self.loss = loss
         self.metrics = metrics
@@ -53,6 +56,8 @@ class Trainer(BaseTrainer):
         self.log_step = options["log_step"]
         self.vis_images = options["vis_images"]
         self.max_steps = options["max_steps_per_epoch"]
+        self.memory_format = torch.channels_last if options["channels_last"] else torch.contiguous_format
+        self.compile = options["compile"]
         self.scaler = torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
         decay = options["ema_decay"]
         self.ema = (
@@ -61,6 +66,24 @@ class Trainer(BaseTrainer):
             else None
         )
         self.skipped_steps = 0
+        self.network = self._wrap_network()
+
+    def _wrap_network(self) -> torch.nn.Module:
+        """The module the training step calls: the model, wrapped for DDP and compiled as configured.
+
+        Checkpoints always come from the bare :attr:`model`.
+        """
+        network = self.model
+        if self.dist.enabled:
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            network = DistributedDataParallel(network, device_ids=device_ids)
+        if self.compile:
+            network = torch.compile(network)
+        return network
+
+    def _trainable_changed(self) -> None:
+        if self.dist.enabled:  # DDP only reduces the gradients of parameters trainable when it was built
+            self.network = self._wrap_network()
 
     # ------------------------------------------------------------------ training
 
@@ -95,29 +118,51 @@ class Trainer(BaseTrainer):
                 global_step = (epoch - 1) * n_batches + step
                 for key, value in parts.items():
                     self.writer.add_scalar(f"batch/{key}", value, global_step)
-            if self.stop_requested and self._at_update_boundary(step, n_batches):
+            if self._at_update_boundary(step, n_batches) and self._stop_agreed():
+                self.interrupted = self.steps_done < n_batches
                 break
         progress.close()
-        counted = max(self.steps_done - start_step, 1)
-        log = {f"train_{key}": value / counted for key, value in sums.items()}
-        log.update({f"train_{k}": v for m in self.metrics if not m.empty for k, v in m.compute().items()})
-        log["train_images_per_s"] = seen / max(time.perf_counter() - started, 1e-9)
+        self.dist.sync_buffers_(self.model)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        log = self._epoch_means(sums, self.steps_done - start_step, "train")
+        log["train_images_per_s"] = self._reduced([float(seen)])[0] / elapsed
+        return log
+
+    def _reduced(self, values: list[float]) -> list[float]:
+        """``values`` summed over every rank."""
+        if not self.dist.enabled:
+            return values
+        return self.dist.all_reduce_(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
+
+    def _epoch_means(self, sums: dict[str, float], batches: int, prefix: str) -> dict[str, float]:
+        """Mean losses per batch and the metrics, over every rank."""
+        keys = sorted(sums)
+        *totals, count = self._reduced([sums[k] for k in keys] + [float(batches)])
+        log = {f"{prefix}_{key}": total / max(count, 1.0) for key, total in zip(keys, totals)}
+        for metric in self.metrics:
+            if not metric.empty:
+                if self.dist.enabled:
+                    metric.reduce_(self.dist.all_reduce_)
+                log.update({f"{prefix}_{k}": v for k, v in metric.compute().items()})
         return log
 
     def _at_update_boundary(self, step: int, n_batches: int) -> bool:
         return (step + 1) % self.accumulate == 0 or step + 1 == n_batches
 
     def _train_step(self, images, targets, step: int, n_batches: int, epoch: int) -> dict[str, float]:
-        images = images.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
-        with autocast(self.amp, self.device):
-            logits = self.model(images)
-            parts = self._loss_parts(logits, targets)
-        total = parts["loss"]
-        if not torch.isfinite(total):
-            return self._non_finite(total, step, epoch)
-        self.scaler.scale(total / self.accumulate).backward()
-        if self._at_update_boundary(step, n_batches):
+        update = self._at_update_boundary(step, n_batches)
+        sync = self.network.no_sync() if self.dist.enabled and not update else contextlib.nullcontext()
+        with sync:
+            with autocast(self.amp, self.device):
+                logits = self.network(images)
+                parts = self._loss_parts(logits, targets)
+            total = parts["loss"]
+            if not torch.isfinite(total):
+                return self._non_finite(total, step, epoch)
+            self.scaler.scale(total / self.accumulate).backward()
+        if update:
             self._optimizer_step()
         with torch.no_grad():
             for metric in self.metrics:
@@ -171,7 +216,7 @@ class Trainer(BaseTrainer):
         batches = 0
         for batch_index, (images, targets) in enumerate(tqdm(self.valid_loader, desc="validation", leave=False,
                                                              dynamic_ncols=True, disable=None)):
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
             with autocast(self.amp, self.device):
                 logits = model(images)
@@ -183,9 +228,7 @@ class Trainer(BaseTrainer):
                 metric.update(logits, targets)
             self._collect_visuals(batch_index, images, targets, logits)
         self._write_visuals(epoch)
-        log = {f"val_{key}": value / max(batches, 1) for key, value in sums.items()}
-        log.update({f"val_{k}": v for m in self.metrics if not m.empty for k, v in m.compute().items()})
-        return log
+        return self._epoch_means(sums, batches, "val")
 
     def _collect_visuals(self, batch_index, images, targets, logits) -> None:
         """Hook: keep what :meth:`_write_visuals` shows (called for each validation batch)."""

@@ -169,6 +169,9 @@ TRAINER_SCHEMA: dict[str, Field] = {
     "log_step": Field((int,), default=10, check=POSITIVE),
     "vis_images": Field((int,), default=4, check=NON_NEGATIVE),
     "max_steps_per_epoch": Field((int,), default=None, nullable=True, check=POSITIVE),
+    "channels_last": Field((bool,), default=False),
+    "compile": Field((bool,), default=False),
+    "cudnn_benchmark": Field((bool,), default=True),
 }
 
 TOP_SCHEMA: dict[str, Field] = {

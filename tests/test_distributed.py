@@ -1,0 +1,71 @@
+"""Distributed training: two CPU processes with gloo."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from sever import main
+from sever.utils.run import RunPaths
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_worker(rank: int, world_size: int, port: int, config: dict, out_dir: str) -> None:
+    """One rank: record the batches it is given, train, keep its final weights."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    experiment = main.build_experiment(main.prepare_config(config))
+    sampler = experiment.data.train_loader.batch_sampler
+    seen = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        seen.append([index for batch in sampler for index, _ in batch])
+    context = experiment.distributed
+    root = RunPaths.create(config["save_dir"], config["name"]).root if context.is_main else None
+    run = RunPaths(Path(context.broadcast(str(root) if root else None)))
+    main.make_trainer(experiment, run).train()
+    torch.save({"seen": seen, "run": str(run.root), "weights": experiment.model.state_dict()},
+               Path(out_dir) / f"rank{rank}.pt")
+    main.distributed.teardown(context)
+
+
+def test_two_gloo_ranks_train_disjoint_shards_to_identical_weights(make_config, tmp_path):
+    config = main.prepare_config(make_config(epochs=2))
+    config["data_loader"]["args"]["batch_size"] = 2
+    mp.start_processes(_rank_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2,
+                       start_method="spawn", join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for epoch in range(2):
+        a, b = (set(r["seen"][epoch]) for r in ranks)
+        assert a and b and not a & b, "the ranks' shards of every batch are disjoint"
+    for key, value in ranks[0]["weights"].items():
+        assert torch.equal(value, ranks[1]["weights"][key]), key
+    run = Path(ranks[0]["run"])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "checkpoint-epoch1.pth", "checkpoint-epoch2.pth", "last.pth", "model_best.pth"]
+
+
+def test_sever_train_nproc_launches_one_job_with_one_run_folder(make_config, tmp_path):
+    config = make_config(epochs=1)
+    config["data_loader"]["args"]["batch_size"] = 2
+    path = tmp_path / "tiny.yml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "sever", "train", "--nproc", "2", "-c", str(path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = list((Path(config["save_dir"]) / "tiny").iterdir())
+    assert len(runs) == 1
+    assert (runs[0] / "checkpoints" / "last.pth").is_file()
+    assert done.stdout.count("run saved in") == 1
