@@ -142,6 +142,11 @@ def test_loader_refuses_bad_data_before_training_listing_the_first_problems(data
         loader(data, check="fast")
 
 
+def test_classes_beyond_the_csv_are_a_warning_when_training(demo_dir, caplog):
+    loader(demo_dir, classes=5)
+    assert "classes: 5 classes expected but" in caplog.text and "only uses ClassIds 1..4" in caplog.text
+
+
 def test_crop_is_checked_against_every_image_size(data):
     small = sorted((data / "train_images").iterdir())[-1]
     small.write_bytes(encoded(".jpg", height=48, width=256))

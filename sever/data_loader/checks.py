@@ -238,7 +238,12 @@ def check_samples(annotations: Annotations, paths: Sequence[Path], report: DataR
 
 
 def _class_problems(annotations: Annotations) -> list[str]:
-    """The config's ``classes`` against the class ids the CSV uses."""
+    """``classes`` against the ClassIds the CSV uses (ids above ``classes`` already failed to read).
+
+    Fewer ids than ``classes`` is suspect (an always-empty class scores Dice 1 and inflates
+    the mean) but can be a subset of the data: ``sever check-data`` reports it as a problem,
+    training only warns.
+    """
     used = np.flatnonzero((annotations.rows > 0).any(axis=0))
     if used.size == 0:
         return [f"{annotations.source}: lists no masks at all"]
@@ -296,7 +301,9 @@ def preflight(sources: Sequence[Source], mode: str = "quick", crop: tuple[int, i
     report = DataReport()
     for annotations, paths in sources:
         check_samples(annotations, paths, report, full=mode == "full")
-    report.problems += _class_problems(sources[0][0]) + _duplicate_problems(sources)
+    for warning in _class_problems(sources[0][0]):
+        logger.warning("data check: %s", warning)
+    report.problems += _duplicate_problems(sources)
     report.seconds = time.perf_counter() - started
     report.raise_if_problems(f"data_loader.args.check: {mode}; `sever check-data` lists them all")
     check_crop(crop, report.sizes)
