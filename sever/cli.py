@@ -368,3 +368,22 @@ def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: 
     shapes = ", ".join("x".join(map(str, shape)) for shape in result.checked_shapes)
     click.echo(f"exported the {result.weights} weights of {result.checkpoint} to {result.path} ({fmt})")
     click.echo(f"checked against PyTorch on random inputs {shapes}: max abs difference {result.max_abs_diff:.2e}")
+
+@cli.command("check-data")
+@click.argument("data_dir", type=click.Path())
+@click.option("--csv", default="train.csv", show_default=True, help="Masks CSV (either Kaggle format), relative to DATA_DIR.")
+@click.option("--images", default="train_images", show_default=True, help="Image folder, relative to DATA_DIR.")
+@click.option("--classes", default=4, show_default=True, type=click.IntRange(min=1), help="Number of defect classes.")
+@click.option("--full", is_flag=True, help="Also decode every image (slower; finds corrupt data inside files).")
+@click.pass_context
+def check_data(ctx: click.Context, data_dir: str, csv: str, images: str, classes: int, full: bool) -> None:
+    """Check every image and mask of a dataset without training; exit 1 if anything is wrong."""
+    from sever.data_loader.checks import check_dataset
+
+    report = check_dataset(data_dir, csv=csv, images=images, classes=classes, full=full)
+    click.echo(f"{data_dir}: {images}/ and {csv} ({'full' if full else 'quick'} check)")
+    for line in report.summary():
+        click.echo(line)
+    if report.problems:
+        click.echo(f"Error: {len(report.problems)} problem(s) found in {data_dir}", err=True)
+        ctx.exit(EXIT_USER_ERROR)

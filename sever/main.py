@@ -29,7 +29,7 @@ from sever.model.optimizer import build_optimizer
 from sever.model.scheduler import SCHEDULERS, build_scheduler
 from sever.trainer import TRAINERS
 from sever.utils import distributed
-from sever.utils.checkpoint import load_checkpoint
+from sever.utils.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
 from sever.utils.distributed import Distributed
 from sever.utils.config import apply_overrides, dump_config, load_config, validate_config
 from sever.utils.device import check_amp, resolve_device
@@ -166,14 +166,21 @@ def train(config: dict, overrides: tuple[str, ...] | list[str] = ()) -> RunPaths
 
 
 def resume(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> RunPaths:
-    """Continue a run from a checkpoint file or the newest valid one in a run folder."""
+    """Continue a run from a checkpoint file or the newest valid one in a run folder.
+
+    The checkpoint's architecture and classes are compared with the config in
+    use before anything is built, and the run folder is test-written first.
+    """
     checkpoint = resolve_resume(path)
     state = load_checkpoint(checkpoint)
     config = prepare_config(state["config"], overrides)
+    check_compatible(state["config"], config, str(checkpoint))
     experiment = build_experiment(config)
     run = RunPaths(checkpoint.resolve().parent.parent)
     if experiment.distributed.is_main:
         run.make_dirs()
+        remove_stale_temporaries(run.checkpoints)
+        run.check_free_space(4 * _checkpoint_bytes(experiment.model))
     _run_trainer(experiment, run, "resuming from %s", checkpoint, state=state)
     return run
 

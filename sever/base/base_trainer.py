@@ -23,7 +23,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from sever import __version__
-from sever.exceptions import CheckpointError, ConfigError, TrainingInterrupted
+from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from sever.model.scheduler import step_scheduler
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.distributed import Distributed
@@ -215,8 +215,19 @@ class BaseTrainer(abc.ABC):
             **self._extra_state(),
         }
 
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Refuse to save NaN or infinite weights over the good checkpoints."""
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise TrainingError(
+                    f"the model's weights hold NaN or infinite values ({name}) at epoch {epoch}; training "
+                    f"stopped without saving them, {self.run.last} keeps the last good weights. Lower the "
+                    "learning rate, set trainer.grad_clip, or check the data."
+                )
+
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         """Refresh ``last.pth``; link it as the periodic and best checkpoints (rank 0 only)."""
+        self._check_finite_weights(epoch)  # on every rank: all hold the same weights and stop together
         if self.dist.is_main:
             self._write_epoch_checkpoints(epoch, improved)
         self.dist.barrier()
@@ -232,6 +243,7 @@ class BaseTrainer(abc.ABC):
 
     def _save_interrupted(self, epoch: int) -> None:
         """Save mid-epoch progress: ``last.pth`` records the batches done in ``epoch``."""
+        self._check_finite_weights(epoch)
         if self.dist.is_main:
             atomic_torch_save(self._state(epoch - 1, self.steps_done), self.run.last)
         self.dist.barrier()
@@ -258,9 +270,15 @@ class BaseTrainer(abc.ABC):
             self.model.load_state_dict(state["state_dict"])
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint does not match the model: {str(exc).splitlines()[0]}") from exc
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+                self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(
+                f"the checkpoint's optimizer or lr_scheduler state does not fit the config's "
+                f"(were optimizer or lr_scheduler changed with --set?): {exc}"
+            ) from exc
         self.monitor_best = state["monitor_best"]
         self.not_improved = state["not_improved"]
         self.start_epoch = state["epoch"] + 1
@@ -273,9 +291,16 @@ class BaseTrainer(abc.ABC):
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM finish the current step, then save and stop."""
+        """SIGINT/SIGTERM finish the current step, then save and stop.
+
+        Forked data-loader workers inherit the handler; there it does nothing
+        (Ctrl-C reaches the whole process group) and the main process decides.
+        """
+        owner = os.getpid()
 
         def request_stop(signum, frame):
+            if os.getpid() != owner:
+                return
             if self._stop_signal is not None:  # second Ctrl-C: stop at once
                 raise KeyboardInterrupt
             self._stop_signal = signum

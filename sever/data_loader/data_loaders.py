@@ -9,6 +9,7 @@
         batch_size: 16
         validation_split: 0.2          # fraction (or a count) held out, stratified
         num_workers: 4
+        check: quick                   # pre-flight data check: quick | full | off
         pseudo_csv: pseudo.csv         # optional pseudo-labels for pseudo_images
         sampler:                       # optional; default: shuffle every epoch
           type: WeightedFixedBatchSampler
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sever.data_loader.checks import preflight
 from sever.data_loader.datasets import (
     ClassificationDataset,
     SegmentationDataset,
@@ -125,6 +127,9 @@ class SteelDataLoader:
         pin_memory: pin host memory when training on CUDA.
         generate_demo: write the synthetic demo dataset into ``data_dir`` first
             if it is not there (``experiments/demo.yml``).
+        check: pre-flight check of every image and mask before training
+            (``quick``, ``full`` also decodes every image, ``off``); see
+            :mod:`sever.data_loader.checks`.
         classes, class_names, transforms, seed, task: supplied by sever from the config.
         rank, world_size: this process's shard in distributed training; every
             rank gets ``batch_size`` images of each global batch and a disjoint
@@ -136,8 +141,9 @@ class SteelDataLoader:
                  pseudo_csv: str | None = None, pseudo_images: str = "test_images",
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
                  pin_memory: bool = True, generate_demo: bool = False, format: str = "kaggle",
-                 masks: str = "train_masks", *, classes: int, class_names: list[str] | None = None,
-                 transforms, seed: int, task: str = "segmentation", rank: int = 0, world_size: int = 1):
+                 masks: str = "train_masks", check: str = "quick", *, classes: int,
+                 class_names: list[str] | None = None, transforms, seed: int, task: str = "segmentation",
+                 rank: int = 0, world_size: int = 1):
         _check_positive("batch_size", batch_size)
         if num_workers < 0:
             raise ConfigError(f"data_loader.args.num_workers: must be >= 0, got {num_workers}")
@@ -157,11 +163,13 @@ class SteelDataLoader:
             annotations, paths = load_split_source(self.data_dir, images, csv, classes)
         else:
             annotations, paths = read_mask_folder(self.data_dir / images, self.data_dir / masks, classes, class_names)
+        sources = [(annotations, paths)]
         train_idx, valid_idx = stratified_split(annotations.n_defects(), validation_split, seed)
         train_ann, train_paths = annotations.subset(train_idx), [paths[i] for i in train_idx]
         groups = None
         if pseudo_csv is not None:
             pseudo_ann, pseudo_paths = load_split_source(self.data_dir, pseudo_images, pseudo_csv, classes)
+            sources.append((pseudo_ann, pseudo_paths))
             groups = [np.arange(len(train_ann)), len(train_ann) + np.arange(len(pseudo_ann))]
             train_ann, train_paths = train_ann.concat(pseudo_ann), train_paths + pseudo_paths
             logger.info("pseudo-labels: %d images from %s", len(pseudo_ann), pseudo_csv)
@@ -173,7 +181,7 @@ class SteelDataLoader:
             )
         if 0 < len(valid_idx) < world_size:
             raise DataError(f"{len(valid_idx)} validation images cannot be shared by {world_size} processes")
-        self._check_crop(train_paths[0])
+        preflight(sources, check, getattr(transforms, "crop_size", None))
         self.train_dataset = dataset_class(train_paths, train_ann, transforms.build(train=True))
         self.valid_dataset = (
             dataset_class([paths[i] for i in valid_idx], annotations.subset(valid_idx), transforms.build(train=False))
@@ -211,17 +219,6 @@ class SteelDataLoader:
             generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
-
-    def _check_crop(self, sample_path: Path) -> None:
-        crop = getattr(self.transforms, "crop_size", None)
-        if crop is None:
-            return
-        height, width = image_size(sample_path)
-        if crop[0] > height or crop[1] > width:
-            raise ConfigError(
-                f"augmentation.args: crop {crop[0]}x{crop[1]} is larger than the images "
-                f"({height}x{width}, e.g. {sample_path.name})"
-            )
 
 
 def load_split_source(data_dir: Path, images: str, csv: str, classes: int) -> tuple[Annotations, list[Path]]:

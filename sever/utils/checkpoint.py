@@ -7,12 +7,12 @@ refused rather than executed.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import pickle
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -21,13 +21,20 @@ from sever.exceptions import CheckpointError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = ("state_dict", "config", "epoch")
+# ``arch.args`` that do not change the shapes of the weights, so they may differ on resume.
+WEIGHTLESS_ARCH_ARGS = ("encoder_weights", "dropout")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file, fsync, then rename over ``path``.
 
     A kill at any moment leaves either the old file or the new one, never a
-    truncated mix.
+    truncated mix (a killed save leaves a ``.NAME.PID.tmp`` that
+    :func:`remove_stale_temporaries` clears).
+
+    Raises:
+        CheckpointError: the file cannot be written (disk full, no permission);
+            the previous ``path`` is left as it was.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -37,9 +44,22 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = f"; {path} is unchanged" if path.exists() else ""
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}{kept}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete the partial ``.NAME.PID.tmp`` files that killed saves left in ``directory``.
+
+    Call it only when no other process writes to ``directory`` (e.g. when resuming a run).
+    """
+    for tmp in Path(directory).glob(".*.tmp"):
+        logger.info("removing %s, left by an interrupted save", tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -73,13 +93,83 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"which could run code. sever checkpoints hold only tensors and plain types; "
             f"this one was not written by sever or comes from an untrusted source. ({_first_line(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint: {_first_line(exc)}") from exc
-    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+    # A damaged file makes torch.load raise many kinds (RuntimeError, EOFError, BadZipFile,
+    # KeyError, IndexError, ...); all mean the same to the user.
+    except Exception as exc:
         raise CheckpointError(
-            f"{path}: not a sever checkpoint (expected a dict with keys {', '.join(CHECKPOINT_KEYS)})"
+            f"{path}: corrupt or truncated checkpoint: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    if (
+        not isinstance(state, dict)
+        or any(key not in state for key in CHECKPOINT_KEYS)
+        or not isinstance(state["config"], dict)
+        or not isinstance(state["epoch"], int)
+    ):
+        raise CheckpointError(
+            f"{path}: not a sever checkpoint (expected a dict with keys {', '.join(CHECKPOINT_KEYS)}, "
+            "config a mapping and epoch an integer)"
         )
     return state
+
+
+def check_compatible(checkpoint_config: Mapping, config: Mapping, source: str = "the checkpoint") -> None:
+    """Refuse to load weights into a model they were not trained for.
+
+    Compares what fixes the shapes of the weights: ``task``, ``classes``,
+    ``arch.type`` and every ``arch.args`` entry except those in
+    :data:`WEIGHTLESS_ARCH_ARGS` (an argument left out counts as its default).
+
+    Args:
+        checkpoint_config: the config saved in the checkpoint (``state["config"]``).
+        config: the validated config in use (after ``--set`` overrides).
+        source: the checkpoint's path, for the message.
+
+    Raises:
+        CheckpointError: listing each key that disagrees, with both values.
+    """
+    differences = [
+        f"{key} is {theirs!r} in the checkpoint but {ours!r} in the config"
+        for key, theirs, ours in _structure_differences(checkpoint_config, config)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{source} does not fit the config in use: {'; '.join(differences)}. Its weights only load into "
+            "the model they were trained as: drop the overrides of these keys, or start a new run with -c."
+        )
+
+
+def _structure_differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
+    found = [(key, old.get(key), new.get(key)) for key in ("task", "classes") if old.get(key) != new.get(key)]
+    old_type, old_args = _arch_parts(old.get("arch"))
+    new_type, new_args = _arch_parts(new.get("arch"))
+    if old_type != new_type:
+        return found + [("arch.type", old_type, new_type)]
+    defaults = _arch_defaults(new_type)
+    for name in sorted(set(old_args) | set(new_args) | set(defaults)):
+        if name in WEIGHTLESS_ARCH_ARGS:
+            continue
+        theirs, ours = old_args.get(name, defaults.get(name)), new_args.get(name, defaults.get(name))
+        if theirs != ours:
+            found.append((f"arch.args.{name}", theirs, ours))
+    return found
+
+
+def _arch_parts(arch: Any) -> tuple[Any, dict]:
+    """``(type, args)`` of an ``arch`` block (a mapping or a bare name)."""
+    if isinstance(arch, Mapping):
+        args = arch.get("args")
+        return arch.get("type"), dict(args) if isinstance(args, Mapping) else {}
+    return arch, {}
+
+
+def _arch_defaults(name: Any) -> dict[str, Any]:
+    """The default arguments of architecture ``name`` (empty if unknown)."""
+    from sever.model.model import ARCHITECTURES  # smp is heavy; only resuming needs it
+
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        return {}
+    parameters = inspect.signature(ARCHITECTURES.get(name, "arch.type")).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not p.empty and p.kind is not p.KEYWORD_ONLY}
 
 
 def _first_line(exc: BaseException) -> str:

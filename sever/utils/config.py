@@ -38,6 +38,8 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
     """Parse YAML text safely; a syntax error names the source and line."""
     try:
         return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:  # PyYAML parses nested blocks recursively
+        raise ConfigError(f"{source}: YAML nested too deeply to be a config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -143,6 +145,10 @@ def _non_negative(value: Any) -> bool:
     return value >= 0
 
 
+def _seed_range(value: Any) -> bool:
+    return 0 <= value < 2**32
+
+
 POSITIVE = (_positive, "must be > 0")
 NON_NEGATIVE = (_non_negative, "must be >= 0")
 SPEC = (str, dict)  # a `type`/`args` block or a bare name
@@ -171,7 +177,7 @@ TRAINER_SCHEMA: dict[str, Field] = {
 TOP_SCHEMA: dict[str, Field] = {
     "name": Field((str,), required=True),
     "save_dir": Field((str,), default="saved/"),
-    "seed": Field((int,), default=1234),
+    "seed": Field((int,), default=1234, check=(_seed_range, "must be in 0..2**32-1 (NumPy's seed range)")),
     "device": Field((str,), default="auto"),
     "amp": Field((str, bool), default="off", nullable=True),
     "task": Field((str,), default="segmentation", choices=("segmentation", "classification", "detection")),
