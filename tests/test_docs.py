@@ -33,5 +33,5 @@ def test_layout_promised_by_the_design_card():
 def test_readme_is_valid_restructuredtext():
     import docutils.core
 
-    docutils.core.publish_string((REPO / "README.rst").read_text(), writer_name="null",
+    docutils.core.publish_string((REPO / "README.rst").read_text(), writer="null",
                                  settings_overrides={"report_level": 2, "halt_level": 2})

@@ -125,8 +125,8 @@ class SeverCompose(A.Compose):
       a vertical flip with ``p=0.5`` would always fire together.
     """
 
-    def __init__(self, transforms: list, crop: CropPolicy | None = None):
-        super().__init__(transforms)
+    def __init__(self, transforms: list, crop: CropPolicy | None = None, **compose_options: Any):
+        super().__init__(transforms, **compose_options)
         self.crop = crop
 
     def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:

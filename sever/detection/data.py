@@ -100,7 +100,7 @@ class DetectionTransforms:
 
     Pipelines are called as ``pipeline(image=(H, W) uint8, bboxes=(N, 4), labels=(N,))``
     (albumentations' ``pascal_voc`` format: pixel-edge ``x0, y0, x1, y1``) and return
-    the same keys, the image ``(h, w, 1)`` uint8; boxes leaving the image are clipped.
+    the same keys, the image a ``(1, h, w)`` uint8 tensor; boxes leaving the image are clipped.
     Evaluation pipelines change nothing: the model resizes images itself.
     """
 
@@ -180,7 +180,7 @@ class DetectionDataset(Dataset):
         if seed is not None:
             self.transforms.set_random_seed(seed)
         out = self.transforms(image=image, bboxes=boxes, labels=labels)
-        grey = torch.from_numpy(np.ascontiguousarray(out["image"][..., 0])).float().div_(255)
+        grey = out["image"][0].float().div_(255)
         target = {"boxes": torch.as_tensor(np.asarray(out["bboxes"], np.float32).reshape(-1, 4)),
                   "labels": torch.as_tensor(np.asarray(out["labels"], np.int64).reshape(-1))}
         return grey.expand(3, -1, -1).contiguous(), target
