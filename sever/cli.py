@@ -151,6 +151,21 @@ def _numbers(text: str, kind: type, option: str) -> list:
                                  param_hint=option) from None
 
 
+def _detection_runs(options: dict) -> bool:
+    """Whether ``-m`` names detection runs; then no segmentation-only option may be set."""
+    from sever.inference.checkpoints import run_config
+
+    if run_config(options["models"][0])["task"] != "detection":
+        return False
+    used = [flag for flag, key, default in (("--classifier", "classifiers", ()), ("--postprocess", "postprocess", None),
+                                            ("--tta", "tta", "none"), ("-w", "weights", ()), ("--average", "average", "mean"))
+            if options[key] not in (default, None)]
+    if used:
+        raise click.UsageError(f"{', '.join(used)}: segmentation options; detection runs are pooled by "
+                               f"non-maximum suppression and filtered with --threshold")
+    return True
+
+
 @cli.command()
 @_prediction_options
 @click.option("-i", "--images", "image_dir", type=click.Path(file_okay=False), default=None,
@@ -165,9 +180,11 @@ def _numbers(text: str, kind: type, option: str) -> list:
               help="Folder for each image's probabilities (uint8 .npz), for sever tune --probs.")
 @click.option("--visualize", type=click.Path(file_okay=False), default=None,
               help="Folder for PNG overlays of the predictions (with -m).")
+@click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Detection runs: keep boxes scoring at least this.")
 def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt: str, save_probs: str | None,
-            visualize: str | None, **options) -> None:
-    """Predict a folder of images and write a submission CSV."""
+            visualize: str | None, threshold: float, **options) -> None:
+    """Predict a folder of images and write a submission CSV (a detector: a CSV of scored boxes)."""
     from sever.data_loader.datasets import list_images
     from sever.inference import outputs
     from sever.inference.predictor import class_labels, load_settings
@@ -185,6 +202,17 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
     if image_dir is None:
         raise click.UsageError("-m needs -i IMAGE_DIR")
     list_images(image_dir)  # an empty or missing folder fails before the models load
+    if _detection_runs(options):
+        from sever.detection.predict import predict_to_csv
+        from sever.utils.device import resolve_device
+
+        if save_probs:
+            raise click.UsageError("--save-probs is for segmentation runs, not detectors")
+        images, boxes = predict_to_csv(options["models"], image_dir, output, threshold,
+                                       resolve_device(options["device"]), visualize)
+        click.echo(f"wrote {boxes} boxes scoring >= {threshold} in {images} images to {output}"
+                   + (f"; drawings in {visualize}" if visualize else ""))
+        return
     predictor, settings = _predictor_and_settings(options)
     summary = outputs.predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize,
                                         options["batch_size"], options["num_workers"])
@@ -203,13 +231,24 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
               help="With --pred: the images (image list and sizes).")
 @click.option("--size", default=None, help="With --pred and no --images: every image's HEIGHTxWIDTH, e.g. 256x1600.")
 @click.option("--classes", default=4, show_default=True, help="With --pred: number of classes.")
+@click.option("--annotations", "annotation_dir", type=click.Path(file_okay=False), default=None,
+              help="Boxes (COCO mAP): Pascal VOC XML folder of the --images; with a detection run, or a "
+                   "segmentation run and --boxes.")
+@click.option("--boxes", "as_boxes", is_flag=True,
+              help="Score a segmentation run as a detector: its masks' components become scored boxes, "
+                   "truth from --annotations, --truth CSV or --masks.")
+@click.option("--masks", "mask_dir", type=click.Path(file_okay=False), default=None,
+              help="With --boxes: truth as a mask folder.")
 def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, image_dir: str | None, size: str | None,
-             classes: int, **options) -> None:
-    """Score a submission against labels, or a run on its validation split."""
+             classes: int, annotation_dir: str | None, as_boxes: bool, mask_dir: str | None, **options) -> None:
+    """Score a submission against labels, or a run on its validation split (a detector: COCO mAP)."""
     from sever.inference import evaluate as scoring
 
     if bool(options["models"]) == bool(pred_csv):
         raise click.UsageError("give either --pred CSV --truth CSV, or -m RUN --split val")
+    if options["models"] and (as_boxes or _detection_runs(options)):
+        _evaluate_boxes(options, image_dir, annotation_dir, truth_csv, mask_dir, as_boxes)
+        return
     if pred_csv:
         if not truth_csv:
             raise click.UsageError("--pred needs --truth LABELS_CSV")
@@ -223,6 +262,31 @@ def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, ima
         result = scoring.evaluate_predictions(predictor, settings, paths, annotations,
                                               options["batch_size"], options["num_workers"])
     click.echo(result.table())
+
+
+def _evaluate_boxes(options: dict, image_dir: str | None, annotation_dir: str | None, truth_csv: str | None,
+                    mask_dir: str | None, as_boxes: bool) -> None:
+    """``sever evaluate`` with COCO box metrics: a detector, or a segmentation run with ``--boxes``."""
+    from sever.detection.from_masks import evaluate_segmentation_as_detector
+    from sever.detection.metric import map_table
+    from sever.detection.predict import evaluate_detector
+    from sever.inference.checkpoints import run_config
+    from sever.utils.device import resolve_device
+
+    if image_dir is None:
+        raise click.UsageError("box metrics need --images DIR")
+    device = resolve_device(options["device"])
+    class_names = run_config(options["models"][0])["class_names"]
+    if not as_boxes:
+        if annotation_dir is None:
+            raise click.UsageError("a detection run is scored against --annotations VOC_XML_DIR")
+        results = evaluate_detector(options["models"], image_dir, annotation_dir, device)
+    else:
+        if len(options["models"]) > 1:
+            raise click.UsageError("--boxes scores one segmentation run at a time")
+        results = evaluate_segmentation_as_detector(options["models"][0], image_dir, annotation_dir=annotation_dir,
+                                                    mask_dir=mask_dir, csv=truth_csv, device=device)
+    click.echo(map_table(results, class_names))
 
 
 @cli.command()

@@ -10,12 +10,13 @@ from sever import main
 from sever.detection.data import DetectionDataset, DetectionTransforms, VOCDataLoader, mosaic
 from sever.detection.from_masks import evaluate_segmentation_as_detector, masks_to_boxes
 from sever.detection.metric import MeanAP, map_table
-from sever.detection.predict import draw_boxes, evaluate_detector, predict_boxes, predict_to_folder
+from sever.detection.predict import draw_boxes, evaluate_detector, predict_boxes, predict_to_csv
 from sever.data_loader.voc import read_voc_folder
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.model.model import build_model
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.visualization import class_colour
+from inference_runs import invoke
 from test_voc import CLASSES, make_voc, voc_xml
 
 TINY_DETECTOR = {"backbone": "mobilenet_v3_large_320_fpn", "image_size": 64, "detector_args": {
@@ -185,6 +186,11 @@ def test_segmentation_checkpoint_evaluated_as_a_detector(make_config, demo_dir, 
         evaluate_segmentation_as_detector(checkpoint, demo_dir / "train_images")
     with pytest.raises(CheckpointError, match="not a detector"):
         next(predict_boxes([checkpoint], demo_dir / "train_images"))
+    # The same through the command line, printing the mAP table.
+    result = invoke("evaluate", "-m", checkpoint, "--boxes", "--images", demo_dir / "train_images",
+                    "--truth", demo_dir / "train.csv", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"= {results['map']:.3f}" in result.output and "AP / AR per class" in result.output
 
 
 # ---------------------------------------------------------------- the model, training, prediction
@@ -232,9 +238,25 @@ def test_training_steps_checkpoints_resume_and_prediction(voc_dir, tmp_path):
         assert set(found["labels"].tolist()) <= {0, 1}
     results = evaluate_detector([run.last], voc_dir / "images", voc_dir / "annotations")
     assert 0 <= results["map"] <= results["map_50"] <= 1 and "ap_0" in results
-    csv_path = predict_to_folder([run.last], voc_dir / "images", tmp_path / "out", threshold=0.0)
-    assert csv_path.read_text().splitlines()[0] == "ImageId,ClassId,ClassName,Score,XMin,YMin,XMax,YMax"
+    csv_path = tmp_path / "boxes.csv"
+    images, boxes = predict_to_csv([run.root], voc_dir / "images", csv_path, threshold=0.0, draw_dir=tmp_path / "out")
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "ImageId,ClassId,ClassName,Score,XMin,YMin,XMax,YMax"
+    assert images == 6 and len(lines) == 1 + boxes
     assert len(list((tmp_path / "out").glob("*.png"))) == 6
+    # The command line takes the run folder: boxes CSV and drawings, then the mAP table.
+    result = invoke("predict", "-m", run.root, "-i", voc_dir / "images", "-o", tmp_path / "cli.csv",
+                    "--threshold", 0.0, "--visualize", tmp_path / "drawn", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {boxes} boxes scoring >= 0.0 in 6 images" in result.output, result.output
+    assert (tmp_path / "cli.csv").read_text() == csv_path.read_text()
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 6
+    result = invoke("evaluate", "-m", run.last, "--images", voc_dir / "images",
+                    "--annotations", voc_dir / "annotations", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"= {results['map']:.3f}" in result.output
+    result = invoke("predict", "-m", run.last, "-i", voc_dir / "images", "--tta", "hflip")
+    assert result.exit_code == 2 and "--tta: segmentation options" in result.output
 
 
 def test_draw_boxes_colours_the_outline():

@@ -27,8 +27,8 @@ from sever.data_loader.datasets import read_grey
 from sever.data_loader.mask_folder import read_mask_folder
 from sever.data_loader.voc import read_voc_folder
 from sever.detection.metric import MeanAP
-from sever.detection.predict import load_model
 from sever.exceptions import CheckpointError, ConfigError
+from sever.inference.checkpoints import load_network
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def evaluate_segmentation_as_detector(checkpoint: str | Path, image_dir: str | P
         :meth:`MeanAP.compute`'s results, classes numbered as the model's channels
         (format them with :func:`~sever.detection.metric.map_table`).
     """
-    model, config = load_model(checkpoint, device)
+    model, config, _ = load_network(checkpoint, device)
     if config["task"] != "segmentation":
         raise CheckpointError(f"{checkpoint}: a {config['task']} model, not a segmentation model")
     class_names = config["class_names"] or [str(k + 1) for k in range(config["classes"])]

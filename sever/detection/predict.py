@@ -2,8 +2,8 @@
 
 For ``sever predict`` and ``sever evaluate`` on ``task: detection`` checkpoints::
 
-    from sever.detection.predict import evaluate_detector, predict_to_folder
-    csv_path = predict_to_folder(checkpoints, image_dir, out_dir, threshold=0.5, device="cpu")
+    from sever.detection.predict import evaluate_detector, predict_to_csv
+    predict_to_csv(checkpoints, image_dir, "boxes.csv", threshold=0.5, draw_dir="drawn/")
     results = evaluate_detector(checkpoints, image_dir, annotation_dir)   # MeanAP results
     print(map_table(results, class_names))                    # sever.detection.metric
 
@@ -28,36 +28,13 @@ from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.voc import read_voc_folder
 from sever.detection.metric import MeanAP
 from sever.exceptions import CheckpointError
-from sever.model.model import build_model
-from sever.utils.checkpoint import load_checkpoint
+from sever.inference.checkpoints import load_network, run_config
 from sever.utils.visualization import class_colour
 
 logger = logging.getLogger(__name__)
 
 ENSEMBLE_IOU = 0.5
 BOX_COLUMNS = ("ImageId", "ClassId", "ClassName", "Score", "XMin", "YMin", "XMax", "YMax")
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The model of a sever checkpoint in evaluation mode, and the checkpoint's config.
-
-    The EMA weights are used when the run kept them (they are what validation scored).
-
-    Raises:
-        CheckpointError: unreadable, or the weights do not fit the config's model.
-    """
-    state = load_checkpoint(checkpoint)
-    config = state["config"]
-    model = build_model(config["arch"], config["classes"])
-    weights = state["state_dict"]
-    if state.get("ema_state_dict") is not None:
-        prefix = "module."
-        weights = {k[len(prefix):]: v for k, v in state["ema_state_dict"].items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint}: weights do not match its model: {str(exc).splitlines()[0]}") from exc
-    return model.to(device).eval(), config
 
 
 def grey_as_rgb(image: np.ndarray) -> torch.Tensor:
@@ -91,7 +68,7 @@ def predict_boxes(checkpoints: Sequence[str | Path], image_dir: str | Path, thre
     Raises:
         CheckpointError: a checkpoint is not a detector's, or the ensemble's classes differ.
     """
-    models = [load_model(path, device) for path in checkpoints]
+    models = [load_network(path, device)[:2] for path in checkpoints]
     for path, (_, config) in zip(checkpoints, models):
         if config["task"] != "detection":
             raise CheckpointError(f"{path}: a {config['task']} model, not a detector (task: detection)")
@@ -135,31 +112,35 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores:
     return canvas
 
 
-def predict_to_folder(checkpoints: Sequence[str | Path], image_dir: str | Path, out_dir: str | Path,
-                      threshold: float = 0.5, device: str | torch.device = "cpu", draw: bool = True) -> Path:
-    """Run :func:`predict_boxes` and write ``out_dir/boxes.csv`` (and ``out_dir/NAME.png`` drawings).
+def predict_to_csv(checkpoints: Sequence[str | Path], image_dir: str | Path, csv_path: str | Path,
+                   threshold: float = 0.5, device: str | torch.device = "cpu",
+                   draw_dir: str | Path | None = None) -> tuple[int, int]:
+    """Run :func:`predict_boxes`; write the boxes to ``csv_path`` and, with ``draw_dir``, ``draw_dir/NAME.png``.
 
     The CSV has one row per box: ``ImageId,ClassId,ClassName,Score,XMin,YMin,XMax,YMax``
     with ``ClassId`` 1-based (as in the Kaggle CSVs) and pixel-edge coordinates.
-    Returns the CSV's path.
+    Returns ``(images, boxes)`` counts.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    class_names = load_checkpoint(checkpoints[0])["config"]["class_names"]
-    csv_path = out_dir / "boxes.csv"
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    if draw_dir is not None:
+        Path(draw_dir).mkdir(parents=True, exist_ok=True)
+    class_names = run_config(checkpoints[0])["class_names"]
+    images = boxes = 0
     with open(csv_path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(BOX_COLUMNS)
         for name, found in predict_boxes(checkpoints, image_dir, threshold, device):
+            images, boxes = images + 1, boxes + len(found["boxes"])
             for box, label, score in zip(found["boxes"], found["labels"], found["scores"]):
                 caption = class_names[label] if class_names else str(int(label) + 1)
                 writer.writerow([name, int(label) + 1, caption, f"{score:.4f}", *(f"{v:.1f}" for v in box)])
-            if draw:
+            if draw_dir is not None:
                 drawn = draw_boxes(read_grey(Path(image_dir) / name), found["boxes"], found["labels"],
                                    found["scores"], class_names)
-                cv2.imwrite(str(out_dir / f"{Path(name).stem}.png"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-    logger.info("wrote %s", csv_path)
-    return csv_path
+                cv2.imwrite(str(Path(draw_dir) / f"{Path(name).stem}.png"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    logger.info("wrote %d boxes of %d images to %s", boxes, images, csv_path)
+    return images, boxes
 
 
 def evaluate_detector(checkpoints: Sequence[str | Path], image_dir: str | Path, annotation_dir: str | Path,
@@ -169,7 +150,7 @@ def evaluate_detector(checkpoints: Sequence[str | Path], image_dir: str | Path, 
     Every detection the model keeps (``score_threshold`` of its ``arch``) is scored,
     as COCO evaluation expects; the XML files' class names must be the checkpoint's ``class_names``.
     """
-    class_names = load_checkpoint(checkpoints[0])["config"]["class_names"]
+    class_names = run_config(checkpoints[0])["class_names"]
     paths, truth = read_voc_folder(image_dir, annotation_dir, class_names)
     metric = MeanAP()
     found = predict_boxes(checkpoints, image_dir, 0.0, device, names=[path.name for path in paths])

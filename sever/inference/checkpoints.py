@@ -107,9 +107,9 @@ def _arch_block(config: dict) -> dict:
 
 
 def build_eval_model(config: dict, source: Path) -> nn.Module:
-    """The model ``config`` describes, without pretrained encoder weights (nothing is downloaded)."""
+    """The model ``config`` describes, without pretrained weights (nothing is downloaded)."""
     arch = _arch_block(config)
-    arch["args"]["encoder_weights"] = None
+    arch["args"]["pretrained" if config["task"] == "detection" else "encoder_weights"] = None
     try:
         return build_model(arch, config["classes"])
     except ConfigError as exc:
@@ -124,8 +124,14 @@ def as_loaded_model(model: nn.Module, config: dict, source: Path, device: torch.
     return LoadedModel(model.to(device).eval(), source, config, transforms.mean, transforms.std, channels)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a run folder or checkpoint file as an eval-mode model on ``device``.
+def run_config(path: str | Path) -> dict:
+    """The config of a run folder or checkpoint file, read without loading its weights."""
+    source = resolve_checkpoint(path)
+    return _checked_config(load_checkpoint(source, mmap=True), source)
+
+
+def load_network(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, Path]:
+    """Load a run folder or checkpoint file of any task: ``(eval-mode network on device, config, file)``.
 
     Raises:
         CheckpointError: missing, corrupt or foreign file, or weights that do not fit
@@ -143,6 +149,19 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
             f"{str(exc).splitlines()[0]}"
         ) from None
     logger.info("loaded %s (%s, epoch %s)", source, _arch_block(config)["type"], state.get("epoch"))
+    return model.to(device).eval(), config, source
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a segmentation or classification run as a :class:`LoadedModel` on ``device``.
+
+    Raises:
+        CheckpointError: as :func:`load_network`; a detection run.
+    """
+    model, config, source = load_network(path, device)
+    if config["task"] == "detection":
+        raise CheckpointError(f"{source}: a detection run; sever predict and evaluate take it alone "
+                              f"(-m DETECTOR ... with --threshold), without segmentation models")
     return as_loaded_model(model, config, source, device)
 
 

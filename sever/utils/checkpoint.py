@@ -75,8 +75,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Read a sever checkpoint with ``weights_only=True`` and check its layout.
+
+    ``mmap=True`` maps the tensors instead of reading them: cheap when only the
+    config is wanted.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, needs
@@ -86,7 +89,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused to load: the file needs arbitrary Python objects to unpickle, "
