@@ -51,10 +51,7 @@ class DetectionTrainer(Trainer):
 
     @torch.inference_mode()
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
-        model = self.eval_model
-        model.eval()
-        for metric in self.metrics:
-            metric.reset()
+        model = self._begin_validation()
         self._visuals = []
         for images, targets in tqdm(self.valid_loader, desc="validation", leave=False, dynamic_ncols=True,
                                     disable=None):

@@ -206,12 +206,17 @@ class Trainer(BaseTrainer):
         """The weights validation scores: the EMA average when enabled."""
         return self.ema.module if self.ema is not None else self.model
 
-    @torch.inference_mode()
-    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+    def _begin_validation(self) -> torch.nn.Module:
+        """:attr:`eval_model` in eval mode, with every metric reset."""
         model = self.eval_model
         model.eval()
         for metric in self.metrics:
             metric.reset()
+        return model
+
+    @torch.inference_mode()
+    def _valid_epoch(self, epoch: int) -> dict[str, float]:
+        model = self._begin_validation()
         sums: dict[str, float] = {}
         batches = 0
         for batch_index, (images, targets) in enumerate(tqdm(self.valid_loader, desc="validation", leave=False,
