@@ -276,7 +276,37 @@ def decode_runs(runs: Sequence[Runs], shape: Sequence[int], columns: Sequence[in
         else np.zeros((height, window[1] - window[0]), np.uint8)
         for starts0, lengths in runs
     ]
-    stacked = cv2.merge(planes)
+    return _stack(planes)
+
+
+def column_planes(runs: Sequence[Runs], shape: Sequence[int]) -> np.ndarray:
+    """The masks of C classes given as runs, each with its columns as rows: the RLE's own order.
+
+    Args:
+        runs: C ``(starts0, lengths)`` pairs, already checked to lie inside ``shape``.
+        shape: ``(H, W)`` of the full image in pixels.
+
+    Returns:
+        C-contiguous uint8 0/1 array ``(C, W, H)``: the columns ``[c0, c1)`` of
+        class k are the one contiguous slab ``[k, c0:c1]``, and
+        ``stack_column_planes(planes[:, c0:c1])`` equals ``decode_runs(runs, shape, (c0, c1))``.
+    """
+    height, width = _mask_size(shape)
+    planes = np.zeros((len(runs), width, height), np.uint8)
+    for k, (starts0, lengths) in enumerate(runs):
+        if starts0.size:
+            planes[k] = _runs_transposed(starts0, lengths, height, (0, width))
+    return planes
+
+
+def stack_column_planes(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """C uint8 planes ``(W', H)`` from :func:`column_planes` as a C-contiguous ``(H, W', C)`` mask."""
+    return _stack([cv2.transpose(np.asarray(plane)) for plane in planes])
+
+
+def _stack(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """C uint8 ``(H, W)`` planes as one C-contiguous ``(H, W, C)`` array (also for C = 1)."""
+    stacked = cv2.merge(list(planes))
     return stacked.reshape(*planes[0].shape, len(planes))
 
 
