@@ -10,6 +10,7 @@
         validation_split: 0.2          # fraction (or a count) held out, stratified
         num_workers: 4
         check: quick                   # pre-flight data check: quick | full | off
+        mask_cache: disk               # keep decoded masks: off | memory | disk
         pseudo_csv: pseudo.csv         # optional pseudo-labels for pseudo_images
         sampler:                       # optional; default: shuffle every epoch
           type: WeightedFixedBatchSampler
@@ -34,6 +35,7 @@ from sever.data_loader.datasets import (
     image_size,
     list_images,
 )
+from sever.data_loader.mask_cache import open_mask_cache
 from sever.data_loader.mask_folder import read_mask_folder
 from sever.data_loader.process import Annotations, read_rle_csv
 from sever.data_loader.sampling import SAMPLERS, allocate, class_balance_groups
@@ -130,6 +132,11 @@ class SteelDataLoader:
         check: pre-flight check of every image and mask before training
             (``quick``, ``full`` also decodes every image, ``off``); see
             :mod:`sever.data_loader.checks`.
+        mask_cache: keep decoded masks between epochs for training and
+            validation: ``off``, ``memory`` (in each loader process) or ``disk``
+            (``.npy`` files); see :mod:`sever.data_loader.mask_cache`.
+        cache_dir: the folder of the disk cache (default
+            ``data_dir/.sever-cache/masks``); checked for writing at start-up.
         classes, class_names, transforms, seed, task: supplied by sever from the config.
         rank, world_size: this process's shard in distributed training; every
             rank gets ``batch_size`` images of each global batch and a disjoint
@@ -141,7 +148,8 @@ class SteelDataLoader:
                  pseudo_csv: str | None = None, pseudo_images: str = "test_images",
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
                  pin_memory: bool = True, generate_demo: bool = False, format: str = "kaggle",
-                 masks: str = "train_masks", check: str = "quick", *, classes: int,
+                 masks: str = "train_masks", check: str = "quick", mask_cache: str = "off",
+                 cache_dir: str | None = None, *, classes: int,
                  class_names: list[str] | None = None, transforms, seed: int, task: str = "segmentation",
                  rank: int = 0, world_size: int = 1):
         _check_positive("batch_size", batch_size)
@@ -181,10 +189,12 @@ class SteelDataLoader:
             )
         if 0 < len(valid_idx) < world_size:
             raise DataError(f"{len(valid_idx)} validation images cannot be shared by {world_size} processes")
+        cache = open_mask_cache(mask_cache, cache_dir, self.data_dir / ".sever-cache" / "masks")
         preflight(sources, check, getattr(transforms, "crop_size", None))
-        self.train_dataset = dataset_class(train_paths, train_ann, transforms.build(train=True))
+        self.train_dataset = dataset_class(train_paths, train_ann, transforms.build(train=True), cache)
         self.valid_dataset = (
-            dataset_class([paths[i] for i in valid_idx], annotations.subset(valid_idx), transforms.build(train=False))
+            dataset_class([paths[i] for i in valid_idx], annotations.subset(valid_idx), transforms.build(train=False),
+                          cache)
             if len(valid_idx)
             else None
         )
