@@ -11,12 +11,13 @@ worker unless stated) over the same images:
   [``CropNonEmptyMaskIfExists``, ``RandomCrop``]) on the full-size arrays;
 - (c) sever's training dataset (``SteelDataLoader(...).train_dataset``) with
   ``HeavyCropTransforms(256, 384)``, the write-up's crop, fed its seeded keys;
-  then (c) with 2 workers.
+  then (c) with 2 workers, and (c) with its decoded-mask cache
+  (``data_loader.args.mask_cache``) in memory and on disk, filled before timing.
 
 It prints samples/s (best and median of ``--repeat`` passes, taken in turns; the
 first batch of each pass is excluded as warm-up) and the ratios (c)/(b) and (a)/(c); then the
-CPU time per sample of (a), (b), (c) and of (c)'s stages in one process, which
-other processes' load on a shared machine distorts less. Run from the
+CPU time per sample of (a), (b), (c) (and (c) with the caches) and of (c)'s stages in
+one process, which other processes' load on a shared machine distorts less. Run from the
 repository root::
 
     PYTHONPATH=. python benchmarks/data_pipeline.py [--data-dir data/demo] [--samples 256] [--repeat 5]
@@ -147,8 +148,21 @@ def cpu_ms(function: Callable[[int], object], n: int) -> float:
     return best / n * 1e3
 
 
-def breakdown(data: SteelDataLoader, original: OriginalDesign) -> Iterator[tuple[str, float]]:
-    """CPU milliseconds per sample of (a), (b), (c) and of the stages of (c), in this process.
+def warm_loaders(data_dir: Path, cache_dir: Path, height: int, width: int) -> dict[str, SteelDataLoader]:
+    """(c) with a mask cache in memory and on disk in ``cache_dir``, each filled with every image's masks."""
+    loaders = {}
+    for mode in ("memory", "disk"):
+        loaders[mode] = sever_loader(data_dir, height, width, mask_cache=mode,
+                                     cache_dir=str(cache_dir) if mode == "disk" else None)
+        dataset = loaders[mode].train_dataset
+        for index in range(len(dataset)):
+            dataset.load(index)
+    return loaders
+
+
+def breakdown(data: SteelDataLoader, original: OriginalDesign,
+              cached: dict[str, SteelDataLoader]) -> Iterator[tuple[str, float]]:
+    """CPU milliseconds per sample of (a), (b), (c) (also with each warm cache) and of (c)'s stages, in this process.
 
     Each stage is timed alone, on warm caches; within a whole item they cost more.
     """
@@ -162,11 +176,20 @@ def breakdown(data: SteelDataLoader, original: OriginalDesign) -> Iterator[tuple
     yield "(a) JPEG decode (read_grey)", cpu_ms(lambda i: read_grey(dataset.paths[i]), n)
     yield "(b) original design, one item", cpu_ms(lambda i: original[i], n)
     yield "(c) sever, one item", cpu_ms(lambda i: dataset[(i, i)], n)
+    for mode, warm in cached.items():
+        yield f"(c) sever, one item, {mode} cache", cpu_ms(lambda i: warm.train_dataset[(i, i)], n)
     yield "  (c) parse RLE runs", cpu_ms(lambda i: dataset.annotations.runs(i, shapes[i]), n)
     yield "  (c) choose crop window", cpu_ms(lambda i: pipeline.crop_window(shapes[i], runs[i]), n)
     yield "  (c) decode window columns", cpu_ms(lambda i: decode_runs(runs[i], shapes[i], columns[i]), n)
+    caches = {mode: warm.train_dataset.mask_cache for mode, warm in cached.items()}
+    encodings = dataset.annotations.encodings
+    for mode, cache in caches.items():
+        yield f"  (c) window from the {mode} cache", cpu_ms(
+            lambda i: cache.masks(encodings[i], runs[i], shapes[i], columns[i]), n)
     yield "  (c) rest of the pipeline", cpu_ms(lambda i: pipeline.after_crop(image=crops[i][0], mask=crops[i][1]), n)
-    yield "  full-size decode (not used)", cpu_ms(lambda i: decode_runs(runs[i], shapes[i]), n)
+    yield "  full-size decode (validation)", cpu_ms(lambda i: decode_runs(runs[i], shapes[i]), n)
+    for mode, cache in caches.items():
+        yield f"  full size from the {mode} cache", cpu_ms(lambda i: cache.masks(encodings[i], runs[i], shapes[i]), n)
 
 
 def parse_args() -> argparse.Namespace:
@@ -180,8 +203,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def loader_rates(args: argparse.Namespace, data: SteelDataLoader, original: OriginalDesign,
-                 image_dir: Path) -> dict[str, list[float]]:
-    """Samples/s of each pass of (a), (b), (c) and (c) with 2 workers.
+                 image_dir: Path, cached: dict[str, SteelDataLoader]) -> dict[str, list[float]]:
+    """Samples/s of each pass of (a), (b), (c), (c) with 2 workers and (c) with each warm cache.
 
     The passes take turns (a, b, c, c2, a, b, ...) so that a burst of load from
     other processes does not fall on one pipeline only.
@@ -193,6 +216,7 @@ def loader_rates(args: argparse.Namespace, data: SteelDataLoader, original: Orig
         "(b) original design": (original, plain, 1),
         "(c) sever, 1 worker": (data.train_dataset, seeded, 1),
         "(c) sever, 2 workers": (data.train_dataset, seeded, 2),
+        **{f"(c) sever, {mode} cache, 1 worker": (warm.train_dataset, seeded, 1) for mode, warm in cached.items()},
     }
     loaders = {
         name: DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=True)
@@ -210,20 +234,27 @@ def print_ratios(label: str, a: float, b: float, c: float) -> None:
     print(f"{label}: (c)/(b) = {c / b:.2f}x (target >= 3)   (a)/(c) = {a / c:.2f}x (target <= 2)")
 
 
+def sever_loader(data_dir: Path, height: int, width: int, **options) -> SteelDataLoader:
+    """(c)'s loader: every image for training, crop ``height x width``, seed 0."""
+    return SteelDataLoader(str(data_dir), batch_size=BATCH, validation_split=0, num_workers=0, classes=CLASSES,
+                           transforms=HeavyCropTransforms(height, width), seed=0, **options)
+
+
 def measure(args: argparse.Namespace, data_dir: Path) -> None:
     image_dir, csv = data_dir / "train_images", data_dir / "train.csv"
-    data = SteelDataLoader(str(data_dir), batch_size=BATCH, validation_split=0, num_workers=0, classes=CLASSES,
-                           transforms=HeavyCropTransforms(args.height, args.width), seed=0)
+    data = sever_loader(data_dir, args.height, args.width)
     original = OriginalDesign(image_dir, csv, args.height, args.width)
-    runs = loader_rates(args, data, original, image_dir)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cached = warm_loaders(data_dir, Path(cache_dir), args.height, args.width)
+        runs = loader_rates(args, data, original, image_dir, cached)
+        cpu = dict(breakdown(data, original, cached))
     print(f"{len(data.train_dataset)} images from {data_dir}, crop {args.height}x{args.width}, batch {BATCH}, "
           f"{args.samples // BATCH * BATCH} samples per pass, {args.repeat} passes")
-    print(f"{'DataLoader':<26}{'best samples/s':>16}{'median':>10}")
+    print(f"{'DataLoader':<34}{'best samples/s':>16}{'median':>10}")
     for name, measured in runs.items():
-        print(f"{name:<26}{max(measured):>16.1f}{statistics.median(measured):>10.1f}")
+        print(f"{name:<34}{max(measured):>16.1f}{statistics.median(measured):>10.1f}")
     print_ratios("DataLoader, best", *(max(measured) for measured in list(runs.values())[:3]))
     print("CPU time per sample in one process, ms:")
-    cpu = dict(breakdown(data, original))
     for name, ms in cpu.items():
         print(f"  {name:<34}{ms:>7.2f}")
     print_ratios("CPU time", *(1 / ms for ms in list(cpu.values())[:3]))
