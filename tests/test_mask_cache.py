@@ -15,7 +15,7 @@ import sever.data_loader.mask_cache as mask_cache_module
 from sever.data_loader.augmentation import HeavyCropTransforms
 from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.mask_cache import MaskCache
-from sever.data_loader.process import column_planes, decode_runs, mask_runs, stack_column_planes
+from sever.data_loader.process import decode_runs, mask_runs, rle_encode
 from sever.exceptions import ConfigError
 
 
@@ -42,16 +42,21 @@ def assert_same_batches(first, second):
 
 
 @given(st.integers(1, 6), st.integers(1, 3), st.data())
-def test_a_window_of_column_planes_is_the_window_decode(height, classes, data):
+def test_a_cached_window_is_the_window_decode(height, classes, data):
     width = data.draw(st.integers(1, 8))
     mask = data.draw(arrays(np.uint8, (height, width, classes), elements=st.integers(0, 1)))
     runs = [mask_runs(mask[..., k]) for k in range(classes)]
+    encodings = [rle_encode(mask[..., k]) for k in range(classes)]
     first = data.draw(st.integers(0, width - 1))
     stop = data.draw(st.integers(first + 1, width))
-    window = stack_column_planes(column_planes(runs, mask.shape[:2])[:, first:stop])
-    expected = decode_runs(runs, mask.shape[:2], (first, stop))
-    assert window.flags.c_contiguous and window.dtype == np.uint8
-    assert np.array_equal(window, expected) and np.array_equal(window, mask[:, first:stop])
+    cache = MaskCache()
+    for columns in (None, (first, stop), (first, stop)):  # a miss, then hits
+        window = cache.masks(encodings, runs, (height, width), columns)
+        expected = decode_runs(runs, (height, width), columns)
+        assert window.flags.c_contiguous and window.dtype == np.uint8 and window.shape == expected.shape
+        assert np.array_equal(window, expected) and np.array_equal(window, mask[:, slice(*(columns or (0, width)))])
+    marked = int(mask.any(axis=(0, 1)).sum())
+    assert [entry.shape for entry in cache.entries.values()] == ([(marked, width, height)] if marked else [])
 
 
 @pytest.mark.parametrize("mode, workers", [("memory", 0), ("disk", 2)])
@@ -76,8 +81,8 @@ def test_disk_entries_are_reused_by_a_later_loader(demo_dir, tmp_path, monkeypat
             dataset.load(index)
     entries = sorted((data_dir / ".sever-cache" / "masks").glob("*.npy"))
     every = loader(data_dir, validation_split=0).train_dataset.annotations
-    distinct = {tuple(row) for row in every.encodings}  # the demo images are all 64x256
-    assert len(entries) == len(distinct)  # one per distinct mask: the defect-free images share one
+    distinct = {tuple(row) for row in every.encodings if any(row)}  # the demo images are all 64x256
+    assert len(entries) == len(distinct)  # one per distinct mask; defect-free images need none
 
     def no_decoding(*args):
         raise AssertionError("a cached mask was decoded again")
@@ -112,10 +117,14 @@ def test_an_unreadable_entry_is_rewritten(tmp_path, caplog):
     cache = MaskCache(tmp_path)
     assert np.array_equal(cache.masks(encodings, runs, (6, 5)), mask)
     (entry,) = tmp_path.glob("*.npy")
-    entry.write_bytes(b"not a numpy file")
-    with caplog.at_level(logging.WARNING, logger="sever.data_loader.mask_cache"):
-        assert np.array_equal(cache.masks(encodings, runs, (6, 5), (1, 4)), mask[:, 1:4])
-    assert "rewriting" in caplog.text and np.load(entry).shape == (2, 5, 6)
+    whole = entry.read_bytes()
+    for damaged in (b"not a numpy file", whole[:-7]):
+        entry.write_bytes(damaged)
+        with caplog.at_level(logging.WARNING, logger="sever.data_loader.mask_cache"):
+            assert np.array_equal(cache.masks(encodings, runs, (6, 5), (1, 4)), mask[:, 1:4])
+        assert "rewriting" in caplog.text and entry.read_bytes() == whole
+        caplog.clear()
+    assert np.load(entry).shape == (1, 5, 6)  # only class 2 has defect pixels
 
 
 def test_bad_settings_fail_at_start_up(demo_dir, tmp_path):

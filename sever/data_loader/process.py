@@ -269,45 +269,46 @@ def decode_runs(runs: Sequence[Runs], shape: Sequence[int], columns: Sequence[in
     if not runs:
         raise ValueError("decode_runs needs the runs of at least one class")
     height, width = _mask_size(shape)
-    window = _column_window(columns, width)
-    planes = [
-        cv2.transpose(_runs_transposed(starts0, lengths, height, window))
-        if starts0.size
-        else np.zeros((height, window[1] - window[0]), np.uint8)
-        for starts0, lengths in runs
-    ]
-    return _stack(planes)
+    first, stop = _column_window(columns, width)
+    planes = [_runs_transposed(starts0, lengths, height, (first, stop)) if starts0.size else None
+              for starts0, lengths in runs]
+    return stack_column_planes(planes, height, stop - first)
 
 
 def column_planes(runs: Sequence[Runs], shape: Sequence[int]) -> np.ndarray:
-    """The masks of C classes given as runs, each with its columns as rows: the RLE's own order.
+    """The masks of the classes that have runs, each with its columns as rows: the RLE's own order.
 
     Args:
         runs: C ``(starts0, lengths)`` pairs, already checked to lie inside ``shape``.
         shape: ``(H, W)`` of the full image in pixels.
 
     Returns:
-        C-contiguous uint8 0/1 array ``(C, W, H)``: the columns ``[c0, c1)`` of
-        class k are the one contiguous slab ``[k, c0:c1]``, and
-        ``stack_column_planes(planes[:, c0:c1])`` equals ``decode_runs(runs, shape, (c0, c1))``.
+        C-contiguous uint8 0/1 array ``(K, W, H)`` for the K classes with runs, in
+        class order: the columns ``[c0, c1)`` of each are one contiguous slab
+        ``[j, c0:c1]``. :func:`stack_column_planes` makes them an ``(H, W', C)`` mask.
     """
     height, width = _mask_size(shape)
-    planes = np.zeros((len(runs), width, height), np.uint8)
-    for k, (starts0, lengths) in enumerate(runs):
-        if starts0.size:
-            planes[k] = _runs_transposed(starts0, lengths, height, (0, width))
+    marked = [(starts0, lengths) for starts0, lengths in runs if starts0.size]
+    planes = np.empty((len(marked), width, height), np.uint8)
+    for j, (starts0, lengths) in enumerate(marked):
+        planes[j] = _runs_transposed(starts0, lengths, height, (0, width))
     return planes
 
 
-def stack_column_planes(planes: Sequence[np.ndarray]) -> np.ndarray:
-    """C uint8 planes ``(W', H)`` from :func:`column_planes` as a C-contiguous ``(H, W', C)`` mask."""
-    return _stack([cv2.transpose(np.asarray(plane)) for plane in planes])
+def stack_column_planes(planes: Sequence[np.ndarray | None], height: int, width: int) -> np.ndarray:
+    """The C-contiguous uint8 ``(H, W, C)`` mask of C classes given by their columns.
 
-
-def _stack(planes: Sequence[np.ndarray]) -> np.ndarray:
-    """C uint8 ``(H, W)`` planes as one C-contiguous ``(H, W, C)`` array (also for C = 1)."""
-    stacked = cv2.merge(list(planes))
-    return stacked.reshape(*planes[0].shape, len(planes))
+    Args:
+        planes: per class, its ``W`` columns as the rows of a uint8 ``(W, H)``
+            array (e.g. a slice of :func:`column_planes`), or None for a class
+            without defect pixels.
+        height, width: ``H`` and ``W`` in pixels.
+    """
+    stacked = cv2.merge([
+        np.zeros((height, width), np.uint8) if plane is None else cv2.transpose(np.asarray(plane))
+        for plane in planes
+    ])
+    return stacked.reshape(height, width, len(planes))
 
 
 def union_runs(runs: Sequence[Runs]) -> Runs:
