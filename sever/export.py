@@ -31,22 +31,21 @@ must match PyTorch's within :data:`TOLERANCE`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sever.exceptions import CheckpointError, ConfigError, SeverError
-from sever.model.model import SegmentationModel, build_model
-from sever.utils.checkpoint import load_checkpoint
+from sever.exceptions import ConfigError, SeverError
+from sever.inference.checkpoints import load_network
+from sever.model.model import SegmentationModel
 from sever.utils.run import RunPaths, resolve_resume
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ logger = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch's logits an export may show
 DEFAULT_OPSET = 17
-_EMA_PREFIX = "module."  # AveragedModel keeps the averaged network as ``module``
 
 
 @dataclass(frozen=True)
@@ -93,37 +91,11 @@ def load_trained_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, Path, 
         ``(model, checkpoint file, "ema" or "model")``: the EMA weights are used when present.
 
     Raises:
-        CheckpointError: missing, unreadable or not a sever checkpoint, or weights
-            that do not fit the architecture its config describes.
+        CheckpointError: no such file or run folder, or see
+            :func:`sever.inference.checkpoints.load_network`.
     """
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path)
-    config = state["config"]
-    model = build_model(_without_pretrained_weights(config["arch"]), config["classes"])
-    weights, source = _weights(state)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: {source} weights do not fit its arch: {str(exc).splitlines()[0]}") from exc
-    return model.eval(), path, source
-
-
-def _without_pretrained_weights(arch: Any) -> Any:
-    """The ``arch`` block with ``encoder_weights`` off (no download; the checkpoint has the weights)."""
-    if not isinstance(arch, dict):
-        return arch
-    arch = copy.deepcopy(arch)
-    arch.setdefault("args", {})["encoder_weights"] = None
-    return arch
-
-
-def _weights(state: dict) -> tuple[dict[str, torch.Tensor], str]:
-    """The EMA state dict (``module.`` prefix and ``n_averaged`` removed) if kept, else the model's."""
-    averaged = state.get("ema_state_dict")
-    if not averaged:
-        return state["state_dict"], "model"
-    weights = {key[len(_EMA_PREFIX) :]: value for key, value in averaged.items() if key.startswith(_EMA_PREFIX)}
-    return weights, "ema"
+    model, _, path, weights = load_network(resolve_checkpoint(checkpoint))
+    return model, path, weights
 
 
 class PadForExport(nn.Module):
@@ -147,14 +119,6 @@ class PadForExport(nn.Module):
 
 def _exportable(model: nn.Module) -> nn.Module:
     return PadForExport(model).eval() if isinstance(model, SegmentationModel) else model
-
-
-def _input_channels(model: nn.Module) -> int:
-    """``C_in``: the input channels of the model's first convolution."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
-        raise CheckpointError("the model has no convolution to read its input channels from")
-    return first.in_channels
 
 
 def _check_shape(height: int, width: int, opset: int) -> None:
@@ -194,7 +158,7 @@ def export_model(
     _check_shape(height, width, opset)
     model, source, weights = load_trained_model(checkpoint)
     module = _exportable(model)
-    example = torch.randn(1, _input_channels(model), height, width, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(1, model.in_channels, height, width, generator=torch.Generator().manual_seed(0))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")

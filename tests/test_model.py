@@ -190,6 +190,16 @@ def test_channel_count_without_weights():
         assert letters(torch.randn(1, 6, 64, 64)).shape == (1, 2, 64, 64)
 
 
+@pytest.mark.parametrize("type_", ["FPN", "Classifier"])
+def test_grey_input_is_repeated_to_every_input_channel(type_):
+    """Datasets yield one grey channel; an ``rgb`` model sees it in all three."""
+    model = build_model(arch(type_, in_channels="rgb"), classes=2).eval()
+    assert model.in_channels == 3
+    grey = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(grey), model(grey.expand(-1, 3, -1, -1).contiguous()))
+
+
 # ---------------------------------------------------------------- padding
 
 

@@ -69,7 +69,7 @@ def test_hflip_tta_averages_a_model_with_its_mirrored_prediction():
 
 def loaded(model, mean=0.5, std=0.25, classes=2):
     config = {"classes": classes, "task": "segmentation", "class_names": None}
-    return LoadedModel(model.eval(), Path("echo.pth"), config, mean, std, 1)
+    return LoadedModel(model.eval(), Path("echo.pth"), config, mean, std)
 
 
 def test_each_model_normalises_with_its_own_statistics():

@@ -37,6 +37,20 @@ class BaseModel(nn.Module, abc.ABC):
         """Logits for a batch of images ``x`` of shape ``(B, C_in, H, W)``."""
 
     @property
+    def in_channels(self) -> int:
+        """``C_in``: the input channels of the encoder's first convolution."""
+        return next(m for m in self.encoder.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+    def as_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Grey images ``(B, 1, H, W)`` repeated to ``(B, C_in, H, W)``; other inputs unchanged.
+
+        Datasets and the predictor yield one grey channel whatever ``in_channels``
+        the model was built with (``rgb``, ``rrggbb``, ...), so the model repeats it.
+        """
+        channels = self.in_channels
+        return x.expand(-1, channels, -1, -1) if x.shape[1] == 1 and channels > 1 else x
+
+    @property
     def encoder_frozen(self) -> bool:
         return self._encoder_frozen
 

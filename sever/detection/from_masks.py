@@ -116,7 +116,7 @@ def evaluate_segmentation_as_detector(checkpoint: str | Path, image_dir: str | P
         :meth:`MeanAP.compute`'s results, classes numbered as the model's channels
         (format them with :func:`~sever.detection.metric.map_table`).
     """
-    model, config, _ = load_network(checkpoint, device)
+    model, config = load_network(checkpoint, device)[:2]
     if config["task"] != "segmentation":
         raise CheckpointError(f"{checkpoint}: a {config['task']} model, not a segmentation model")
     class_names = config["class_names"] or [str(k + 1) for k in range(config["classes"])]

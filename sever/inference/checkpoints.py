@@ -27,7 +27,7 @@ from sever.utils.run import RunPaths
 
 logger = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("arch", "classes", "augmentation", "task")
+CONFIG_KEYS = ("arch", "classes")  # what rebuilds the network; prediction also needs "augmentation"
 EMA_PREFIX = "module."
 
 
@@ -36,12 +36,11 @@ class LoadedModel:
     """A network in eval mode with what inference needs to feed it.
 
     Attributes:
-        model: maps ``(B, in_channels, H, W)`` normalised images to logits
+        model: maps ``(B, 1, H, W)`` normalised grey images to logits
             ``(B, C, H, W)`` (segmentation) or ``(B, C)`` (classification).
         source: the checkpoint file (for messages).
         config: the run's validated config.
         mean, std: grey normalisation ``(x / 255 - mean) / std`` of the run's augmentation.
-        in_channels: how many input channels the model reads (the grey image is repeated).
     """
 
     model: nn.Module
@@ -49,7 +48,6 @@ class LoadedModel:
     config: dict
     mean: float
     std: float
-    in_channels: int
 
     @property
     def classes(self) -> int:
@@ -82,21 +80,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
-def _checked_config(state: dict, source: Path) -> dict:
+def _checked_config(state: dict, source: Path, keys: Sequence[str] = CONFIG_KEYS) -> dict:
+    """The checkpoint's config, with ``task`` (default ``segmentation``); CheckpointError when it lacks ``keys``."""
     config = state["config"]
-    missing = [key for key in CONFIG_KEYS if not isinstance(config, dict) or key not in config]
+    missing = [key for key in keys if not isinstance(config, dict) or key not in config]
     if missing:
         raise CheckpointError(f"{source}: not a sever checkpoint: its config lacks {', '.join(missing)}")
+    config.setdefault("task", "segmentation")
     return config
 
 
-def _weights(state: dict, source: Path) -> dict[str, torch.Tensor]:
-    """The EMA weights when the checkpoint has them (prefix ``module.`` removed), else ``state_dict``."""
+def _weights(state: dict, source: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """``(weights, "ema")`` when the checkpoint kept an EMA (prefix ``module.`` removed), else ``(state_dict, "model")``."""
     ema = state.get("ema_state_dict")
-    if ema is None:
-        return state["state_dict"]
+    if not ema:
+        return state["state_dict"], "model"
     logger.info("%s: using the EMA weights", source)
-    return {key[len(EMA_PREFIX):]: value for key, value in ema.items() if key.startswith(EMA_PREFIX)}
+    return {key[len(EMA_PREFIX):]: value for key, value in ema.items() if key.startswith(EMA_PREFIX)}, "ema"
 
 
 def _arch_block(config: dict) -> dict:
@@ -117,11 +117,9 @@ def build_eval_model(config: dict, source: Path) -> nn.Module:
 
 
 def as_loaded_model(model: nn.Module, config: dict, source: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Wrap ``model`` with the normalisation and input channels of its ``config``, in eval mode on ``device``."""
+    """Wrap ``model`` with the normalisation of its ``config``, in eval mode on ``device``."""
     transforms = TRANSFORMS.build(config["augmentation"], "augmentation")
-    in_channels = _arch_block(config)["args"].get("in_channels", "g")
-    channels = len(in_channels) if isinstance(in_channels, str) else int(in_channels)
-    return LoadedModel(model.to(device).eval(), source, config, transforms.mean, transforms.std, channels)
+    return LoadedModel(model.to(device).eval(), source, config, transforms.mean, transforms.std)
 
 
 def run_config(path: str | Path) -> dict:
@@ -130,8 +128,12 @@ def run_config(path: str | Path) -> dict:
     return _checked_config(load_checkpoint(source, mmap=True), source)
 
 
-def load_network(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, Path]:
-    """Load a run folder or checkpoint file of any task: ``(eval-mode network on device, config, file)``.
+def load_network(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, Path, str]:
+    """Load a run folder or checkpoint file of any task.
+
+    Returns:
+        ``(eval-mode network on device, config, checkpoint file, "ema" or "model")``: which
+        weights were loaded.
 
     Raises:
         CheckpointError: missing, corrupt or foreign file, or weights that do not fit
@@ -141,15 +143,16 @@ def load_network(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     state = load_checkpoint(source)
     config = _checked_config(state, source)
     model = build_eval_model(config, source)
+    weights, kind = _weights(state, source)
     try:
-        model.load_state_dict(_weights(state, source))
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(
             f"{source}: the weights do not fit the {_arch_block(config)['type']} model its config describes: "
             f"{str(exc).splitlines()[0]}"
         ) from None
     logger.info("loaded %s (%s, epoch %s)", source, _arch_block(config)["type"], state.get("epoch"))
-    return model.to(device).eval(), config, source
+    return model.to(device).eval(), config, source, kind
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -158,7 +161,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     Raises:
         CheckpointError: as :func:`load_network`; a detection run.
     """
-    model, config, source = load_network(path, device)
+    model, config, source, _ = load_network(path, device)
+    _checked_config({"config": config}, source, ("augmentation",))
     if config["task"] == "detection":
         raise CheckpointError(f"{source}: a detection run; sever predict and evaluate take it alone "
                               f"(-m DETECTOR ... with --threshold), without segmentation models")

@@ -176,8 +176,6 @@ class Predictor:
 
     def _forward(self, loaded: LoadedModel, images: Tensor) -> Tensor:
         x = images.unsqueeze(1).float().div_(PIXEL_SCALE).sub_(loaded.mean).div_(loaded.std)
-        if loaded.in_channels > 1:
-            x = x.expand(-1, loaded.in_channels, -1, -1)
         with autocast(self.amp, self.device):
             return tta_probabilities(loaded.model, x, self.tta)
 

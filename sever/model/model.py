@@ -405,7 +405,8 @@ class SegmentationModel(BaseModel):
         return dict(decoder_args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, classes, H, W)`` for images ``x`` of shape ``(B, C_in, H, W)``."""
+        """Logits ``(B, classes, H, W)`` for images ``x`` of shape ``(B, C_in or 1, H, W)``."""
+        x = self.as_input(x)
         height, width = x.shape[-2:]
         stride = self.encoder.output_stride
         pad_bottom, pad_right = -height % stride, -width % stride
@@ -506,5 +507,5 @@ class ClassificationModel(BaseModel):
         super().__init__(encoder=encoder, decoder=head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, classes)`` for images ``x`` of shape ``(B, C_in, H, W)``."""
-        return self.decoder(self.encoder(x)[-1])
+        """Logits ``(B, classes)`` for images ``x`` of shape ``(B, C_in or 1, H, W)``."""
+        return self.decoder(self.encoder(self.as_input(x))[-1])
