@@ -8,9 +8,11 @@ worker unless stated) over the same images:
   the image read with 3 channels and 2 dropped, the 4 masks decoded at full
   size into a float32 ``(H, W, 4)`` array by a per-run Python loop, then the
   HeavyCrop pipeline with albumentations' own crop (``OneOf``
-  [``CropNonEmptyMaskIfExists``, ``RandomCrop``]) on the full-size arrays;
+  [``CropNonEmptyMaskIfExists``, ``RandomCrop``]) on the full-size arrays,
+  normalised to a float32 image in the worker;
 - (c) sever's training dataset (``SteelDataLoader(...).train_dataset``) with
   ``HeavyCropTransforms(256, 384)``, the write-up's crop, fed its seeded keys;
+  its uint8 images are normalised later, on the training device (not timed here);
   then (c) with 2 workers, and (c) with its decoded-mask cache
   (``data_loader.args.mask_cache``) in memory and on disk, filled before timing.
 
@@ -77,9 +79,11 @@ class OriginalDesign(Dataset):
         by_image = frame.pivot(index="ImageId", columns="ClassId", values="EncodedPixels")
         self.frame = by_image.reindex(index=list_images(image_dir), columns=range(1, CLASSES + 1))
         self.image_dir = image_dir
-        heavy = HeavyCropTransforms(height, width).build(train=True)  # its transforms after the crop
+        heavy = HeavyCropTransforms(height, width)
         crop = A.OneOf([A.CropNonEmptyMaskIfExists(height, width), A.RandomCrop(height, width)], p=1)
-        self.pipeline = A.Compose([crop, *heavy.transforms, ToTensorV2(transpose_mask=True)])
+        normalize = A.Normalize(mean=heavy.normalization.mean, std=heavy.normalization.std)  # in the worker
+        after_crop = heavy.build(train=True).transforms
+        self.pipeline = A.Compose([crop, *after_crop, normalize, ToTensorV2(transpose_mask=True)])
 
     def __len__(self) -> int:
         return len(self.frame)

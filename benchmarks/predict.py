@@ -77,7 +77,7 @@ def synchronize(device: torch.device) -> None:
 def bare_forward(loaded: LoadedModel, paths: list[Path], batch_size: int, device: torch.device, amp: str) -> float:
     """Images/s of ``model(x)`` over pre-decoded, normalised batches already on the device."""
     images = torch.from_numpy(np.stack([read_grey(p) for p in paths])).to(device)
-    x = (images.unsqueeze(1).float() / 255 - loaded.mean) / loaded.std
+    x = loaded.normalization(images.unsqueeze(1))
     batches = list(x.split(batch_size))
     with torch.inference_mode(), autocast(amp, device):
         loaded.model(batches[0])  # warm-up

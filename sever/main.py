@@ -99,6 +99,7 @@ class Experiment:
     metrics: list
     optimizer: Any
     lr_scheduler: Any
+    normalization: Any  # from the loaders' uint8 images to the model's input, or None (see Trainer)
 
 
 def build_experiment(config: dict) -> Experiment:
@@ -127,7 +128,8 @@ def build_experiment(config: dict) -> Experiment:
     metrics = [METRICS.build(spec, f"metrics.{i}") for i, spec in enumerate(metric_specs(config))]
     optimizer = build_optimizer(model, config["optimizer"])
     scheduler = build_scheduler(optimizer, config["lr_scheduler"])
-    return Experiment(config, device, context, model, data, loss, metrics, optimizer, scheduler)
+    return Experiment(config, device, context, model, data, loss, metrics, optimizer, scheduler,
+                      transforms.normalization)
 
 
 def make_trainer(experiment: Experiment, run: RunPaths):
@@ -137,6 +139,7 @@ def make_trainer(experiment: Experiment, run: RunPaths):
         experiment.lr_scheduler, experiment.config, run,
         train_loader=experiment.data.train_loader, valid_loader=experiment.data.valid_loader,
         device=experiment.device, amp=experiment.config["amp"], distributed=experiment.distributed,
+        normalization=experiment.normalization,
     )
 
 

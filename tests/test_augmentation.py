@@ -1,4 +1,4 @@
-"""Augmentation sets: shapes, normalisation, seeding, image/mask alignment, crops."""
+"""Augmentation sets: shapes, seeding, image/mask alignment, crops; the normalisation of their images."""
 
 import cv2
 import numpy as np
@@ -13,6 +13,7 @@ from sever.data_loader.augmentation import (
     HeavyCropTransforms,
     LightTransforms,
     MediumTransforms,
+    Normalization,
 )
 
 SETS = {
@@ -62,28 +63,37 @@ def test_training_output_shapes_and_dtypes(name, channel_axis):
     image, mask = painted_sample()
     out = run(transforms.build(train=True), 0, image[..., None] if channel_axis else image, mask)
     height, width = transforms.crop_size or image.shape
-    assert out["image"].shape == (1, height, width) and out["image"].dtype == torch.float32
+    assert out["image"].shape == (1, height, width) and out["image"].dtype == torch.uint8
     assert out["mask"].shape == (4, height, width) and out["mask"].dtype == torch.uint8
     assert set(out["mask"].unique().tolist()) <= {0, 1}
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_evaluation_keeps_the_full_image_and_only_normalises(name):
+def test_evaluation_keeps_the_full_image_unchanged(name):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (200, 200), dtype=np.uint8)
     mask = rng.integers(0, 2, (200, 200, 4), dtype=np.uint8)
     out = SETS[name]().build(train=False)(image=image, mask=mask)
-    assert out["image"].shape == (1, 200, 200)
-    expected = (image / 255 - GRAY_MEAN) / GRAY_STD
-    assert np.allclose(out["image"][0].numpy(), expected, atol=1e-4)
+    assert torch.equal(out["image"], torch.from_numpy(image)[None])
     assert torch.equal(out["mask"], torch.from_numpy(mask.transpose(2, 0, 1)))
 
 
 @pytest.mark.parametrize("mean, std", [(GRAY_MEAN, GRAY_STD), (0.5, 0.25)])
-def test_constant_image_normalises_to_its_standard_score(mean, std):
-    image = np.full((64, 96), 100, np.uint8)
-    out = LightTransforms(mean=mean, std=std).build(train=False)(image=image)
-    assert torch.allclose(out["image"], torch.full((1, 64, 96), (100 / 255 - mean) / std), atol=1e-4)
+def test_normalization_gives_standard_scores_of_the_sets_statistics(mean, std):
+    images = torch.arange(256, dtype=torch.uint8).reshape(4, 1, 8, 8)
+    out = LightTransforms(mean=mean, std=std).normalization(images)
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    assert torch.allclose(out.double(), (images.double() / 255 - mean) / std, atol=1e-4, rtol=0)
+
+
+def test_normalization_keeps_the_memory_format_and_never_writes_its_input():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    out = Normalization(0.5, 0.25)(images)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    floats = images.float()
+    kept = floats.clone()
+    Normalization(0.5, 0.25)(floats)
+    assert torch.equal(floats, kept)
 
 
 @pytest.mark.parametrize("name", SETS)
@@ -110,7 +120,7 @@ def test_flips_are_seeded_independently():
     combos = set()
     for seed in range(40):
         pipeline.set_random_seed(seed)
-        out = np.rint(pipeline(image=image)["image"][0].numpy() * GRAY_STD * 255 + GRAY_MEAN * 255)
+        out = pipeline(image=image)["image"][0].numpy()
         combos.add((bool(out[0, 0] in (image[0, -1], image[-1, -1])), bool(out[0, 0] in (image[-1, 0], image[-1, -1]))))
     assert combos == {(False, False), (True, False), (False, True), (True, True)}
 

@@ -89,7 +89,7 @@ def test_a_runs_split_scores_as_its_training_metric(runs):
     metric = Dice(threshold=0.5)
     with torch.inference_mode():
         for images, masks in experiment.data.valid_loader:
-            metric.update(experiment.model(images), masks)
+            metric.update(experiment.model(experiment.normalization(images)), masks)
     expected = metric.compute()
 
     predictor = build_predictor([runs["fpn"]], device="cpu")

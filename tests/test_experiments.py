@@ -39,7 +39,7 @@ def test_write_up_model_trains_one_step_on_a_small_crop(name, demo_dir):
     assert images.shape == (2, 1, 64, 64)
     model = experiment.model.train()
     before = [p.detach().clone() for p in model.decoder.parameters()]
-    loss = experiment.loss(model(images), masks)["loss"]
+    loss = experiment.loss(model(experiment.normalization(images)), masks)["loss"]
     loss.backward()
     experiment.optimizer.step()
     assert torch.isfinite(loss)

@@ -9,6 +9,7 @@ import torch
 from inference_runs import invoke, runs  # noqa: F401 (fixture)
 from torch import nn
 
+from sever.data_loader.augmentation import Normalization
 from sever.data_loader.datasets import read_grey
 from sever.data_loader.process import decode_masks, read_rle_csv
 from sever.exceptions import CheckpointError, ConfigError
@@ -69,7 +70,7 @@ def test_hflip_tta_averages_a_model_with_its_mirrored_prediction():
 
 def loaded(model, mean=0.5, std=0.25, classes=2):
     config = {"classes": classes, "task": "segmentation", "class_names": None}
-    return LoadedModel(model.eval(), Path("echo.pth"), config, mean, std)
+    return LoadedModel(model.eval(), Path("echo.pth"), config, Normalization(mean, std))
 
 
 def test_each_model_normalises_with_its_own_statistics():

@@ -41,6 +41,19 @@ def test_training_writes_checkpoints_config_and_tensorboard(make_config):
     assert 0 <= state["monitor_best"] <= 1
 
 
+def test_the_model_sees_the_loaders_images_normalised_by_the_augmentations_statistics(make_config, tmp_path):
+    config = main.prepare_config(make_config(), ["augmentation.args.mean=0.5", "augmentation.args.std=0.25"])
+    experiment = main.build_experiment(config)
+    trainer = main.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "normalised"))
+    seen = []
+    experiment.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    trainer._valid_epoch(1)
+    images, _ = next(iter(experiment.data.valid_loader))
+    assert images.dtype == torch.uint8
+    assert seen[0].dtype == torch.float32
+    assert torch.allclose(seen[0], (images.float() / 255 - 0.5) / 0.25, atol=1e-5)
+
+
 def test_resume_after_an_epoch_gives_the_same_weights(make_config):
     straight = run_of(make_config(epochs=2))
     halted = run_of(make_config(epochs=1))

@@ -14,11 +14,16 @@ Pipelines are called as ``pipeline(image=image, mask=mask)`` with
 - ``image``: uint8 ``(H, W)`` or ``(H, W, 1)`` grayscale,
 - ``mask``: uint8 ``(H, W, C)`` 0/1, one channel per defect class (optional),
 
-and return ``image`` float32 tensor ``(1, h, w)`` normalised with
-``(x / 255 - mean) / std`` and ``mask`` uint8 tensor ``(C, h, w)`` (the loss
-casts it). Training pipelines crop to ``crop_size`` when the set has one; the
-evaluation pipeline only normalises, keeping the full image (the model pads to
-a multiple of 32 itself).
+and return ``image`` uint8 tensor ``(1, h, w)`` and ``mask`` uint8 tensor
+``(C, h, w)`` (the loss casts it). Training pipelines crop to ``crop_size`` when
+the set has one; the evaluation pipeline keeps the full image (the model pads
+to a multiple of 32 itself).
+
+Normalisation: a set's :attr:`TransformSet.normalization` maps a uint8 batch to
+the model's float32 input, ``(x / 255 - mean) / std``. The trainer and the
+predictor apply it after the batch reaches the device, so the loader workers,
+pinned memory and the host-to-device copy carry a quarter of the bytes of
+float32 images.
 
 Cropping: the crop is always a training pipeline's first step, and where it
 goes is a :class:`CropPolicy` (random, or onto a defect) that the pipeline
@@ -54,6 +59,7 @@ TRANSFORMS = Registry("augmentation")
 
 GRAY_MEAN = 0.3439  # mean of the Severstal training images, as a fraction of 255
 GRAY_STD = 0.0383
+PIXEL_SCALE = 255.0  # grey levels to the fractions the statistics are given in
 SIZE_MULTIPLE = 32  # segmentation_models_pytorch needs H and W divisible by 32
 
 
@@ -193,6 +199,25 @@ def as_grayscale_hwc(image: np.ndarray) -> np.ndarray:
     return image.reshape(image.shape[0], image.shape[1], 1)
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """The grey normalisation ``(x / 255 - mean) / std`` of a model's input.
+
+    Args:
+        mean, std: grey statistics as fractions of 255 (``std > 0``).
+    """
+
+    mean: float
+    std: float
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 images normalised, from uint8 ``images`` of any shape (e.g. ``(B, 1, H, W)``).
+
+        The result has the shape, device and memory format of ``images``.
+        """
+        return images.to(torch.float32, copy=True).div_(PIXEL_SCALE).sub_(self.mean).div_(self.std)
+
+
 def _check_crop(height: int | None, width: int | None) -> tuple[int, int] | None:
     """``(height, width)``, or None when both are None; raises ValueError otherwise."""
     if height is None and width is None:
@@ -238,8 +263,7 @@ class TransformSet:
         self._crop = _check_crop(height, width)
         if not std > 0:
             raise ValueError(f"std must be positive, got {std!r}")
-        self.mean = float(mean)
-        self.std = float(std)
+        self.normalization = Normalization(float(mean), float(std))
 
     @property
     def crop_size(self) -> tuple[int, int] | None:
@@ -259,15 +283,13 @@ class TransformSet:
         """The training pipeline (``train=True``) or the evaluation pipeline.
 
         Both map ``image (H, W)`` uint8 and ``mask (H, W, C)`` uint8 to
-        ``image (1, h, w)`` float32 and ``mask (C, h, w)`` uint8 tensors;
-        evaluation keeps ``(h, w) = (H, W)``. The training pipeline crops
-        first, by :attr:`crop_policy`.
+        ``image (1, h, w)`` and ``mask (C, h, w)`` uint8 tensors (see
+        :attr:`normalization` for the model's input); evaluation keeps
+        ``(h, w) = (H, W)``. The training pipeline crops first, by :attr:`crop_policy`.
         """
-        body = self._train_transforms() if train else []
-        return SeverCompose(
-            [*body, A.Normalize(mean=self.mean, std=self.std)],
-            crop=self.crop_policy if train else None,
-        )
+        if not train:
+            return SeverCompose([])
+        return SeverCompose(self._train_transforms(), crop=self.crop_policy)
 
     def _train_transforms(self) -> list[A.BasicTransform | BaseCompose]:
         """The random part of the training pipeline after the crop, applied to uint8 data."""

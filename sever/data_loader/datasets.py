@@ -87,7 +87,8 @@ class SegmentationDataset(Dataset):
         mask_cache: optional cache of decoded masks; the masks and crops are
             the same with and without it.
 
-    Items: ``(image (1, h, w) float32, mask (C, h, w) uint8)``.
+    Items: ``(image (1, h, w) uint8, mask (C, h, w) uint8)``; the trainer normalises
+    the images on its device (see ``TransformSet.normalization``).
     """
 
     def __init__(self, paths: Sequence[Path], annotations: Annotations, transforms,
@@ -157,30 +158,10 @@ class SegmentationDataset(Dataset):
 class ClassificationDataset(SegmentationDataset):
     """Images with per-class defect presence, measured on the (augmented) mask.
 
-    Items: ``(image (1, h, w) float32, presence (C,) float32 0/1)`` — a crop
+    Items: ``(image (1, h, w) uint8, presence (C,) float32 0/1)`` — a crop
     that misses every defect of a class is labelled defect-free for it.
     """
 
     def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self._transformed(key)
         return image, mask.flatten(1).amax(dim=1).float()
-
-
-class ImageDataset(Dataset):
-    """Unlabelled images for prediction.
-
-    Items: ``(image (1, H, W) float32, image file name)``.
-    """
-
-    def __init__(self, image_dir: str | Path, transforms, names: Sequence[str] | None = None):
-        self.image_dir = Path(image_dir)
-        self.names = list(names) if names is not None else list_images(self.image_dir)
-        self.transforms = transforms
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        name = self.names[index]
-        image = read_grey(self.image_dir / name)
-        return self.transforms(image=image)["image"], name

@@ -104,6 +104,8 @@ class DetectionTransforms:
     Evaluation pipelines change nothing: the model resizes images itself.
     """
 
+    normalization = None  # torchvision's detectors normalise their input themselves
+
     def __init__(self, train_aug: bool = False, mosaic: float = 0.0):
         if isinstance(mosaic, bool) or not isinstance(mosaic, (int, float)) or not 0 <= mosaic <= 1:
             raise ValueError(f"mosaic must be a probability in [0, 1], got {mosaic!r}")

@@ -19,16 +19,16 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from sever.data_loader.augmentation import TRANSFORMS
 from sever.data_loader.data_loaders import load_split_source
 from sever.data_loader.datasets import read_grey
 from sever.data_loader.mask_folder import read_mask_folder
 from sever.data_loader.voc import read_voc_folder
 from sever.detection.metric import MeanAP
 from sever.exceptions import CheckpointError, ConfigError
-from sever.inference.checkpoints import load_network
+from sever.inference.checkpoints import as_loaded_model, load_network
+from sever.inference.predictor import Predictor
+from sever.model.postprocess import PROB_SCALE
 
 logger = logging.getLogger(__name__)
 
@@ -116,18 +116,17 @@ def evaluate_segmentation_as_detector(checkpoint: str | Path, image_dir: str | P
         :meth:`MeanAP.compute`'s results, classes numbered as the model's channels
         (format them with :func:`~sever.detection.metric.map_table`).
     """
-    model, config = load_network(checkpoint, device)[:2]
+    model, config, source, _ = load_network(checkpoint, device)
     if config["task"] != "segmentation":
         raise CheckpointError(f"{checkpoint}: a {config['task']} model, not a segmentation model")
     class_names = config["class_names"] or [str(k + 1) for k in range(config["classes"])]
     paths, truth = _ground_truth(Path(image_dir), annotation_dir, mask_dir, csv, class_names, voc_class_names)
-    pipeline = TRANSFORMS.build(config["augmentation"], "augmentation").build(train=False)
+    predictor = Predictor([as_loaded_model(model, config, source, device)], device=device)
     metric = MeanAP()
-    for path, target in zip(tqdm(paths, desc="segmenting", disable=None), truth):
-        image = pipeline(image=read_grey(path))["image"]
-        with torch.inference_mode():
-            probabilities = torch.sigmoid(model(image[None].to(device)).float())[0].cpu().numpy()
-        boxes, labels, scores = masks_to_boxes(probabilities, threshold, min_pixels)
-        metric.update([{"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
-                        "scores": torch.from_numpy(scores)}], [target])
+    targets = iter(truth)
+    for batch in predictor.predict_files(paths, description="segmenting"):
+        for probs in batch.probs.cpu().numpy():
+            boxes, labels, scores = masks_to_boxes(probs / np.float32(PROB_SCALE), threshold, min_pixels)
+            metric.update([{"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                            "scores": torch.from_numpy(scores)}], [next(targets)])
     return metric.compute()

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sever.data_loader.augmentation import TRANSFORMS
+from sever.data_loader.augmentation import TRANSFORMS, Normalization
 from sever.exceptions import CheckpointError, ConfigError
 from sever.model.model import build_model
 from sever.utils.checkpoint import load_checkpoint
@@ -40,14 +40,13 @@ class LoadedModel:
             ``(B, C, H, W)`` (segmentation) or ``(B, C)`` (classification).
         source: the checkpoint file (for messages).
         config: the run's validated config.
-        mean, std: grey normalisation ``(x / 255 - mean) / std`` of the run's augmentation.
+        normalization: the run's augmentation's, from uint8 grey images to ``model``'s input.
     """
 
     model: nn.Module
     source: Path
     config: dict
-    mean: float
-    std: float
+    normalization: Normalization
 
     @property
     def classes(self) -> int:
@@ -119,7 +118,7 @@ def build_eval_model(config: dict, source: Path) -> nn.Module:
 def as_loaded_model(model: nn.Module, config: dict, source: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Wrap ``model`` with the normalisation of its ``config``, in eval mode on ``device``."""
     transforms = TRANSFORMS.build(config["augmentation"], "augmentation")
-    return LoadedModel(model.to(device).eval(), source, config, transforms.mean, transforms.std)
+    return LoadedModel(model.to(device).eval(), source, config, transforms.normalization)
 
 
 def run_config(path: str | Path) -> dict:

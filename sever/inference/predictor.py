@@ -39,7 +39,6 @@ TTA_VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
     "both": ((), (-1,), (-2,), (-2, -1)),
 }
 AVERAGES = ("mean", "rms", "max")
-PIXEL_SCALE = 255.0  # grey levels to the fractions the normalisation statistics are given in
 
 
 def class_labels(names: Sequence[str] | None, classes: int) -> list[str]:
@@ -175,7 +174,7 @@ class Predictor:
         return class_labels(self.models[0].config.get("class_names"), self.classes)
 
     def _forward(self, loaded: LoadedModel, images: Tensor) -> Tensor:
-        x = images.unsqueeze(1).float().div_(PIXEL_SCALE).sub_(loaded.mean).div_(loaded.std)
+        x = loaded.normalization(images.unsqueeze(1))
         with autocast(self.amp, self.device):
             return tta_probabilities(loaded.model, x, self.tta)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,12 +38,17 @@ class Trainer(BaseTrainer):
         valid_loader: the same for validation, or None.
         device: where to train.
         amp: ``off``, ``bf16`` or ``fp16``.
+        normalization: maps the loaders' uint8 images, once on ``device``, to the
+            model's input (the augmentation's :class:`~sever.data_loader.augmentation.Normalization`);
+            None feeds the images as they come.
     """
 
     def __init__(self, model, loss, metrics, optimizer, lr_scheduler, config, run, train_loader,
-                 valid_loader, device: torch.device, amp: str = "off", distributed: Distributed = Distributed()):
+                 valid_loader, device: torch.device, amp: str = "off", distributed: Distributed = Distributed(),
+                 normalization: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__(model, optimizer, lr_scheduler, config, run, distributed)
         options = config["trainer"]
+        self.normalization = normalization
         self.loss = loss
         self.metrics = metrics
         self.train_loader = train_loader
@@ -149,8 +154,15 @@ class Trainer(BaseTrainer):
     def _at_update_boundary(self, step: int, n_batches: int) -> bool:
         return (step + 1) % self.accumulate == 0 or step + 1 == n_batches
 
+    def _model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """A loader's batch of images on the device, normalised, in the trainer's memory format."""
+        images = images.to(self.device, non_blocking=True)
+        if self.normalization is not None:
+            images = self.normalization(images)
+        return images.contiguous(memory_format=self.memory_format)
+
     def _train_step(self, images, targets, step: int, n_batches: int, epoch: int) -> dict[str, float]:
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        images = self._model_input(images)
         targets = targets.to(self.device, non_blocking=True)
         update = self._at_update_boundary(step, n_batches)
         sync = self.network.no_sync() if self.dist.enabled and not update else contextlib.nullcontext()
@@ -221,10 +233,9 @@ class Trainer(BaseTrainer):
         batches = 0
         for batch_index, (images, targets) in enumerate(tqdm(self.valid_loader, desc="validation", leave=False,
                                                              dynamic_ncols=True, disable=None)):
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
             with autocast(self.amp, self.device):
-                logits = model(images)
+                logits = model(self._model_input(images))
                 parts = self._loss_parts(logits, targets)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
