@@ -38,7 +38,6 @@ from sever.model.postprocess import PostProcessing
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 DEFAULT_MIN_PIXELS = (0, 200, 400, 600, 800, 1000, 1500, 2000, 3000, 4000)
 DEFAULT_C_FACTORS = (1.0, 2.0, 5.0, 10.0, 20.0)
 
