@@ -50,7 +50,7 @@ from sever.data_loader.augmentation import HeavyCropTransforms
 from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.demo import make_demo_data
-from sever.data_loader.process import decode_runs
+from sever.data_loader.rle import decode_runs
 
 CLASSES = 4
 BATCH = 16

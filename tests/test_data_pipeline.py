@@ -12,7 +12,8 @@ from hypothesis.extra.numpy import arrays
 from sever.data_loader.augmentation import CropPolicy, HeavyCropTransforms, LightTransforms, MediumTransforms
 from sever.data_loader.data_loaders import load_split_source
 from sever.data_loader.datasets import SegmentationDataset
-from sever.data_loader.process import Annotations, decode_runs, mask_runs, rle_encode, rle_parse, union_runs
+from sever.data_loader.annotations import Annotations
+from sever.data_loader.rle import decode_runs, mask_runs, rle_encode, rle_parse, union_runs
 from sever.exceptions import DataError
 
 

@@ -15,7 +15,7 @@ import sever.data_loader.mask_cache as mask_cache_module
 from sever.data_loader.augmentation import HeavyCropTransforms
 from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.mask_cache import MaskCache
-from sever.data_loader.process import decode_runs, mask_runs, rle_encode
+from sever.data_loader.rle import decode_runs, mask_runs, rle_encode
 from sever.exceptions import ConfigError
 
 

@@ -7,7 +7,7 @@ import pytest
 from sever.data_loader.augmentation import LightTransforms
 from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.mask_folder import binarise, read_mask, read_mask_folder, write_mask_folder
-from sever.data_loader.process import rle_decode
+from sever.data_loader.rle import rle_decode
 from sever.exceptions import ConfigError, DataError
 
 SIZES = [(40, 64), (48, 48), (32, 80), (56, 40), (40, 64), (64, 64)]  # variable image sizes

@@ -11,7 +11,8 @@ from torch import nn
 
 from sever.data_loader.augmentation import Normalization
 from sever.data_loader.datasets import read_grey
-from sever.data_loader.process import decode_masks, read_rle_csv
+from sever.data_loader.annotations import read_rle_csv
+from sever.data_loader.rle import decode_masks
 from sever.exceptions import CheckpointError, ConfigError
 from sever.inference.checkpoints import LoadedModel, load_model
 from sever.inference.outputs import Submission, load_probabilities, save_probabilities

@@ -51,7 +51,7 @@ import numpy as np
 from albumentations.core.composition import BaseCompose
 import torch
 
-from sever.data_loader.process import Runs, mask_runs, union_runs
+from sever.data_loader.rle import Runs, mask_runs, union_runs
 from sever.exceptions import DataError
 from sever.utils.registry import Registry
 
@@ -87,7 +87,7 @@ class CropPolicy:
         Args:
             rng: the only source of randomness.
             defects: the defect runs of the image's masks, one ``(starts0, lengths)``
-                pair per class (column-major pixel numbers, as in ``process.py``).
+                pair per class (column-major pixel numbers, as in ``rle.py``).
 
         Raises:
             DataError: the crop is larger than the image.

@@ -31,7 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from sever.data_loader.datasets import list_images, read_grey
-from sever.data_loader.process import Annotations, read_rle_csv, rle_parse
+from sever.data_loader.annotations import Annotations, read_rle_csv
+from sever.data_loader.rle import rle_parse
 from sever.exceptions import ConfigError, DataError, RLEError
 
 logger = logging.getLogger(__name__)

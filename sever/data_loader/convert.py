@@ -1,8 +1,8 @@
 """Conversion between the Kaggle CSV format and the mask-folder format.
 
-Both directions go through :class:`~sever.data_loader.process.Annotations`
+Both directions go through :class:`~sever.data_loader.annotations.Annotations`
 (one RLE implementation): the mask folder is read into RLE strings and written
-with :func:`~sever.data_loader.process.write_rle_csv`, or a CSV is read and each
+with :func:`~sever.data_loader.annotations.write_rle_csv`, or a CSV is read and each
 image's masks decoded into PNGs. A round trip gives identical masks.
 """
 
@@ -13,7 +13,7 @@ from typing import Sequence
 
 from sever.data_loader.data_loaders import load_split_source
 from sever.data_loader.mask_folder import read_mask_folder, write_mask_folder
-from sever.data_loader.process import Annotations, write_rle_csv
+from sever.data_loader.annotations import Annotations, write_rle_csv
 
 
 def mask_folder_to_csv(image_dir: str | Path, mask_dir: str | Path, csv_path: str | Path, classes: int,

@@ -37,7 +37,7 @@ from sever.data_loader.datasets import (
 )
 from sever.data_loader.mask_cache import open_mask_cache
 from sever.data_loader.mask_folder import read_mask_folder
-from sever.data_loader.process import Annotations, read_rle_csv
+from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.data_loader.sampling import SAMPLERS, allocate, class_balance_groups
 from sever.exceptions import ConfigError, DataError
 from sever.utils.registry import Registry

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from sever.data_loader.mask_cache import MaskCache
-from sever.data_loader.process import Annotations, Runs, decode_runs
+from sever.data_loader.annotations import Annotations
+from sever.data_loader.rle import Runs, decode_runs
 from sever.exceptions import DataError, RLEError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")

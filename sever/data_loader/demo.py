@@ -32,7 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sever.data_loader.process import Annotations, rle_encode, write_rle_csv
+from sever.data_loader.annotations import Annotations, write_rle_csv
+from sever.data_loader.rle import rle_encode
 from sever.exceptions import ConfigError, DataError
 
 log = logging.getLogger(__name__)

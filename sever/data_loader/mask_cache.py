@@ -1,6 +1,6 @@
 """Decoded masks kept between epochs: ``data_loader.args.mask_cache: off | memory | disk``.
 
-An entry is the whole decoded mask of one image as :func:`~sever.data_loader.process.column_planes`
+An entry is the whole decoded mask of one image as :func:`~sever.data_loader.rle.column_planes`
 gives it, uint8 ``(K, W, H)`` for the K classes the image has defects of (empty classes
 are not stored, and a defect-free image has no entry): each class's columns as rows, so
 a crop's columns ``[c0, c1)`` are one contiguous slab per class. It is keyed by a hash of
@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 from numpy.lib import format as npy_format
 
-from sever.data_loader.process import Runs, column_planes, decode_runs, stack_column_planes
+from sever.data_loader.rle import Runs, column_planes, decode_runs, stack_column_planes
 from sever.exceptions import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ the type's scale: a pixel >= 128 of 255 (32768 of 65535) is defect. Label maps
 are not thresholded: every value must be a class number, so they must be saved
 losslessly (PNG).
 
-Reading encodes every mask as Kaggle RLE through :mod:`sever.data_loader.process`
-and returns :class:`~sever.data_loader.process.Annotations`, so the datasets,
+Reading encodes every mask as Kaggle RLE through :mod:`sever.data_loader.rle`
+and returns :class:`~sever.data_loader.annotations.Annotations`, so the datasets,
 samplers, splits and the CSV writer treat both formats alike; converting to a CSV
 is writing those annotations. :func:`write_mask_folder` is the reverse (labels are
 written as uint8 PNG, or uint16 above 255 classes; per-class masks as 0/255 PNG).
@@ -34,7 +34,8 @@ import numpy as np
 from tqdm import tqdm
 
 from sever.data_loader.datasets import image_size, list_images
-from sever.data_loader.process import Annotations, rle_encode
+from sever.data_loader.annotations import Annotations
+from sever.data_loader.rle import rle_encode
 from sever.exceptions import DataError
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from torch import Tensor
 from sever.data_loader.augmentation import TRANSFORMS
 from sever.data_loader.data_loaders import DATA_LOADERS
 from sever.data_loader.datasets import image_size, list_images
-from sever.data_loader.process import Annotations, read_rle_csv
+from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.exceptions import ConfigError, DataError
 from sever.inference.predictor import Predictor, class_labels
 from sever.model.metric import dice_per_image

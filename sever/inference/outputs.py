@@ -1,6 +1,6 @@
 """What prediction writes: the submission CSV, probability maps and overlay images.
 
-- Submissions go through :func:`sever.data_loader.process.write_rle_csv`:
+- Submissions go through :func:`sever.data_loader.annotations.write_rle_csv`:
   ``current`` is Kaggle's ``ImageId,EncodedPixels,ClassId`` (one row per image
   and class, empty EncodedPixels for none), ``original`` the first
   ``ImageId_ClassId,EncodedPixels``.
@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from sever.data_loader.datasets import list_images
-from sever.data_loader.process import Annotations, rle_encode, write_rle_csv
+from sever.data_loader.annotations import Annotations, write_rle_csv
+from sever.data_loader.rle import rle_encode
 from sever.exceptions import DataError
 from sever.inference.predictor import (
     PredictionBatch,
@@ -41,7 +42,7 @@ from sever.utils.visualization import class_colour, overlay_masks
 
 logger = logging.getLogger(__name__)
 
-SUBMISSION_FORMATS = {"current": "submission", "original": "original"}  # CLI name -> process.py format
+SUBMISSION_FORMATS = {"current": "submission", "original": "original"}  # CLI name -> annotations.py CSV format
 PROBS_SUFFIX = ".npz"
 
 

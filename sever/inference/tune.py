@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sever.data_loader.process import read_rle_csv
+from sever.data_loader.annotations import read_rle_csv
 from sever.exceptions import ConfigError, DataError
 from sever.inference.evaluate import predictor_split, truth_batch
 from sever.inference.outputs import SavedProbabilities

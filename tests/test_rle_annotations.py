@@ -1,4 +1,4 @@
-"""RLE decode/encode, the Annotations container and the CSV formats."""
+"""RLE decode/encode (rle.py), the Annotations container and the CSV formats (annotations.py)."""
 
 import cv2
 import numpy as np
@@ -8,15 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sever.data_loader.process import (
-    Annotations,
-    decode_masks,
-    read_rle_csv,
-    rle_decode,
-    rle_encode,
-    rle_parse,
-    write_rle_csv,
-)
+from sever.data_loader.annotations import Annotations, read_rle_csv, write_rle_csv
+from sever.data_loader.rle import decode_masks, rle_decode, rle_encode, rle_parse
 from sever.exceptions import DataError, RLEError
 
 SEVERSTAL_SHAPE = (256, 1600)
