@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sever.data_loader.demo import make_demo_data
 from sever.data_loader.annotations import read_rle_csv
+from sever.data_loader.demo import make_demo_data
 from sever.data_loader.rle import rle_decode, rle_encode
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from sever.cli import cli
+from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.convert import csv_to_mask_folder, mask_folder_to_csv
 from sever.data_loader.datasets import list_images
 from sever.data_loader.mask_folder import read_mask_folder
-from sever.data_loader.annotations import read_rle_csv
 from test_mask_folder import NAMES, make_label_maps, write_dataset
 
 

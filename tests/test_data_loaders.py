@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.augmentation import HeavyCropTransforms, LightTransforms
 from sever.data_loader.data_loaders import SteelDataLoader, stratified_split
 from sever.data_loader.datasets import SegmentationDataset, list_images, read_grey
-from sever.data_loader.annotations import read_rle_csv
 from sever.exceptions import ConfigError, DataError, RLEError
 from sever.model.model import build_model
 

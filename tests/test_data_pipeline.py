@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sever.data_loader.augmentation import CropPolicy, HeavyCropTransforms, LightTransforms, MediumTransforms
-from sever.data_loader.data_loaders import load_split_source
-from sever.data_loader.datasets import SegmentationDataset
 from sever.data_loader.annotations import Annotations
+from sever.data_loader.augmentation import CropPolicy, HeavyCropTransforms, LightTransforms, MediumTransforms
+from sever.data_loader.datasets import SegmentationDataset
 from sever.data_loader.rle import decode_runs, mask_runs, rle_encode, rle_parse, union_runs
+from sever.data_loader.sources import read_csv_folder
 from sever.exceptions import DataError
 
 
@@ -131,7 +131,7 @@ SETS = [lambda: HeavyCropTransforms(32, 96), lambda: LightTransforms(32, 96), la
 
 @pytest.mark.parametrize("make", SETS)
 def test_crop_first_dataset_equals_the_pipeline_on_full_arrays(demo_dir, make):
-    annotations, paths = load_split_source(demo_dir, "train_images", "train.csv", 4)
+    annotations, paths = read_csv_folder(demo_dir / "train_images", demo_dir / "train.csv", 4)
     pipeline = make().build(train=True)
     dataset = SegmentationDataset(paths, annotations, pipeline)
     for index in range(len(dataset)):
@@ -144,7 +144,7 @@ def test_crop_first_dataset_equals_the_pipeline_on_full_arrays(demo_dir, make):
 
 
 def test_heavy_crops_seek_defects_in_the_dataset(demo_dir):
-    annotations, paths = load_split_source(demo_dir, "train_images", "train.csv", 4)
+    annotations, paths = read_csv_folder(demo_dir / "train_images", demo_dir / "train.csv", 4)
     keep = annotations.n_defects() > 0
     annotations = annotations.subset(keep)
     paths = [path for path, kept in zip(paths, keep) if kept]

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sever.data_loader.demo import MANIFEST, make_demo_data
 from sever.data_loader.annotations import read_rle_csv
+from sever.data_loader.demo import MANIFEST, make_demo_data
 from sever.exceptions import ConfigError, DataError
 
 SMALL = dict(n_train=8, n_test=4, height=64, width=256)

@@ -12,8 +12,8 @@ from conftest import tiny_config
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sever.data_loader.checks import image_header_size
 from sever.data_loader.annotations import read_rle_csv
+from sever.data_loader.checks import image_header_size
 from sever.data_loader.rle import rle_decode, rle_parse
 from sever.exceptions import CheckpointError, ConfigError, DataError, RLEError
 from sever.main import prepare_config

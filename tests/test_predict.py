@@ -9,9 +9,9 @@ import torch
 from inference_runs import invoke, runs  # noqa: F401 (fixture)
 from torch import nn
 
+from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.augmentation import Normalization
 from sever.data_loader.datasets import read_grey
-from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.rle import decode_masks
 from sever.exceptions import CheckpointError, ConfigError
 from sever.inference.checkpoints import LoadedModel, load_model

@@ -30,8 +30,8 @@ from typing import BinaryIO, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.annotations import Annotations, read_rle_csv
+from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.rle import rle_parse
 from sever.exceptions import ConfigError, DataError, RLEError
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from sever.data_loader.data_loaders import load_split_source
-from sever.data_loader.mask_folder import read_mask_folder, write_mask_folder
 from sever.data_loader.annotations import Annotations, write_rle_csv
+from sever.data_loader.mask_folder import read_mask_folder, write_mask_folder
+from sever.data_loader.sources import read_csv_folder
 
 
 def mask_folder_to_csv(image_dir: str | Path, mask_dir: str | Path, csv_path: str | Path, classes: int,
@@ -37,6 +37,6 @@ def csv_to_mask_folder(image_dir: str | Path, csv_path: str | Path, mask_dir: st
         DataError: the CSV names an image that is not in ``image_dir``, or (labels
             layout) two classes overlap in an image.
     """
-    annotations, _ = load_split_source(Path(), str(image_dir), str(csv_path), classes)
+    annotations, _ = read_csv_folder(Path(image_dir), Path(csv_path), classes)
     write_mask_folder(annotations, image_dir, mask_dir, layout, class_names)
     return annotations

@@ -20,25 +20,21 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sever.data_loader.annotations import Annotations
 from sever.data_loader.checks import preflight
-from sever.data_loader.datasets import (
-    ClassificationDataset,
-    SegmentationDataset,
-    image_size,
-    list_images,
-)
+from sever.data_loader.datasets import ClassificationDataset, SegmentationDataset
 from sever.data_loader.mask_cache import open_mask_cache
-from sever.data_loader.mask_folder import read_mask_folder
-from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.data_loader.sampling import SAMPLERS, allocate, class_balance_groups
+from sever.data_loader.sources import DataFolder, mask_source, read_csv_folder
 from sever.exceptions import ConfigError, DataError
 from sever.utils.registry import Registry
 
@@ -47,7 +43,8 @@ logger = logging.getLogger(__name__)
 DATA_LOADERS = Registry("data loader")
 
 DATASETS = {"segmentation": SegmentationDataset, "classification": ClassificationDataset}
-SOURCE_FORMATS = ("kaggle", "mask_folder")
+SPLIT_KEYS = ("data_dir", "validation_split", "csv", "images", "format", "masks", "generate_demo")
+"""The ``data_loader.args`` of a SteelDataLoader that decide its training/validation split."""
 
 
 def stratified_split(n_defects: np.ndarray, validation: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +103,105 @@ class SeededBatches:
             yield [(int(i), int(s)) for i, s in zip(batch, seeds)]
 
 
+@dataclass(frozen=True)
+class Split:
+    """A masks dataset's images and which of them train and which validate.
+
+    Attributes:
+        annotations: Annotations ``(N, C)`` of every image, in the source's order.
+        paths: the N image paths, aligned with ``annotations``.
+        train_indices, valid_indices: sorted int positions into both.
+    """
+
+    annotations: Annotations
+    paths: list[Path]
+    train_indices: np.ndarray
+    valid_indices: np.ndarray
+
+    def train(self) -> tuple[Annotations, list[Path]]:
+        """The training images' annotations ``(N_train, C)`` and paths."""
+        return self._take(self.train_indices)
+
+    def valid(self) -> tuple[Annotations, list[Path]]:
+        """The validation images' annotations ``(N_valid, C)`` and paths."""
+        return self._take(self.valid_indices)
+
+    def _take(self, indices: np.ndarray) -> tuple[Annotations, list[Path]]:
+        return self.annotations.subset(indices), [self.paths[i] for i in indices]
+
+
+def read_split(data_dir: str | Path, validation_split: float | int = 0.2, csv: str = "train.csv",
+               images: str = "train_images", format: str = "kaggle", masks: str = "train_masks",
+               generate_demo: bool = False, *, classes: int, class_names: list[str] | None = None,
+               seed: int) -> Split:
+    """Read a masks dataset through its data source and split it, without datasets or loaders.
+
+    The arguments are :class:`SteelDataLoader`'s of the same names; the split is a
+    deterministic function of the data, ``validation_split`` and ``seed``.
+
+    Raises:
+        ConfigError: an unknown ``format`` or a ``validation_split`` that leaves no training images.
+        DataError: what the source finds wrong with the folder.
+    """
+    root = Path(data_dir)
+    if generate_demo:
+        _ensure_demo_data(root, classes)
+    source = mask_source(format, "data_loader.args.format")
+    annotations, paths = source.read(DataFolder(root, classes, class_names, images=images, csv=csv, masks=masks))
+    return Split(annotations, paths, *stratified_split(annotations.n_defects(), validation_split, seed))
+
+
+def config_split(args: Mapping[str, Any], *, classes: int, class_names: list[str] | None, seed: int) -> Split:
+    """The split a SteelDataLoader with ``data_loader.args`` ``args`` trains and validates on."""
+    return read_split(**{key: args[key] for key in SPLIT_KEYS if key in args}, classes=classes,
+                      class_names=class_names, seed=seed)
+
+
+def check_shards(n_train: int, n_valid: int, batch_size: int, world_size: int) -> None:
+    """DataError unless every process gets a full training batch and at least one validation image."""
+    if n_train < batch_size * world_size:
+        raise DataError(
+            f"the training split has {n_train} images, fewer than data_loader.args.batch_size "
+            f"({batch_size}) x {world_size} process(es): no complete batch can be formed. "
+            f"Lower the batch size or validation_split."
+        )
+    if 0 < n_valid < world_size:
+        raise DataError(f"{n_valid} validation images cannot be shared by {world_size} processes")
+
+
+def make_loaders(train_dataset, valid_dataset, groups: list[np.ndarray], *, sampler: dict | str | None,
+                 batch_size: int, valid_batch_size: int | None, num_workers: int, pin_memory: bool, seed: int,
+                 rank: int, world_size: int,
+                 collate_fn: Callable | None = None) -> tuple[DataLoader, DataLoader | None]:
+    """The training and validation loaders of any task's datasets.
+
+    Training batches come from the batch sampler ``sampler`` (``{type, args}``; default
+    ``ShuffleBatchSampler``) over the index ``groups``, each index paired with its
+    augmentation seed (:class:`SeededBatches`); this rank gets ``batch_size`` images of
+    each global batch. Validation takes every ``world_size``-th image from ``rank`` in
+    batches of ``valid_batch_size`` (default ``batch_size``); None without a validation set.
+    """
+    batch_sampler = SAMPLERS.build(sampler or "ShuffleBatchSampler", "data_loader.args.sampler",
+                                   groups=groups, batch_size=batch_size, seed=seed,
+                                   rank=rank, world_size=world_size)
+    if num_workers > 0:
+        # OpenCV's thread pool does not survive fork(): a worker touching it can
+        # deadlock. Parallelism comes from the workers (torch already gives each
+        # one a single thread), so OpenCV runs single-threaded.
+        cv2.setNumThreads(0)
+    common = dict(num_workers=num_workers, pin_memory=pin_memory and torch.cuda.is_available(),
+                  persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+                  collate_fn=collate_fn)
+    train_loader = DataLoader(train_dataset, batch_sampler=SeededBatches(batch_sampler, seed), **common)
+    valid_loader = (
+        DataLoader(valid_dataset, batch_size=valid_batch_size or batch_size,
+                   sampler=range(rank, len(valid_dataset), world_size), **common)
+        if valid_dataset is not None
+        else None
+    )
+    return train_loader, valid_loader
+
+
 @DATA_LOADERS.register
 class SteelDataLoader:
     """Train and validation loaders over a Kaggle-layout steel dataset.
@@ -118,8 +214,9 @@ class SteelDataLoader:
         num_workers: loader processes (0 loads in the main process).
         csv: masks CSV in either Kaggle format, relative to ``data_dir``.
         images: image folder relative to ``data_dir``.
-        format: ``kaggle`` (masks from ``csv``) or ``mask_folder`` (PNG masks in
-            ``masks``, see :mod:`sever.data_loader.mask_folder`).
+        format: the data source of the masks, by name (:mod:`sever.data_loader.sources`):
+            ``kaggle`` (masks from ``csv``), ``mask_folder`` (PNG masks in ``masks``,
+            see :mod:`sever.data_loader.mask_folder`) or any other registered masks source.
         masks: the mask folder relative to ``data_dir`` (``format: mask_folder``).
         pseudo_csv: optional pseudo-label CSV for ``pseudo_images`` (training only).
         pseudo_images: folder of the pseudo-labelled images.
@@ -156,98 +253,38 @@ class SteelDataLoader:
         if num_workers < 0:
             raise ConfigError(f"data_loader.args.num_workers: must be >= 0, got {num_workers}")
         self.data_dir = Path(data_dir)
-        if generate_demo:
-            _ensure_demo_data(self.data_dir, classes)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.seed = seed
-        self.transforms = transforms
-        dataset_class = DATASETS[task]
-
-        if format not in SOURCE_FORMATS:
-            raise ConfigError(f"data_loader.args.format: {format!r} is not one of {', '.join(SOURCE_FORMATS)}")
-        if format == "kaggle":
-            annotations, paths = load_split_source(self.data_dir, images, csv, classes)
-        else:
-            annotations, paths = read_mask_folder(self.data_dir / images, self.data_dir / masks, classes, class_names)
-        sources = [(annotations, paths)]
-        train_idx, valid_idx = stratified_split(annotations.n_defects(), validation_split, seed)
-        train_ann, train_paths = annotations.subset(train_idx), [paths[i] for i in train_idx]
+        split = read_split(self.data_dir, validation_split, csv, images, format, masks, generate_demo,
+                           classes=classes, class_names=class_names, seed=seed)
+        sources = [(split.annotations, split.paths)]
+        (train_ann, train_paths), (valid_ann, valid_paths) = split.train(), split.valid()
         groups = None
         if pseudo_csv is not None:
-            pseudo_ann, pseudo_paths = load_split_source(self.data_dir, pseudo_images, pseudo_csv, classes)
+            pseudo_ann, pseudo_paths = read_csv_folder(self.data_dir / pseudo_images, self.data_dir / pseudo_csv,
+                                                       classes)
             sources.append((pseudo_ann, pseudo_paths))
             groups = [np.arange(len(train_ann)), len(train_ann) + np.arange(len(pseudo_ann))]
             train_ann, train_paths = train_ann.concat(pseudo_ann), train_paths + pseudo_paths
             logger.info("pseudo-labels: %d images from %s", len(pseudo_ann), pseudo_csv)
-        if len(train_ann) < batch_size * world_size:
-            raise DataError(
-                f"the training split has {len(train_ann)} images, fewer than data_loader.args.batch_size "
-                f"({batch_size}) x {world_size} process(es): no complete batch can be formed. "
-                f"Lower the batch size or validation_split."
-            )
-        if 0 < len(valid_idx) < world_size:
-            raise DataError(f"{len(valid_idx)} validation images cannot be shared by {world_size} processes")
+        check_shards(len(train_ann), len(valid_ann), batch_size, world_size)
         cache = open_mask_cache(mask_cache, cache_dir, self.data_dir / ".sever-cache" / "masks")
         preflight(sources, check, getattr(transforms, "crop_size", None))
+        dataset_class = DATASETS[task]
         self.train_dataset = dataset_class(train_paths, train_ann, transforms.build(train=True), cache)
         self.valid_dataset = (
-            dataset_class([paths[i] for i in valid_idx], annotations.subset(valid_idx), transforms.build(train=False),
-                          cache)
-            if len(valid_idx)
+            dataset_class(valid_paths, valid_ann, transforms.build(train=False), cache)
+            if len(valid_ann)
             else None
         )
         if groups is None:
             groups = class_balance_groups(train_ann.has_defect()) if sampler else [np.arange(len(train_ann))]
-        batch_sampler = SAMPLERS.build(sampler or "ShuffleBatchSampler", "data_loader.args.sampler",
-                                       groups=groups, batch_size=batch_size, seed=seed,
-                                       rank=rank, world_size=world_size)
-        self.train_loader = self._loader(self.train_dataset, batch_sampler=SeededBatches(batch_sampler, seed))
-        self.valid_loader = (
-            self._loader(self.valid_dataset, batch_size=valid_batch_size or batch_size,
-                         sampler=range(rank, len(self.valid_dataset), world_size))
-            if self.valid_dataset is not None
-            else None
-        )
+        self.train_loader, self.valid_loader = make_loaders(
+            self.train_dataset, self.valid_dataset, groups, sampler=sampler, batch_size=batch_size,
+            valid_batch_size=valid_batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
+            rank=rank, world_size=world_size)
         logger.info(
             "data: %d training images (%d batches of %d), %d validation images, from %s",
-            len(self.train_dataset), len(batch_sampler), batch_size, len(valid_idx), self.data_dir,
+            len(self.train_dataset), len(self.train_loader), batch_size, len(valid_ann), self.data_dir,
         )
-
-    def _loader(self, dataset, **kwargs: Any) -> DataLoader:
-        if self.num_workers > 0:
-            # OpenCV's thread pool does not survive fork(): a worker touching it can
-            # deadlock. Parallelism comes from the workers (torch already gives each
-            # one a single thread), so OpenCV runs single-threaded.
-            cv2.setNumThreads(0)
-        return DataLoader(
-            dataset,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed),
-            **kwargs,
-        )
-
-
-def load_split_source(data_dir: Path, images: str, csv: str, classes: int) -> tuple[Annotations, list[Path]]:
-    """Annotations for every image in ``data_dir/images`` and their paths.
-
-    Raises:
-        DataError: the folder or CSV is missing, or the CSV names images that are not on disk.
-    """
-    image_dir = data_dir / images
-    names = list_images(image_dir)
-    csv_path = data_dir / csv
-    if not csv_path.is_file():
-        raise DataError(f"masks CSV not found: {csv_path}")
-    annotations = read_rle_csv(csv_path, classes, image_ids=names)
-    missing = annotations.ids_not_in(names)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError(f"{csv_path}: {len(missing)} ImageId(s) have no image in {image_dir}: {shown}")
-    return annotations, [image_dir / name for name in annotations.image_ids]
 
 
 def _ensure_demo_data(data_dir: Path, classes: int) -> None:

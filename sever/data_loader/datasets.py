@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sever.data_loader.mask_cache import MaskCache
 from sever.data_loader.annotations import Annotations
+from sever.data_loader.mask_cache import MaskCache
 from sever.data_loader.rle import Runs, decode_runs
 from sever.exceptions import DataError, RLEError
 

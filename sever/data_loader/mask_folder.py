@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sever.data_loader.datasets import image_size, list_images
 from sever.data_loader.annotations import Annotations
+from sever.data_loader.datasets import image_size, list_images
 from sever.data_loader.rle import rle_encode
 from sever.exceptions import DataError
 

@@ -160,6 +160,16 @@ def find_voc_folders(data_dir: str | Path, images: str | None = None,
     raise DataError(f"{data_dir}: no VOC layout found (expected one of: {known})")
 
 
+def seed_validation_folders(data_dir: str | Path, images: str | None = None,
+                            annotations: str | None = None) -> tuple[str, str] | None:
+    """:data:`SEED_VALID` when the training folders are the seed's ``train_images/`` and its
+    validation pair stands beside them, else None."""
+    data_dir = Path(data_dir)
+    if find_voc_folders(data_dir, images, annotations)[0].name != "train_images":
+        return None
+    return SEED_VALID if all((data_dir / name).is_dir() for name in SEED_VALID) else None
+
+
 def read_voc_folder(image_dir: str | Path, annotation_dir: str | Path,
                     class_names: Sequence[str]) -> tuple[list[Path], list[ImageBoxes]]:
     """Every image of ``image_dir`` with the boxes of its XML file in ``annotation_dir``.

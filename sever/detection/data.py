@@ -27,10 +27,10 @@ import torch
 from torch.utils.data import Dataset
 
 from sever.data_loader.augmentation import TRANSFORMS, SeverCompose
-from sever.data_loader.data_loaders import DATA_LOADERS, SeededBatches, SteelDataLoader, stratified_split
+from sever.data_loader.data_loaders import DATA_LOADERS, check_shards, make_loaders, stratified_split
 from sever.data_loader.datasets import read_grey
-from sever.data_loader.sampling import SAMPLERS
-from sever.data_loader.voc import SEED_VALID, ImageBoxes, check_box, find_voc_folders, read_voc_folder
+from sever.data_loader.sources import DATA_SOURCES, DataFolder
+from sever.data_loader.voc import ImageBoxes, check_box, seed_validation_folders
 from sever.exceptions import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict[str, t
 
 
 @DATA_LOADERS.register
-class VOCDataLoader(SteelDataLoader):
+class VOCDataLoader:
     """Train and validation loaders over a Pascal VOC dataset (boxes), for ``task: detection``.
 
     Args:
@@ -231,42 +231,32 @@ class VOCDataLoader(SteelDataLoader):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"data_loader.args.batch_size: must be a positive integer, got {batch_size!r}")
         self.data_dir = Path(data_dir)
-        self.num_workers, self.seed, self.transforms = num_workers, seed, transforms
-        self.pin_memory = pin_memory and torch.cuda.is_available()
-        train_paths, train_boxes, valid_paths, valid_boxes = self._read(
-            images, annotations, valid_images, valid_annotations, class_names, validation_split)
-        if len(train_paths) < batch_size * world_size:
-            raise DataError(f"the training split has {len(train_paths)} images, fewer than "
-                            f"data_loader.args.batch_size ({batch_size}) x {world_size} process(es)")
-        if 0 < len(valid_paths) < world_size:
-            raise DataError(f"{len(valid_paths)} validation images cannot be shared by {world_size} processes")
+        train_boxes, train_paths, valid_boxes, valid_paths = self._read(
+            images, annotations, valid_images, valid_annotations, classes, class_names, validation_split, seed)
+        check_shards(len(train_paths), len(valid_paths), batch_size, world_size)
         self.train_dataset = DetectionDataset(train_paths, train_boxes, transforms.build(train=True), transforms.mosaic)
         self.valid_dataset = (DetectionDataset(valid_paths, valid_boxes, transforms.build(train=False))
                               if valid_paths else None)
-        batch_sampler = SAMPLERS.build("ShuffleBatchSampler", "data_loader.args.sampler",
-                                       groups=[np.arange(len(train_paths))], batch_size=batch_size, seed=seed,
-                                       rank=rank, world_size=world_size)
-        self.train_loader = self._loader(self.train_dataset, batch_sampler=SeededBatches(batch_sampler, seed),
-                                         collate_fn=collate_detection)
-        self.valid_loader = (self._loader(self.valid_dataset, batch_size=valid_batch_size or batch_size,
-                                          sampler=range(rank, len(valid_paths), world_size),
-                                          collate_fn=collate_detection)
-                             if self.valid_dataset is not None else None)
+        self.train_loader, self.valid_loader = make_loaders(
+            self.train_dataset, self.valid_dataset, [np.arange(len(train_paths))], sampler=None,
+            batch_size=batch_size, valid_batch_size=valid_batch_size, num_workers=num_workers,
+            pin_memory=pin_memory, seed=seed, rank=rank, world_size=world_size, collate_fn=collate_detection)
         logger.info("data: %d training images (%d boxes), %d validation images, from %s", len(train_paths),
                     sum(len(b) for b in train_boxes), len(valid_paths), self.data_dir)
 
-    def _read(self, images, annotations, valid_images, valid_annotations, class_names, validation_split):
-        """``(train paths, train boxes, valid paths, valid boxes)``: from valid folders, or a stratified split."""
-        image_dir, annotation_dir = find_voc_folders(self.data_dir, images, annotations)
-        paths, boxes = read_voc_folder(image_dir, annotation_dir, class_names)
-        if valid_images is None and valid_annotations is None and image_dir.name == "train_images":
-            if all((self.data_dir / name).is_dir() for name in SEED_VALID):
-                valid_images, valid_annotations = SEED_VALID
+    def _read(self, images, annotations, valid_images, valid_annotations, classes, class_names, validation_split,
+              seed):
+        """``(train boxes, train paths, valid boxes, valid paths)``: from valid folders, or a stratified split."""
+        voc = DATA_SOURCES.get("voc", "data_loader.type")
+        boxes, paths = voc.read(DataFolder(self.data_dir, classes, class_names, images=images,
+                                           annotations=annotations))
+        if valid_images is None and valid_annotations is None:
+            valid_images, valid_annotations = seed_validation_folders(self.data_dir, images, annotations) or (None, None)
         if valid_images is not None or valid_annotations is not None:
-            valid_paths, valid_boxes = read_voc_folder(*find_voc_folders(self.data_dir, valid_images,
-                                                                         valid_annotations), class_names)
-            return paths, boxes, valid_paths, valid_boxes
+            valid_boxes, valid_paths = voc.read(DataFolder(self.data_dir, classes, class_names, images=valid_images,
+                                                           annotations=valid_annotations))
+            return boxes, paths, valid_boxes, valid_paths
         n_classes = np.array([len(np.unique(b.labels)) for b in boxes])
-        train_idx, valid_idx = stratified_split(n_classes, validation_split, self.seed)
-        return ([paths[i] for i in train_idx], [boxes[i] for i in train_idx],
-                [paths[i] for i in valid_idx], [boxes[i] for i in valid_idx])
+        train_idx, valid_idx = stratified_split(n_classes, validation_split, seed)
+        return ([boxes[i] for i in train_idx], [paths[i] for i in train_idx],
+                [boxes[i] for i in valid_idx], [paths[i] for i in valid_idx])

@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-from sever.data_loader.data_loaders import load_split_source
 from sever.data_loader.datasets import read_grey
 from sever.data_loader.mask_folder import read_mask_folder
+from sever.data_loader.sources import read_csv_folder
 from sever.data_loader.voc import read_voc_folder
 from sever.detection.metric import MeanAP
 from sever.exceptions import CheckpointError, ConfigError
@@ -85,7 +85,7 @@ def _ground_truth(image_dir: Path, annotation_dir, mask_dir, csv, class_names: S
     if mask_dir is not None:
         annotations, paths = read_mask_folder(image_dir, mask_dir, len(class_names), class_names)
     else:
-        annotations, paths = load_split_source(Path(), str(image_dir), str(csv), len(class_names))
+        annotations, paths = read_csv_folder(Path(image_dir), Path(csv), len(class_names))
     truth = []
     for i, path in enumerate(paths):
         masks = annotations.decode(i, read_grey(path).shape)

@@ -9,7 +9,6 @@ positive images, false negatives, true negatives, precision and recall.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sever.data_loader.augmentation import TRANSFORMS
-from sever.data_loader.data_loaders import DATA_LOADERS
-from sever.data_loader.datasets import image_size, list_images
 from sever.data_loader.annotations import Annotations, read_rle_csv
+from sever.data_loader.data_loaders import DATA_LOADERS, SteelDataLoader, config_split
+from sever.data_loader.datasets import image_size, list_images
 from sever.exceptions import ConfigError, DataError
 from sever.inference.predictor import Predictor, class_labels
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
+from sever.utils.registry import parse_spec
 
 logger = logging.getLogger(__name__)
 
@@ -207,20 +206,22 @@ def validation_split(config: dict) -> tuple[list[Path], Annotations]:
     """The image paths and annotations of a run's validation split, rebuilt from its config.
 
     The split is a deterministic function of the data and the config's seed, so this is
-    the split the run validated on.
+    the split the run validated on. Only the data folder is read: no datasets, loaders
+    or pre-flight check are built.
 
     Raises:
-        ConfigError: the run held out no images.
+        ConfigError: the run is no SteelDataLoader run, or it held out no images.
     """
-    spec = copy.deepcopy(config["data_loader"])
-    spec = {"type": spec} if isinstance(spec, str) else spec
-    spec["args"] = {**(spec.get("args") or {}), "num_workers": 0}
-    transforms = TRANSFORMS.build(config["augmentation"], "augmentation")
-    data = DATA_LOADERS.build(spec, "data_loader", classes=config["classes"], transforms=transforms,
-                              seed=config["seed"], task=config["task"])
-    if data.valid_dataset is None:
+    name, args = parse_spec(config["data_loader"], "data_loader")
+    if DATA_LOADERS.get(name, "data_loader.type") is not SteelDataLoader:
+        raise ConfigError(f"data_loader.type: the validation split of a {name} run is not read here; "
+                          f"--split val scores SteelDataLoader runs")
+    split = config_split(args, classes=config["classes"], class_names=config.get("class_names"),
+                         seed=config["seed"])
+    annotations, paths = split.valid()
+    if not paths:
         raise ConfigError(f"run {config['name']!r} held out no validation images (validation_split: 0)")
-    return data.valid_dataset.paths, data.valid_dataset.annotations
+    return paths, annotations
 
 
 def predictor_split(predictor: Predictor) -> tuple[list[Path], Annotations]:

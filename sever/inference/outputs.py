@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sever.data_loader.datasets import list_images
 from sever.data_loader.annotations import Annotations, write_rle_csv
+from sever.data_loader.datasets import list_images
 from sever.data_loader.rle import rle_encode
 from sever.exceptions import DataError
 from sever.inference.predictor import (
