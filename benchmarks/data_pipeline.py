@@ -13,13 +13,12 @@ worker unless stated) over the same images:
 - (c) sever's training dataset (``SteelDataLoader(...).train_dataset``) with
   ``HeavyCropTransforms(256, 384)``, the write-up's crop, fed its seeded keys;
   its uint8 images are normalised later, on the training device (not timed here);
-  then (c) with 2 workers, and (c) with its decoded-mask cache
-  (``data_loader.args.mask_cache``) in memory and on disk, filled before timing.
+  then (c) with 2 workers.
 
 It prints samples/s (best and median of ``--repeat`` passes, taken in turns; the
 first batch of each pass is excluded as warm-up) and the ratios (c)/(b) and (a)/(c), of the
 best passes and as the median of each round's ratio; then the
-CPU time per sample of (a), (b), (c) (and (c) with the caches) and of (c)'s stages in
+CPU time per sample of (a), (b), (c) and of (c)'s stages in
 one process, which other processes' load on a shared machine distorts less. Run from the
 repository root::
 
@@ -153,23 +152,10 @@ def cpu_ms(function: Callable[[int], object], n: int) -> float:
     return best / n * 1e3
 
 
-def warm_loaders(data_dir: Path, cache_dir: Path, height: int, width: int) -> dict[str, SteelDataLoader]:
-    """(c) with a mask cache in memory and on disk in ``cache_dir``, each filled with every image's masks."""
-    loaders = {}
-    for mode in ("memory", "disk"):
-        loaders[mode] = sever_loader(data_dir, height, width, mask_cache=mode,
-                                     cache_dir=str(cache_dir) if mode == "disk" else None)
-        dataset = loaders[mode].train_dataset
-        for index in range(len(dataset)):
-            dataset.load(index)
-    return loaders
+def breakdown(data: SteelDataLoader, original: OriginalDesign) -> Iterator[tuple[str, float]]:
+    """CPU milliseconds per sample of (a), (b), (c) and of (c)'s stages, in this process.
 
-
-def breakdown(data: SteelDataLoader, original: OriginalDesign,
-              cached: dict[str, SteelDataLoader]) -> Iterator[tuple[str, float]]:
-    """CPU milliseconds per sample of (a), (b), (c) (also with each warm cache) and of (c)'s stages, in this process.
-
-    Each stage is timed alone, on warm caches; within a whole item they cost more.
+    Each stage is timed alone; within a whole item they cost more.
     """
     dataset = data.train_dataset
     pipeline, n = dataset.transforms, len(dataset)
@@ -181,20 +167,11 @@ def breakdown(data: SteelDataLoader, original: OriginalDesign,
     yield "(a) JPEG decode (read_grey)", cpu_ms(lambda i: read_grey(dataset.paths[i]), n)
     yield "(b) original design, one item", cpu_ms(lambda i: original[i], n)
     yield "(c) sever, one item", cpu_ms(lambda i: dataset[(i, i)], n)
-    for mode, warm in cached.items():
-        yield f"(c) sever, one item, {mode} cache", cpu_ms(lambda i: warm.train_dataset[(i, i)], n)
     yield "  (c) parse RLE runs", cpu_ms(lambda i: dataset.annotations.runs(i, shapes[i]), n)
     yield "  (c) choose crop window", cpu_ms(lambda i: pipeline.crop_window(shapes[i], runs[i]), n)
     yield "  (c) decode window columns", cpu_ms(lambda i: decode_runs(runs[i], shapes[i], columns[i]), n)
-    caches = {mode: warm.train_dataset.mask_cache for mode, warm in cached.items()}
-    encodings = dataset.annotations.encodings
-    for mode, cache in caches.items():
-        yield f"  (c) window from the {mode} cache", cpu_ms(
-            lambda i: cache.masks(encodings[i], runs[i], shapes[i], columns[i]), n)
     yield "  (c) rest of the pipeline", cpu_ms(lambda i: pipeline.after_crop(image=crops[i][0], mask=crops[i][1]), n)
     yield "  full-size decode (validation)", cpu_ms(lambda i: decode_runs(runs[i], shapes[i]), n)
-    for mode, cache in caches.items():
-        yield f"  full size from the {mode} cache", cpu_ms(lambda i: cache.masks(encodings[i], runs[i], shapes[i]), n)
 
 
 def parse_args() -> argparse.Namespace:
@@ -208,8 +185,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def loader_rates(args: argparse.Namespace, data: SteelDataLoader, original: OriginalDesign,
-                 image_dir: Path, cached: dict[str, SteelDataLoader]) -> dict[str, list[float]]:
-    """Samples/s of each pass of (a), (b), (c), (c) with 2 workers and (c) with each warm cache.
+                 image_dir: Path) -> dict[str, list[float]]:
+    """Samples/s of each pass of (a), (b), (c) and (c) with 2 workers.
 
     The passes take turns (a, b, c, c2, a, b, ...) so that a burst of load from
     other processes does not fall on one pipeline only.
@@ -221,7 +198,6 @@ def loader_rates(args: argparse.Namespace, data: SteelDataLoader, original: Orig
         "(b) original design": (original, plain, 1),
         "(c) sever, 1 worker": (data.train_dataset, seeded, 1),
         "(c) sever, 2 workers": (data.train_dataset, seeded, 2),
-        **{f"(c) sever, {mode} cache, 1 worker": (warm.train_dataset, seeded, 1) for mode, warm in cached.items()},
     }
     loaders = {
         name: DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=True)
@@ -253,20 +229,18 @@ def speed_ratios(a: float, b: float, c: float) -> tuple[float, float]:
     return c / b, a / c
 
 
-def sever_loader(data_dir: Path, height: int, width: int, **options) -> SteelDataLoader:
+def sever_loader(data_dir: Path, height: int, width: int) -> SteelDataLoader:
     """(c)'s loader: every image for training, crop ``height x width``, seed 0."""
     return SteelDataLoader(str(data_dir), batch_size=BATCH, validation_split=0, num_workers=0, classes=CLASSES,
-                           transforms=HeavyCropTransforms(height, width), seed=0, **options)
+                           transforms=HeavyCropTransforms(height, width), seed=0)
 
 
 def measure(args: argparse.Namespace, data_dir: Path) -> None:
     image_dir, csv = data_dir / "train_images", data_dir / "train.csv"
     data = sever_loader(data_dir, args.height, args.width)
     original = OriginalDesign(image_dir, csv, args.height, args.width)
-    with tempfile.TemporaryDirectory() as cache_dir:
-        cached = warm_loaders(data_dir, Path(cache_dir), args.height, args.width)
-        runs = loader_rates(args, data, original, image_dir, cached)
-        cpu = dict(breakdown(data, original, cached))
+    runs = loader_rates(args, data, original, image_dir)
+    cpu = dict(breakdown(data, original))
     print(f"{len(data.train_dataset)} images from {data_dir}, crop {args.height}x{args.width}, batch {BATCH}, "
           f"{args.samples // BATCH * BATCH} samples per pass, {args.repeat} passes")
     print(f"{'DataLoader':<34}{'best samples/s':>16}{'median':>10}")

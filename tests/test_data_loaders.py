@@ -163,3 +163,10 @@ def test_neu_seg_real_data_pads_for_the_network_and_crops_back(shared_data):
     model = build_model({"type": "Unet", "args": {"encoder_name": "resnet18"}}, 3).eval()
     with torch.inference_mode():
         assert model(transforms.normalization(images[:1])).shape == (1, 3, 200, 200)
+
+
+@pytest.mark.parametrize("option, value", [("mask_cache", "memory"), ("mask_cache", False), ("cache_dir", "cache")])
+def test_the_removed_mask_cache_options_say_they_were_removed(demo_dir, option, value):
+    with pytest.raises(ConfigError, match=rf"data_loader.args.{option}: the decoded-mask cache was removed .*"
+                                          rf"delete {option} from the config"):
+        loader(demo_dir, **{option: value})

@@ -112,6 +112,10 @@ CONFIG_CASES = {
     "unknown data check mode": (
         set_key("data_loader.args.check", "fast"), ["data_loader.args.check: 'fast' is not one of quick, full, off"],
     ),
+    "the removed mask cache": (
+        set_key("data_loader.args.mask_cache", "off"),
+        ["data_loader.args.mask_cache: the decoded-mask cache was removed", "delete mask_cache from the config"],
+    ),
     "empty training split after the validation split": (
         set_key("data_loader.args.validation_split", 0.99),
         ["the training split has 0 images", "validation_split"],

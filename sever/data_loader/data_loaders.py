@@ -10,7 +10,6 @@
         validation_split: 0.2          # fraction (or a count) held out, stratified
         num_workers: 4
         check: quick                   # pre-flight data check: quick | full | off
-        mask_cache: disk               # keep decoded masks: off | memory | disk
         pseudo_csv: pseudo.csv         # optional pseudo-labels for pseudo_images
         sampler:                       # optional; default: shuffle every epoch
           type: WeightedFixedBatchSampler
@@ -32,7 +31,6 @@ from torch.utils.data import DataLoader
 from sever.data_loader.annotations import Annotations
 from sever.data_loader.checks import preflight
 from sever.data_loader.datasets import ClassificationDataset, SegmentationDataset
-from sever.data_loader.mask_cache import open_mask_cache
 from sever.data_loader.sampling import SAMPLERS, allocate, class_balance_groups
 from sever.data_loader.sources import DataFolder, mask_source, read_csv_folder
 from sever.exceptions import ConfigError, DataError
@@ -229,11 +227,8 @@ class SteelDataLoader:
         check: pre-flight check of every image and mask before training
             (``quick``, ``full`` also decodes every image, ``off``); see
             :mod:`sever.data_loader.checks`.
-        mask_cache: keep decoded masks between epochs for training and
-            validation: ``off``, ``memory`` (in each loader process) or ``disk``
-            (``.npy`` files); see :mod:`sever.data_loader.mask_cache`.
-        cache_dir: the folder of the disk cache (default
-            ``data_dir/.sever-cache/masks``); checked for writing at start-up.
+        mask_cache, cache_dir: removed (the decoded-mask cache did not pay); a config
+            that still sets them gets a ConfigError saying so.
         classes, class_names, transforms, seed, task: supplied by sever from the config.
         rank, world_size: this process's shard in distributed training; every
             rank gets ``batch_size`` images of each global batch and a disjoint
@@ -245,10 +240,11 @@ class SteelDataLoader:
                  pseudo_csv: str | None = None, pseudo_images: str = "test_images",
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
                  pin_memory: bool = True, generate_demo: bool = False, format: str = "kaggle",
-                 masks: str = "train_masks", check: str = "quick", mask_cache: str = "off",
-                 cache_dir: str | None = None, *, classes: int,
+                 masks: str = "train_masks", check: str = "quick", mask_cache: None = None,
+                 cache_dir: None = None, *, classes: int,
                  class_names: list[str] | None = None, transforms, seed: int, task: str = "segmentation",
                  rank: int = 0, world_size: int = 1):
+        _reject_removed(mask_cache=mask_cache, cache_dir=cache_dir)
         _check_positive("batch_size", batch_size)
         if num_workers < 0:
             raise ConfigError(f"data_loader.args.num_workers: must be >= 0, got {num_workers}")
@@ -266,12 +262,11 @@ class SteelDataLoader:
             train_ann, train_paths = train_ann.concat(pseudo_ann), train_paths + pseudo_paths
             logger.info("pseudo-labels: %d images from %s", len(pseudo_ann), pseudo_csv)
         check_shards(len(train_ann), len(valid_ann), batch_size, world_size)
-        cache = open_mask_cache(mask_cache, cache_dir, self.data_dir / ".sever-cache" / "masks")
         preflight(sources, check, getattr(transforms, "crop_size", None))
         dataset_class = DATASETS[task]
-        self.train_dataset = dataset_class(train_paths, train_ann, transforms.build(train=True), cache)
+        self.train_dataset = dataset_class(train_paths, train_ann, transforms.build(train=True))
         self.valid_dataset = (
-            dataset_class(valid_paths, valid_ann, transforms.build(train=False), cache)
+            dataset_class(valid_paths, valid_ann, transforms.build(train=False))
             if len(valid_ann)
             else None
         )
@@ -291,6 +286,16 @@ def _ensure_demo_data(data_dir: Path, classes: int) -> None:
     from sever.data_loader.demo import make_demo_data
 
     make_demo_data(data_dir, classes=classes)
+
+
+def _reject_removed(**options: Any) -> None:
+    """ConfigError for a removed option a config still sets (kept as arguments so the message is this one)."""
+    for name, value in options.items():
+        if value is not None:
+            raise ConfigError(
+                f"data_loader.args.{name}: the decoded-mask cache was removed (warm, it gave about 2% more "
+                f"samples/s on the demo data; see CHANGELOG.rst); delete {name} from the config"
+            )
 
 
 def _check_positive(name: str, value: Any) -> None:

@@ -4,8 +4,7 @@ Images are read as one grey channel (the Severstal JPEGs are three identical
 channels); masks are decoded from RLE and stay uint8. When the training
 pipeline crops, the crop window is chosen from the RLE runs before decoding,
 and only the window's columns are decoded (a column range is one contiguous
-pixel range of the column-major RLE). With a :class:`~sever.data_loader.mask_cache.MaskCache`
-the masks are decoded once per image and later read from the cache.
+pixel range of the column-major RLE).
 A dataset item can be asked for with a plain index or with ``(index, seed)``:
 the seed makes that sample's augmentation reproducible whatever worker runs it.
 """
@@ -21,7 +20,6 @@ import torch
 from torch.utils.data import Dataset
 
 from sever.data_loader.annotations import Annotations
-from sever.data_loader.mask_cache import MaskCache
 from sever.data_loader.rle import Runs, decode_runs
 from sever.exceptions import DataError, RLEError
 
@@ -85,21 +83,17 @@ class SegmentationDataset(Dataset):
             ``mask (H, W, C)`` uint8 and returning tensors. A
             :class:`~sever.data_loader.augmentation.SeverCompose` with a ``crop``
             gets only the crop window decoded (see :meth:`load_crop`).
-        mask_cache: optional cache of decoded masks; the masks and crops are
-            the same with and without it.
 
     Items: ``(image (1, h, w) uint8, mask (C, h, w) uint8)``; the trainer normalises
     the images on its device (see ``TransformSet.normalization``).
     """
 
-    def __init__(self, paths: Sequence[Path], annotations: Annotations, transforms,
-                 mask_cache: MaskCache | None = None):
+    def __init__(self, paths: Sequence[Path], annotations: Annotations, transforms):
         if len(paths) != len(annotations):
             raise ValueError(f"{len(paths)} image paths for {len(annotations)} annotated images")
         self.paths = [Path(p) for p in paths]
         self.annotations = annotations
         self.transforms = transforms
-        self.mask_cache = mask_cache
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -111,17 +105,10 @@ class SegmentationDataset(Dataset):
         except RLEError as exc:
             raise RLEError(f"{exc} (image {self.paths[index]}, {shape[0]}x{shape[1]})") from exc
 
-    def _masks(self, index: int, runs: list[Runs], shape: tuple[int, int],
-               columns: tuple[int, int] | None = None) -> np.ndarray:
-        """Sample ``index``'s ``(H, W', C)`` uint8 masks from its ``runs``, through the cache if any."""
-        if self.mask_cache is None:
-            return decode_runs(runs, shape, columns)
-        return self.mask_cache.masks(self.annotations.encodings[index], runs, shape, columns)
-
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw ``(image (H, W), mask (H, W, C))`` uint8 pair of sample ``index``."""
         image = read_grey(self.paths[index])
-        return image, self._masks(index, self._runs(index, image.shape), image.shape)
+        return image, decode_runs(self._runs(index, image.shape), image.shape)
 
     def load_crop(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``(image (h, w), mask (h, w, C))`` uint8 crop that ``transforms.crop`` places.
@@ -137,7 +124,7 @@ class SegmentationDataset(Dataset):
         except DataError as exc:
             raise DataError(f"{path}: {exc} (augmentation.args sets the crop)") from None
         height, width = self.transforms.crop.height, self.transforms.crop.width
-        mask = self._masks(index, runs, image.shape, (left, left + width))[top : top + height]
+        mask = decode_runs(runs, image.shape, (left, left + width))[top : top + height]
         return image[top : top + height, left : left + width], mask
 
     def _transformed(self, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
