@@ -51,10 +51,10 @@ def test_a_registered_source_is_used_through_the_format_name(demo_dir):
 
 def test_unknown_and_box_formats_name_the_key_and_the_mask_formats(demo_dir):
     with pytest.raises(ConfigError, match=r"data_loader.args.format: unknown data source 'kagle'\. "
-                                          r"Did you mean 'kaggle'\?"):
+                                          r"Did you mean 'kaggle'\? Mask formats: band_test, kaggle, mask_folder$"):
         SteelDataLoader(str(demo_dir), format="kagle", classes=4, transforms=LightTransforms(), seed=0)
-    with pytest.raises(ConfigError, match=r"data_loader.args.format: 'voc' gives boxes, not masks; "
-                                          r"mask formats: band_test, kaggle, mask_folder"):
+    with pytest.raises(ConfigError, match=r"data_loader.args.format: 'voc' gives boxes, not masks\. "
+                                          r"Mask formats: band_test, kaggle, mask_folder$"):
         SteelDataLoader(str(demo_dir), format="voc", classes=4, transforms=LightTransforms(), seed=0)
     assert {"kaggle", "mask_folder", "voc"} <= set(DATA_SOURCES.names())
 

@@ -27,7 +27,7 @@ from sever.data_loader.datasets import list_images
 from sever.data_loader.mask_folder import read_mask_folder
 from sever.data_loader.voc import ImageBoxes, find_voc_folders, read_voc_folder
 from sever.exceptions import ConfigError, DataError
-from sever.utils.registry import Registry
+from sever.utils.registry import Registry, did_you_mean
 
 # This branch's own registry: when the registries move to one central module, this name
 # points there (its locations list this module).
@@ -87,12 +87,15 @@ def register_source(name: str, labels: str) -> Callable[[Callable], Callable]:
 
 
 def mask_source(name: str, key: str) -> DataSource:
-    """The source of RLE masks called ``name``; ConfigError at ``key`` for an unknown or box source."""
-    source = DATA_SOURCES.get(name, key)
-    if source.labels != "masks":
-        masks = ", ".join(n for n in DATA_SOURCES.names() if DATA_SOURCES.get(n, key).labels == "masks")
-        raise ConfigError(f"{key}: {name!r} gives {source.labels}, not masks; mask formats: {masks}")
-    return source
+    """The source of RLE masks called ``name``; ConfigError at ``key`` listing the mask formats otherwise."""
+    formats = [entry for entry in DATA_SOURCES.names() if DATA_SOURCES.get(entry, key).labels == "masks"]
+    if name in formats:
+        return DATA_SOURCES.get(name, key)
+    if isinstance(name, str) and name in DATA_SOURCES:
+        problem = f"{name!r} gives {DATA_SOURCES.get(name, key).labels}, not masks."
+    else:
+        problem = f"unknown data source {name!r}.{did_you_mean(name, formats)}"
+    raise ConfigError(f"{key}: {problem} Mask formats: {', '.join(formats)}")
 
 
 def read_csv_folder(image_dir: Path, csv_path: Path, classes: int) -> tuple[Annotations, list[Path]]:
