@@ -40,11 +40,10 @@ from sever.data_loader.mask_folder import read_mask_folder
 from sever.data_loader.process import Annotations, read_rle_csv
 from sever.data_loader.sampling import SAMPLERS, allocate, class_balance_groups
 from sever.exceptions import ConfigError, DataError
-from sever.utils.registry import Registry
+from sever.registries import DATA_LOADERS
 
 logger = logging.getLogger(__name__)
 
-DATA_LOADERS = Registry("data loader")
 
 DATASETS = {"segmentation": SegmentationDataset, "classification": ClassificationDataset}
 SOURCE_FORMATS = ("kaggle", "mask_folder")

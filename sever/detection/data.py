@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sever.data_loader.augmentation import TRANSFORMS, SeverCompose
-from sever.data_loader.data_loaders import DATA_LOADERS, SeededBatches, SteelDataLoader, stratified_split
+from sever.data_loader.augmentation import SeverCompose
+from sever.data_loader.data_loaders import SeededBatches, SteelDataLoader, stratified_split
 from sever.data_loader.datasets import read_grey
-from sever.data_loader.sampling import SAMPLERS
 from sever.data_loader.voc import SEED_VALID, ImageBoxes, check_box, find_voc_folders, read_voc_folder
 from sever.exceptions import ConfigError, DataError
+from sever.registries import DATA_LOADERS, SAMPLERS, TRANSFORMS
 
 logger = logging.getLogger(__name__)
 
