@@ -26,7 +26,7 @@ from sever.model.loss import LOSSES
 from sever.model.metric import METRICS
 from sever.model.model import build_model
 from sever.model.optimizer import build_optimizer
-from sever.trainer import SegmentationTrainer
+from sever.trainer.trainer import SegmentationTrainer
 from sever.utils.config import load_config
 from sever.utils.run import RunPaths
 

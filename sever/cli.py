@@ -151,11 +151,19 @@ def _numbers(text: str, kind: type, option: str) -> list:
                                  param_hint=option) from None
 
 
-def _detection_runs(options: dict) -> bool:
-    """Whether ``-m`` names detection runs; then no segmentation-only option may be set."""
-    from sever.inference.checkpoints import run_config
+def _open_models(options: dict) -> None:
+    """Read each ``-m`` checkpoint once: later steps learn its task and load its weights from that read."""
+    from sever.inference.checkpoints import open_checkpoint
 
-    if run_config(options["models"][0])["task"] != "detection":
+    options["models"] = [open_checkpoint(model) for model in options["models"]]
+
+
+def _box_runs(options: dict) -> bool:
+    """Whether ``-m`` names runs that predict boxes (detectors); then no segmentation-only option may be set."""
+    from sever.tasks import task_of
+
+    _open_models(options)
+    if not task_of(options["models"][0].config).boxes:
         return False
     used = [flag for flag, key, default in (("--classifier", "classifiers", ()), ("--postprocess", "postprocess", None),
                                             ("--tta", "tta", "none"), ("-w", "weights", ()), ("--average", "average", "mean"))
@@ -202,7 +210,7 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
     if image_dir is None:
         raise click.UsageError("-m needs -i IMAGE_DIR")
     list_images(image_dir)  # an empty or missing folder fails before the models load
-    if _detection_runs(options):
+    if _box_runs(options):
         from sever.detection.predict import predict_to_csv
         from sever.utils.device import resolve_device
 
@@ -246,7 +254,7 @@ def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, ima
 
     if bool(options["models"]) == bool(pred_csv):
         raise click.UsageError("give either --pred CSV --truth CSV, or -m RUN --split val")
-    if options["models"] and (as_boxes or _detection_runs(options)):
+    if options["models"] and (as_boxes or _box_runs(options)):
         _evaluate_boxes(options, image_dir, annotation_dir, truth_csv, mask_dir, as_boxes)
         return
     if pred_csv:
@@ -270,13 +278,13 @@ def _evaluate_boxes(options: dict, image_dir: str | None, annotation_dir: str | 
     from sever.detection.from_masks import evaluate_segmentation_as_detector
     from sever.detection.metric import map_table
     from sever.detection.predict import evaluate_detector
-    from sever.inference.checkpoints import run_config
     from sever.utils.device import resolve_device
 
     if image_dir is None:
         raise click.UsageError("box metrics need --images DIR")
     device = resolve_device(options["device"])
-    class_names = run_config(options["models"][0])["class_names"]
+    _open_models(options)
+    class_names = options["models"][0].config["class_names"]
     if not as_boxes:
         if annotation_dir is None:
             raise click.UsageError("a detection run is scored against --annotations VOC_XML_DIR")

@@ -7,29 +7,24 @@ the last block fails in a second, not after the data has loaded.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from sever.data_loader.augmentation import TRANSFORMS
-from sever.data_loader.data_loaders import DATA_LOADERS
-from sever.detection.data import DetectionTransforms, VOCDataLoader
-from sever.detection.metric import MeanAP
-from sever.exceptions import ConfigError
-from sever.model.loss import LOSSES
-from sever.model.metric import METRICS
-from sever.model.detection import DetectionLoss, FasterRCNN
-from sever.model.model import ARCHITECTURES, build_model
+from sever.exceptions import CheckpointError, ConfigError
+from sever.model.model import build_model
 from sever.model.optimizer import build_optimizer
-from sever.model.scheduler import SCHEDULERS, build_scheduler
-from sever.trainer import TRAINERS
+from sever.model.scheduler import build_scheduler
+from sever.registries import ARCHITECTURES, DATA_LOADERS, LOSSES, METRICS, SCHEDULERS, TASKS, TRAINERS, TRANSFORMS
+from sever.tasks import task_of
 from sever.utils import distributed
-from sever.utils.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
+from sever.utils.checkpoint import load_checkpoint, remove_stale_temporaries
 from sever.utils.distributed import Distributed
 from sever.utils.config import apply_overrides, dump_config, load_config, validate_config
 from sever.utils.device import check_amp, resolve_device
@@ -39,10 +34,10 @@ from sever.utils.run import RunPaths, resolve_resume
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRICS = {"segmentation": ["Dice"], "classification": ["Accuracy", "PrecisionRecall"],
-                   "detection": [MeanAP.__name__]}
-DETECTION_PARTS = {"arch": (ARCHITECTURES, FasterRCNN), "data_loader": (DATA_LOADERS, VOCDataLoader),
-                   "augmentation": (TRANSFORMS, DetectionTransforms), "loss": (LOSSES, DetectionLoss)}
+# The config blocks whose type a task may reserve for itself (Task.parts).
+TASK_PARTS = {"arch": ARCHITECTURES, "data_loader": DATA_LOADERS, "augmentation": TRANSFORMS, "loss": LOSSES}
+# ``arch.args`` that do not change the shapes of the weights, so they may differ on resume.
+WEIGHTLESS_ARCH_ARGS = ("encoder_weights", "dropout")
 SUPPLIED = {
     "arch": ("classes",),
     "data_loader": ("classes", "class_names", "transforms", "seed", "task", "rank", "world_size"),
@@ -72,18 +67,24 @@ def prepare_config(config: dict, overrides: tuple[str, ...] | list[str] = ()) ->
 
 
 def check_task_parts(config: dict) -> None:
-    """Detection blocks (boxes) only with ``task: detection``, and only they with it."""
-    detection = config["task"] == "detection"
-    for key, (registry, part) in DETECTION_PARTS.items():
+    """A task's own parts (``Task.parts``, e.g. detection's boxes) with that task, and only with it."""
+    task = task_of(config)
+    for key, registry in TASK_PARTS.items():
         name = parse_spec(config[key], key)[0]
         entry = registry.get(name, f"{key}.type")
-        if (isinstance(entry, type) and issubclass(entry, part)) != detection:
-            needed = f"{part.__name__}" if detection else f"anything but {part.__name__}"
-            raise ConfigError(f"{key}.type: task {config['task']} needs {needed}, got {name}")
+        for owner in (TASKS.get(other, "task") for other in TASKS.names()):
+            required = owner.parts.get(key)
+            if required is None:
+                continue
+            fits = isinstance(entry, type) and issubclass(entry, registry.get(required, f"{key}.type"))
+            if owner is task and not fits:
+                raise ConfigError(f"{key}.type: task {task.name} needs {required}, got {name}")
+            if owner is not task and fits:
+                raise ConfigError(f"{key}.type: task {task.name} needs anything but {required}, got {name}")
 
 
 def metric_specs(config: dict) -> list:
-    return config["metrics"] if config["metrics"] is not None else DEFAULT_METRICS[config["task"]]
+    return config["metrics"] if config["metrics"] is not None else list(task_of(config).default_metrics)
 
 
 @dataclass
@@ -133,7 +134,7 @@ def build_experiment(config: dict) -> Experiment:
 
 
 def make_trainer(experiment: Experiment, run: RunPaths):
-    trainer_class = TRAINERS[experiment.config["task"]]
+    trainer_class = TRAINERS.get(task_of(experiment.config).trainer, "task")
     return trainer_class(
         experiment.model, experiment.loss, experiment.metrics, experiment.optimizer,
         experiment.lr_scheduler, experiment.config, run,
@@ -186,6 +187,64 @@ def resume(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Run
         run.check_free_space(4 * _checkpoint_bytes(experiment.model))
     _run_trainer(experiment, run, "resuming from %s", checkpoint, state=state)
     return run
+
+
+def check_compatible(checkpoint_config: Mapping, config: Mapping, source: str = "the checkpoint") -> None:
+    """Refuse to load weights into a model they were not trained for.
+
+    Compares what fixes the shapes of the weights: ``task``, ``classes``,
+    ``arch.type`` and every ``arch.args`` entry except those in
+    :data:`WEIGHTLESS_ARCH_ARGS` (an argument left out counts as its default).
+
+    Args:
+        checkpoint_config: the config saved in the checkpoint (``state["config"]``).
+        config: the validated config in use (after ``--set`` overrides).
+        source: the checkpoint's path, for the message.
+
+    Raises:
+        CheckpointError: listing each key that disagrees, with both values.
+    """
+    differences = [
+        f"{key} is {theirs!r} in the checkpoint but {ours!r} in the config"
+        for key, theirs, ours in _structure_differences(checkpoint_config, config)
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{source} does not fit the config in use: {'; '.join(differences)}. Its weights only load into "
+            "the model they were trained as: drop the overrides of these keys, or start a new run with -c."
+        )
+
+
+def _structure_differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
+    found = [(key, old.get(key), new.get(key)) for key in ("task", "classes") if old.get(key) != new.get(key)]
+    old_type, old_args = _arch_parts(old.get("arch"))
+    new_type, new_args = _arch_parts(new.get("arch"))
+    if old_type != new_type:
+        return found + [("arch.type", old_type, new_type)]
+    defaults = _arch_defaults(new_type)
+    for name in sorted(set(old_args) | set(new_args) | set(defaults)):
+        if name in WEIGHTLESS_ARCH_ARGS:
+            continue
+        theirs, ours = old_args.get(name, defaults.get(name)), new_args.get(name, defaults.get(name))
+        if theirs != ours:
+            found.append((f"arch.args.{name}", theirs, ours))
+    return found
+
+
+def _arch_parts(arch: Any) -> tuple[Any, dict]:
+    """``(type, args)`` of an ``arch`` block (a mapping or a bare name)."""
+    if isinstance(arch, Mapping):
+        args = arch.get("args")
+        return arch.get("type"), dict(args) if isinstance(args, Mapping) else {}
+    return arch, {}
+
+
+def _arch_defaults(name: Any) -> dict[str, Any]:
+    """The default arguments of architecture ``name`` (empty if unknown)."""
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        return {}
+    parameters = inspect.signature(ARCHITECTURES.get(name, "arch.type")).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not p.empty and p.kind is not p.KEYWORD_ONLY}
 
 
 def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any, state: dict | None = None) -> None:

@@ -8,7 +8,7 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 from torch import nn
 
-from sever.base import BaseModel
+from sever.model.base import BaseModel
 from sever.exceptions import ConfigError
 from sever.model.model import (
     ARCHITECTURES,

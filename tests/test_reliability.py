@@ -19,9 +19,9 @@ from conftest import tiny_config
 from sever import main
 from sever.cli import cli
 from sever.exceptions import CheckpointError, TrainingError
-from sever.main import prepare_config
+from sever.main import check_compatible, prepare_config
 from sever.trainer.trainer import Trainer
-from sever.utils.checkpoint import atomic_torch_save, check_compatible, load_checkpoint, remove_stale_temporaries
+from sever.utils.checkpoint import atomic_torch_save, load_checkpoint, remove_stale_temporaries
 from sever.utils.run import RunPaths
 
 

@@ -1,8 +1,4 @@
 """Reading, augmenting and batching steel images with their masks or boxes.
 
-Importing this package also registers the detection parts (``VOCDataLoader``,
-``DetectionTransforms``), so the registries list the same names whatever module
-is imported first.
+The transform sets, samplers and data loaders are registered in :mod:`sever.registries`.
 """
-
-from sever.detection import data as _detection_data  # noqa: F401  (registers VOCDataLoader, DetectionTransforms)

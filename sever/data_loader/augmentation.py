@@ -53,9 +53,8 @@ import torch
 
 from sever.data_loader.rle import Runs, mask_runs, union_runs
 from sever.exceptions import DataError
-from sever.utils.registry import Registry
+from sever.registries import TRANSFORMS
 
-TRANSFORMS = Registry("augmentation")
 
 GRAY_MEAN = 0.3439  # mean of the Severstal training images, as a fraction of 255
 GRAY_STD = 0.0383

@@ -31,14 +31,13 @@ from torch.utils.data import DataLoader
 from sever.data_loader.annotations import Annotations
 from sever.data_loader.checks import preflight
 from sever.data_loader.datasets import ClassificationDataset, SegmentationDataset
-from sever.data_loader.sampling import SAMPLERS, allocate, class_balance_groups
+from sever.data_loader.sampling import allocate, class_balance_groups
 from sever.data_loader.sources import DataFolder, mask_source, read_csv_folder
 from sever.exceptions import ConfigError, DataError
-from sever.utils.registry import Registry
+from sever.registries import DATA_LOADERS, SAMPLERS
 
 logger = logging.getLogger(__name__)
 
-DATA_LOADERS = Registry("data loader")
 
 DATASETS = {"segmentation": SegmentationDataset, "classification": ClassificationDataset}
 SPLIT_KEYS = ("data_dir", "validation_split", "csv", "images", "format", "masks", "generate_demo")

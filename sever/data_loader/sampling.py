@@ -41,11 +41,9 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from sever.exceptions import DataError
-from sever.utils.registry import Registry
+from sever.registries import SAMPLERS
 
 logger = logging.getLogger(__name__)
-
-SAMPLERS = Registry("sampler")
 
 
 def _check_int(name: str, value: int, low: int, high: int | None = None) -> int:

@@ -27,11 +27,8 @@ from sever.data_loader.datasets import list_images
 from sever.data_loader.mask_folder import read_mask_folder
 from sever.data_loader.voc import ImageBoxes, find_voc_folders, read_voc_folder
 from sever.exceptions import ConfigError, DataError
-from sever.utils.registry import Registry, did_you_mean
-
-# This branch's own registry: when the registries move to one central module, this name
-# points there (its locations list this module).
-DATA_SOURCES = Registry("data source")
+from sever.registries import DATA_SOURCES
+from sever.utils.registry import did_you_mean
 
 LABEL_KINDS = ("masks", "boxes")
 

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sever.data_loader.augmentation import TRANSFORMS, SeverCompose
-from sever.data_loader.data_loaders import DATA_LOADERS, check_shards, make_loaders, stratified_split
+from sever.data_loader.augmentation import SeverCompose
+from sever.data_loader.data_loaders import check_shards, make_loaders, stratified_split
 from sever.data_loader.datasets import read_grey
-from sever.data_loader.sources import DATA_SOURCES, DataFolder
+from sever.data_loader.sources import DataFolder
 from sever.data_loader.voc import ImageBoxes, check_box, seed_validation_folders
 from sever.exceptions import ConfigError, DataError
+from sever.registries import DATA_LOADERS, DATA_SOURCES, SAMPLERS, TRANSFORMS
 
 logger = logging.getLogger(__name__)
 

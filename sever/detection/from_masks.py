@@ -27,6 +27,7 @@ from sever.data_loader.voc import read_voc_folder
 from sever.detection.metric import MeanAP
 from sever.exceptions import CheckpointError, ConfigError
 from sever.inference.checkpoints import as_loaded_model, load_network
+from sever.tasks import SEGMENTATION, task_of
 from sever.inference.predictor import Predictor
 from sever.model.postprocess import PROB_SCALE
 
@@ -117,7 +118,7 @@ def evaluate_segmentation_as_detector(checkpoint: str | Path, image_dir: str | P
         (format them with :func:`~sever.detection.metric.map_table`).
     """
     model, config, source, _ = load_network(checkpoint, device)
-    if config["task"] != "segmentation":
+    if task_of(config) is not SEGMENTATION:
         raise CheckpointError(f"{checkpoint}: a {config['task']} model, not a segmentation model")
     class_names = config["class_names"] or [str(k + 1) for k in range(config["classes"])]
     paths, truth = _ground_truth(Path(image_dir), annotation_dir, mask_dir, csv, class_names, voc_class_names)

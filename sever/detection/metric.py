@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from sever.exceptions import ConfigError
-from sever.model.metric import METRICS
+from sever.registries import METRICS
 
 SUMMARY = (
     ("map", "Average Precision", "0.50:0.95", "all", 100),

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from sever.detection.predict import draw_boxes
+from sever.registries import TRAINERS
 from sever.trainer.trainer import Trainer
 from sever.utils.device import autocast
 from sever.utils.visualization import to_uint8_image
@@ -27,6 +28,7 @@ from sever.utils.visualization import to_uint8_image
 VIS_THRESHOLD = 0.5
 
 
+@TRAINERS.register
 class DetectionTrainer(Trainer):
     """Trains :class:`~sever.model.detection.FasterRCNN` models; arguments as :class:`Trainer`."""
 

@@ -22,6 +22,7 @@ from torch import nn
 from sever.data_loader.augmentation import TRANSFORMS, Normalization
 from sever.exceptions import CheckpointError, ConfigError
 from sever.model.model import build_model
+from sever.tasks import SEGMENTATION, task_of
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.run import RunPaths
 
@@ -79,13 +80,50 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class OpenedCheckpoint:
+    """A checkpoint file read once (tensors memory-mapped): what it is, then its weights, from one read.
+
+    Attributes:
+        source: the checkpoint file.
+        state: its contents, as :func:`~sever.utils.checkpoint.load_checkpoint` returns them.
+    """
+
+    source: Path
+    state: dict
+
+    @property
+    def config(self) -> dict:
+        return self.state["config"]
+
+    def __str__(self) -> str:  # messages name the file, as they do for a path
+        return str(self.source)
+
+
+CheckpointRef = str | Path | OpenedCheckpoint
+
+
+def open_checkpoint(path: CheckpointRef) -> OpenedCheckpoint:
+    """Read a run folder's best checkpoint or a checkpoint file once; an opened one is returned as it is.
+
+    Raises:
+        CheckpointError: missing, corrupt or foreign file, or a config without ``arch`` and ``classes``.
+    """
+    if isinstance(path, OpenedCheckpoint):
+        return path
+    source = resolve_checkpoint(path)
+    state = load_checkpoint(source, mmap=True)
+    _checked_config(state, source)
+    return OpenedCheckpoint(source, state)
+
+
 def _checked_config(state: dict, source: Path, keys: Sequence[str] = CONFIG_KEYS) -> dict:
     """The checkpoint's config, with ``task`` (default ``segmentation``); CheckpointError when it lacks ``keys``."""
     config = state["config"]
     missing = [key for key in keys if not isinstance(config, dict) or key not in config]
     if missing:
         raise CheckpointError(f"{source}: not a sever checkpoint: its config lacks {', '.join(missing)}")
-    config.setdefault("task", "segmentation")
+    config.setdefault("task", SEGMENTATION.name)
     return config
 
 
@@ -108,7 +146,7 @@ def _arch_block(config: dict) -> dict:
 def build_eval_model(config: dict, source: Path) -> nn.Module:
     """The model ``config`` describes, without pretrained weights (nothing is downloaded)."""
     arch = _arch_block(config)
-    arch["args"]["pretrained" if config["task"] == "detection" else "encoder_weights"] = None
+    arch["args"][task_of(config).pretrained_arg] = None
     try:
         return build_model(arch, config["classes"])
     except ConfigError as exc:
@@ -121,14 +159,13 @@ def as_loaded_model(model: nn.Module, config: dict, source: Path, device: torch.
     return LoadedModel(model.to(device).eval(), source, config, transforms.normalization)
 
 
-def run_config(path: str | Path) -> dict:
+def run_config(path: CheckpointRef) -> dict:
     """The config of a run folder or checkpoint file, read without loading its weights."""
-    source = resolve_checkpoint(path)
-    return _checked_config(load_checkpoint(source, mmap=True), source)
+    return open_checkpoint(path).config
 
 
-def load_network(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, Path, str]:
-    """Load a run folder or checkpoint file of any task.
+def load_network(path: CheckpointRef, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, Path, str]:
+    """Load a run folder, checkpoint file or opened checkpoint of any task.
 
     Returns:
         ``(eval-mode network on device, config, checkpoint file, "ema" or "model")``: which
@@ -138,9 +175,8 @@ def load_network(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         CheckpointError: missing, corrupt or foreign file, or weights that do not fit
             the model its config describes.
     """
-    source = resolve_checkpoint(path)
-    state = load_checkpoint(source)
-    config = _checked_config(state, source)
+    opened = open_checkpoint(path)
+    source, state, config = opened.source, opened.state, opened.config
     model = build_eval_model(config, source)
     weights, kind = _weights(state, source)
     try:
@@ -154,7 +190,7 @@ def load_network(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     return model.to(device).eval(), config, source, kind
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+def load_model(path: CheckpointRef, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a segmentation or classification run as a :class:`LoadedModel` on ``device``.
 
     Raises:
@@ -162,18 +198,18 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     """
     model, config, source, _ = load_network(path, device)
     _checked_config({"config": config}, source, ("augmentation",))
-    if config["task"] == "detection":
-        raise CheckpointError(f"{source}: a detection run; sever predict and evaluate take it alone "
+    if task_of(config).boxes:
+        raise CheckpointError(f"{source}: a {config['task']} run; sever predict and evaluate take it alone "
                               f"(-m DETECTOR ... with --threshold), without segmentation models")
     return as_loaded_model(model, config, source, device)
 
 
-def load_models(paths: Sequence[str | Path], task: str, device: torch.device | str = "cpu",
+def load_models(paths: Sequence[CheckpointRef], task: str, device: torch.device | str = "cpu",
                 option: str = "-m") -> list[LoadedModel]:
     """Load several checkpoints of one task with one class count (an ensemble).
 
     Args:
-        paths: run folders or checkpoint files.
+        paths: run folders, checkpoint files or opened checkpoints.
         task: ``segmentation`` or ``classification``: what every checkpoint must be.
         option: the command-line option that named them, for messages.
 
@@ -183,8 +219,9 @@ def load_models(paths: Sequence[str | Path], task: str, device: torch.device | s
     models = [load_model(path, device) for path in paths]
     for loaded in models:
         if loaded.task != task:
-            hint = {"segmentation": "give it with -m", "classification": "give it with --classifier"}.get(
-                loaded.task, "predict, evaluate and tune take segmentation runs and classifiers")
+            option_for_it = task_of(loaded.config).ensemble_option
+            hint = (f"give it with {option_for_it}" if option_for_it
+                    else "predict, evaluate and tune take segmentation runs and classifiers")
             raise CheckpointError(f"{option} {loaded.source}: a {loaded.task} run; {hint}")
     first = models[0]
     for loaded in models[1:]:

@@ -26,7 +26,7 @@ weights, ``null`` nothing. Weights come through torch's hub cache
 there. Without pretrained weights every layer trains, with BatchNorm; with them
 the backbone's BatchNorm is frozen (torchvision's choice).
 
-The model is a :class:`~sever.base.BaseModel`: ``encoder`` is the backbone's body
+The model is a :class:`~sever.model.base.BaseModel`: ``encoder`` is the backbone's body
 (ResNet-50 or MobileNetV3 features), ``decoder`` the FPN, RPN and box head, so
 the optimiser's encoder/decoder groups and ``freeze_encoder_epochs`` work as for
 segmentation.
@@ -55,10 +55,9 @@ from torchvision.models.detection import (
 from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-from sever.base import BaseModel
+from sever.model.base import BaseModel
 from sever.exceptions import ConfigError
-from sever.model.loss import LOSSES
-from sever.model.model import ARCHITECTURES
+from sever.registries import ARCHITECTURES, LOSSES
 from sever.utils.registry import did_you_mean
 
 logger = logging.getLogger(__name__)

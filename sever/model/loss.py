@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sever.exceptions import ConfigError
-from sever.utils.registry import Registry
+from sever.registries import LOSSES
 
-LOSSES = Registry("loss")
 
 LossOutput = Tensor | dict[str, Tensor]
 

@@ -20,9 +20,7 @@ import torch
 from torch import Tensor
 
 from sever.model.postprocess import check_min_pixels, min_pixels_per_class, wipe_small_masks
-from sever.utils.registry import Registry
-
-METRICS = Registry("metric")
+from sever.registries import METRICS
 
 
 def _overlap(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

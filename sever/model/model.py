@@ -58,13 +58,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from sever.base import BaseModel
+from sever.model.base import BaseModel
 from sever.exceptions import ConfigError
-from sever.utils.registry import Registry, did_you_mean
+from sever.registries import ARCHITECTURES
+from sever.utils.registry import did_you_mean
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = Registry("architecture")
 
 InChannels = Union[int, str]
 

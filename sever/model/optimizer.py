@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from sever.exceptions import ConfigError
-from sever.utils.registry import Registry, check_arguments, did_you_mean
+from sever.registries import OPTIMIZERS
+from sever.utils.registry import check_arguments, did_you_mean
 
-OPTIMIZERS = Registry("optimizer")
 for _torch_optimizer in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.RAdam):
     OPTIMIZERS.register(_torch_optimizer)
 

@@ -29,9 +29,9 @@ import torch
 from torch.optim import lr_scheduler
 
 from sever.exceptions import ConfigError
-from sever.utils.registry import Registry, check_arguments, did_you_mean, parse_spec
+from sever.registries import SCHEDULERS
+from sever.utils.registry import check_arguments, did_you_mean, parse_spec
 
-SCHEDULERS = Registry("lr scheduler")
 
 NOT_CONFIGURABLE = ("LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler")
 

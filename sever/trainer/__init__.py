@@ -1,9 +1,4 @@
-"""Trainers: the task-specific halves of the training loop."""
+"""Trainers: the epoch loop (:mod:`~sever.trainer.base`) and the task-specific halves (:mod:`~sever.trainer.trainer`).
 
-from sever.detection.trainer import DetectionTrainer
-from sever.trainer.trainer import ClassificationTrainer, SegmentationTrainer, Trainer
-
-TRAINERS = {"segmentation": SegmentationTrainer, "classification": ClassificationTrainer,
-            "detection": DetectionTrainer}
-
-__all__ = ["Trainer", "SegmentationTrainer", "ClassificationTrainer", "DetectionTrainer", "TRAINERS"]
+Trainers are registered in :data:`sever.registries.TRAINERS`; a task names its trainer (:mod:`sever.tasks`).
+"""

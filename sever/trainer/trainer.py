@@ -17,8 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from sever.base.base_trainer import BaseTrainer
+from sever.trainer.base import BaseTrainer
 from sever.exceptions import TrainingError
+from sever.registries import TRAINERS
 from sever.utils.device import autocast
 from sever.utils.distributed import Distributed
 from sever.utils.visualization import overlay_masks, to_uint8_image
@@ -267,6 +268,7 @@ class Trainer(BaseTrainer):
             self.ema.load_state_dict(state["ema_state_dict"])
 
 
+@TRAINERS.register
 class SegmentationTrainer(Trainer):
     """Trains mask models; TensorBoard shows ground truth and predictions overlaid."""
 
@@ -289,6 +291,7 @@ class SegmentationTrainer(Trainer):
         self._visuals = []
 
 
+@TRAINERS.register
 class ClassificationTrainer(Trainer):
     """Trains defect-presence classifiers; TensorBoard shows a PR curve per class."""
 

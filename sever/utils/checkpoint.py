@@ -7,12 +7,11 @@ refused rather than executed.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -21,8 +20,6 @@ from sever.exceptions import CheckpointError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = ("state_dict", "config", "epoch")
-# ``arch.args`` that do not change the shapes of the weights, so they may differ on resume.
-WEIGHTLESS_ARCH_ARGS = ("encoder_weights", "dropout")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -113,66 +110,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             "config a mapping and epoch an integer)"
         )
     return state
-
-
-def check_compatible(checkpoint_config: Mapping, config: Mapping, source: str = "the checkpoint") -> None:
-    """Refuse to load weights into a model they were not trained for.
-
-    Compares what fixes the shapes of the weights: ``task``, ``classes``,
-    ``arch.type`` and every ``arch.args`` entry except those in
-    :data:`WEIGHTLESS_ARCH_ARGS` (an argument left out counts as its default).
-
-    Args:
-        checkpoint_config: the config saved in the checkpoint (``state["config"]``).
-        config: the validated config in use (after ``--set`` overrides).
-        source: the checkpoint's path, for the message.
-
-    Raises:
-        CheckpointError: listing each key that disagrees, with both values.
-    """
-    differences = [
-        f"{key} is {theirs!r} in the checkpoint but {ours!r} in the config"
-        for key, theirs, ours in _structure_differences(checkpoint_config, config)
-    ]
-    if differences:
-        raise CheckpointError(
-            f"{source} does not fit the config in use: {'; '.join(differences)}. Its weights only load into "
-            "the model they were trained as: drop the overrides of these keys, or start a new run with -c."
-        )
-
-
-def _structure_differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
-    found = [(key, old.get(key), new.get(key)) for key in ("task", "classes") if old.get(key) != new.get(key)]
-    old_type, old_args = _arch_parts(old.get("arch"))
-    new_type, new_args = _arch_parts(new.get("arch"))
-    if old_type != new_type:
-        return found + [("arch.type", old_type, new_type)]
-    defaults = _arch_defaults(new_type)
-    for name in sorted(set(old_args) | set(new_args) | set(defaults)):
-        if name in WEIGHTLESS_ARCH_ARGS:
-            continue
-        theirs, ours = old_args.get(name, defaults.get(name)), new_args.get(name, defaults.get(name))
-        if theirs != ours:
-            found.append((f"arch.args.{name}", theirs, ours))
-    return found
-
-
-def _arch_parts(arch: Any) -> tuple[Any, dict]:
-    """``(type, args)`` of an ``arch`` block (a mapping or a bare name)."""
-    if isinstance(arch, Mapping):
-        args = arch.get("args")
-        return arch.get("type"), dict(args) if isinstance(args, Mapping) else {}
-    return arch, {}
-
-
-def _arch_defaults(name: Any) -> dict[str, Any]:
-    """The default arguments of architecture ``name`` (empty if unknown)."""
-    from sever.model.model import ARCHITECTURES  # smp is heavy; only resuming needs it
-
-    if not isinstance(name, str) or name not in ARCHITECTURES:
-        return {}
-    parameters = inspect.signature(ARCHITECTURES.get(name, "arch.type")).parameters.values()
-    return {p.name: p.default for p in parameters if p.default is not p.empty and p.kind is not p.KEYWORD_ONLY}
 
 
 def _first_line(exc: BaseException) -> str:

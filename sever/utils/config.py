@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from sever.exceptions import ConfigError
+from sever.registries import TASKS
+from sever.tasks import SEGMENTATION
 from sever.utils.registry import did_you_mean
 
 
@@ -180,7 +182,7 @@ TOP_SCHEMA: dict[str, Field] = {
     "seed": Field((int,), default=1234, check=(_seed_range, "must be in 0..2**32-1 (NumPy's seed range)")),
     "device": Field((str,), default="auto"),
     "amp": Field((str, bool), default="off", nullable=True),
-    "task": Field((str,), default="segmentation", choices=("segmentation", "classification", "detection")),
+    "task": Field((str,), default=SEGMENTATION.name, choices=tuple(TASKS.names())),
     "classes": Field((int,), required=True, check=POSITIVE),
     "class_names": Field((list,), default=None, nullable=True),
     "arch": Field(SPEC, required=True),

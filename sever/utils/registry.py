@@ -1,8 +1,10 @@
 """Build parts of an experiment by name from their YAML block.
 
 Every pluggable part (architecture, loss, metric, optimiser, scheduler,
-augmentation, sampler, data loader) lives in a :class:`Registry`. A config block
-names one entry and its arguments::
+augmentation, sampler, data loader, data source, trainer, task) lives in a
+:class:`Registry`; all of them are created in :mod:`sever.registries`, each with
+the ``locations`` (module names) that register its entries, imported on the
+first lookup. A config block names one entry and its arguments::
 
     loss:
       type: BCEDiceLoss
@@ -16,8 +18,9 @@ key and listing what is valid, before any training starts.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sever.exceptions import ConfigError, SeverError
 
@@ -75,16 +78,21 @@ class Registry:
 
     Args:
         kind: what the entries are, used in messages ("loss", "architecture").
+        locations: modules whose import registers the entries (``"sever.model.loss"``).
+            They are imported on the first lookup, listing or membership test, so a
+            part in a new module needs only its module named here.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, locations: Sequence[str] = ()):
         self.kind = kind
-        self._entries: dict[str, Callable] = {}
+        self.locations = tuple(locations)
+        self._entries: dict[str, Any] = {}
+        self._imported = False
 
-    def register(self, obj: Callable | None = None, *, name: str | None = None):
+    def register(self, obj: Any = None, *, name: str | None = None):
         """Add ``obj`` under ``name`` (default: its ``__name__``); usable as a decorator."""
 
-        def add(target: Callable) -> Callable:
+        def add(target: Any) -> Any:
             entry = name or target.__name__
             if entry in self._entries and self._entries[entry] is not target:
                 raise KeyError(f"{self.kind} '{entry}' is registered twice")
@@ -93,14 +101,29 @@ class Registry:
 
         return add(obj) if obj is not None else add
 
+    def _import_locations(self) -> None:
+        """Import the modules that register this kind's entries (once; a missing one is a bug)."""
+        if self._imported:
+            return
+        self._imported = True  # set first: a location that looks this registry up while importing gets no loop
+        try:
+            for module in self.locations:
+                importlib.import_module(module)
+        except BaseException:
+            self._imported = False  # a failed import is retried (and fails again, loudly) on the next lookup
+            raise
+
     def names(self) -> list[str]:
+        self._import_locations()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        self._import_locations()
         return name in self._entries
 
     def get(self, name: Any, key: str) -> Callable:
         """The entry called ``name``; ``key`` is the config path used in errors."""
+        self._import_locations()
         if not isinstance(name, str) or name not in self._entries:
             raise ConfigError(
                 f"{key}: unknown {self.kind} {name!r}.{did_you_mean(name, self._entries)} "

@@ -36,7 +36,7 @@ class BaseTrainer(abc.ABC):
     """Runs epochs, tracks the monitored metric and writes checkpoints.
 
     Args:
-        model: the network (a :class:`~sever.base.BaseModel`).
+        model: the network (a :class:`~sever.model.base.BaseModel`).
         optimizer: its optimiser, parameter groups named ``encoder``/``decoder``.
         lr_scheduler: stepped once per epoch, or None.
         config: the validated experiment config (saved in every checkpoint).
