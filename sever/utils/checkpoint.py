@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from sever.exceptions import CheckpointError
+from sever.exceptions import CheckpointError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +94,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(
             f"{path}: refused to load: the file needs arbitrary Python objects to unpickle, "
             f"which could run code. sever checkpoints hold only tensors and plain types; "
-            f"this one was not written by sever or comes from an untrusted source. ({_first_line(exc)})"
+            f"this one was not written by sever or comes from an untrusted source. ({first_line(exc)})"
         ) from exc
     # A damaged file makes torch.load raise many kinds (RuntimeError, EOFError, BadZipFile,
     # KeyError, IndexError, ...); all mean the same to the user.
     except Exception as exc:
         raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint: {type(exc).__name__}: {_first_line(exc)}"
+            f"{path}: corrupt or truncated checkpoint: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
     if (
         not isinstance(state, dict)
@@ -173,8 +173,3 @@ def _arch_defaults(name: Any) -> dict[str, Any]:
         return {}
     parameters = inspect.signature(ARCHITECTURES.get(name, "arch.type")).parameters.values()
     return {p.name: p.default for p in parameters if p.default is not p.empty and p.kind is not p.KEYWORD_ONLY}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
