@@ -14,6 +14,7 @@ from sever.exceptions import TrainingError
 from sever.model.detection import DetectionLoss
 from sever.trainer.trainer import SegmentationTrainer, Trainer  # before the detection trainer, which it imports
 from sever.detection.trainer import DetectionTrainer  # noqa: E402,I001
+from sever.detection.metric import MeanAP
 from sever.utils.config import TRAINER_SCHEMA, validate_section
 from sever.utils.run import RunPaths
 
@@ -37,9 +38,14 @@ class ScaleTask(Trainer):
 
 
 class StandInDetector(Scale):
-    """Answers like a torchvision detector in training mode: ``(images, targets)`` -> its losses."""
+    """Answers like a torchvision detector: in training ``(images, targets)`` -> its losses; in evaluation
+    ``images`` -> per image one box of class 0 over the top-left 2x2 pixels, scoring 0.9."""
 
-    def forward(self, images, targets):
+    def forward(self, images, targets=None):
+        if not self.training:
+            box = {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]), "labels": torch.tensor([0]),
+                   "scores": torch.tensor([0.9])}
+            return [dict(box) for _ in images]
         errors = [(self.scale * image - target["pixels"]).pow(2).mean() for image, target in zip(images, targets)]
         return {"loss_classifier": torch.stack(errors).mean()}
 
@@ -113,3 +119,34 @@ def test_a_non_finite_loss_stops_training_before_any_backward(task, tmp_path):
     assert skipping.skipped_steps == 1 and skipping.model.scale.item() == 1.0
     skipping._train_step(*batch(task, images, targets), step=1, n_batches=2, epoch=1)
     assert skipping.model.scale.item() != 1.0, "training goes on after a skipped step"
+
+
+class Recorder:
+    """Stands in for TensorBoard's SummaryWriter: keeps the image grids written."""
+
+    def __init__(self):
+        self.images = {}
+
+    def add_images(self, tag, grid, step, dataformats):
+        self.images[tag] = grid
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_one_validation_pass_logs_the_tasks_loss_or_metrics_and_keeps_the_visuals_asked_for(task, tmp_path):
+    trainer = make_trainer(task, tmp_path, vis_images=3)
+    trainer.writer = Recorder()
+    batches = [tensors(seed) for seed in (4, 5)]
+    if task == "segmentation":
+        trainer.valid_loader = batches
+    else:
+        trainer.metrics = [MeanAP()]
+        box = {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]), "labels": torch.tensor([0])}
+        trainer.valid_loader = [(list(images), [dict(box) for _ in images]) for images, _ in batches]
+    log = trainer._valid_epoch(1)
+    (grid,) = trainer.writer.images.values()
+    assert grid.shape == (3, 8, 4, 3), "three of the four images, truth above prediction"
+    if task == "segmentation":
+        losses = [float((images - targets).pow(2).mean()) for images, targets in batches]
+        assert log == {"val_loss": pytest.approx(sum(losses) / 2)}
+    else:
+        assert "val_loss" not in log and log["val_map"] == pytest.approx(1.0)

@@ -45,12 +45,11 @@ class DetectionTrainer(Trainer):
         return {f"val_{k}": v for m in self.metrics if not m.empty for k, v in m.compute().items()}
 
     def _collect_visuals(self, batch_index, images, targets, detections) -> None:
-        if batch_index == 0:
-            self._visuals = []
-        if self.writer is None or len(self._visuals) >= self.vis_images:
+        take = self._visual_room(batch_index)
+        if not take:
             return
         names = self.config["class_names"]
-        for image, target, found in list(zip(images, targets, detections))[: self.vis_images - len(self._visuals)]:
+        for image, target, found in list(zip(images, targets, detections))[:take]:
             grey = to_uint8_image(image[0].float().cpu().numpy())
             keep = found["scores"] >= VIS_THRESHOLD
             truth = draw_boxes(grey, target["boxes"].cpu().numpy(), target["labels"].cpu().numpy(), None, names)

@@ -301,6 +301,15 @@ class Trainer(BaseTrainer):
     def _write_visuals(self, epoch: int) -> None:
         """Hook: write validation visuals to TensorBoard."""
 
+    def _visual_room(self, batch_index: int) -> int:
+        """How many more images a task's :meth:`_collect_visuals` may keep in ``_visuals``.
+
+        0 without TensorBoard; the list is emptied at the first validation batch.
+        """
+        if batch_index == 0:
+            self._visuals = []
+        return 0 if self.writer is None else max(self.vis_images - len(self._visuals), 0)
+
     # ------------------------------------------------------------------ checkpoint extras
 
     def _extra_state(self) -> dict[str, Any]:
@@ -320,11 +329,9 @@ class SegmentationTrainer(Trainer):
     """Trains mask models; TensorBoard shows ground truth and predictions overlaid."""
 
     def _collect_visuals(self, batch_index, images, targets, logits) -> None:
-        if batch_index == 0:
-            self._visuals = []
-        if self.writer is None or len(self._visuals) >= self.vis_images:
+        take = self._visual_room(batch_index)
+        if not take:
             return
-        take = self.vis_images - len(self._visuals)
         predicted = (torch.sigmoid(logits[:take].float()) > 0.5).cpu().numpy()
         for image, truth, pred in zip(images[:take].float().cpu().numpy(), targets[:take].cpu().numpy(), predicted):
             grey = to_uint8_image(image[0])
