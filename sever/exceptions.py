@@ -36,3 +36,10 @@ class TrainingInterrupted(SeverError):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.signal_number = signal_number
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of ``exc``'s message, cut to ``limit`` characters, for a one-line error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = lines[0] if lines else "no details"
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -10,12 +10,12 @@ from sever import main
 from sever.detection.data import DetectionDataset, DetectionTransforms, VOCDataLoader, mosaic
 from sever.detection.from_masks import evaluate_segmentation_as_detector, masks_to_boxes
 from sever.detection.metric import MeanAP, map_table
-from sever.detection.predict import draw_boxes, evaluate_detector, predict_boxes, predict_to_csv
+from sever.detection.predict import evaluate_detector, predict_boxes, predict_to_csv
 from sever.data_loader.voc import read_voc_folder
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.model.model import build_model
 from sever.utils.checkpoint import load_checkpoint
-from sever.utils.visualization import class_colour
+from sever.utils.visualization import class_colour, draw_boxes
 from inference_runs import invoke
 from test_voc import CLASSES, make_voc, voc_xml
 

@@ -10,14 +10,13 @@ from torch import nn
 
 from sever.model.base import BaseModel
 from sever.exceptions import ConfigError
+from sever.model.encoder_weights import recycle_rgb_filters, set_input_channels
 from sever.model.model import (
     ARCHITECTURES,
     ClassificationModel,
     SegmentationModel,
     build_encoder,
     build_model,
-    recycle_rgb_filters,
-    set_input_channels,
 )
 
 SEGMENTATION_NAMES = [name for name in ARCHITECTURES.names() if name not in ("Classifier", "FasterRCNN")]

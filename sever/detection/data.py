@@ -32,7 +32,7 @@ from sever.data_loader.datasets import read_grey
 from sever.data_loader.sources import DataFolder
 from sever.data_loader.voc import ImageBoxes, check_box, seed_validation_folders
 from sever.exceptions import ConfigError, DataError
-from sever.registries import DATA_LOADERS, DATA_SOURCES, SAMPLERS, TRANSFORMS
+from sever.registries import DATA_LOADERS, DATA_SOURCES, TRANSFORMS
 
 logger = logging.getLogger(__name__)
 

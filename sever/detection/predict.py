@@ -29,7 +29,7 @@ from sever.data_loader.voc import read_voc_folder
 from sever.detection.metric import MeanAP
 from sever.exceptions import CheckpointError
 from sever.inference.checkpoints import load_network, run_config
-from sever.utils.visualization import class_colour
+from sever.utils.visualization import draw_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -82,34 +82,6 @@ def predict_boxes(checkpoints: Sequence[str | Path], image_dir: str | Path, thre
         keep = merged["scores"] >= threshold
         order = torch.argsort(merged["scores"][keep], descending=True)
         yield name, {key: value[keep][order].cpu().numpy() for key, value in merged.items()}
-
-
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None = None,
-               class_names: Sequence[str] | None = None) -> np.ndarray:
-    """Draw labelled boxes on an image.
-
-    Args:
-        image: ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8.
-        boxes: ``(N, 4)`` ``(x0, y0, x1, y1)`` pixels.
-        labels: ``(N,)`` 0-based classes: colour (:func:`~sever.utils.visualization.class_colour`) and caption.
-        scores: ``(N,)`` shown after the class name, or None.
-        class_names: captions of the classes (default: their numbers from 1).
-
-    Returns:
-        ``(H, W, 3)`` uint8 RGB copy with the boxes drawn.
-    """
-    canvas = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image.copy())
-    scale = max(canvas.shape[:2]) / 600
-    for i, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1))):
-        colour = class_colour(int(label))
-        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-        cv2.rectangle(canvas, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), colour, max(1, int(2 * scale)))
-        caption = class_names[label] if class_names is not None else str(int(label) + 1)
-        if scores is not None:
-            caption += f" {float(scores[i]):.2f}"
-        cv2.putText(canvas, caption, (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, max(0.35, 0.5 * scale),
-                    colour, 1, cv2.LINE_AA)
-    return canvas
 
 
 def predict_to_csv(checkpoints: Sequence[str | Path], image_dir: str | Path, csv_path: str | Path,

@@ -1,4 +1,5 @@
-"""The detection trainer: the supervised loop of :class:`~sever.trainer.trainer.Trainer` for box models.
+"""The detection trainer: the supervised loop and training step of :class:`~sever.trainer.trainer.Trainer`
+for box models; this module supplies the forward pass, the loss and the box visuals.
 
 A batch is ``(images, targets)`` lists (see :mod:`sever.detection.data`). In
 training the model returns its loss dict, which the ``loss`` block
@@ -13,17 +14,14 @@ at least ``vis_threshold`` (bottom).
 
 from __future__ import annotations
 
-import contextlib
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from sever.detection.predict import draw_boxes
 from sever.registries import TRAINERS
 from sever.trainer.trainer import Trainer
-from sever.utils.device import autocast
-from sever.utils.visualization import to_uint8_image
+from sever.utils.visualization import draw_boxes, to_uint8_image
 
 VIS_THRESHOLD = 0.5
 
@@ -37,40 +35,23 @@ class DetectionTrainer(Trainer):
         targets = [{key: value.to(self.device, non_blocking=True) for key, value in t.items()} for t in targets]
         return images, targets
 
-    def _train_step(self, images, targets, step: int, n_batches: int, epoch: int) -> dict[str, float]:
-        images, targets = self._to_device(images, targets)
-        update = self._at_update_boundary(step, n_batches)
-        sync = self.network.no_sync() if self.dist.enabled and not update else contextlib.nullcontext()
-        with sync:
-            with autocast(self.amp, self.device):
-                parts = self.loss(self.network(images, targets))
-            if not torch.isfinite(parts["loss"]):
-                return self._non_finite(parts["loss"], step, epoch)
-            self.scaler.scale(parts["loss"] / self.accumulate).backward()
-        if update:
-            self._optimizer_step()
-        return {key: float(value.detach()) for key, value in parts.items()}
+    def _forward_loss(self, images, targets) -> tuple[dict[str, torch.Tensor], Any]:
+        # A detector in training mode returns its losses, not detections: nothing for the metrics.
+        return self.loss(self.network(images, targets)), None
 
-    @torch.inference_mode()
-    def _valid_epoch(self, epoch: int) -> dict[str, float]:
-        model = self._begin_validation()
-        self._visuals = []
-        for images, targets in tqdm(self.valid_loader, desc="validation", leave=False, dynamic_ncols=True,
-                                    disable=None):
-            images, targets = self._to_device(images, targets)
-            with autocast(self.amp, self.device):
-                detections = model(images)
-            for metric in self.metrics:
-                metric.update(detections, targets)
-            self._collect_boxes(images, targets, detections)
-        self._write_visuals(epoch)
+    def _valid_forward(self, model, images, targets) -> tuple[dict[str, torch.Tensor], Any]:
+        return {}, model(images)
+
+    def _valid_log(self, sums: dict[str, float], batches: int) -> dict[str, float]:
+        # MeanAP gathers its state across ranks itself when it computes.
         return {f"val_{k}": v for m in self.metrics if not m.empty for k, v in m.compute().items()}
 
-    def _collect_boxes(self, images, targets, detections) -> None:
-        if self.writer is None or len(self._visuals) >= self.vis_images:
+    def _collect_visuals(self, batch_index, images, targets, detections) -> None:
+        take = self._visual_room(batch_index)
+        if not take:
             return
         names = self.config["class_names"]
-        for image, target, found in list(zip(images, targets, detections))[: self.vis_images - len(self._visuals)]:
+        for image, target, found in list(zip(images, targets, detections))[:take]:
             grey = to_uint8_image(image[0].float().cpu().numpy())
             keep = found["scores"] >= VIS_THRESHOLD
             truth = draw_boxes(grey, target["boxes"].cpu().numpy(), target["labels"].cpu().numpy(), None, names)
@@ -80,7 +61,7 @@ class DetectionTrainer(Trainer):
             self._visuals.append(np.concatenate([truth, predicted], axis=0))
 
     def _write_visuals(self, epoch: int) -> None:
-        if self.writer is None or not self._visuals:
+        if self.writer is None or not getattr(self, "_visuals", None):
             return
         tag = "val/boxes_truth_above_detections"
         if len({visual.shape for visual in self._visuals}) == 1:

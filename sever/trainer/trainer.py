@@ -1,7 +1,12 @@
 """Supervised trainers: segmentation (masks) and classification (defect presence).
 
-Both share one training step (forward, loss, backward with AMP, gradient
-accumulation and clipping, EMA); they differ in what they show in TensorBoard.
+:class:`Trainer` holds the one training step (DDP gradient sync, AMP, the
+finite-loss check, backward, gradient accumulation and clipping, EMA) and the one
+validation pass of every task; a task supplies its forward pass and loss through
+hooks (:meth:`~Trainer._to_device`, :meth:`~Trainer._forward_loss`,
+:meth:`~Trainer._valid_forward`). Segmentation and classification differ only in
+what they show in TensorBoard; :class:`~sever.detection.trainer.DetectionTrainer`
+is the third task.
 """
 
 from __future__ import annotations
@@ -162,24 +167,52 @@ class Trainer(BaseTrainer):
             images = self.normalization(images)
         return images.contiguous(memory_format=self.memory_format)
 
+    def _to_device(self, images, targets):
+        """Hook: a loader's batch on the device, as :meth:`_forward_loss` and the metrics take it.
+
+        Here images become the model's input (:meth:`_model_input`) and targets move as they are.
+        """
+        return self._model_input(images), targets.to(self.device, non_blocking=True)
+
+    def _forward_loss(self, images, targets) -> tuple[dict[str, torch.Tensor], Any]:
+        """Hook: the task's forward pass and loss on one training batch, run under autocast.
+
+        Args:
+            images, targets: the batch as :meth:`_to_device` returns it.
+
+        Returns:
+            ``(parts, outputs)``: the loss parts (``"loss"`` is the scalar total the
+            backward pass uses) and what the metrics update with beside ``targets``
+            (here the logits), or None to update no metric while training.
+        """
+        logits = self.network(images)
+        return self._loss_parts(logits, targets), logits
+
     def _train_step(self, images, targets, step: int, n_batches: int, epoch: int) -> dict[str, float]:
-        images = self._model_input(images)
-        targets = targets.to(self.device, non_blocking=True)
+        """Train on one batch; return its loss parts as floats. The same for every task.
+
+        The task's :meth:`_forward_loss` runs under autocast; the loss, divided by
+        ``accumulate_steps`` so accumulated gradients average the batches, goes
+        backward through the AMP scaler; at an update boundary the optimiser steps
+        (:meth:`_optimizer_step`). Under DDP gradients are all-reduced only at an
+        update boundary. A non-finite loss goes to ``nan_policy`` before any backward.
+        """
+        images, targets = self._to_device(images, targets)
         update = self._at_update_boundary(step, n_batches)
         sync = self.network.no_sync() if self.dist.enabled and not update else contextlib.nullcontext()
         with sync:
             with autocast(self.amp, self.device):
-                logits = self.network(images)
-                parts = self._loss_parts(logits, targets)
+                parts, outputs = self._forward_loss(images, targets)
             total = parts["loss"]
             if not torch.isfinite(total):
                 return self._non_finite(total, step, epoch)
             self.scaler.scale(total / self.accumulate).backward()
         if update:
             self._optimizer_step()
-        with torch.no_grad():
-            for metric in self.metrics:
-                metric.update(logits.detach(), targets)
+        if outputs is not None:
+            with torch.no_grad():
+                for metric in self.metrics:
+                    metric.update(outputs.detach(), targets)
         return {key: float(value.detach()) for key, value in parts.items()}
 
     def _loss_parts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -227,6 +260,19 @@ class Trainer(BaseTrainer):
             metric.reset()
         return model
 
+    def _valid_forward(self, model: torch.nn.Module, images, targets) -> tuple[dict[str, torch.Tensor], Any]:
+        """Hook: ``model`` (:attr:`eval_model`) on one validation batch, run under autocast.
+
+        Returns ``(parts, outputs)`` as :meth:`_forward_loss` does (empty parts when
+        the task has no validation loss); ``outputs`` update the metrics and the visuals.
+        """
+        logits = model(images)
+        return self._loss_parts(logits, targets), logits
+
+    def _valid_log(self, sums: dict[str, float], batches: int) -> dict[str, float]:
+        """Hook: the validation log from the summed loss parts of ``batches`` batches and the metrics."""
+        return self._epoch_means(sums, batches, "val")
+
     @torch.inference_mode()
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         model = self._begin_validation()
@@ -234,24 +280,36 @@ class Trainer(BaseTrainer):
         batches = 0
         for batch_index, (images, targets) in enumerate(tqdm(self.valid_loader, desc="validation", leave=False,
                                                              dynamic_ncols=True, disable=None)):
-            targets = targets.to(self.device, non_blocking=True)
+            inputs, targets = self._to_device(images, targets)
             with autocast(self.amp, self.device):
-                logits = model(self._model_input(images))
-                parts = self._loss_parts(logits, targets)
+                parts, outputs = self._valid_forward(model, inputs, targets)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             batches += 1
             for metric in self.metrics:
-                metric.update(logits, targets)
-            self._collect_visuals(batch_index, images, targets, logits)
+                metric.update(outputs, targets)
+            self._collect_visuals(batch_index, images, targets, outputs)
         self._write_visuals(epoch)
-        return self._epoch_means(sums, batches, "val")
+        return self._valid_log(sums, batches)
 
-    def _collect_visuals(self, batch_index, images, targets, logits) -> None:
-        """Hook: keep what :meth:`_write_visuals` shows (called for each validation batch)."""
+    def _collect_visuals(self, batch_index, images, targets, outputs) -> None:
+        """Hook: keep what :meth:`_write_visuals` shows (called for each validation batch).
+
+        ``images`` are the loader's (on the CPU, not normalised), ``targets`` and
+        ``outputs`` those of :meth:`_valid_forward` (on the device).
+        """
 
     def _write_visuals(self, epoch: int) -> None:
         """Hook: write validation visuals to TensorBoard."""
+
+    def _visual_room(self, batch_index: int) -> int:
+        """How many more images a task's :meth:`_collect_visuals` may keep in ``_visuals``.
+
+        0 without TensorBoard; the list is emptied at the first validation batch.
+        """
+        if batch_index == 0:
+            self._visuals = []
+        return 0 if self.writer is None else max(self.vis_images - len(self._visuals), 0)
 
     # ------------------------------------------------------------------ checkpoint extras
 
@@ -273,11 +331,9 @@ class SegmentationTrainer(Trainer):
     """Trains mask models; TensorBoard shows ground truth and predictions overlaid."""
 
     def _collect_visuals(self, batch_index, images, targets, logits) -> None:
-        if batch_index == 0:
-            self._visuals = []
-        if self.writer is None or len(self._visuals) >= self.vis_images:
+        take = self._visual_room(batch_index)
+        if not take:
             return
-        take = self.vis_images - len(self._visuals)
         predicted = (torch.sigmoid(logits[:take].float()) > 0.5).cpu().numpy()
         for image, truth, pred in zip(images[:take].float().cpu().numpy(), targets[:take].cpu().numpy(), predicted):
             grey = to_uint8_image(image[0])

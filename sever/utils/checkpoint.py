@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sever.exceptions import CheckpointError
+from sever.exceptions import CheckpointError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +91,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(
             f"{path}: refused to load: the file needs arbitrary Python objects to unpickle, "
             f"which could run code. sever checkpoints hold only tensors and plain types; "
-            f"this one was not written by sever or comes from an untrusted source. ({_first_line(exc)})"
+            f"this one was not written by sever or comes from an untrusted source. ({first_line(exc)})"
         ) from exc
     # A damaged file makes torch.load raise many kinds (RuntimeError, EOFError, BadZipFile,
     # KeyError, IndexError, ...); all mean the same to the user.
     except Exception as exc:
         raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint: {type(exc).__name__}: {_first_line(exc)}"
+            f"{path}: corrupt or truncated checkpoint: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
     if (
         not isinstance(state, dict)
@@ -112,6 +112,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return state
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

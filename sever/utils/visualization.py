@@ -1,7 +1,10 @@
-"""Colour overlays of defect masks on steel images (TensorBoard grids, ``--visualize``)."""
+"""Colour overlays of defect masks and boxes on steel images (TensorBoard grids, ``--visualize``)."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import cv2
 import numpy as np
 
 # One RGB colour per class; classes beyond the table reuse it cyclically.
@@ -56,3 +59,31 @@ def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> 
     mean_colour = colour_sum[covered] / count[covered, None]
     rgb[covered] = (1 - alpha) * rgb[covered] + alpha * mean_colour
     return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None = None,
+               class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Draw labelled boxes on an image.
+
+    Args:
+        image: ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8.
+        boxes: ``(N, 4)`` ``(x0, y0, x1, y1)`` pixels.
+        labels: ``(N,)`` 0-based classes: colour (:func:`class_colour`) and caption.
+        scores: ``(N,)`` shown after the class name, or None.
+        class_names: captions of the classes (default: their numbers from 1).
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB copy with the boxes drawn.
+    """
+    canvas = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image.copy())
+    scale = max(canvas.shape[:2]) / 600
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1))):
+        colour = class_colour(int(label))
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        cv2.rectangle(canvas, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), colour, max(1, int(2 * scale)))
+        caption = class_names[label] if class_names is not None else str(int(label) + 1)
+        if scores is not None:
+            caption += f" {float(scores[i]):.2f}"
+        cv2.putText(canvas, caption, (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, max(0.35, 0.5 * scale),
+                    colour, 1, cv2.LINE_AA)
+    return canvas
