@@ -41,9 +41,6 @@ UNIT_OF = {
     "sever.detection.from_masks": "inference",
 }
 RANK = {unit: rank for rank, layer in enumerate(LAYERS) for unit in layer}
-# Upward imports that another branch of issue 13 removes (h13step moves draw_boxes to
-# sever.utils.visualization); empty this after merging it. Each entry must still occur.
-KNOWN = {("sever.detection.trainer", "sever.detection.predict")}
 
 
 def module_name(path: Path) -> str:
@@ -101,11 +98,8 @@ def test_every_module_has_a_declared_layer():
 
 
 def test_no_import_points_up_or_sideways():
-    found = violations()
-    unexpected = [line for importer, target, line in found if (importer, target) not in KNOWN]
-    gone = KNOWN - {(importer, target) for importer, target, _ in found}
-    assert not unexpected, "imports against the layer order:\n" + "\n".join(unexpected)
-    assert not gone, f"no longer imported, remove from KNOWN: {sorted(gone)}"
+    found = [line for _, _, line in violations()]
+    assert not found, "imports against the layer order:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("importer, target, allowed", [
