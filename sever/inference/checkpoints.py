@@ -19,9 +19,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sever.data_loader.augmentation import TRANSFORMS, Normalization
+from sever.data_loader.augmentation import Normalization
 from sever.exceptions import CheckpointError, ConfigError
 from sever.model.model import build_model
+from sever.registries import TRANSFORMS
 from sever.tasks import SEGMENTATION, task_of
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.run import RunPaths

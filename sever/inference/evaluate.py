@@ -19,12 +19,13 @@ import torch
 from torch import Tensor
 
 from sever.data_loader.annotations import Annotations, read_rle_csv
-from sever.data_loader.data_loaders import DATA_LOADERS, SteelDataLoader, config_split
+from sever.data_loader.data_loaders import SteelDataLoader, config_split
 from sever.data_loader.datasets import image_size, list_images
 from sever.exceptions import ConfigError, DataError
 from sever.inference.predictor import Predictor, class_labels
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
+from sever.registries import DATA_LOADERS
 from sever.utils.registry import parse_spec
 
 logger = logging.getLogger(__name__)
