@@ -19,8 +19,26 @@ logger = logging.getLogger("sever")
 EXIT_USER_ERROR = 1
 
 
+def _debug_after_the_command(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``sever train --debug`` means the same as ``sever --debug train``."""
+    if value:
+        from sever.utils.logger import setup_logging
+
+        ctx.find_root().obj["debug"] = True
+        setup_logging(verbose=True)
+
+
 class SeverGroup(click.Group):
-    """A click group that turns :class:`SeverError` into a message and an exit code."""
+    """A click group that turns :class:`SeverError` into a message and an exit code.
+
+    Every command also takes ``--debug`` itself, so it may follow the command name.
+    """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(click.Option(["--debug"], is_flag=True, expose_value=False,
+                                       callback=_debug_after_the_command,
+                                       help="Show full tracebacks for errors (as sever --debug)."))
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -50,7 +68,8 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 @cli.command()
 @click.option("-c", "--config", "configs", multiple=True, type=click.Path(dir_okay=False),
-              help="Experiment YAML; repeat to train several one after another.")
+              help="Experiment YAML, or the name of a built-in one (e.g. demo); repeat to train several "
+                   "one after another.")
 @click.option("-r", "--resume", type=click.Path(), default=None,
               help="Checkpoint file or run folder to continue (its newest valid checkpoint).")
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -64,6 +83,9 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
     """Train models from experiment files, or resume a run."""
     if bool(configs) == bool(resume):
         raise click.UsageError("give either -c CONFIG (one or more) or -r CHECKPOINT_OR_RUN_DIR")
+    from sever.utils.config import resolve_experiment
+
+    configs = tuple(str(resolve_experiment(config)) for config in configs)
     if nproc > 1:
         ctx.exit(_launch_distributed(nproc, configs, resume, overrides, ctx.obj["debug"]))
     from sever import main

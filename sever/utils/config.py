@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -45,6 +46,29 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
+
+
+def builtin_experiments() -> dict[str, Path]:
+    """The experiment files shipped inside the package, by name (``demo`` -> ``.../experiments/demo.yml``)."""
+    folder = Path(str(resources.files("sever") / "experiments"))
+    return {path.stem: path for path in sorted(folder.glob("*.yml"))}
+
+
+def resolve_experiment(name: str | Path) -> Path:
+    """The file ``sever train -c NAME`` means: ``NAME`` itself when it exists, else a built-in experiment.
+
+    A built-in experiment is named with or without ``.yml`` (``demo``, ``demo.yml``), so
+    ``sever train -c demo`` works from any folder once sever is installed.
+    """
+    path = Path(name)
+    if path.exists():
+        return path
+    builtin = builtin_experiments()
+    stem = path.name[: -len(".yml")] if path.name.endswith(".yml") else path.name
+    if str(path.parent) == "." and stem in builtin:
+        return builtin[stem]
+    raise ConfigError(f"config file not found: {name}; not a built-in experiment either "
+                      f"(built-in: {', '.join(builtin)}).{did_you_mean(stem, builtin)}")
 
 
 def load_config(path: str | Path) -> dict:
