@@ -446,14 +446,18 @@ def convert(source: str, target: str, images: str, masks: str, csv_path: str, cl
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset version.")
 @click.option("--dynamic", is_flag=True,
               help="ONNX: accept any height and width, not only the example's (the batch size is always free).")
-def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: int, dynamic: bool) -> None:
+@click.option("--atol", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest difference from PyTorch's probabilities (sigmoid of the logits) accepted.")
+def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: int, dynamic: bool,
+           atol: float) -> None:
     """Export a trained model to ONNX or TorchScript and check it against PyTorch."""
     from sever.export import export_model
 
-    result = export_model(checkpoint, fmt, out, height=height, width=width, opset=opset, dynamic=dynamic)
+    result = export_model(checkpoint, fmt, out, height=height, width=width, opset=opset, dynamic=dynamic, atol=atol)
     shapes = ", ".join("x".join(map(str, shape)) for shape in result.checked_shapes)
     click.echo(f"exported the {result.weights} weights of {result.checkpoint} to {result.path} ({fmt})")
-    click.echo(f"checked against PyTorch on random inputs {shapes}: max abs difference {result.max_abs_diff:.2e}")
+    click.echo(f"checked against PyTorch on random inputs {shapes}: probabilities differ by up to "
+               f"{result.max_prob_diff:.2e} (--atol {atol:g}), logits by up to {result.max_abs_diff:.2e}")
 
 @cli.command("check-data")
 @click.argument("data_dir", type=click.Path())
