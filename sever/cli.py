@@ -95,6 +95,16 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
     if from_environment().is_main:
         for run in runs:
             click.echo(f"run saved in {run.root}")
+        click.echo(f"next: {_next_command(runs[-1])}")
+
+
+def _next_command(run) -> str:
+    """The command that uses a finished run: predict with it (a classifier gates a segmentation run)."""
+    from sever.utils.config import load_config
+
+    if load_config(run.config)["task"] == "classification":
+        return f"sever predict -m SEGMENTATION_RUN --classifier {run.root} -i IMAGE_DIR -o submission.csv"
+    return f"sever predict -m {run.root} -i IMAGE_DIR -o submission.csv"
 
 
 def _launch_distributed(nproc: int, configs, resume, overrides, debug: bool) -> int:
