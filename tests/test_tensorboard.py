@@ -87,3 +87,16 @@ def test_training_ends_with_the_best_score_its_epoch_and_an_eta_per_epoch(traine
     epoch_lines = [message for message in messages if message.startswith("epoch ")]
     assert [line.split()[1] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
     assert all("(run ETA " in line for line in epoch_lines[:2]) and "ETA" not in epoch_lines[2]
+
+
+def test_only_families_numbered_by_class_take_the_class_names():
+    from types import SimpleNamespace
+
+    from sever.base.base_trainer import BaseTrainer
+
+    trainer = SimpleNamespace(config={"class_names": ["a", "b"]})
+    keys = ["val_ap_0", "val_ap_1", "val_mar_1", "val_mar_10", "val_map_50", "val_dice_mean"]
+    assert BaseTrainer._tags(trainer, keys) == {"val_ap_0": "val_ap_a", "val_ap_1": "val_ap_b",
+                                               "val_mar_1": "val_mar_1", "val_mar_10": "val_mar_10",
+                                               "val_map_50": "val_map_50", "val_dice_mean": "val_dice_mean"}
+    assert BaseTrainer._tags(SimpleNamespace(config={"class_names": None}), ["val_ap_0"]) == {"val_ap_0": "val_ap_0"}

@@ -189,13 +189,25 @@ class BaseTrainer(abc.ABC):
         self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()))  # markdown code
         self.writer.flush()
 
-    def _tag(self, key: str) -> str:
-        """A TensorBoard tag for a logged value: ``val_dice_2`` -> ``val_dice_scratches`` with ``class_names``."""
+    def _tags(self, keys) -> dict[str, str]:
+        """TensorBoard tags for logged values: ``val_dice_2`` -> ``val_dice_scratches`` with ``class_names``.
+
+        Only a family numbered exactly ``0 .. classes-1`` is per class (``val_mar_1``,
+        ``val_mar_10``, ``val_mar_100`` are COCO detection limits and keep their numbers).
+        """
         names = self.config.get("class_names")
-        stem, _, index = key.rpartition("_")
-        if names and stem and index.isdigit() and int(index) < len(names):
-            return f"{stem}_{names[int(index)]}"
-        return key
+        families: dict[str, set[str]] = {}  # stem -> its numbered members (val_dice_mean is not one)
+        for key in keys:
+            stem, _, index = key.rpartition("_")
+            if index.isdigit():
+                families.setdefault(stem, set()).add(index)
+        per_class = {stem for stem, indices in families.items()
+                     if names and indices == {str(k) for k in range(len(names))}}
+        tags = {}
+        for key in keys:
+            stem, _, index = key.rpartition("_")
+            tags[key] = f"{stem}_{names[int(index)]}" if stem in per_class and index.isdigit() else key
+        return tags
     def _apply_encoder_freeze(self, epoch: int) -> None:
         """Freeze the encoder for the first ``freeze_encoder_epochs`` epochs."""
         frozen = epoch <= self.freeze_encoder_epochs
@@ -260,9 +272,9 @@ class BaseTrainer(abc.ABC):
         logger.info("epoch %d/%d  %s%s", epoch, self.epochs, summary, eta)
         if self.writer is None:
             return
-        for key, value in log.items():
-            if key != "epoch":
-                self.writer.add_scalar(f"epoch/{self._tag(key)}", value, epoch)
+        tags = self._tags([key for key in log if key != "epoch"])
+        for key, tag in tags.items():
+            self.writer.add_scalar(f"epoch/{tag}", log[key], epoch)
         for name, lr in learning_rates.items():
             self.writer.add_scalar(f"lr/{name}", lr, epoch)
         if self.best_epoch is not None:
