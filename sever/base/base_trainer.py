@@ -208,6 +208,9 @@ class BaseTrainer(abc.ABC):
             stem, _, index = key.rpartition("_")
             tags[key] = f"{stem}_{names[int(index)]}" if stem in per_class and index.isdigit() else key
         return tags
+
+    # ------------------------------------------------------------------ encoder freezing
+
     def _apply_encoder_freeze(self, epoch: int) -> None:
         """Freeze the encoder for the first ``freeze_encoder_epochs`` epochs."""
         frozen = epoch <= self.freeze_encoder_epochs
