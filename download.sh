@@ -3,7 +3,8 @@
 # official Kaggle CLI into data/raw/severstal-steel-defect-detection/ (or the
 # folder given as the first argument) and unzip it.
 #
-# Needs: the kaggle CLI (pip install 'sever[kaggle]'), an API token
+# Needs: the kaggle CLI (in this checkout: python -m pip install -e '.[kaggle]'; where sever is
+# installed from a wheel: pip install 'sever[kaggle]'), an API token
 # (~/.config/kaggle/kaggle.json, ~/.kaggle/kaggle.json, or KAGGLE_USERNAME and
 # KAGGLE_KEY in the environment), and the competition's rules accepted on
 # https://www.kaggle.com/c/severstal-steel-defect-detection/rules
@@ -16,7 +17,8 @@ dest="${1:-$here/data/raw/$competition}"
 fail() { echo "download.sh: error: $*" >&2; exit 1; }
 
 command -v kaggle >/dev/null 2>&1 \
-    || fail "the kaggle CLI is not installed. Install it with: pip install 'sever[kaggle]'"
+    || fail "the kaggle CLI is not installed. Install it from this checkout with: \
+python -m pip install -e '$here[kaggle]'"
 
 config_dir="${KAGGLE_CONFIG_DIR:-}"
 if [[ -z "${KAGGLE_USERNAME:-}" || -z "${KAGGLE_KEY:-}" ]]; then

@@ -19,8 +19,26 @@ logger = logging.getLogger("sever")
 EXIT_USER_ERROR = 1
 
 
+def _debug_after_the_command(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``sever train --debug`` means the same as ``sever --debug train``."""
+    if value:
+        from sever.utils.logger import setup_logging
+
+        ctx.find_root().obj["debug"] = True
+        setup_logging(verbose=True)
+
+
 class SeverGroup(click.Group):
-    """A click group that turns :class:`SeverError` into a message and an exit code."""
+    """A click group that turns :class:`SeverError` into a message and an exit code.
+
+    Every command also takes ``--debug`` itself, so it may follow the command name.
+    """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(click.Option(["--debug"], is_flag=True, expose_value=False,
+                                       callback=_debug_after_the_command,
+                                       help="Show full tracebacks for errors (as sever --debug)."))
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -50,7 +68,8 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 @cli.command()
 @click.option("-c", "--config", "configs", multiple=True, type=click.Path(dir_okay=False),
-              help="Experiment YAML; repeat to train several one after another.")
+              help="Experiment YAML, or the name of a built-in one (e.g. demo); repeat to train several "
+                   "one after another.")
 @click.option("-r", "--resume", type=click.Path(), default=None,
               help="Checkpoint file or run folder to continue (its newest valid checkpoint).")
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -64,6 +83,9 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
     """Train models from experiment files, or resume a run."""
     if bool(configs) == bool(resume):
         raise click.UsageError("give either -c CONFIG (one or more) or -r CHECKPOINT_OR_RUN_DIR")
+    from sever.utils.config import resolve_experiment
+
+    configs = tuple(str(resolve_experiment(config)) for config in configs)
     if nproc > 1:
         ctx.exit(_launch_distributed(nproc, configs, resume, overrides, ctx.obj["debug"]))
     from sever import main
@@ -73,6 +95,16 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
     if from_environment().is_main:
         for run in runs:
             click.echo(f"run saved in {run.root}")
+        click.echo(f"next: {_next_command(runs[-1])}")
+
+
+def _next_command(run) -> str:
+    """The command that uses a finished run: predict with it (a classifier gates a segmentation run)."""
+    from sever.utils.config import load_config
+
+    if load_config(run.config)["task"] == "classification":
+        return f"sever predict -m SEGMENTATION_RUN --classifier {run.root} -i IMAGE_DIR -o submission.csv"
+    return f"sever predict -m {run.root} -i IMAGE_DIR -o submission.csv"
 
 
 def _launch_distributed(nproc: int, configs, resume, overrides, debug: bool) -> int:
@@ -432,14 +464,18 @@ def convert(source: str, target: str, images: str, masks: str, csv_path: str, cl
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset version.")
 @click.option("--dynamic", is_flag=True,
               help="ONNX: accept any height and width, not only the example's (the batch size is always free).")
-def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: int, dynamic: bool) -> None:
+@click.option("--atol", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest difference from PyTorch's probabilities (sigmoid of the logits) accepted.")
+def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: int, dynamic: bool,
+           atol: float) -> None:
     """Export a trained model to ONNX or TorchScript and check it against PyTorch."""
     from sever.export import export_model
 
-    result = export_model(checkpoint, fmt, out, height=height, width=width, opset=opset, dynamic=dynamic)
+    result = export_model(checkpoint, fmt, out, height=height, width=width, opset=opset, dynamic=dynamic, atol=atol)
     shapes = ", ".join("x".join(map(str, shape)) for shape in result.checked_shapes)
     click.echo(f"exported the {result.weights} weights of {result.checkpoint} to {result.path} ({fmt})")
-    click.echo(f"checked against PyTorch on random inputs {shapes}: max abs difference {result.max_abs_diff:.2e}")
+    click.echo(f"checked against PyTorch on random inputs {shapes}: probabilities differ by up to "
+               f"{result.max_prob_diff:.2e} (--atol {atol:g}), logits by up to {result.max_abs_diff:.2e}")
 
 @cli.command("check-data")
 @click.argument("data_dir", type=click.Path())

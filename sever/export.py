@@ -24,8 +24,13 @@ needs the extra ``onnxscript`` package, took about ten times longer on a
 ResNet-18 FPN and writes the weights to a separate ``.data`` file.
 
 Every export is checked before it is reported: the written file is loaded
-(onnxruntime or ``torch.jit.load``) and run on a random input, and its output
-must match PyTorch's within :data:`TOLERANCE`.
+(onnxruntime or ``torch.jit.load``) and run on random inputs, and the
+probabilities it gives (the sigmoid of its logits, what sever thresholds and
+saves) must match PyTorch's within ``atol`` (:data:`DEFAULT_ATOL`, a quarter of
+the 1/255 step of saved probabilities). Logits are not compared as such: float
+rounding differs between runtimes by a relative amount, so a saturated logit of
+11 may move by 1e-4 while its probability moves by 1e-6. An export that fails
+the check is kept beside the requested file for inspection, never written over it.
 """
 
 from __future__ import annotations
@@ -51,8 +56,12 @@ from sever.utils.run import RunPaths, resolve_resume
 logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
-TOLERANCE = 1e-4  # largest absolute difference from PyTorch's logits an export may show
+DEFAULT_ATOL = 1e-3  # largest difference from PyTorch's probabilities an export may show
 DEFAULT_OPSET = 17
+
+
+class ExportCheckError(SeverError):
+    """The exported file does not compute what the PyTorch model computes."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class ExportResult:
         weights: ``"ema"`` or ``"model"``: which of its weights were exported.
         checked_shapes: input shapes ``(B, C_in, H, W)`` the export was run on.
         max_abs_diff: the largest absolute difference from PyTorch's logits over those runs.
+        max_prob_diff: the largest absolute difference from PyTorch's probabilities (what is checked).
     """
 
     path: Path
@@ -74,6 +84,7 @@ class ExportResult:
     weights: str
     checked_shapes: tuple[tuple[int, ...], ...]
     max_abs_diff: float
+    max_prob_diff: float
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -136,6 +147,7 @@ def export_model(
     width: int = 1600,
     opset: int = DEFAULT_OPSET,
     dynamic: bool = False,
+    atol: float = DEFAULT_ATOL,
 ) -> ExportResult:
     """Export the model of ``checkpoint`` to ``out`` and check it against PyTorch.
 
@@ -147,15 +159,20 @@ def export_model(
         opset: ONNX opset version (ONNX only).
         dynamic: ONNX: let H and W vary too (the batch size always may).
             TorchScript traces take any size either way.
+        atol: the largest difference from PyTorch's probabilities accepted.
 
     Raises:
-        ConfigError: unknown format or a bad size.
+        ConfigError: unknown format, a bad size or ``atol``, or ONNX without its packages.
         CheckpointError: see :func:`load_trained_model`.
-        SeverError: the export's output differs from PyTorch's by more than :data:`TOLERANCE`.
+        ExportCheckError: the export's probabilities differ from PyTorch's by more than ``atol``.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     _check_shape(height, width, opset)
+    if not atol > 0:
+        raise ConfigError(f"export atol: expected a positive number, got {atol!r}")
+    if fmt == "onnx":
+        _require_onnx()
     model, source, weights = load_trained_model(checkpoint)
     module = _exportable(model)
     example = torch.randn(1, model.in_channels, height, width, generator=torch.Generator().manual_seed(0))
@@ -165,12 +182,38 @@ def export_model(
     try:
         run = _write(fmt, module, example, temporary, opset, dynamic)
         shapes = _check_shapes(example, dynamic or fmt == "torchscript")
-        difference = _max_difference(model, run, shapes)
+        try:
+            logits_diff, prob_diff = _max_differences(model, run, shapes, atol)
+        except ExportCheckError as exc:
+            kept = _keep_rejected(temporary, out)
+            raise ExportCheckError(f"{exc}; {out} not written, the export is kept as {kept} for inspection") from None
+        if out.exists():
+            logger.info("replacing %s", out)
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
     logger.info("exported %s weights of %s to %s (%s)", weights, source, out, fmt)
-    return ExportResult(out, fmt, source, weights, shapes, difference)
+    return ExportResult(out, fmt, source, weights, shapes, logits_diff, prob_diff)
+
+
+def _require_onnx() -> None:
+    """ConfigError naming the extra to install when onnx or onnxruntime is missing."""
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(f"--format onnx needs the {' and '.join(missing)} package(s), not installed: "
+                          f"pip install 'sever[export]'")
+
+
+def _keep_rejected(temporary: Path, out: Path) -> Path:
+    """Move an export that failed its check to ``NAME.rejected.SUFFIX`` beside ``out``."""
+    kept = out.with_name(f"{out.stem}.rejected{out.suffix}")
+    os.replace(temporary, kept)
+    return kept
 
 
 def _write(fmt: str, module: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> Callable:
@@ -234,22 +277,28 @@ def _check_shapes(example: torch.Tensor, any_size: bool) -> tuple[tuple[int, ...
     return tuple(shapes)
 
 
-def _max_difference(model: nn.Module, run: Callable, shapes: tuple[tuple[int, ...], ...]) -> float:
-    """Largest absolute difference between ``run`` and ``model`` on random inputs of ``shapes``.
+def _max_differences(model: nn.Module, run: Callable, shapes: tuple[tuple[int, ...], ...],
+                     atol: float) -> tuple[float, float]:
+    """Largest absolute differences of logits and of probabilities between ``run`` and ``model``.
+
+    Both are run on random inputs of each of ``shapes`` ``(B, C_in, H, W)``.
 
     Raises:
-        SeverError: above :data:`TOLERANCE`.
+        ExportCheckError: a shape differs, or the probabilities by more than ``atol``.
     """
     generator = torch.Generator().manual_seed(1)
-    worst = 0.0
+    worst_logits = worst_probs = 0.0
     for shape in shapes:
         x = torch.randn(*shape, generator=generator)
         with torch.inference_mode():
             expected, got = model(x), run(x)
         if got.shape != expected.shape:
-            raise SeverError(f"the export gives logits of shape {tuple(got.shape)} for input {shape}, "
+            raise ExportCheckError(f"the export gives logits of shape {tuple(got.shape)} for input {shape}, "
                              f"PyTorch {tuple(expected.shape)}")
-        worst = max(worst, float(np.abs(got.numpy() - expected.numpy()).max()))
-    if worst > TOLERANCE:
-        raise SeverError(f"the export's logits differ from PyTorch's by up to {worst:.2e} (> {TOLERANCE:g})")
-    return worst
+        worst_logits = max(worst_logits, float(np.abs(got.numpy() - expected.numpy()).max()))
+        worst_probs = max(worst_probs, float((torch.sigmoid(got) - torch.sigmoid(expected)).abs().max()))
+    if worst_probs > atol:
+        raise ExportCheckError(f"the export's probabilities differ from PyTorch's by up to {worst_probs:.2e} "
+                               f"(> --atol {atol:g}; logits by up to {worst_logits:.2e}); accept it with a "
+                               f"larger --atol")
+    return worst_logits, worst_probs

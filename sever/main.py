@@ -26,7 +26,7 @@ from sever.tasks import task_of
 from sever.utils import distributed
 from sever.utils.checkpoint import load_checkpoint, remove_stale_temporaries
 from sever.utils.distributed import Distributed
-from sever.utils.config import apply_overrides, dump_config, load_config, validate_config
+from sever.utils.config import apply_overrides, dump_config, load_config, validate_config, with_defaults
 from sever.utils.device import check_amp, resolve_device
 from sever.utils.registry import parse_spec
 from sever.utils.logger import add_file_log
@@ -63,6 +63,21 @@ def prepare_config(config: dict, overrides: tuple[str, ...] | list[str] = ()) ->
         METRICS.check(spec, f"metrics.{i}")
     if config["lr_scheduler"] is not None:
         SCHEDULERS.check(config["lr_scheduler"], "lr_scheduler", supplied=("optimizer",))
+    return config
+
+
+def with_block_defaults(config: dict) -> dict:
+    """A prepared config with every block's constructor defaults filled in too: what ``config.yaml`` records."""
+    config = dict(config)
+    blocks = {"arch": ARCHITECTURES, "data_loader": DATA_LOADERS, "augmentation": TRANSFORMS, "loss": LOSSES,
+              "lr_scheduler": SCHEDULERS}
+    supplied = {**SUPPLIED, "arch": (*SUPPLIED["arch"], "config_key"), "lr_scheduler": ("optimizer",)}
+    for key, registry in blocks.items():
+        if config[key] is not None:
+            name = parse_spec(config[key], key)[0]
+            config[key] = with_defaults(config[key], registry.get(name, f"{key}.type"), key, supplied.get(key, ()))
+    config["metrics"] = [with_defaults(spec, METRICS.get(parse_spec(spec, f"metrics.{i}")[0], f"metrics.{i}.type"),
+                                       f"metrics.{i}") for i, spec in enumerate(metric_specs(config))]
     return config
 
 
@@ -163,7 +178,7 @@ def train(config: dict, overrides: tuple[str, ...] | list[str] = ()) -> RunPaths
     if context.is_main:
         run = RunPaths.create(config["save_dir"], config["name"])
         run.check_free_space(4 * _checkpoint_bytes(experiment.model))
-        dump_config(config, run.config)
+        dump_config(with_block_defaults(config), run.config)
     run = RunPaths(Path(context.broadcast(str(run.root) if run else None)))
     _run_trainer(experiment, run, "run folder: %s", run.root)
     return run
@@ -185,6 +200,7 @@ def resume(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Run
         run.make_dirs()
         remove_stale_temporaries(run.checkpoints)
         run.check_free_space(4 * _checkpoint_bytes(experiment.model))
+        dump_config(with_block_defaults(config), run.config)  # with the --set values it now trains with
     _run_trainer(experiment, run, "resuming from %s", checkpoint, state=state)
     return run
 

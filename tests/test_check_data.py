@@ -127,6 +127,10 @@ def test_a_broken_csv_is_reported_and_the_images_still_checked(data):
     report = check_dataset(data)
     assert len(report.problems) == 2
     assert "match no annotation format" in report.problems[0] and str(victim) in report.problems[1]
+    result = CliRunner().invoke(cli, ["check-data", str(data)])
+    assert result.exit_code == 1 and "match no annotation format" in result.output
+    assert "images          24" in result.output
+    assert "empty images" not in result.output and "class 1 masks" not in result.output
 
 
 def test_loader_refuses_bad_data_before_training_listing_the_first_problems(data):

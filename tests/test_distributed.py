@@ -69,3 +69,6 @@ def test_sever_train_nproc_launches_one_job_with_one_run_folder(make_config, tmp
     assert len(runs) == 1
     assert (runs[0] / "checkpoints" / "last.pth").is_file()
     assert done.stdout.count("run saved in") == 1
+    # each INFO line once: rank 1 only warns (logged as the experiment is built, then every epoch)
+    assert done.stderr.count("INFO    model: FPN over resnet18") == 1
+    assert done.stderr.count("INFO    epoch 1/1") == 1

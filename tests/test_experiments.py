@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sever.main import build_experiment, prepare_config
-from sever.utils.config import load_config
+from sever.main import build_experiment, prepare_config, with_block_defaults
+from sever.utils.config import dump_config, load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 WRITE_UP = ["config.yml", "sever-unet-b5.yml", "sever-fpn-se_resnext50.yml", "sever-unet-se_resnext50.yml"]
@@ -15,6 +15,13 @@ WRITE_UP = ["config.yml", "sever-unet-b5.yml", "sever-fpn-se_resnext50.yml", "se
 @pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*.yml")))
 def test_every_experiment_file_is_valid(name):
     prepare_config(load_config(EXPERIMENTS / name))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*.yml")))
+def test_config_yaml_with_every_default_filled_in_trains_the_same_run(name, tmp_path):
+    full = with_block_defaults(prepare_config(load_config(EXPERIMENTS / name)))
+    dump_config(full, tmp_path / "config.yaml")
+    assert with_block_defaults(prepare_config(load_config(tmp_path / "config.yaml"))) == full
 
 
 def test_write_up_hyper_parameters():

@@ -1,5 +1,7 @@
 """`sever export`: ONNX and TorchScript files that compute what the PyTorch model computes."""
 
+import sys
+
 import numpy as np
 import onnxruntime
 import pytest
@@ -10,7 +12,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from sever import main
 from sever.cli import cli
 from sever.exceptions import CheckpointError, ConfigError
-from sever.export import export_model, load_trained_model
+from sever import export as exporting
+from sever.export import ExportCheckError, export_model, load_trained_model
 from sever.model.model import build_model
 from sever.utils.checkpoint import atomic_torch_save
 
@@ -83,7 +86,8 @@ def test_cli_exports_the_ema_weights_of_a_trained_run_at_a_fixed_size(make_confi
     result = CliRunner().invoke(cli, ["export", "-m", str(run.root), "--format", "onnx", "-o", str(out),
                                       "--height", "64", "--width", "96"])
     assert result.exit_code == 0, result.output
-    assert f"the ema weights of {run.best}" in result.output and "2x1x64x96: max abs difference" in result.output
+    assert f"the ema weights of {run.best}" in result.output
+    assert "2x1x64x96: probabilities differ by up to" in result.output and "(--atol 0.001)" in result.output
     model, _, _ = load_trained_model(run.best)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 1, 64, 96)  # the batch size stays free
@@ -101,3 +105,43 @@ def test_missing_checkpoint_and_unknown_format_are_clear_errors(checkpoint, tmp_
     result = CliRunner().invoke(cli, ["export", "-m", str(checkpoint[0]), "--format", "tflite", "-o", "x"])
     assert result.exit_code == 2 and "Invalid value for '--format'" in result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def shifted_runner(monkeypatch, shift: float) -> None:
+    """Make the check run the written ONNX file with ``shift`` added to its logits (another runtime's rounding)."""
+    real = exporting._onnx_runner
+    monkeypatch.setattr(exporting, "_onnx_runner", lambda path: (lambda x, run=real(path): run(x) + shift))
+
+
+def test_logit_rounding_that_leaves_probabilities_alone_passes_the_check(checkpoint, tmp_path, monkeypatch):
+    shifted_runner(monkeypatch, 2e-4)  # the README's failure: logits off by 1.2e-4
+    result = export_model(checkpoint[0], "onnx", tmp_path / "model.onnx", height=64, width=96)
+    assert result.max_abs_diff > 1e-4 and result.max_prob_diff < 1e-4  # sigmoid slope <= 1/4
+    assert result.path.is_file()
+
+
+def test_an_export_beyond_atol_is_kept_aside_and_never_written_over_the_target(checkpoint, tmp_path, monkeypatch):
+    shifted_runner(monkeypatch, 0.1)  # probabilities move by up to 0.025
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the user's earlier export")
+    with pytest.raises(ExportCheckError, match=r"probabilities differ .* \(> --atol 0.001.*model.rejected.onnx"):
+        export_model(checkpoint[0], "onnx", out, height=64, width=96)
+    assert out.read_bytes() == b"the user's earlier export"
+    rejected = tmp_path / "model.rejected.onnx"
+    session = onnxruntime.InferenceSession(str(rejected), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 1, 64, 96)
+    assert np.abs(session.run(None, {"image": x.numpy()})[0] - pytorch_logits(checkpoint[1], x)).max() <= 1e-4
+    result = CliRunner().invoke(cli, ["export", "-m", str(checkpoint[0]), "--format", "onnx", "-o", str(out),
+                                      "--height", "64", "--width", "96", "--atol", "0.03"])
+    assert result.exit_code == 0, result.output
+    assert "(--atol 0.03)" in result.output and out.read_bytes() != b"the user's earlier export"
+
+
+def test_onnx_without_its_packages_names_the_extra_to_install(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    result = CliRunner().invoke(cli, ["export", "-m", str(checkpoint[0]), "--format", "onnx",
+                                      "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 1
+    assert "needs the onnxruntime package(s)" in result.output and "pip install 'sever[export]'" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not list(tmp_path.iterdir())

@@ -166,3 +166,35 @@ def test_weights_only_checkpoint_cannot_resume(make_config):
     atomic_torch_save(inference_state(load_checkpoint(run.last)), slim)
     with pytest.raises(CheckpointError, match="weights only"):
         main.resume(slim, ["trainer.epochs=2"])
+
+
+def test_the_epoch_bar_counts_the_runs_epochs_and_shows_the_runs_eta(make_config, monkeypatch):
+    import io
+
+    from tqdm import tqdm
+
+    import sever.trainer.trainer as trainer_module
+
+    bars = []
+
+    class Recorded(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
+            bars.append(self)
+
+    monkeypatch.setattr(trainer_module, "tqdm", Recorded)
+    run_of(make_config(epochs=2))
+    training = [bar for bar in bars if bar.desc.startswith("epoch")]
+    assert [bar.desc for bar in training] == ["epoch 1/2", "epoch 2/2"]
+    assert all("run_eta=" in bar.postfix for bar in training)
+
+
+def test_the_run_eta_extrapolates_the_time_since_training_began(monkeypatch):
+    from types import SimpleNamespace
+
+    import sever.base.base_trainer as base
+
+    trainer = SimpleNamespace(epochs=4, _started=(1000.0, 2))  # resumed at epoch 2 of 4, at t=1000 s
+    monkeypatch.setattr(base.time, "monotonic", lambda: 1100.0)
+    assert base.BaseTrainer.run_eta(trainer, 2, 0.5) == "0:08:20"  # 100 s per half epoch, 2.5 epochs left
+    assert base.BaseTrainer.run_eta(trainer, 2, 0.0) == "?"

@@ -63,6 +63,7 @@ class DataReport:
         sizes: ``(H, W)`` in pixels -> number of images of that size.
         problems: one line per problem, each naming its file or CSV row.
         seconds: wall time of the check.
+        masks_read: whether the masks CSV could be read; when not, the mask counts mean nothing.
     """
 
     images: int = 0
@@ -71,6 +72,7 @@ class DataReport:
     sizes: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    masks_read: bool = True
 
     def add_counts(self, annotations: Annotations) -> None:
         """Count the images, masks per class and empty images of ``annotations``."""
@@ -95,12 +97,10 @@ class DataReport:
     def summary(self) -> list[str]:
         """The report as lines of a small table (what ``sever check-data`` prints)."""
         sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in self.sizes.most_common()) or "none readable"
-        lines = [
-            f"images          {self.images}",
-            f"image sizes     {sizes}",
-            f"empty images    {self.empty_images}",
-        ]
-        lines += [f"class {k + 1} masks   {int(n)}" for k, n in enumerate(self.masks_per_class)]
+        lines = [f"images          {self.images}", f"image sizes     {sizes}"]
+        if self.masks_read:  # else every image would show as empty: only the CSV's problem is reported
+            lines.append(f"empty images    {self.empty_images}")
+            lines += [f"class {k + 1} masks   {int(n)}" for k, n in enumerate(self.masks_per_class)]
         lines += [f"check time      {self.seconds:.2f} s", f"problems        {len(self.problems)}"]
         return lines + [f"  {problem}" for problem in self.problems]
 
@@ -347,6 +347,7 @@ def check_dataset(data_dir: str | Path, csv: str = "train.csv", images: str = "t
         annotations = read_rle_csv(data_dir / csv, classes, image_ids=names)
     except DataError as exc:
         report.problems.append(str(exc))
+        report.masks_read = False
         annotations = Annotations(tuple(names), np.full((len(names), classes), "", object),
                                   np.zeros((len(names), classes), np.int64), str(data_dir / csv))
     else:

@@ -15,12 +15,16 @@ import random
 import shutil
 import signal
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 from sever import __version__
 from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
@@ -60,11 +64,13 @@ class BaseTrainer(abc.ABC):
         self.freeze_encoder_epochs = options["freeze_encoder_epochs"]
         self.monitor_mode, self.monitor_metric = self._parse_monitor(options["monitor"])
         self.monitor_best = self._worst_score()
+        self.best_epoch: int | None = None
         self.not_improved = 0
         self.start_epoch = 1
         self.start_step = 0
         self.writer = SummaryWriter(str(run.tensorboard)) if options["tensorboard"] and distributed.is_main else None
         self._stop_signal: int | None = None
+        self._started: tuple[float, int] | None = None  # (time.monotonic(), epoch) when train() began
 
     # ------------------------------------------------------------------ subclass API
 
@@ -101,6 +107,8 @@ class BaseTrainer(abc.ABC):
     def train(self) -> dict[str, float]:
         """Train from :attr:`start_epoch` to the last epoch; return the last epoch's log."""
         log: dict[str, float] = {}
+        self._started = (time.monotonic(), self.start_epoch)
+        self._write_run_description()
         with self._stop_on_signals():
             for epoch in range(self.start_epoch, self.epochs + 1):
                 self._apply_encoder_freeze(epoch)
@@ -112,9 +120,10 @@ class BaseTrainer(abc.ABC):
                     self._raise_interrupted(f"stopped at epoch {epoch} after {self.steps_done} batches")
                 if self._should_validate(epoch):
                     log.update(self._valid_epoch(epoch))
+                learning_rates = self._learning_rates()  # the rates this epoch trained with
                 step_scheduler(self.lr_scheduler, log, self.monitor_metric)
                 improved = self._update_monitor(log)
-                self._log_epoch(log)
+                self._log_epoch(log, learning_rates)
                 self._save_epoch(epoch, improved)
                 if self._stop_agreed():
                     self._raise_interrupted(f"stopped after epoch {epoch}")
@@ -124,9 +133,83 @@ class BaseTrainer(abc.ABC):
                         self.monitor_metric, self.not_improved, self.monitor_best,
                     )
                     break
+        self._log_finish()
         if self.writer is not None:
+            self.writer.file_writer.add_summary(self._hparams()[2])  # the session ended normally
             self.writer.close()
         return log
+
+    def _learning_rates(self) -> dict[str, float]:
+        """The optimiser's current learning rate per parameter group (``encoder``, ``decoder``, ...)."""
+        return {group.get("name", "all"): group["lr"] for group in self.optimizer.param_groups}
+
+    def run_eta(self, epoch: int, fraction: float) -> str:
+        """Estimated time left in the whole run, ``H:MM:SS``, when ``fraction`` (0-1) of ``epoch`` is done.
+
+        Extrapolated from the time since :meth:`train` began, validation included; ``?`` before any progress.
+        """
+        start, first_epoch = self._started or (time.monotonic(), epoch)
+        done = epoch - first_epoch + fraction
+        if done <= 0:
+            return "?"
+        left = (self.epochs - first_epoch + 1 - done) * (time.monotonic() - start) / done
+        return str(timedelta(seconds=round(max(left, 0.0))))
+
+    def _log_finish(self) -> None:
+        """Say where training ended: the best monitored score and its epoch, and the run folder."""
+        if self.best_epoch is not None:
+            logger.info("finished: best %s %.5f at epoch %d (%s); run folder %s", self.monitor_metric,
+                        self.monitor_best, self.best_epoch, self.run.best.name, self.run.root)
+        else:
+            logger.info("finished: run folder %s", self.run.root)
+
+    # ------------------------------------------------------------------ TensorBoard
+
+    def _best_tag(self) -> str:
+        """The scalar holding the best monitored value so far (the hparams metric)."""
+        return f"hparam/best_{self.monitor_metric}"
+
+    def _hparams(self):
+        """The HParams plugin's (experiment, session start, session end) summaries of this run.
+
+        Hyper-parameters are the config flattened to dotted keys; the metric is the best
+        monitored value, logged as the scalar :meth:`_best_tag` so runs compare in the HParams tab.
+        """
+        metrics = {self._best_tag(): 0.0} if self.monitor_metric else {}  # values come from the scalars
+        return hparams(flatten_config(self.config), metrics)
+
+    def _write_run_description(self) -> None:
+        """Write the hparams and the config as text once, at the start of (resumed) training."""
+        if self.writer is None:
+            return
+        experiment, session_start, _ = self._hparams()
+        self.writer.file_writer.add_summary(experiment)
+        self.writer.file_writer.add_summary(session_start)
+        text = yaml.safe_dump(self.config, sort_keys=False)
+        self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()))  # markdown code
+        self.writer.flush()
+
+    def _tags(self, keys) -> dict[str, str]:
+        """TensorBoard tags for logged values: ``val_dice_2`` -> ``val_dice_scratches`` with ``class_names``.
+
+        Only a family numbered exactly ``0 .. classes-1`` is per class (``val_mar_1``,
+        ``val_mar_10``, ``val_mar_100`` are COCO detection limits and keep their numbers).
+        """
+        names = self.config.get("class_names")
+        families: dict[str, set[str]] = {}  # stem -> its numbered members (val_dice_mean is not one)
+        for key in keys:
+            stem, _, index = key.rpartition("_")
+            if index.isdigit():
+                families.setdefault(stem, set()).add(index)
+        per_class = {stem for stem, indices in families.items()
+                     if names and indices == {str(k) for k in range(len(names))}}
+        tags = {}
+        for key in keys:
+            stem, _, index = key.rpartition("_")
+            tags[key] = f"{stem}_{names[int(index)]}" if stem in per_class and index.isdigit() else key
+        return tags
+
+    # ------------------------------------------------------------------ encoder freezing
 
     def _apply_encoder_freeze(self, epoch: int) -> None:
         """Freeze the encoder for the first ``freeze_encoder_epochs`` epochs."""
@@ -178,22 +261,27 @@ class BaseTrainer(abc.ABC):
         better = score < self.monitor_best if self.monitor_mode == "min" else score > self.monitor_best
         if better:
             self.monitor_best = score
+            self.best_epoch = log["epoch"]
             self.not_improved = 0
         else:
             self.not_improved += 1
         return better
 
-    def _log_epoch(self, log: dict[str, float]) -> None:
+    def _log_epoch(self, log: dict[str, float], learning_rates: dict[str, float]) -> None:
+        """Log an epoch's values and the learning rates it trained with (before the scheduler stepped)."""
         epoch = log["epoch"]
         summary = "  ".join(f"{k} {v:.4f}" for k, v in log.items() if k != "epoch")
-        logger.info("epoch %d/%d  %s", epoch, self.epochs, summary)
+        eta = f"  (run ETA {self.run_eta(epoch, 1.0)})" if epoch < self.epochs else ""
+        logger.info("epoch %d/%d  %s%s", epoch, self.epochs, summary, eta)
         if self.writer is None:
             return
-        for key, value in log.items():
-            if key != "epoch":
-                self.writer.add_scalar(f"epoch/{key}", value, epoch)
-        for group in self.optimizer.param_groups:
-            self.writer.add_scalar(f"lr/{group.get('name', 'all')}", group["lr"], epoch)
+        tags = self._tags([key for key in log if key != "epoch"])
+        for key, tag in tags.items():
+            self.writer.add_scalar(f"epoch/{tag}", log[key], epoch)
+        for name, lr in learning_rates.items():
+            self.writer.add_scalar(f"lr/{name}", lr, epoch)
+        if self.best_epoch is not None:
+            self.writer.add_scalar(self._best_tag(), self.monitor_best, epoch)
         self.writer.flush()
 
     # ------------------------------------------------------------------ checkpoints
@@ -209,6 +297,7 @@ class BaseTrainer(abc.ABC):
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "monitor_best": self.monitor_best,
+            "best_epoch": self.best_epoch,
             "not_improved": self.not_improved,
             "config": self.config,
             "rng": _rng_state(),
@@ -280,6 +369,7 @@ class BaseTrainer(abc.ABC):
                 f"(were optimizer or lr_scheduler changed with --set?): {exc}"
             ) from exc
         self.monitor_best = state["monitor_best"]
+        self.best_epoch = state.get("best_epoch")  # absent from checkpoints of sever 0.1.0
         self.not_improved = state["not_improved"]
         self.start_epoch = state["epoch"] + 1
         self.start_step = state.get("step", 0)
@@ -315,6 +405,20 @@ class BaseTrainer(abc.ABC):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"trainer": {"epochs": 4}}`` -> ``{"trainer.epochs": 4}``; lists and None become text (TensorBoard hparams)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
 
 
 def _atomic_link(source: Path, target: Path) -> None:

@@ -110,7 +110,7 @@ class Trainer(BaseTrainer):
         n_batches = self._batches_per_epoch()
         sums: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
-        progress = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch}", leave=False,
+        progress = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch}/{self.epochs}", leave=False,
                         dynamic_ncols=True, disable=None)
         self.optimizer.zero_grad(set_to_none=True)
         step = start_step
@@ -124,11 +124,14 @@ class Trainer(BaseTrainer):
             self.steps_done = step + 1
             progress.update()
             rate = seen / max(time.perf_counter() - started, 1e-9)
-            progress.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{rate:.1f}")
+            progress.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{rate:.1f}",
+                                 run_eta=self.run_eta(epoch, (step + 1) / n_batches))
             if self.writer is not None and step % self.log_step == 0:
                 global_step = (epoch - 1) * n_batches + step
                 for key, value in parts.items():
                     self.writer.add_scalar(f"batch/{key}", value, global_step)
+                for name, lr in self._learning_rates().items():  # per step: warm-up and per-batch schedules
+                    self.writer.add_scalar(f"batch/lr_{name}", lr, global_step)
             if self._at_update_boundary(step, n_batches) and self._stop_agreed():
                 self.interrupted = self.steps_done < n_batches
                 break

@@ -8,8 +8,10 @@ the ``type``/``args`` blocks are checked against their registries by
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -18,7 +20,7 @@ import yaml
 from sever.exceptions import ConfigError
 from sever.registries import TASKS
 from sever.tasks import SEGMENTATION
-from sever.utils.registry import did_you_mean
+from sever.utils.registry import did_you_mean, parse_spec
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -49,6 +51,29 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
 
 
+def builtin_experiments() -> dict[str, Path]:
+    """The experiment files shipped inside the package, by name (``demo`` -> ``.../experiments/demo.yml``)."""
+    folder = Path(str(resources.files("sever") / "experiments"))
+    return {path.stem: path for path in sorted(folder.glob("*.yml"))}
+
+
+def resolve_experiment(name: str | Path) -> Path:
+    """The file ``sever train -c NAME`` means: ``NAME`` itself when it exists, else a built-in experiment.
+
+    A built-in experiment is named with or without ``.yml`` (``demo``, ``demo.yml``), so
+    ``sever train -c demo`` works from any folder once sever is installed.
+    """
+    path = Path(name)
+    if path.exists():
+        return path
+    builtin = builtin_experiments()
+    stem = path.name[: -len(".yml")] if path.name.endswith(".yml") else path.name
+    if str(path.parent) == "." and stem in builtin:
+        return builtin[stem]
+    raise ConfigError(f"config file not found: {name}; not a built-in experiment either "
+                      f"(built-in: {', '.join(builtin)}).{did_you_mean(stem, builtin)}")
+
+
 def load_config(path: str | Path) -> dict:
     """Read an experiment file into a plain dict (not yet validated)."""
     path = Path(path)
@@ -67,6 +92,45 @@ def load_config(path: str | Path) -> dict:
 def dump_config(config: Mapping, path: str | Path) -> None:
     """Write a config as YAML (the resolved copy saved beside checkpoints)."""
     Path(path).write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
+
+
+def with_defaults(spec: Any, target: Callable, key: str, supplied: tuple[str, ...] = ()) -> dict:
+    """A ``type``/``args`` block with every argument ``target`` defaults filled in (for ``config.yaml``).
+
+    Arguments sever supplies itself are left out, and so are defaults YAML cannot write
+    (objects); tuples are written as lists.
+    """
+    name, args = parse_spec(spec, key)
+    function = target.__init__ if inspect.isclass(target) else target
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: only what the config gave
+        parameters = []
+    filled = {}  # in the signature's order
+    for parameter in parameters:
+        if parameter.name in args:
+            filled[parameter.name] = args[parameter.name]
+        elif parameter.name not in supplied and parameter.name != "self" and parameter.default is not parameter.empty:
+            default = _plain(parameter.default)
+            if default is not _NOT_PLAIN:
+                filled[parameter.name] = default
+    return {"type": name, "args": {**filled, **args}}
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as YAML-safe data (tuples as lists), or :data:`_NOT_PLAIN`."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return _NOT_PLAIN if any(item is _NOT_PLAIN for item in items) else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items.values()) else items
+    return _NOT_PLAIN
 
 
 def apply_overrides(config: dict, overrides: list[str] | tuple[str, ...]) -> dict:

@@ -26,9 +26,13 @@ from sever.exceptions import ConfigError, SeverError
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""``."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""``.
+
+    Compared without case, so ``Fpn`` finds ``FPN`` (too far apart for difflib with case).
+    """
+    by_folded = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(by_folded), n=1, cutoff=0.6)
+    return f" Did you mean '{by_folded[close[0]]}'?" if close else ""
 
 
 def _signature_params(obj: Callable) -> tuple[set[str], set[str], bool]:
