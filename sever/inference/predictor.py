@@ -6,7 +6,11 @@ through the network in the same forward batch, their sigmoid probabilities are
 flipped back and averaged; the models' probabilities are then combined by
 ``mean`` (weighted), ``rms`` (weighted root mean square) or ``max`` per class
 and pixel, and quantised to uint8 (``q`` stands for ``q / 255``), the form
-post-processing, saved probability maps and tuning all share.
+post-processing, saved probability maps and tuning all share. With a
+:class:`~sever.inference.tiling.Tiling`, images larger than the tile are predicted
+tile by tile (every model and TTA view on each tile) and blended back; classifiers
+always see the whole image at full resolution, so their gating is the same with and
+without tiles.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm import tqdm
 from sever.data_loader.datasets import read_grey
 from sever.exceptions import ConfigError, DataError
 from sever.inference.checkpoints import LoadedModel, load_models
+from sever.inference.tiling import Tiling
 from sever.model.postprocess import PROB_SCALE, PostProcessing
 from sever.utils.device import autocast, check_amp, resolve_device
 
@@ -106,9 +111,10 @@ def tta_probabilities(model: Callable[[Tensor], Tensor], x: Tensor, tta: str = "
     return total / len(views)
 
 
-def quantize(probs: Tensor) -> Tensor:
-    """float probabilities in [0, 1] -> uint8 ``round(255 p)``."""
-    return (probs * PROB_SCALE).round_().clamp_(0, PROB_SCALE).to(torch.uint8)
+def quantize(probs: Tensor, inplace: bool = False) -> Tensor:
+    """float probabilities in [0, 1] -> uint8 ``round(255 p)`` (``inplace``: scaling ``probs`` itself)."""
+    scaled = probs.mul_(PROB_SCALE) if inplace else probs * PROB_SCALE
+    return scaled.round_().clamp_(0, PROB_SCALE).to(torch.uint8)
 
 
 @dataclass
@@ -139,11 +145,12 @@ class Predictor:
         tta: ``none``, ``hflip``, ``vflip`` or ``both`` (identity, h, v and h+v flips).
         device: where the models are.
         amp: ``off``, ``bf16`` or ``fp16``: autocast for the forward passes.
+        tiling: predict images larger than its tile tile by tile, or None: every image whole.
     """
 
     def __init__(self, models: Sequence[LoadedModel], classifiers: Sequence[LoadedModel] = (), average: str = "mean",
                  weights: Sequence[float] | None = None, tta: str = "none", device: torch.device | str = "cpu",
-                 amp: str = "off"):
+                 amp: str = "off", tiling: Tiling | None = None):
         if not models:
             raise ConfigError("give at least one segmentation model")
         if tta not in TTA_VIEWS:
@@ -163,6 +170,7 @@ class Predictor:
         self.device = torch.device(device)
         check_amp(amp, self.device)
         self.amp = amp
+        self.tiling = tiling
 
     @property
     def classes(self) -> int:
@@ -178,9 +186,13 @@ class Predictor:
         with autocast(self.amp, self.device):
             return tta_probabilities(loaded.model, x, self.tta)
 
+    def _segment(self, images: Tensor) -> Tensor:
+        """float32 ``(B, C, H, W)`` ensemble probabilities of uint8 ``(B, H, W)`` images (or tiles)."""
+        return average_probabilities([self._forward(m, images) for m in self.models], self.average, self.weights)
+
     @torch.inference_mode()
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Probabilities of a batch of same-size images.
+        """Probabilities of a batch of same-size images (tiled when larger than :attr:`tiling`'s tile).
 
         Args:
             images: ``(B, H, W)`` uint8 grey images, any device.
@@ -190,11 +202,16 @@ class Predictor:
             without classifiers), on :attr:`device`.
         """
         images = images.to(self.device, non_blocking=True)
-        probs = average_probabilities([self._forward(m, images) for m in self.models], self.average, self.weights)
+        if self.tiling is None or self.tiling.fits(*images.shape[-2:]):
+            probs = quantize(self._segment(images), inplace=True)
+        else:
+            probs = torch.empty((len(images), self.classes, *images.shape[-2:]), dtype=torch.uint8, device=self.device)
+            for index, image in enumerate(images):
+                probs[index] = quantize(self.tiling.predict(self._segment, image, self.classes), inplace=True)
         class_probs = None
         if self.classifiers:
             class_probs = average_probabilities([self._forward(m, images) for m in self.classifiers], "mean")
-        return quantize(probs), class_probs
+        return probs, class_probs
 
     def predict_files(self, paths: Sequence[Path], batch_size: int = 8, num_workers: int = 2,
                       description: str = "predict") -> Iterator[PredictionBatch]:
@@ -272,12 +289,13 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 def build_predictor(models: Sequence[str | Path], classifiers: Sequence[str | Path] = (), average: str = "mean",
                     weights: Sequence[float] | None = None, tta: str = "none", device: str = "auto",
-                    amp: str = "auto") -> Predictor:
+                    amp: str = "auto", tiling: Tiling | None = None) -> Predictor:
     """Load run folders / checkpoints and make a :class:`Predictor` (the commands' entry point)."""
     torch_device = resolve_device(device)
     loaded = load_models(models, "segmentation", torch_device, "-m")
     loaded_classifiers = load_models(classifiers, "classification", torch_device, "--classifier") if classifiers else []
-    return Predictor(loaded, loaded_classifiers, average, weights, tta, torch_device, resolve_amp(amp, torch_device))
+    return Predictor(loaded, loaded_classifiers, average, weights, tta, torch_device, resolve_amp(amp, torch_device),
+                     tiling)
 
 
 def load_settings(path: str | Path | None, classes: int, classifier: bool) -> PostProcessing:
