@@ -240,12 +240,12 @@ def _pipelined(batches: Iterable[PredictionBatch], write, depth: int) -> None:
 
 def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir: str | Path, output: str | Path,
                       fmt: str = "current", save_probs: str | Path | None = None, visualize: str | Path | None = None,
-                      batch_size: int = 8, num_workers: int = 2) -> PredictionSummary:
+                      batch_size: int = 8, num_workers: int = 2, depth: int = PIPELINE_DEPTH) -> PredictionSummary:
     """Predict every image of ``image_dir`` (sorted by name) and write the outputs (:func:`write_predictions`)."""
     image_dir = Path(image_dir)
     paths = [image_dir / name for name in list_images(image_dir)]
     return write_predictions(predictor.predict_files(paths, batch_size, num_workers), settings, predictor.class_names,
-                             output, fmt, save_probs, visualize)
+                             output, fmt, save_probs, visualize, depth)
 
 
 class SavedProbabilities:
