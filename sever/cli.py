@@ -122,7 +122,7 @@ def _prediction_options(command):
         click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
                      help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune."),
         click.option("--batch-size", default=8, show_default=True,
-                     help="Images (with --tile: tiles) per forward pass (times TTA views)."),
+                     help="Images (with --tile: tiles) per forward pass, one per TTA view."),
         click.option("--tile", default=None, metavar="HxW",
                      help="Predict images larger than HxW pixels (multiples of 32) in overlapping tiles."),
         click.option("--overlap", default=0.25, show_default=True, type=float,

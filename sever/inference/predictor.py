@@ -1,8 +1,8 @@
 """Batched full-size prediction: test-time augmentation, ensembles and classifier probabilities.
 
 Each image is read once as uint8 grey and normalised per model with that model's
-own training statistics. For every model the TTA views (flipped copies) go
-through the network in the same forward batch, their sigmoid probabilities are
+own training statistics. For every model each TTA view (a flipped copy) goes
+through the network as its own forward pass, its sigmoid probabilities are
 flipped back and averaged; the models' probabilities are then combined by
 ``mean`` (weighted), ``rms`` (weighted root mean square) or ``max`` per class
 and pixel, and quantised to uint8 (``q`` stands for ``q / 255``), the form
@@ -93,22 +93,26 @@ def check_average(mode: str, weights: Sequence[float] | None, count: int) -> Non
 def tta_probabilities(model: Callable[[Tensor], Tensor], x: Tensor, tta: str = "none") -> Tensor:
     """Mean sigmoid probability over the TTA views of ``x``, each flipped back.
 
+    Each view is its own forward pass over the ``B`` images, so a view costs what a pass
+    without TTA costs (one pass of ``B * views`` images runs slower per image on a CPU) and
+    peak memory is that of one pass; the views' probabilities are summed in place.
+
     Args:
-        model: maps ``(B', C_in, H, W)`` to logits ``(B', C, H, W)`` or ``(B', C)``.
+        model: maps ``(B, C_in, H, W)`` to logits ``(B, C, H, W)`` or ``(B, C)``.
         x: ``(B, C_in, H, W)`` normalised images.
-        tta: a key of :data:`TTA_VIEWS`; all views run as one batch of ``B * views``.
+        tta: a key of :data:`TTA_VIEWS`.
 
     Returns:
         float32 ``(B, C, H, W)`` aligned with ``x`` (or ``(B, C)`` for a classifier).
     """
     views = TTA_VIEWS[tta]
-    batch = torch.cat([x.flip(dims) if dims else x for dims in views]) if len(views) > 1 else x
-    probs = torch.sigmoid(model(batch).float()).split(x.shape[0])
     total = None
-    for view, dims in zip(probs, views):
-        aligned = view.flip(dims) if dims and view.ndim == 4 else view
-        total = aligned if total is None else total + aligned
-    return total / len(views)
+    for dims in views:
+        probs = torch.sigmoid(model(x.flip(dims) if dims else x).float())
+        if dims and probs.ndim == 4:
+            probs = probs.flip(dims)
+        total = probs if total is None else total.add_(probs)
+    return total.div_(len(views)) if len(views) > 1 else total
 
 
 def quantize(probs: Tensor, inplace: bool = False) -> Tensor:

@@ -25,7 +25,7 @@ weights of a tile of length ``L``, at pixel centre ``t = i + 0.5``:
 
 Both are positive everywhere, so the image's own edges (covered by one tile) keep that
 tile's values exactly. The memory a tiled prediction needs beyond the image and its
-output map is that of one forward pass over ``batch`` tiles (times TTA views and models).
+output map is that of one forward pass over ``batch`` tiles (one model and TTA view at a time).
 """
 
 from __future__ import annotations
