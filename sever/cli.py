@@ -153,7 +153,14 @@ def _prediction_options(command):
                      help="Classification run gating the segmentation (repeat to average several)."),
         click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
                      help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune."),
-        click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (times TTA views)."),
+        click.option("--batch-size", default=8, show_default=True,
+                     help="Images (with --tile: tiles) per forward pass, one per TTA view."),
+        click.option("--tile", default=None, metavar="HxW",
+                     help="Predict images larger than HxW pixels (multiples of 32) in overlapping tiles."),
+        click.option("--overlap", default=0.25, show_default=True, type=float,
+                     help="With --tile: share of a tile overlapping its neighbour, in [0, 1)."),
+        click.option("--blend", default="gaussian", show_default=True, type=click.Choice(["gaussian", "linear"]),
+                     help="With --tile: weights blending overlapping tiles."),
         click.option("--num-workers", default=2, show_default=True, help="Image reading processes."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]),
@@ -168,10 +175,25 @@ def _predictor_and_settings(options: dict):
     """Build the predictor and post-processing settings from the shared options."""
     from sever.inference.predictor import build_predictor, load_settings
 
+    tiling = _tiling(options)
     predictor = build_predictor(options["models"], options["classifiers"], options["average"],
-                                list(options["weights"]) or None, options["tta"], options["device"], options["amp"])
+                                list(options["weights"]) or None, options["tta"], options["device"], options["amp"],
+                                tiling)
     settings = load_settings(options["postprocess"], predictor.classes, bool(options["classifiers"]))
     return predictor, settings
+
+
+def _tiling(options: dict):
+    """The :class:`~sever.inference.tiling.Tiling` of ``--tile``/``--overlap``/``--blend``, or None without ``--tile``.
+
+    Checked before any model loads, so a bad value stops the command before prediction.
+    """
+    from sever.inference.tiling import Tiling, parse_tile
+
+    if options["tile"] is None:
+        return None
+    height, width = parse_tile(options["tile"])
+    return Tiling(height, width, options["overlap"], options["blend"], options["batch_size"])
 
 
 def _numbers(text: str, kind: type, option: str) -> list:
@@ -198,7 +220,8 @@ def _box_runs(options: dict) -> bool:
     if not task_of(options["models"][0].config).boxes:
         return False
     used = [flag for flag, key, default in (("--classifier", "classifiers", ()), ("--postprocess", "postprocess", None),
-                                            ("--tta", "tta", "none"), ("-w", "weights", ()), ("--average", "average", "mean"))
+                                            ("--tta", "tta", "none"), ("-w", "weights", ()), ("--average", "average", "mean"),
+                                            ("--tile", "tile", None))
             if options[key] not in (default, None)]
     if used:
         raise click.UsageError(f"{', '.join(used)}: segmentation options; detection runs are pooled by "
@@ -232,8 +255,8 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
     if bool(options["models"]) == bool(probs_dirs):
         raise click.UsageError("give either -m RUN_OR_CHECKPOINT (one or more) with -i IMAGE_DIR, or --from-probs DIR")
     if probs_dirs:
-        if image_dir or visualize or options["classifiers"]:
-            raise click.UsageError("--from-probs takes no -i, --visualize or --classifier")
+        if image_dir or visualize or options["classifiers"] or options["tile"]:
+            raise click.UsageError("--from-probs takes no -i, --visualize, --classifier or --tile")
         saved = outputs.SavedProbabilities(probs_dirs, options["average"], list(options["weights"]) or None)
         settings = load_settings(options["postprocess"], saved.classes, saved.gated)
         summary = outputs.write_predictions(saved.batches(options["batch_size"]), settings, [], output, fmt, save_probs)
@@ -355,6 +378,8 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
     if probs_dir:
         if not truth_csv:
             raise click.UsageError("--probs needs --truth LABELS_CSV")
+        if options["tile"]:
+            raise click.UsageError("--tile is for -m: --probs are already predicted")
         stats = tuning.statistics_from_files(probs_dir, truth_csv, options["postprocess"], grid[0],
                                              batch_size=options["batch_size"])
         source = probs_dir

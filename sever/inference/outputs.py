@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import time
 import zipfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 SUBMISSION_FORMATS = {"current": "submission", "original": "original"}  # CLI name -> annotations.py CSV format
 PROBS_SUFFIX = ".npz"
+PIPELINE_DEPTH = 2  # predicted batches waiting for the writer thread; bounds the memory they hold
 
 
 class Submission:
@@ -175,8 +178,12 @@ def _make_dir(path: str | Path | None) -> Path | None:
 
 def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessing, class_names: Sequence[str],
                       output: str | Path, fmt: str = "current", save_probs: str | Path | None = None,
-                      visualize: str | Path | None = None) -> PredictionSummary:
+                      visualize: str | Path | None = None, depth: int = PIPELINE_DEPTH) -> PredictionSummary:
     """Post-process ``batches`` and write the submission (and probabilities, overlays).
+
+    While the calling thread computes the next batches (the forward passes), one writer
+    thread post-processes, RLE-encodes and writes the finished ones, in order, so the
+    rows come out in the order of ``batches`` whatever the timing.
 
     Args:
         batches: predictions in submission order; ``images`` is needed for ``visualize``.
@@ -185,16 +192,19 @@ def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessi
         output: submission CSV path; ``fmt`` ``current`` or ``original``.
         save_probs: folder for one ``.npz`` of uint8 probabilities per image, or None.
         visualize: folder for one overlay PNG per image, or None.
+        depth: batches that may wait for the writer thread (the next one is computed
+            meanwhile); 0 writes each batch in the calling thread before the next is computed.
     """
     started = time.perf_counter()
     _make_dir(Path(output).parent)
     probs_dir, overlay_dir = _make_dir(save_probs), _make_dir(visualize)
     submission = Submission(settings.classes)
     class_images = np.zeros(settings.classes, np.int64)
-    for batch in batches:
+
+    def write(batch: PredictionBatch) -> None:
         masks = settings.apply(batch.probs, batch.class_probs).cpu().numpy()
         submission.add(batch.names, masks)
-        class_images += masks.any(axis=(2, 3)).sum(axis=0)
+        class_images[:] += masks.any(axis=(2, 3)).sum(axis=0)
         if probs_dir is not None:
             probs = batch.probs.cpu().numpy()
             class_probs = batch.class_probs.cpu().numpy() if batch.class_probs is not None else [None] * len(probs)
@@ -203,18 +213,40 @@ def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessi
         if overlay_dir is not None:
             for name, image, image_masks in zip(batch.names, batch.images.numpy(), masks):
                 write_overlay(overlay_dir, name, image, image_masks, class_names)
+
+    if depth == 0:
+        for batch in batches:
+            write(batch)
+    else:
+        _pipelined(batches, write, depth)
     path = submission.write(output, fmt)
     return PredictionSummary(len(submission.image_ids), class_images, time.perf_counter() - started, path)
 
 
+def _pipelined(batches: Iterable[PredictionBatch], write, depth: int) -> None:
+    """``write(batch)`` for each batch in one worker thread, in order, at most ``depth`` batches behind.
+
+    An error in ``write`` reaches the caller at the latest ``depth`` batches later; an
+    error in ``batches`` lets the batches already handed over finish first.
+    """
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sever-writer") as writer:
+        for batch in batches:
+            pending.append(writer.submit(write, batch))
+            while len(pending) > depth or (pending and pending[0].done()):
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+
+
 def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir: str | Path, output: str | Path,
                       fmt: str = "current", save_probs: str | Path | None = None, visualize: str | Path | None = None,
-                      batch_size: int = 8, num_workers: int = 2) -> PredictionSummary:
+                      batch_size: int = 8, num_workers: int = 2, depth: int = PIPELINE_DEPTH) -> PredictionSummary:
     """Predict every image of ``image_dir`` (sorted by name) and write the outputs (:func:`write_predictions`)."""
     image_dir = Path(image_dir)
     paths = [image_dir / name for name in list_images(image_dir)]
     return write_predictions(predictor.predict_files(paths, batch_size, num_workers), settings, predictor.class_names,
-                             output, fmt, save_probs, visualize)
+                             output, fmt, save_probs, visualize, depth)
 
 
 class SavedProbabilities:

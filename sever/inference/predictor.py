@@ -1,12 +1,16 @@
 """Batched full-size prediction: test-time augmentation, ensembles and classifier probabilities.
 
 Each image is read once as uint8 grey and normalised per model with that model's
-own training statistics. For every model the TTA views (flipped copies) go
-through the network in the same forward batch, their sigmoid probabilities are
+own training statistics. For every model each TTA view (a flipped copy) goes
+through the network as its own forward pass, its sigmoid probabilities are
 flipped back and averaged; the models' probabilities are then combined by
 ``mean`` (weighted), ``rms`` (weighted root mean square) or ``max`` per class
 and pixel, and quantised to uint8 (``q`` stands for ``q / 255``), the form
-post-processing, saved probability maps and tuning all share.
+post-processing, saved probability maps and tuning all share. With a
+:class:`~sever.inference.tiling.Tiling`, images larger than the tile are predicted
+tile by tile (every model and TTA view on each tile) and blended back; classifiers
+always see the whole image at full resolution, so their gating is the same with and
+without tiles.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm import tqdm
 from sever.data_loader.datasets import read_grey
 from sever.exceptions import ConfigError, DataError
 from sever.inference.checkpoints import LoadedModel, load_models
+from sever.inference.tiling import Tiling
 from sever.model.postprocess import PROB_SCALE, PostProcessing
 from sever.utils.device import autocast, check_amp, resolve_device
 
@@ -88,27 +93,32 @@ def check_average(mode: str, weights: Sequence[float] | None, count: int) -> Non
 def tta_probabilities(model: Callable[[Tensor], Tensor], x: Tensor, tta: str = "none") -> Tensor:
     """Mean sigmoid probability over the TTA views of ``x``, each flipped back.
 
+    Each view is its own forward pass over the ``B`` images, so a view costs what a pass
+    without TTA costs (one pass of ``B * views`` images runs slower per image on a CPU) and
+    peak memory is that of one pass; the views' probabilities are summed in place.
+
     Args:
-        model: maps ``(B', C_in, H, W)`` to logits ``(B', C, H, W)`` or ``(B', C)``.
+        model: maps ``(B, C_in, H, W)`` to logits ``(B, C, H, W)`` or ``(B, C)``.
         x: ``(B, C_in, H, W)`` normalised images.
-        tta: a key of :data:`TTA_VIEWS`; all views run as one batch of ``B * views``.
+        tta: a key of :data:`TTA_VIEWS`.
 
     Returns:
         float32 ``(B, C, H, W)`` aligned with ``x`` (or ``(B, C)`` for a classifier).
     """
     views = TTA_VIEWS[tta]
-    batch = torch.cat([x.flip(dims) if dims else x for dims in views]) if len(views) > 1 else x
-    probs = torch.sigmoid(model(batch).float()).split(x.shape[0])
     total = None
-    for view, dims in zip(probs, views):
-        aligned = view.flip(dims) if dims and view.ndim == 4 else view
-        total = aligned if total is None else total + aligned
-    return total / len(views)
+    for dims in views:
+        probs = torch.sigmoid(model(x.flip(dims) if dims else x).float())
+        if dims and probs.ndim == 4:
+            probs = probs.flip(dims)
+        total = probs if total is None else total.add_(probs)
+    return total.div_(len(views)) if len(views) > 1 else total
 
 
-def quantize(probs: Tensor) -> Tensor:
-    """float probabilities in [0, 1] -> uint8 ``round(255 p)``."""
-    return (probs * PROB_SCALE).round_().clamp_(0, PROB_SCALE).to(torch.uint8)
+def quantize(probs: Tensor, inplace: bool = False) -> Tensor:
+    """float probabilities in [0, 1] -> uint8 ``round(255 p)`` (``inplace``: scaling ``probs`` itself)."""
+    scaled = probs.mul_(PROB_SCALE) if inplace else probs * PROB_SCALE
+    return scaled.round_().clamp_(0, PROB_SCALE).to(torch.uint8)
 
 
 @dataclass
@@ -139,11 +149,12 @@ class Predictor:
         tta: ``none``, ``hflip``, ``vflip`` or ``both`` (identity, h, v and h+v flips).
         device: where the models are.
         amp: ``off``, ``bf16`` or ``fp16``: autocast for the forward passes.
+        tiling: predict images larger than its tile tile by tile, or None: every image whole.
     """
 
     def __init__(self, models: Sequence[LoadedModel], classifiers: Sequence[LoadedModel] = (), average: str = "mean",
                  weights: Sequence[float] | None = None, tta: str = "none", device: torch.device | str = "cpu",
-                 amp: str = "off"):
+                 amp: str = "off", tiling: Tiling | None = None):
         if not models:
             raise ConfigError("give at least one segmentation model")
         if tta not in TTA_VIEWS:
@@ -163,6 +174,7 @@ class Predictor:
         self.device = torch.device(device)
         check_amp(amp, self.device)
         self.amp = amp
+        self.tiling = tiling
 
     @property
     def classes(self) -> int:
@@ -178,9 +190,13 @@ class Predictor:
         with autocast(self.amp, self.device):
             return tta_probabilities(loaded.model, x, self.tta)
 
+    def _segment(self, images: Tensor) -> Tensor:
+        """float32 ``(B, C, H, W)`` ensemble probabilities of uint8 ``(B, H, W)`` images (or tiles)."""
+        return average_probabilities([self._forward(m, images) for m in self.models], self.average, self.weights)
+
     @torch.inference_mode()
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Probabilities of a batch of same-size images.
+        """Probabilities of a batch of same-size images (tiled when larger than :attr:`tiling`'s tile).
 
         Args:
             images: ``(B, H, W)`` uint8 grey images, any device.
@@ -190,11 +206,16 @@ class Predictor:
             without classifiers), on :attr:`device`.
         """
         images = images.to(self.device, non_blocking=True)
-        probs = average_probabilities([self._forward(m, images) for m in self.models], self.average, self.weights)
+        if self.tiling is None or self.tiling.fits(*images.shape[-2:]):
+            probs = quantize(self._segment(images), inplace=True)
+        else:
+            probs = torch.empty((len(images), self.classes, *images.shape[-2:]), dtype=torch.uint8, device=self.device)
+            for index, image in enumerate(images):
+                probs[index] = quantize(self.tiling.predict(self._segment, image, self.classes), inplace=True)
         class_probs = None
         if self.classifiers:
             class_probs = average_probabilities([self._forward(m, images) for m in self.classifiers], "mean")
-        return quantize(probs), class_probs
+        return probs, class_probs
 
     def predict_files(self, paths: Sequence[Path], batch_size: int = 8, num_workers: int = 2,
                       description: str = "predict") -> Iterator[PredictionBatch]:
@@ -272,12 +293,13 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 def build_predictor(models: Sequence[str | Path], classifiers: Sequence[str | Path] = (), average: str = "mean",
                     weights: Sequence[float] | None = None, tta: str = "none", device: str = "auto",
-                    amp: str = "auto") -> Predictor:
+                    amp: str = "auto", tiling: Tiling | None = None) -> Predictor:
     """Load run folders / checkpoints and make a :class:`Predictor` (the commands' entry point)."""
     torch_device = resolve_device(device)
     loaded = load_models(models, "segmentation", torch_device, "-m")
     loaded_classifiers = load_models(classifiers, "classification", torch_device, "--classifier") if classifiers else []
-    return Predictor(loaded, loaded_classifiers, average, weights, tta, torch_device, resolve_amp(amp, torch_device))
+    return Predictor(loaded, loaded_classifiers, average, weights, tta, torch_device, resolve_amp(amp, torch_device),
+                     tiling)
 
 
 def load_settings(path: str | Path | None, classes: int, classifier: bool) -> PostProcessing:

@@ -1,0 +1,78 @@
+"""The pipelined write path of sever predict: the same files as writing batch by batch, in order, errors kept."""
+
+import numpy as np
+import pytest
+import torch
+
+from sever.exceptions import ConfigError, DataError
+from sever.inference.outputs import write_predictions
+from sever.inference.predictor import PredictionBatch
+from sever.model.postprocess import PostProcessing
+
+CLASSES = 3
+
+
+def batches(sizes=(3, 1, 2, 3, 1, 2, 2)):
+    """Batches of random probabilities; names in an order no sorting would give."""
+    rng = np.random.default_rng(0)
+    names = [f"{rng.integers(10**6):06d}_{i}.jpg" for i in range(sum(sizes))]
+    start = 0
+    for size in sizes:
+        scale = rng.random((size, CLASSES, 1, 1))  # some maps too faint to keep: empty rows too
+        probs = torch.from_numpy((rng.integers(0, 256, (size, CLASSES, 24, 40)) * scale).astype(np.uint8))
+        images = torch.from_numpy(rng.integers(0, 256, (size, 24, 40), dtype=np.uint8))
+        class_probs = torch.from_numpy(rng.random((size, CLASSES), dtype=np.float32))
+        yield PredictionBatch(names[start:start + size], images, probs, class_probs)
+        start += size
+
+
+def settings():
+    return PostProcessing.from_mapping({"threshold": 0.6, "min_pixels": 50}, CLASSES).with_classifier()
+
+
+def write(tmp_path, name, depth, source=None):
+    out = tmp_path / name
+    summary = write_predictions(source if source is not None else batches(), settings(), ["a", "b", "c"],
+                                out / "sub.csv", save_probs=out / "probs", visualize=out / "vis", depth=depth)
+    return out, summary
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_pipelined_writes_what_the_sequential_path_writes(tmp_path, depth):
+    sequential, first = write(tmp_path, "sequential", 0)
+    pipelined, second = write(tmp_path, f"pipelined{depth}", depth)
+    rows = (sequential / "sub.csv").read_text().splitlines()
+    assert (pipelined / "sub.csv").read_text().splitlines() == rows
+    expected_order = [name for batch in batches() for name in batch.names]
+    assert [row.split(",")[0] for row in rows[1::CLASSES]] == expected_order  # the batches' order, not sorted
+    assert any(row.split(",")[1] for row in rows[1:]) and not all(row.split(",")[1] for row in rows[1:])
+    for folder in ("probs", "vis"):
+        files = sorted(p.name for p in (sequential / folder).iterdir())
+        assert len(files) == len(expected_order)
+        assert sorted(p.name for p in (pipelined / folder).iterdir()) == files
+        for file in files:
+            assert (pipelined / folder / file).read_bytes() == (sequential / folder / file).read_bytes()
+    assert first.images == second.images == len(expected_order)
+    assert np.array_equal(first.class_images, second.class_images)
+
+
+def test_an_error_in_the_writer_thread_reaches_the_caller(tmp_path):
+    def with_a_bad_batch():
+        for index, batch in enumerate(batches()):
+            if index == 2:
+                batch.probs = batch.probs[:, :2]  # two classes for three-class settings
+            yield batch
+
+    with pytest.raises(ConfigError, match="settings are for 3 classes, the model predicts 2"):
+        write(tmp_path, "bad", 2, with_a_bad_batch())
+    assert not (tmp_path / "bad" / "sub.csv").exists()
+
+
+def test_an_error_while_predicting_stops_the_writer(tmp_path):
+    def failing():
+        yield from list(batches())[:3]
+        raise DataError("unreadable.jpg: corrupt JPEG")
+
+    with pytest.raises(DataError, match="unreadable.jpg"):
+        write(tmp_path, "failing", 2, failing())
+    assert not (tmp_path / "failing" / "sub.csv").exists()
