@@ -333,6 +333,25 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--max-images", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Validation images predicted on the CPU for the scores, threshold curves and mosaics "
+                   "(spread evenly over the split).")
+@click.option("--examples", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Best and worst validation images shown in the mosaics.")
+@click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
+              help="Post-processing YAML to score with [default: RUN/postprocess.yml when there, else the defaults].")
+def report(run_dir: str, max_images: int, examples: int, postprocess: str | None) -> None:
+    """Write RUN/report/: training curves, validation scores and examples as figures and an offline index.html."""
+    from sever.report import write_report
+
+    written = write_report(run_dir, max_images=max_images, examples=examples, postprocess=postprocess)
+    for line in written.missing:
+        click.echo(f"missing: {line}")
+    click.echo(f"wrote {written.index}")
+
+
+@cli.command()
 @click.option("-r", "--run", "run_dir", required=True, type=click.Path(),
               help="Run folder, e.g. saved/sever-unet-b5/1026_140000.")
 @click.option("-e", "--epoch", "epochs", multiple=True, type=int,

@@ -126,6 +126,10 @@ class BaseTrainer(abc.ABC):
                     break
         if self.writer is not None:
             self.writer.close()
+        if self.dist.is_main:
+            from sever.report import report_after_training  # here: sever.report imports the model, which imports us
+
+            report_after_training(self.run.root)
         return log
 
     def _apply_encoder_freeze(self, epoch: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 # One RGB colour per class; classes beyond the table reuse it cyclically.
@@ -56,3 +57,21 @@ def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> 
     mean_colour = colour_sum[covered] / count[covered, None]
     rgb[covered] = (1 - alpha) * rgb[covered] + alpha * mean_colour
     return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def outline_masks(image: np.ndarray, masks: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """Draw the outline of each class's mask in its colour over a grey image.
+
+    Args:
+        image: ``(H, W)`` uint8 grey image.
+        masks: ``(C, H, W)`` bool/0-1 masks, one per class.
+        thickness: outline width in pixels.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image; the image shows through inside the outlines.
+    """
+    rgb = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2))
+    for index, mask in enumerate(np.asarray(masks, dtype=np.uint8)):
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(rgb, contours, -1, class_colour(index), thickness, cv2.LINE_AA)
+    return rgb
