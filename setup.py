@@ -36,10 +36,11 @@ setup(
         "numpy>=1.24",
         "pandas>=2.0",
         "tqdm>=4.65",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=7.4", "hypothesis>=6.90", "docutils>=0.20", "torchmetrics>=1.4", "pycocotools>=2.0.7",
-                 "onnx>=1.15", "onnxruntime>=1.17"],
+                 "onnx>=1.15", "onnxruntime>=1.17", "selenium>=4.11"],
         "kaggle": ["kaggle>=1.6", "six"],  # kaggle 2.2 imports six without declaring it
         "detection": ["torchmetrics>=1.4", "pycocotools>=2.0.7"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 from inference_runs import invoke, make_run
+from report_runs import trained  # noqa: F401 (fixture)
 
 from sever import main
 from sever.base.base_trainer import BaseTrainer
@@ -18,8 +19,6 @@ from sever.inference.evaluate import evaluate_predictions, predictor_split
 from sever.inference.predictor import build_predictor, load_settings
 from sever.report import report_after_training, write_report
 from sever.report.history import truncated
-
-CLASS_NAMES = ["pits", "inclusion", "scratches", "patches"]
 
 
 class _Images(HTMLParser):
@@ -44,22 +43,15 @@ def missing_box(index: Path) -> str:
     return match.group(1) if match else ""
 
 
-@pytest.fixture(scope="session")
-def trained(demo_dir, tmp_path_factory) -> Path:
-    """A run trained for two short epochs with TensorBoard on: training wrote its report."""
-    config = tiny_config(demo_dir, tmp_path_factory.mktemp("report-runs"), tensorboard=True, max_steps_per_epoch=2)
-    return main.train({**config, "class_names": CLASS_NAMES}).root
-
-
 @pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
+def run_copy(trained, tmp_path) -> Path:  # noqa: F811 (fixture)
     """A copy of the trained run to damage or extend, without its report."""
     copy = tmp_path / "run"
     shutil.copytree(trained, copy, ignore=shutil.ignore_patterns("report"))
     return copy
 
 
-def test_training_writes_the_report_with_every_figure(trained):
+def test_training_writes_the_report_with_every_figure(trained):  # noqa: F811 (fixture)
     index = trained / "report" / "index.html"
     sources = image_sources(index)
     assert sources == ["loss.png", "dice.png", "lr.png", "classes.png", "thresholds.png", "distributions.png",
@@ -72,7 +64,7 @@ def test_training_writes_the_report_with_every_figure(trained):
     assert "http" not in text and "<script" not in text  # nothing to fetch: it opens offline
 
 
-def test_report_scores_equal_sever_evaluate(trained, run_copy):
+def test_report_scores_equal_sever_evaluate(run_copy):
     predictor = build_predictor([run_copy], device="cpu", amp="off")
     expected = evaluate_predictions(predictor, load_settings(None, 4, False), *predictor_split(predictor),
                                     num_workers=0)
