@@ -169,7 +169,7 @@ def _detection_runs(options: dict) -> bool:
 @cli.command()
 @_prediction_options
 @click.option("-i", "--images", "image_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of images to predict (with -m).")
+              help="Folder of images to predict (with -m); with --from-probs and --visualize, the images to draw on.")
 @click.option("--from-probs", "probs_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Instead of -m and -i: probabilities saved by --save-probs; repeat to ensemble them.")
 @click.option("-o", "--output", default="submission.csv", show_default=True, type=click.Path(dir_okay=False),
@@ -179,11 +179,14 @@ def _detection_runs(options: dict) -> bool:
 @click.option("--save-probs", type=click.Path(file_okay=False), default=None,
               help="Folder for each image's probabilities (uint8 .npz), for sever tune --probs.")
 @click.option("--visualize", type=click.Path(file_okay=False), default=None,
-              help="Folder for PNG overlays of the predictions (with -m).")
+              help="Folder for JPEG overlays of the predictions (from --from-probs: needs -i IMAGE_DIR).")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), default=None,
+              help="With --visualize: Kaggle CSV (either format) whose true masks are outlined on the overlays; "
+                   "images it does not list are defect-free.")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Detection runs: keep boxes scoring at least this.")
 def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt: str, save_probs: str | None,
-            visualize: str | None, threshold: float, **options) -> None:
+            visualize: str | None, labels_csv: str | None, threshold: float, **options) -> None:
     """Predict a folder of images and write a submission CSV (a detector: a CSV of scored boxes)."""
     from sever.data_loader.datasets import list_images
     from sever.inference import outputs
@@ -191,13 +194,20 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
 
     if bool(options["models"]) == bool(probs_dirs):
         raise click.UsageError("give either -m RUN_OR_CHECKPOINT (one or more) with -i IMAGE_DIR, or --from-probs DIR")
+    if labels_csv and not visualize:
+        raise click.UsageError("--labels draws the true masks on the overlays: give --visualize DIR too")
     if probs_dirs:
-        if image_dir or visualize or options["classifiers"]:
-            raise click.UsageError("--from-probs takes no -i, --visualize or --classifier")
+        if options["classifiers"]:
+            raise click.UsageError("--from-probs takes no --classifier (saved probabilities hold its output)")
+        if bool(image_dir) != bool(visualize):
+            raise click.UsageError("with --from-probs, -i IMAGE_DIR is only for --visualize, and --visualize needs it")
         saved = outputs.SavedProbabilities(probs_dirs, options["average"], list(options["weights"]) or None)
         settings = load_settings(options["postprocess"], saved.classes, saved.gated)
-        summary = outputs.write_predictions(saved.batches(options["batch_size"]), settings, [], output, fmt, save_probs)
-        click.echo(summary.describe(class_labels(None, saved.classes)))
+        names = class_labels(None, saved.classes)
+        overlays = outputs.Overlays(visualize, names, saved.names, labels_csv, image_dir) if visualize else None
+        summary = outputs.write_predictions(saved.batches(options["batch_size"]), settings, output, fmt, save_probs,
+                                            overlays)
+        click.echo(summary.describe(names))
         return
     if image_dir is None:
         raise click.UsageError("-m needs -i IMAGE_DIR")
@@ -206,15 +216,15 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
         from sever.detection.predict import predict_to_csv
         from sever.utils.device import resolve_device
 
-        if save_probs:
-            raise click.UsageError("--save-probs is for segmentation runs, not detectors")
+        if save_probs or labels_csv:
+            raise click.UsageError("--save-probs and --labels are for segmentation runs, not detectors")
         images, boxes = predict_to_csv(options["models"], image_dir, output, threshold,
                                        resolve_device(options["device"]), visualize)
         click.echo(f"wrote {boxes} boxes scoring >= {threshold} in {images} images to {output}"
                    + (f"; drawings in {visualize}" if visualize else ""))
         return
     predictor, settings = _predictor_and_settings(options)
-    summary = outputs.predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize,
+    summary = outputs.predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize, labels_csv,
                                         options["batch_size"], options["num_workers"])
     click.echo(summary.describe(predictor.class_names))
 

@@ -60,17 +60,17 @@ def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> 
 
 
 def outline_masks(image: np.ndarray, masks: np.ndarray, thickness: int = 2) -> np.ndarray:
-    """Draw the outline of each class's mask in its colour over a grey image.
+    """Draw the outline of each class's mask in its colour over an image.
 
     Args:
-        image: ``(H, W)`` uint8 grey image.
+        image: ``(H, W)`` uint8 grey or ``(H, W, 3)`` uint8 RGB image (not modified).
         masks: ``(C, H, W)`` bool/0-1 masks, one per class.
         thickness: outline width in pixels.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB image; the image shows through inside the outlines.
     """
-    rgb = np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2))
+    rgb = np.ascontiguousarray(image.copy() if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2))
     for index, mask in enumerate(np.asarray(masks, dtype=np.uint8)):
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(rgb, contours, -1, class_colour(index), thickness, cv2.LINE_AA)
