@@ -68,10 +68,11 @@ def outline_masks(image: np.ndarray, masks: np.ndarray, thickness: int = 2) -> n
         thickness: outline width in pixels.
 
     Returns:
-        ``(H, W, 3)`` uint8 RGB image; the image shows through inside the outlines.
+        ``(H, W, 3)`` uint8 RGB image; the image shows through inside the outlines, which have a dark rim.
     """
     rgb = np.ascontiguousarray(image.copy() if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2))
     for index, mask in enumerate(np.asarray(masks, dtype=np.uint8)):
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(rgb, contours, -1, (0, 0, 0), thickness + 2, cv2.LINE_AA)  # a dark rim: visible on any fill
         cv2.drawContours(rgb, contours, -1, class_colour(index), thickness, cv2.LINE_AA)
     return rgb
