@@ -1,4 +1,8 @@
-"""The report's figures: matplotlib (Agg backend, no display needed) PNGs and JPEG mosaics.
+"""The report's figures: matplotlib PNGs and JPEG mosaics.
+
+The figures are bare :class:`matplotlib.figure.Figure` objects saved with the Agg renderer:
+pyplot is never imported, so no display is needed and the caller's backend (a notebook's, a
+training process's) is left alone.
 
 Each function draws one figure into ``folder`` and returns the file name, relative to
 ``folder``, for the page's ``<img src>``.
@@ -10,15 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 import cv2
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # files only: no display, and safe in a training process without one
-import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
-import numpy as np  # noqa: E402
-
-from sever.report.history import History  # noqa: E402
-from sever.report.validation import Example, ValidationScores  # noqa: E402
-from sever.utils.visualization import CLASS_COLOURS  # noqa: E402
+from sever.report.history import History
+from sever.report.validation import Example, ValidationScores
+from sever.utils.visualization import CLASS_COLOURS
 
 DPI = 100
 MOSAIC_WIDTH = 1600  # pixels of one mosaic row (truth and prediction side by side)
@@ -30,10 +32,20 @@ def _colour(index: int) -> tuple[float, float, float]:
     return tuple(CLASS_COLOURS[index % len(CLASS_COLOURS)] / 255.0)
 
 
+def _subplots(*grid, **options):
+    """``(figure, axes)`` like ``pyplot.subplots``, without pyplot's global state."""
+    figure = Figure(figsize=options.pop("figsize"))
+    return figure, figure.subplots(*grid, **options)
+
+
+def _epoch_axis(axes) -> None:
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(figure, folder: Path, name: str) -> str:
     figure.tight_layout()
     figure.savefig(folder / name, dpi=DPI)
-    plt.close(figure)
     return name
 
 
@@ -47,12 +59,13 @@ def loss_curves(history: History, folder: Path) -> str | None:
     keys = [k for k in history.values if k.endswith("loss") and k.startswith(("train_", "val_"))]
     if not keys:
         return None
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure, axes = _subplots(figsize=(8, 4))
     for key in sorted(keys):
         epochs, values = history.series(key)
         axes.plot(epochs, values, marker="o", markersize=3, linestyle="--" if key.startswith("train_") else "-",
                   label=key)
-    axes.set(xlabel="epoch", ylabel="loss", title="Losses (dashed: training, solid: validation)")
+    _epoch_axis(axes)
+    axes.set(ylabel="loss", title="Losses (dashed: training, solid: validation)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     return _save(figure, folder, "loss.png")
@@ -62,17 +75,18 @@ def dice_curves(history: History, folder: Path) -> str | None:
     """Per-class and mean Dice per epoch, training dashed, validation solid; None when not logged."""
     if not history.keys("train_dice_") and not history.keys("val_dice_"):
         return None
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure, axes = _subplots(figsize=(8, 4))
     for split, style in (("train", "--"), ("val", "-")):
         prefix = f"{split}_dice_"
-        classes = [k for k in history.keys(prefix) if k != f"{prefix}mean"]
+        classes = [k for k in history.keys(prefix) if k != f"{prefix}mean" and not k.endswith("loss")]
         for index, key in enumerate(classes):
             epochs, values = history.series(key)
             axes.plot(epochs, values, style, color=_colour(index), label=f"{split} {_class_label(key, prefix)}")
         epochs, values = history.series(f"{prefix}mean")
         if epochs:
             axes.plot(epochs, values, style, color="black", linewidth=2, label=f"{split} mean")
-    axes.set(xlabel="epoch", ylabel="Dice", title="Dice per class (dashed: training, solid: validation)")
+    _epoch_axis(axes)
+    axes.set(ylabel="Dice", title="Dice per class (dashed: training, solid: validation)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="x-small", ncol=2)
     return _save(figure, folder, "dice.png")
@@ -82,7 +96,7 @@ def learning_rate(history: History, folder: Path) -> str | None:
     """Learning rate of each parameter group by logged step; None when not recorded."""
     if not history.lr:
         return None
-    figure, axes = plt.subplots(figsize=(8, 3))
+    figure, axes = _subplots(figsize=(8, 3))
     for group, points in sorted(history.lr.items()):
         steps = sorted(points)
         axes.plot(steps, [points[s] for s in steps], label=group)
@@ -97,7 +111,7 @@ def class_scores(scores: ValidationScores, folder: Path) -> str:
     evaluation = scores.evaluation
     names = evaluation.class_names
     confusion = evaluation.confusion()
-    figure, axes = plt.subplots(1, 1 + len(names), figsize=(3 + 2.2 * len(names), 3.2),
+    figure, axes = _subplots(1, 1 + len(names), figsize=(3 + 2.2 * len(names), 3.2),
                                 gridspec_kw={"width_ratios": [2.5] + [1] * len(names)})
     bars = axes[0]
     bars.bar(range(len(names)), evaluation.class_dice, color=[_colour(c) for c in range(len(names))])
@@ -128,7 +142,7 @@ def threshold_curves(scores: ValidationScores, folder: Path) -> str | None:
     if result is None:
         return None
     settings = scores.settings
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure, axes = _subplots(figsize=(8, 4))
     for c, name in enumerate(result.class_names):
         curve = result.scores[:, result.min_pixels.index(settings.min_pixels[c]), 0, c]
         axes.plot(result.thresholds, curve, color=_colour(c), label=f"{name} (min_pixels {settings.min_pixels[c]})")
@@ -143,15 +157,15 @@ def threshold_curves(scores: ValidationScores, folder: Path) -> str | None:
 
 def distributions(scores: ValidationScores, folder: Path) -> str:
     """Image sizes of the scored images and the pixel areas of their true defects per class."""
-    figure, (sizes, areas) = plt.subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"width_ratios": [1, 2]})
+    figure, (sizes, areas) = _subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"width_ratios": [1, 2]})
     labels, counts = np.unique([f"{h}x{w}" for h, w in scores.image_sizes], return_counts=True)
     sizes.bar(range(len(labels)), counts, color="grey")
     sizes.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize="small")
     sizes.set(ylabel="images", title="Image size (HxW, pixels)")
     present = [(c, a) for c, a in enumerate(scores.defect_areas) if a]
     if present:
-        largest = max(max(a) for _, a in present)
-        bins = np.logspace(0, np.log10(max(largest, 10)) + 0.1, 30)
+        smallest, largest = min(min(a) for _, a in present), max(max(a) for _, a in present)
+        bins = np.logspace(np.log10(smallest) - 0.1, np.log10(largest) + 0.1, 30)
         for c, class_areas in present:
             areas.hist(class_areas, bins=bins, histtype="step", linewidth=1.5, color=_colour(c),
                        label=f"{scores.evaluation.class_names[c]} ({len(class_areas)})")
