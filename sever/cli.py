@@ -232,7 +232,7 @@ def _box_runs(options: dict) -> bool:
 @cli.command()
 @_prediction_options
 @click.option("-i", "--images", "image_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of images to predict (with -m).")
+              help="Folder of images to predict (with -m); with --from-probs and --visualize, the images to draw on.")
 @click.option("--from-probs", "probs_dirs", multiple=True, type=click.Path(file_okay=False),
               help="Instead of -m and -i: probabilities saved by --save-probs; repeat to ensemble them.")
 @click.option("-o", "--output", default="submission.csv", show_default=True, type=click.Path(dir_okay=False),
@@ -242,11 +242,14 @@ def _box_runs(options: dict) -> bool:
 @click.option("--save-probs", type=click.Path(file_okay=False), default=None,
               help="Folder for each image's probabilities (uint8 .npz), for sever tune --probs.")
 @click.option("--visualize", type=click.Path(file_okay=False), default=None,
-              help="Folder for PNG overlays of the predictions (with -m).")
+              help="Folder for JPEG overlays of the predictions (from --from-probs: needs -i IMAGE_DIR).")
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), default=None,
+              help="With --visualize: Kaggle CSV (either format) whose true masks are outlined on the overlays; "
+                   "images it does not list are defect-free.")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Detection runs: keep boxes scoring at least this.")
 def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt: str, save_probs: str | None,
-            visualize: str | None, threshold: float, **options) -> None:
+            visualize: str | None, labels_csv: str | None, threshold: float, **options) -> None:
     """Predict a folder of images and write a submission CSV (a detector: a CSV of scored boxes)."""
     from sever.data_loader.datasets import list_images
     from sever.inference import outputs
@@ -254,13 +257,20 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
 
     if bool(options["models"]) == bool(probs_dirs):
         raise click.UsageError("give either -m RUN_OR_CHECKPOINT (one or more) with -i IMAGE_DIR, or --from-probs DIR")
+    if labels_csv and not visualize:
+        raise click.UsageError("--labels draws the true masks on the overlays: give --visualize DIR too")
     if probs_dirs:
-        if image_dir or visualize or options["classifiers"] or options["tile"]:
-            raise click.UsageError("--from-probs takes no -i, --visualize, --classifier or --tile")
+        if options["classifiers"] or options["tile"]:
+            raise click.UsageError("--from-probs takes no --classifier or --tile (saved probabilities hold their output)")
+        if bool(image_dir) != bool(visualize):
+            raise click.UsageError("with --from-probs, -i IMAGE_DIR is only for --visualize, and --visualize needs it")
         saved = outputs.SavedProbabilities(probs_dirs, options["average"], list(options["weights"]) or None)
         settings = load_settings(options["postprocess"], saved.classes, saved.gated)
-        summary = outputs.write_predictions(saved.batches(options["batch_size"]), settings, [], output, fmt, save_probs)
-        click.echo(summary.describe(class_labels(None, saved.classes)))
+        names = class_labels(None, saved.classes)
+        overlays = outputs.Overlays(visualize, names, saved.names, labels_csv, image_dir) if visualize else None
+        summary = outputs.write_predictions(saved.batches(options["batch_size"]), settings, output, fmt, save_probs,
+                                            overlays)
+        click.echo(summary.describe(names))
         return
     if image_dir is None:
         raise click.UsageError("-m needs -i IMAGE_DIR")
@@ -269,15 +279,15 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
         from sever.detection.predict import predict_to_csv
         from sever.utils.device import resolve_device
 
-        if save_probs:
-            raise click.UsageError("--save-probs is for segmentation runs, not detectors")
+        if save_probs or labels_csv:
+            raise click.UsageError("--save-probs and --labels are for segmentation runs, not detectors")
         images, boxes = predict_to_csv(options["models"], image_dir, output, threshold,
                                        resolve_device(options["device"]), visualize)
         click.echo(f"wrote {boxes} boxes scoring >= {threshold} in {images} images to {output}"
                    + (f"; drawings in {visualize}" if visualize else ""))
         return
     predictor, settings = _predictor_and_settings(options)
-    summary = outputs.predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize,
+    summary = outputs.predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize, labels_csv,
                                         options["batch_size"], options["num_workers"])
     click.echo(summary.describe(predictor.class_names))
 
@@ -395,6 +405,25 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
     click.echo("")
     click.echo(result.summary())
     click.echo(f"wrote {result.write(output, source)}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--max-images", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Validation images predicted on the CPU for the scores, threshold curves and mosaics "
+                   "(spread evenly over the split).")
+@click.option("--examples", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Best and worst validation images shown in the mosaics.")
+@click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
+              help="Post-processing YAML to score with [default: RUN/postprocess.yml when there, else the defaults].")
+def report(run_dir: str, max_images: int, examples: int, postprocess: str | None) -> None:
+    """Write RUN/report/: training curves, validation scores and examples as figures and an offline index.html."""
+    from sever.report import write_report
+
+    written = write_report(run_dir, max_images=max_images, examples=examples, postprocess=postprocess)
+    for line in written.missing:
+        click.echo(f"missing: {line}")
+    click.echo(f"wrote {written.index}")
 
 
 @cli.command()

@@ -168,9 +168,9 @@ def test_visualize_and_classifier_gating(runs, demo_dir, tmp_path):
                     "-o", tmp_path / "sub.csv", "--num-workers", 0, "--visualize", tmp_path / "vis",
                     "--save-probs", tmp_path / "probs")
     assert result.exit_code == 0, result.output
-    pngs = sorted((tmp_path / "vis").glob("*.png"))
-    assert len(pngs) == 6
-    assert cv2.imread(str(pngs[0])).shape[0] > 64  # the image and a legend below it
+    drawn = sorted((tmp_path / "vis").glob("*.jpg"))
+    assert len(drawn) == 6
+    assert cv2.imread(str(drawn[0])).shape[0] > 64  # the image and a legend below it
     _, class_probs = load_probabilities(next((tmp_path / "probs").glob("*.npz")))
     assert class_probs.shape == (4,) and ((0 <= class_probs) & (class_probs <= 1)).all()
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sever.exceptions import ConfigError, DataError
-from sever.inference.outputs import write_predictions
+from sever.inference.outputs import Overlays, write_predictions
 from sever.inference.predictor import PredictionBatch
 from sever.model.postprocess import PostProcessing
 
@@ -32,8 +32,9 @@ def settings():
 
 def write(tmp_path, name, depth, source=None):
     out = tmp_path / name
-    summary = write_predictions(source if source is not None else batches(), settings(), ["a", "b", "c"],
-                                out / "sub.csv", save_probs=out / "probs", visualize=out / "vis", depth=depth)
+    overlays = Overlays(out / "vis", ["a", "b", "c"], [name for batch in batches() for name in batch.names])
+    summary = write_predictions(source if source is not None else batches(), settings(), out / "sub.csv",
+                                save_probs=out / "probs", overlays=overlays, depth=depth)
     return out, summary
 
 

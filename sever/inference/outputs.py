@@ -8,8 +8,9 @@
   ``probs`` uint8 ``(C, H, W)`` (``q`` stands for ``q / 255``) and, with a
   classifier, ``class_probs`` float32 ``(C,)``. ``sever tune --probs`` and
   ``sever predict --from-probs`` (:class:`SavedProbabilities`) read them.
-- ``--visualize DIR`` writes ``DIR/<image stem>.png``: the image with the
-  predicted masks in class colours and a legend below it.
+- ``--visualize DIR`` (:class:`Overlays`) writes ``DIR/<image stem>.jpg``: the
+  image with the predicted masks filled in class colours, the true masks
+  outlined when labels are given, and a legend below it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sever.data_loader.annotations import Annotations, write_rle_csv
-from sever.data_loader.datasets import list_images
+from sever.data_loader.annotations import Annotations, read_rle_csv, write_rle_csv
+from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.rle import rle_encode
 from sever.exceptions import DataError
 from sever.inference.predictor import (
@@ -40,7 +41,7 @@ from sever.inference.predictor import (
     quantize,
 )
 from sever.model.postprocess import PROB_SCALE, PostProcessing
-from sever.utils.visualization import class_colour, overlay_masks
+from sever.utils.visualization import class_colour, outline_masks, overlay_masks
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +121,14 @@ def load_probabilities(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]
 
 
 LEGEND_ROW = 26  # pixels per legend row
+OVERLAY_QUALITY = 90  # JPEG quality of the overlays: a few tens of kB where a PNG took about 0.6 MB
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def legend(names: Sequence[str], width: int) -> np.ndarray:
-    """A dark ``(rows * 26, width, 3)`` uint8 RGB strip: a colour box and the name of each class."""
+def legend(names: Sequence[str], width: int, note: str = "") -> np.ndarray:
+    """A dark ``(rows * 26, width, 3)`` uint8 RGB strip: a colour box and the name of each class, then ``note``."""
     entries, x, row = [], 6, 0
-    for index, name in enumerate(names):
+    for index, name in enumerate([*names, note] if note else names):
         text_width = cv2.getTextSize(name, _FONT, 0.5, 1)[0][0]
         needed = 22 + text_width + 14
         if x > 6 and x + needed > width:
@@ -136,18 +138,61 @@ def legend(names: Sequence[str], width: int) -> np.ndarray:
     strip = np.full(((row + 1) * LEGEND_ROW, width, 3), 32, np.uint8)
     for index, name, x, row in entries:
         top = row * LEGEND_ROW + 6
-        cv2.rectangle(strip, (x, top), (x + 14, top + 14), class_colour(index), thickness=-1)
+        if index < len(names):
+            cv2.rectangle(strip, (x, top), (x + 14, top + 14), class_colour(index), thickness=-1)
         cv2.putText(strip, name, (x + 20, top + 12), _FONT, 0.5, (235, 235, 235), 1, cv2.LINE_AA)
     return strip
 
 
-def write_overlay(directory: Path, name: str, image: np.ndarray, masks: np.ndarray, class_names: Sequence[str]) -> Path:
-    """Write ``directory/<stem>.png``: ``image (H, W)`` uint8 with ``masks (C, H, W)`` overlaid, legend below."""
-    rgb = np.concatenate([overlay_masks(image, masks), legend(class_names, image.shape[1])], axis=0)
-    path = Path(directory) / f"{Path(name).stem}.png"
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise DataError(f"cannot write {path}")
-    return path
+class Overlays:
+    """``--visualize DIR``: one ``DIR/<image stem>.jpg`` per image, the predicted masks filled in class colours.
+
+    With ``labels`` the true masks are outlined over them in the same colours. Saved
+    probabilities hold no image, so predictions from them are drawn on the image of the
+    same name in ``image_dir``.
+
+    Args:
+        directory: output folder (created).
+        class_names: C labels for the legend.
+        names: the images that will be drawn (checked against ``labels`` and ``image_dir``).
+        labels: Kaggle CSV (either format) of the true masks; images it does not list are defect-free.
+        image_dir: where to read the images when the predictions come without them.
+
+    Raises:
+        DataError: a folder that cannot be created, an unreadable CSV, or images missing from ``image_dir``.
+    """
+
+    def __init__(self, directory: str | Path, class_names: Sequence[str], names: Sequence[str],
+                 labels: str | Path | None = None, image_dir: str | Path | None = None):
+        self.directory = _make_dir(directory)
+        self.class_names = list(class_names)
+        self.image_dir = Path(image_dir) if image_dir is not None else None
+        if self.image_dir is not None:
+            missing = sorted(set(names) - set(list_images(self.image_dir)))
+            if missing:
+                raise DataError(f"-i {self.image_dir}: no image for {len(missing)} predicted image(s), "
+                                f"e.g. {missing[0]}")
+        self.labels = None
+        if labels is not None:
+            self.labels = read_rle_csv(labels, len(self.class_names), image_ids=names)
+            if not self.labels.has_defect()[: len(names)].any():
+                logger.warning("--labels %s: no defect in any of the %d images drawn", labels, len(names))
+
+    def write(self, name: str, image: np.ndarray | None, masks: np.ndarray) -> Path:
+        """Draw image ``name``: ``image (H, W)`` uint8 (None: read from ``image_dir``), ``masks (C, H, W)`` bool."""
+        if image is None:
+            image = read_grey(self.image_dir / name)
+        drawn = overlay_masks(image, masks)
+        note = ""
+        if self.labels is not None:
+            truth = self.labels.decode(self.labels.index[name], image.shape).transpose(2, 0, 1)
+            drawn = outline_masks(drawn, truth)
+            note = "filled: prediction, outline: truth"
+        rgb = np.concatenate([drawn, legend(self.class_names, image.shape[1], note)], axis=0)
+        path = self.directory / f"{Path(name).stem}.jpg"
+        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_QUALITY]):
+            raise DataError(f"cannot write {path}")
+        return path
 
 
 @dataclass
@@ -176,9 +221,9 @@ def _make_dir(path: str | Path | None) -> Path | None:
     return Path(path)
 
 
-def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessing, class_names: Sequence[str],
-                      output: str | Path, fmt: str = "current", save_probs: str | Path | None = None,
-                      visualize: str | Path | None = None, depth: int = PIPELINE_DEPTH) -> PredictionSummary:
+def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessing, output: str | Path,
+                      fmt: str = "current", save_probs: str | Path | None = None,
+                      overlays: Overlays | None = None, depth: int = PIPELINE_DEPTH) -> PredictionSummary:
     """Post-process ``batches`` and write the submission (and probabilities, overlays).
 
     While the calling thread computes the next batches (the forward passes), one writer
@@ -186,18 +231,17 @@ def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessi
     rows come out in the order of ``batches`` whatever the timing.
 
     Args:
-        batches: predictions in submission order; ``images`` is needed for ``visualize``.
+        batches: predictions in submission order.
         settings: post-processing settings, one value per class.
-        class_names: C labels for the overlays' legend.
         output: submission CSV path; ``fmt`` ``current`` or ``original``.
         save_probs: folder for one ``.npz`` of uint8 probabilities per image, or None.
-        visualize: folder for one overlay PNG per image, or None.
+        overlays: draws one overlay per image, or None.
         depth: batches that may wait for the writer thread (the next one is computed
             meanwhile); 0 writes each batch in the calling thread before the next is computed.
     """
     started = time.perf_counter()
     _make_dir(Path(output).parent)
-    probs_dir, overlay_dir = _make_dir(save_probs), _make_dir(visualize)
+    probs_dir = _make_dir(save_probs)
     submission = Submission(settings.classes)
     class_images = np.zeros(settings.classes, np.int64)
 
@@ -210,9 +254,10 @@ def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessi
             class_probs = batch.class_probs.cpu().numpy() if batch.class_probs is not None else [None] * len(probs)
             for name, image_probs, image_class_probs in zip(batch.names, probs, class_probs):
                 save_probabilities(probs_dir, name, image_probs, image_class_probs)
-        if overlay_dir is not None:
-            for name, image, image_masks in zip(batch.names, batch.images.numpy(), masks):
-                write_overlay(overlay_dir, name, image, image_masks, class_names)
+        if overlays is not None:
+            images = batch.images.numpy() if batch.images is not None else [None] * len(masks)
+            for name, image, image_masks in zip(batch.names, images, masks):
+                overlays.write(name, image, image_masks)
 
     if depth == 0:
         for batch in batches:
@@ -241,12 +286,17 @@ def _pipelined(batches: Iterable[PredictionBatch], write, depth: int) -> None:
 
 def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir: str | Path, output: str | Path,
                       fmt: str = "current", save_probs: str | Path | None = None, visualize: str | Path | None = None,
-                      batch_size: int = 8, num_workers: int = 2, depth: int = PIPELINE_DEPTH) -> PredictionSummary:
-    """Predict every image of ``image_dir`` (sorted by name) and write the outputs (:func:`write_predictions`)."""
+                      labels: str | Path | None = None, batch_size: int = 8, num_workers: int = 2,
+                      depth: int = PIPELINE_DEPTH) -> PredictionSummary:
+    """Predict every image of ``image_dir`` (sorted by name) and write the outputs (:func:`write_predictions`).
+
+    ``visualize``: overlay folder, with the true masks of ``labels`` (a Kaggle CSV) outlined when given.
+    """
     image_dir = Path(image_dir)
-    paths = [image_dir / name for name in list_images(image_dir)]
-    return write_predictions(predictor.predict_files(paths, batch_size, num_workers), settings, predictor.class_names,
-                             output, fmt, save_probs, visualize, depth)
+    names = list_images(image_dir)
+    overlays = Overlays(visualize, predictor.class_names, names, labels) if visualize is not None else None
+    return write_predictions(predictor.predict_files([image_dir / name for name in names], batch_size, num_workers),
+                             settings, output, fmt, save_probs, overlays, depth)
 
 
 class SavedProbabilities:

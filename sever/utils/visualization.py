@@ -87,3 +87,22 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores:
         cv2.putText(canvas, caption, (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, max(0.35, 0.5 * scale),
                     colour, 1, cv2.LINE_AA)
     return canvas
+
+
+def outline_masks(image: np.ndarray, masks: np.ndarray, thickness: int = 2) -> np.ndarray:
+    """Draw the outline of each class's mask in its colour over an image.
+
+    Args:
+        image: ``(H, W)`` uint8 grey or ``(H, W, 3)`` uint8 RGB image (not modified).
+        masks: ``(C, H, W)`` bool/0-1 masks, one per class.
+        thickness: outline width in pixels.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image; the image shows through inside the outlines, which have a dark rim.
+    """
+    rgb = np.ascontiguousarray(image.copy() if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2))
+    for index, mask in enumerate(np.asarray(masks, dtype=np.uint8)):
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(rgb, contours, -1, (0, 0, 0), thickness + 2, cv2.LINE_AA)  # a dark rim: visible on any fill
+        cv2.drawContours(rgb, contours, -1, class_colour(index), thickness, cv2.LINE_AA)
+    return rgb

@@ -1,0 +1,208 @@
+"""Write ``report/`` inside a run folder: figures and an ``index.html`` that opens offline.
+
+The page uses only relative image paths and inline CSS (no script, no external
+file or font). Whatever cannot be drawn (no validation yet, truncated events,
+data no longer on disk, a classification run) is said on the page in a
+"missing" box; only a folder that is not a run is an error.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sever.exceptions import DataError, SeverError
+from sever.inference.checkpoints import run_config
+from sever.utils.run import RunPaths
+
+logger = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+TUNED_SETTINGS = "postprocess.yml"  # where the report looks for `sever tune` output: RUN/postprocess.yml
+DEFAULT_MAX_IMAGES = 200
+DEFAULT_EXAMPLES = 4
+AFTER_TRAINING_IMAGES = 16  # CPU predictions at the end of training; `sever report --max-images` for more
+
+
+@dataclass
+class Section:
+    """One heading of the page: a text paragraph, images (relative paths) and an optional table."""
+
+    title: str
+    text: str = ""
+    images: list[str] = field(default_factory=list)
+    table: str = ""
+
+
+@dataclass
+class Report:
+    """What was written: the page, its sections and what is missing from it."""
+
+    index: Path
+    sections: list[Section]
+    missing: list[str]
+
+
+def check_run_folder(run_dir: str | Path) -> RunPaths:
+    """The run at ``run_dir``.
+
+    Raises:
+        DataError: the folder does not exist or holds none of a run's files.
+    """
+    run = RunPaths(Path(run_dir))
+    if not run.root.is_dir():
+        raise DataError(f"run folder not found: {run.root}")
+    if not (run.config.is_file() or run.checkpoints.is_dir() or run.log_file.is_file()):
+        raise DataError(f"{run.root} is not a sever run folder (no config.yaml, checkpoints/ or train.log); "
+                        "give a folder like saved/<name>/<MMDD_HHMMSS>")
+    return run
+
+
+def _curves(run: RunPaths, folder: Path, missing: list[str]) -> list[Section]:
+    from sever.report import figures
+    from sever.report.history import read_history
+
+    history = read_history(run)
+    missing += history.notes
+    if not history.values:
+        return []
+    drawn = [(title, draw(history, folder)) for title, draw in (
+        ("Losses", figures.loss_curves), ("Dice per class", figures.dice_curves),
+        ("Learning rate", figures.learning_rate))]
+    return [Section(title, f"From {history.source}.", [image]) for title, image in drawn if image]
+
+
+def _validation(run: RunPaths, folder: Path, max_images: int, examples: int, postprocess: Path | None,
+                missing: list[str]) -> list[Section]:
+    from sever.report import figures
+    from sever.report.validation import score_validation
+
+    try:
+        task = run_config(run.root)["task"]
+    except SeverError as exc:
+        missing.append(f"validation predictions: no usable checkpoint ({exc}).")
+        return []
+    if task != "segmentation":
+        missing.append(f"validation predictions: drawn for segmentation runs only (this is a {task} run).")
+        return []
+    settings_note = _settings_note(run, postprocess, missing)
+    try:
+        scores = score_validation(run.root, max_images, examples, postprocess or _tuned_settings(run))
+    except SeverError as exc:
+        missing.append(f"validation predictions: {exc}")
+        return []
+    scored = (f"{scores.scored} of the {scores.total} validation images were predicted on the CPU with "
+              f"{scores.checkpoint.name}" + (f" (capped by --max-images {max_images}, spread evenly over the split)"
+                                             if scores.scored < scores.total else "") + ".")
+    sections = [
+        Section("Validation scores", f"{scored} {settings_note}", [figures.class_scores(scores, folder)],
+                _confusion_table(scores)),
+        Section("Dice against threshold", "Each class's mean Dice on the predicted images for every probability "
+                                          "threshold, as sever tune scores them. " + settings_note,
+                [image] if (image := figures.threshold_curves(scores, folder)) else []),
+        Section("Data", f"Image sizes and true defect sizes of the {scores.scored} predicted validation images.",
+                [figures.distributions(scores, folder)]),
+    ]
+    if scores.thresholds is None:
+        missing.append("Dice against threshold: the settings use component_domination, which couples the classes.")
+    for title, chosen, name in (("Best validation images", scores.best, "best.jpg"),
+                                ("Worst validation images", scores.worst, "worst.jpg")):
+        sections.append(Section(title, "Truth outlined on the left, prediction on the right, in class colours; "
+                                       "ranked by mean Dice over the classes (the best among images with a defect).",
+                                [figures.mosaic(chosen, folder, name)]))
+    return sections
+
+
+def _tuned_settings(run: RunPaths) -> Path | None:
+    path = run.root / TUNED_SETTINGS
+    return path if path.is_file() else None
+
+
+def _settings_note(run: RunPaths, postprocess: Path | None, missing: list[str]) -> str:
+    if postprocess is not None:
+        return f"Post-processing from {postprocess}."
+    if _tuned_settings(run) is not None:
+        return f"Post-processing tuned by sever tune, read from {TUNED_SETTINGS} in the run folder."
+    missing.append(f"tuning: no sever tune output for this run ({run.root / TUNED_SETTINGS}; write it with "
+                   f"sever tune -m {run.root} --split val -o {run.root / TUNED_SETTINGS}): the scores use the "
+                   "default post-processing.")
+    return "Default post-processing (no sever tune output for this run)."
+
+
+def _confusion_table(scores) -> str:
+    evaluation = scores.evaluation
+    confusion, precision, recall = evaluation.confusion(), evaluation.precision(), evaluation.recall()
+    head = "".join(f"<th>{h}</th>" for h in ("class", "Dice", "TP", "FP", "FN", "TN", "precision", "recall"))
+    rows = []
+    for c, name in enumerate(evaluation.class_names):
+        (tn, fp), (fn, tp) = confusion[c]
+        cells = [html.escape(name), f"{evaluation.class_dice[c]:.4f}", tp, fp, fn, tn,
+                 *("-" if value != value else f"{value:.3f}" for value in (precision[c], recall[c]))]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    rows.append(f"<tr><td>mean</td><td>{evaluation.mean_dice:.4f}</td>" + "<td></td>" * 6 + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+_STYLE = """body{font-family:sans-serif;margin:2em;max-width:1700px;color:#222}
+img{max-width:100%;border:1px solid #ccc;display:block;margin:0.5em 0}
+table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #bbb;padding:0.2em 0.6em;text-align:right}
+.missing{background:#fff4e5;border:1px solid #f0a040;padding:0.5em 1em}"""
+
+
+def _page(run: RunPaths, sections: list[Section], missing: list[str]) -> str:
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+             f"<title>sever report: {html.escape(run.root.name)}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>Run {html.escape(str(run.root))}</h1>",
+             f"<p>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by sever report.</p>"]
+    if missing:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in missing)
+        parts.append(f"<div class='missing'><h2>Missing from this report</h2><ul>{items}</ul></div>")
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.text)}</p>")
+        parts += [f"<img src='{html.escape(image)}' alt='{html.escape(section.title)}'>" for image in section.images]
+        parts.append(section.table)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, examples: int = DEFAULT_EXAMPLES,
+                 postprocess: str | Path | None = None) -> Report:
+    """Write ``RUN/report/index.html`` and its figures; return what was written and what is missing.
+
+    Args:
+        run_dir: the run folder.
+        max_images: most validation images predicted (CPU) for the scores, curves and mosaics.
+        examples: best and worst images shown.
+        postprocess: settings YAML; default ``RUN/postprocess.yml`` when present, else the defaults.
+
+    Raises:
+        DataError: ``run_dir`` is not a run folder, or ``report/`` cannot be written.
+    """
+    run = check_run_folder(run_dir)
+    if postprocess is not None and not Path(postprocess).is_file():
+        raise DataError(f"--postprocess: file not found: {postprocess}")
+    folder = run.root / REPORT_DIR
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    missing: list[str] = []
+    sections = _curves(run, folder, missing)
+    sections += _validation(run, folder, max_images, examples, Path(postprocess) if postprocess else None, missing)
+    index = folder / "index.html"
+    index.write_text(_page(run, sections, missing), encoding="utf-8")
+    return Report(index, sections, missing)
+
+
+def report_after_training(run_dir: Path) -> None:
+    """Write the report at the end of training; a failure is logged as a warning, never raised."""
+    try:
+        report = write_report(run_dir, max_images=AFTER_TRAINING_IMAGES)
+    except Exception as exc:  # noqa: BLE001 - the run is saved; a drawing failure must not fail training
+        logger.warning("could not write the run report (%s: %s); retry with: sever report %s",
+                       type(exc).__name__, exc, run_dir)
+        return
+    logger.info("report: %s", report.index)

@@ -1,0 +1,158 @@
+"""Score a run's checkpoint on (part of) its validation split for the report.
+
+One pass of the existing :class:`~sever.inference.predictor.Predictor` over the
+chosen images feeds the competition scoring
+(:class:`~sever.inference.evaluate.Scoreboard`), the threshold search of
+``sever tune`` (:class:`~sever.inference.tune.TuneStatistics`) and the
+image-size and defect-size distributions; a second pass over the few best and
+worst images draws them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from sever.data_loader.process import Annotations
+from sever.inference.evaluate import Evaluation, Scoreboard, truth_batch, validation_split
+from sever.inference.predictor import Predictor, build_predictor, load_settings
+from sever.inference.tune import TuneResult, TuneStatistics
+from sever.model.postprocess import PostProcessing
+from sever.utils.visualization import outline_masks
+
+logger = logging.getLogger(__name__)
+
+THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(1, 20))  # 0.05 .. 0.95
+
+
+@dataclass
+class Example:
+    """One image drawn in a mosaic: its name, mean Dice over the classes and the two panels.
+
+    ``truth`` and ``prediction`` are ``(H, W, 3)`` uint8 RGB: the image with the true and the
+    predicted masks outlined in class colours.
+    """
+
+    name: str
+    dice: float
+    truth: np.ndarray
+    prediction: np.ndarray
+
+
+@dataclass
+class ValidationScores:
+    """What the report shows of the validation split.
+
+    Attributes:
+        scored: images predicted; ``total``: images in the split.
+        evaluation: per image and class Dice and presence.
+        thresholds: the threshold search over the scored images, or None when the settings
+            couple the classes (component domination).
+        image_sizes: ``(N, 2)`` int ``(H, W)`` of each scored image.
+        defect_areas: per class, the pixel area of every true defect (connected component).
+        best, worst: the examples of the mosaics.
+    """
+
+    scored: int
+    total: int
+    checkpoint: Path
+    settings: PostProcessing
+    evaluation: Evaluation
+    thresholds: TuneResult | None
+    image_sizes: np.ndarray
+    defect_areas: list[list[int]]
+    best: list[Example] = field(default_factory=list)
+    worst: list[Example] = field(default_factory=list)
+
+
+def spread(count: int, limit: int) -> list[int]:
+    """``min(count, limit)`` positions spread evenly over ``range(count)``, ascending."""
+    if count <= limit:
+        return list(range(count))
+    return sorted(set(np.linspace(0, count - 1, limit).round().astype(int).tolist()))
+
+
+def component_areas(masks: np.ndarray) -> list[list[int]]:
+    """Pixel areas of the 8-connected components of each class of ``masks (C, H, W)`` uint8."""
+    areas = []
+    for mask in masks:
+        count, _, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask), connectivity=8)
+        areas.append(stats[1:count, cv2.CC_STAT_AREA].tolist())
+    return areas
+
+
+def _ranked(evaluation: Evaluation, examples: int) -> tuple[list[int], list[int]]:
+    """Positions of the ``examples`` best and worst images by mean Dice over the classes.
+
+    The best are taken among images with a true defect when there are any: an empty image
+    predicted empty scores 1 and shows nothing.
+    """
+    score = evaluation.dice.mean(axis=1)
+    order = np.argsort(score, kind="stable")
+    worst = order[:examples].tolist()
+    with_defects = [int(i) for i in order[::-1] if evaluation.actual[i].any()]
+    best_pool = with_defects or order[::-1].tolist()
+    best = [i for i in best_pool if i not in worst][:examples] or best_pool[:examples]
+    return best, worst
+
+
+def _examples(predictor: Predictor, settings: PostProcessing, paths: Sequence[Path], annotations: Annotations,
+              dice: dict[str, float]) -> list[Example]:
+    """Predict ``paths`` again and draw truth and prediction outlines (same order as ``paths``)."""
+    drawn = {}
+    for batch in predictor.predict_files(paths, batch_size=1, num_workers=0, description="report examples"):
+        masks = settings.apply(batch.probs, batch.class_probs).cpu().numpy()
+        truth = truth_batch(annotations, batch.names, tuple(batch.images.shape[-2:])).numpy()
+        for name, image, pred, true in zip(batch.names, batch.images.numpy(), masks, truth):
+            drawn[name] = Example(name, dice[name], outline_masks(image, true), outline_masks(image, pred))
+    return [drawn[Path(path).name] for path in paths]
+
+
+def score_validation(run_dir: Path, max_images: int, examples: int, postprocess: Path | None,
+                     batch_size: int = 4) -> ValidationScores:
+    """Predict up to ``max_images`` validation images of a segmentation run on the CPU and score them.
+
+    Args:
+        run_dir: the run (its best checkpoint, else its newest).
+        max_images: cap on the images predicted, spread evenly over the split.
+        examples: how many best and worst images the mosaics show.
+        postprocess: settings YAML (e.g. from ``sever tune``), or None for the defaults.
+
+    Raises:
+        SeverError: no checkpoint, no validation split, or data that cannot be read.
+    """
+    predictor = build_predictor([run_dir], device="cpu", amp="off")
+    settings = load_settings(postprocess, predictor.classes, False)
+    paths, annotations = validation_split(predictor.models[0].config)
+    chosen = [paths[i] for i in spread(len(paths), max_images)]
+    board = Scoreboard(predictor.class_names)
+    stats = None
+    if not settings.component_domination:
+        stats = TuneStatistics(settings, THRESHOLDS, predictor.class_names)
+    sizes, areas = [], [[] for _ in range(predictor.classes)]
+    for batch in predictor.predict_files(chosen, batch_size, num_workers=0, description="report"):
+        masks = settings.apply(batch.probs, batch.class_probs)
+        truth = truth_batch(annotations, batch.names, tuple(batch.images.shape[-2:]))
+        board.update(batch.names, masks, truth)
+        if stats is not None:
+            stats.update(batch.names, batch.probs, truth, batch.class_probs)
+        sizes += [tuple(batch.images.shape[-2:])] * len(batch.names)
+        for image_truth in truth.numpy():
+            for c, class_areas in enumerate(component_areas(image_truth)):
+                areas[c] += class_areas
+    evaluation = board.result()
+    best, worst = _ranked(evaluation, examples)
+    dice = dict(zip(evaluation.image_ids, evaluation.dice.mean(axis=1).tolist()))
+    by_name = {path.name: path for path in chosen}
+    drawn = _examples(predictor, settings, [by_name[evaluation.image_ids[i]] for i in best + worst], annotations, dice)
+    return ValidationScores(
+        scored=len(chosen), total=len(paths), checkpoint=predictor.models[0].source, settings=settings,
+        evaluation=evaluation, thresholds=stats.search((), ()) if stats else None,
+        image_sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2), defect_areas=areas,
+        best=drawn[:len(best)], worst=drawn[len(best):],
+    )
