@@ -43,6 +43,7 @@ setup(
         "kaggle": ["kaggle>=1.6", "six"],  # kaggle 2.2 imports six without declaring it
         "detection": ["torchmetrics>=1.4", "pycocotools>=2.0.7"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["mutmut==3.8.1"],  # tools/mutation.py; 3.3 breaks on pytest 9 (Function._nodeid)
     },
     entry_points={"console_scripts": ["sever=sever.cli:cli"]},
     classifiers=[
