@@ -4,12 +4,17 @@ Each states a behaviour no earlier test pinned down; the mutant it kills is name
 in the comment so that a later run's survivors can be compared.
 """
 
+import logging
+
+import numpy as np
 import pytest
 import torch
 
-from sever.exceptions import ConfigError
+from sever.data_loader.sampling import SAMPLERS, class_balance_groups
+from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.model.metric import Dice, dice_per_image, iou_per_image
 from sever.model.postprocess import PostProcessing
+from sever.utils.checkpoint import atomic_torch_save, load_checkpoint
 from test_metric import PRED, TRUE
 
 
@@ -132,3 +137,66 @@ def test_one_class_per_pixel_on_a_batch_of_several_images():
     probs = torch.tensor([[[[200, 100]], [[150, 180]]], [[[10, 250]], [[240, 30]]]], dtype=torch.uint8)
     out = settings(2).apply(probs)
     assert out.tolist() == [[[[True, False]], [[False, True]]], [[[False, True]], [[True, False]]]]
+
+
+# ---------------------------------------------------------------- checkpoint writes
+
+
+class Killed(Exception):
+    """Stands for the process being killed in the middle of a write."""
+
+
+def test_a_save_killed_half_way_leaves_the_old_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    atomic_torch_save({"state_dict": {}, "config": {}, "epoch": 1}, path)
+    real_save = torch.save
+
+    def save_half_then_die(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)
+        handle.truncate(50)
+        raise Killed
+
+    monkeypatch.setattr(torch, "save", save_half_then_die)
+    with pytest.raises(Killed):
+        atomic_torch_save({"state_dict": {}, "config": {}, "epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_a_full_disk_is_a_checkpoint_error_that_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    atomic_torch_save({"state_dict": {}, "config": {}, "epoch": 1}, path)
+
+    def disk_full(obj, handle, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=f"^cannot write checkpoint {path}: No space left on device; "
+                                              f"{path} is unchanged$"):
+        atomic_torch_save({"state_dict": {}, "config": {}, "epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def test_class_balancing_logs_exactly_the_empty_groups_and_names_bad_input(caplog):
+    has_defect = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0]], dtype=bool)  # classes 1 and 2 never occur
+    with caplog.at_level(logging.INFO, logger="sever.data_loader.sampling"):
+        groups = class_balance_groups(has_defect)
+    assert [g.tolist() for g in groups] == [[0, 2], [1]]
+    assert "no images for group(s) [1, 2] (group 3 is defect-free); dropped" in caplog.text
+    with pytest.raises(ValueError, match=r"^has_defect must be \(N, C\), got shape \(3,\)$"):
+        class_balance_groups(np.zeros(3, dtype=bool))
+    with pytest.raises(DataError, match="^class balancing: no images$"):
+        class_balance_groups(np.zeros((0, 2), dtype=bool))
+
+
+def test_the_shuffle_sampler_built_without_a_seed_uses_seed_zero():
+    groups = [np.arange(10)]
+    unseeded = SAMPLERS.build("ShuffleBatchSampler", "s", groups=groups, batch_size=3)
+    seeded = SAMPLERS.build("ShuffleBatchSampler", "s", groups=groups, batch_size=3, seed=0)
+    for sampler in (unseeded, seeded):
+        sampler.set_epoch(1)
+    assert [list(b) for b in unseeded] == [list(b) for b in seeded]

@@ -85,8 +85,8 @@ def test_grad_clip_rescales_the_applied_gradient_to_the_clip_norm(make_config, t
     trainer.train()
     raw = micro_batch_gradient(initial, experiment.loss, inputs[0], targets[0])
     assert raw.norm() > 2 * clip, "the clip must bite for the test to mean anything"
-    assert applied[0].norm().item() == pytest.approx(clip, rel=1e-3)
-    assert torch.allclose(applied[0], raw * (clip / raw.norm()), rtol=1e-3, atol=1e-9)
+    assert clip * 0.99 <= applied[0].norm().item() <= clip * (1 + 1e-5)
+    assert torch.nn.functional.cosine_similarity(applied[0], raw, dim=0) > 0.999, "rescaled, not reshaped"
 
 
 def test_without_grad_clip_the_gradient_is_applied_as_computed(make_config, tmp_path):

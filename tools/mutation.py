@@ -10,6 +10,7 @@ equivalent mutant (a change that cannot alter behaviour). Usage::
     python tools/mutation.py                                   # every module in MODULES
     python tools/mutation.py sever/model/metric.py             # chosen modules
     python tools/mutation.py sever/new.py --tests tests/test_new.py --jobs 4
+    python tools/mutation.py sever/model/metric.py --survivors  # after new tests: only the survivors again
 
 It prints ``killed/total`` per module and, for each survivor, mutmut's diff.
 """
@@ -30,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 # moves (e.g. process.py split into rle.py + annotations.py) only needs its line changed.
 MODULES: dict[str, list[str]] = {
     "sever/data_loader/process.py": ["tests/test_process.py", "tests/test_fuzz.py"],
-    "sever/model/metric.py": ["tests/test_metric.py"],
-    "sever/model/postprocess.py": ["tests/test_postprocess.py"],
-    "sever/data_loader/sampling.py": ["tests/test_sampling.py", "tests/test_blind_spots.py"],
-    "sever/utils/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_blind_spots.py"],
+    "sever/model/metric.py": ["tests/test_metric.py", "tests/test_mutation_kills.py"],
+    "sever/model/postprocess.py": ["tests/test_postprocess.py", "tests/test_metric.py", "tests/test_mutation_kills.py"],
+    "sever/data_loader/sampling.py": ["tests/test_sampling.py", "tests/test_mutation_kills.py"],
+    "sever/utils/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_mutation_kills.py"],
     "sever/inference/predictor.py": ["tests/test_predict.py", "tests/test_blind_spots.py"],
     "sever/trainer/trainer.py": ["tests/test_trainer.py", "tests/test_trainer_options.py"],
     "sever/base/base_trainer.py": ["tests/test_trainer.py", "tests/test_trainer_options.py",
@@ -45,26 +46,47 @@ SUPPORT_FILES = ["experiments", "README.rst", "DEVELOPERS.md", "CHANGELOG.rst", 
 
 
 
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
+
+
+def scratch_root(module: str, workdir: Path) -> Path:
+    return workdir / module.replace("/", "_").removesuffix(".py")
+
+
 def scratch_checkout(module: str, tests: list[str], workdir: Path) -> Path:
     """A fresh copy of the checkout where mutmut mutates only ``module`` and runs only ``tests``."""
-    root = workdir / module.replace("/", "_").removesuffix(".py")
+    root = scratch_root(module, workdir)
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
     for name in ["sever", "tests", *SUPPORT_FILES]:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, root / name, ignore=ignore)
+            shutil.copytree(source, root / name, ignore=IGNORE)
         elif source.is_file():
             shutil.copy(source, root / name)
+    write_selection(root, module, tests)
+    return root
+
+
+def refresh_tests(root: Path, module: str, tests: list[str]) -> None:
+    """Bring the tests of an earlier run's scratch copy up to date (the mutated module must be unchanged)."""
+    if (REPO / module).read_bytes() != (root / module).read_bytes():
+        raise SystemExit(f"{module} changed since the last run: run it again without --survivors")
+    for target in (root / "tests", root / "mutants" / "tests"):
+        shutil.copytree(REPO / "tests", target, ignore=IGNORE, dirs_exist_ok=True)
+    write_selection(root, module, tests)
+
+
+def write_selection(root: Path, module: str, tests: list[str]) -> None:
     # mutmut copies sever/ whole (the tests import all of it) and mutates only ``module``.
     section = ["", "[mutmut]", "source_paths = sever/", f"only_mutate = {module}",
                "also_copy =", *(f"    {p}" for p in SUPPORT_FILES),
                "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests)]
-    setup_cfg = (REPO / "setup.cfg").read_text()
-    (root / "setup.cfg").write_text(setup_cfg.rstrip("\n") + "\n" + "\n".join(section) + "\n")
-    return root
+    setup_cfg = (REPO / "setup.cfg").read_text().rstrip("\n") + "\n" + "\n".join(section) + "\n"
+    for folder in (root, root / "mutants"):
+        if folder.is_dir():
+            (folder / "setup.cfg").write_text(setup_cfg)
 
 
 def mutant_env() -> dict[str, str]:
@@ -99,13 +121,27 @@ def show(root: Path, name: str, env: dict[str, str]) -> str:
                           capture_output=True, text=True).stdout
 
 
-def run_module(module: str, tests: list[str], workdir: Path, jobs: int, diffs: bool) -> tuple[int, int]:
-    """Mutate ``module``; print its score and survivors; return ``(killed, total)``."""
-    root = scratch_checkout(module, tests, workdir)
+def run_module(module: str, tests: list[str], workdir: Path, jobs: int, diffs: bool,
+               survivors_only: bool) -> tuple[int, int]:
+    """Mutate ``module``; print its score and survivors; return ``(killed, total)``.
+
+    With ``survivors_only``, reuse the last run's scratch copy and test again only the
+    mutants it did not kill (after new tests were written for them).
+    """
     env = mutant_env()
+    names: list[str] = []
+    root = scratch_root(module, workdir)
+    if survivors_only:
+        if not (root / "mutants" / f"{module}.meta").is_file():
+            raise SystemExit(f"no earlier run of {module} under {workdir}: run it without --survivors first")
+        refresh_tests(root, module, tests)
+        names = [n for n, s in results(root, module).items() if s not in ("killed", "timeout")]
+    else:
+        scratch_checkout(module, tests, workdir)
     print(f"== {module}  (tests: {' '.join(tests)})", flush=True)
-    subprocess.run([*mutmut_command(), "run", "--max-children", str(jobs)], cwd=root, env=env,
-                   check=False)
+    if names or not survivors_only:
+        subprocess.run([*mutmut_command(), "run", "--max-children", str(jobs), *names], cwd=root, env=env,
+                       check=False)
     status = results(root, module)
     # A timeout counts as killed (the mutant made the tests hang), as mutmut's own score does.
     killed = sorted(n for n, s in status.items() if s in ("killed", "timeout"))
@@ -128,6 +164,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "build" / "mutation",
                         help="where the scratch copies go (default build/mutation)")
     parser.add_argument("--no-diffs", action="store_true", help="list survivors without their diffs")
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only the last run's survivors, with the current tests")
     args = parser.parse_args()
     modules = args.modules or list(MODULES)
     scores = {}
@@ -137,7 +175,7 @@ def main() -> None:
             parser.error(f"{module} is not in MODULES: give its test files with --tests")
         if not (REPO / module).is_file():
             parser.error(f"{module}: no such file under {REPO}")
-        scores[module] = run_module(module, tests, args.workdir, args.jobs, not args.no_diffs)
+        scores[module] = run_module(module, tests, args.workdir, args.jobs, not args.no_diffs, args.survivors)
     print("\nmodule  killed/total")
     for module, (killed, total) in scores.items():
         print(f"{module}  {killed}/{total}  ({100 * killed / max(total, 1):.1f}%)")
