@@ -13,7 +13,7 @@ import torch
 from sever.data_loader.sampling import SAMPLERS, class_balance_groups
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.model.metric import Dice, dice_per_image, iou_per_image
-from sever.model.postprocess import PostProcessing
+from sever.model.postprocess import PostProcessing, check_min_pixels, min_pixels_per_class
 from sever.utils.checkpoint import atomic_torch_save, load_checkpoint
 from test_metric import PRED, TRUE
 
@@ -200,3 +200,32 @@ def test_the_shuffle_sampler_built_without_a_seed_uses_seed_zero():
     for sampler in (unseeded, seeded):
         sampler.set_epoch(1)
     assert [list(b) for b in unseeded] == [list(b) for b in seeded]
+
+
+def test_settings_written_as_yaml_keep_the_documented_order_and_flow_lists():
+    assert settings(2).to_yaml() == (
+        "threshold: [0.5, 0.5]\nmin_pixels: [0, 0]\none_class_per_pixel: true\nmin_component: [0, 0]\n"
+        "component_domination: false\nclassifier: null\n"
+    )
+
+
+def test_classifier_block_of_the_mapping_fills_what_is_unset():
+    veto_only = PostProcessing(threshold=(0.5, 0.5), min_pixels=(0, 0), veto=(0.2, 0.3))
+    assert veto_only.to_mapping()["classifier"] == {"c_factor": [1.0, 1.0], "veto": [0.2, 0.3]}
+    factor_only = settings(2, classifier={"c_factor": 2.0})
+    assert factor_only.to_mapping()["classifier"] == {"c_factor": [2.0, 2.0], "veto": None}
+
+
+def test_with_classifier_defaults_c_factor_to_the_write_ups_five_and_keeps_a_given_one():
+    assert settings(2).with_classifier().c_factor == (5.0, 5.0)
+    assert settings(2, classifier={"c_factor": 2.0}).with_classifier().c_factor == (2.0, 2.0)
+
+
+def test_min_pixels_accepts_zero_and_refuses_booleans_negatives_and_text():
+    check_min_pixels(0)
+    check_min_pixels([0, 3])
+    for bad in ([1, True], -1, ["a"]):
+        with pytest.raises(ValueError, match="min_pixels: expected a non-negative integer"):
+            check_min_pixels(bad)
+    with pytest.raises(ValueError, match="min_pixels: expected a non-negative integer"):
+        min_pixels_per_class([-1, 2], 2)

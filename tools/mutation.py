@@ -101,7 +101,10 @@ def results(root: Path, module: str) -> dict[str, str]:
     """``{mutant name: status}`` (killed, survived, no tests, timeout, ...) from mutmut's ``.meta`` file."""
     from mutmut.stats import status_by_exit_code
 
+    merged = root / "mutants" / f"{module}.statuses.json"
     meta = root / "mutants" / f"{module}.meta"
+    if merged.is_file() and merged.stat().st_mtime >= meta.stat().st_mtime:
+        return json.loads(merged.read_text())
     if not meta.is_file():
         raise SystemExit(f"mutmut wrote no results for {module} (see its output above)")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
@@ -114,6 +117,11 @@ def mutmut_command() -> list[str]:
     if not script.is_file():
         raise SystemExit(f"mutmut is not installed beside {sys.executable}: pip install -e '.[dev]'")
     return [str(script)]
+
+
+def save_results(root: Path, module: str, status: dict[str, str]) -> None:
+    """Keep the merged statuses beside mutmut's files, so that ``--survivors`` can run again."""
+    (root / "mutants" / f"{module}.statuses.json").write_text(json.dumps(status, indent=1, ensure_ascii=False))
 
 
 def show(root: Path, name: str, env: dict[str, str]) -> str:
@@ -130,19 +138,25 @@ def run_module(module: str, tests: list[str], workdir: Path, jobs: int, diffs: b
     """
     env = mutant_env()
     names: list[str] = []
+    earlier: dict[str, str] = {}
     root = scratch_root(module, workdir)
     if survivors_only:
         if not (root / "mutants" / f"{module}.meta").is_file():
             raise SystemExit(f"no earlier run of {module} under {workdir}: run it without --survivors first")
         refresh_tests(root, module, tests)
-        names = [n for n, s in results(root, module).items() if s not in ("killed", "timeout")]
+        earlier = results(root, module)
+        names = [n for n, s in earlier.items() if s not in ("killed", "timeout")]
     else:
         scratch_checkout(module, tests, workdir)
     print(f"== {module}  (tests: {' '.join(tests)})", flush=True)
     if names or not survivors_only:
         subprocess.run([*mutmut_command(), "run", "--max-children", str(jobs), *names], cwd=root, env=env,
                        check=False)
-    status = results(root, module)
+    # mutmut forgets the other results when the test selection changes: the earlier kills still stand
+    # (the module is unchanged and tests were only added), so keep them and take the survivors' new status.
+    latest = results(root, module)
+    status = {**earlier, **{n: latest[n] for n in names}} if survivors_only else latest
+    save_results(root, module, status)
     # A timeout counts as killed (the mutant made the tests hang), as mutmut's own score does.
     killed = sorted(n for n, s in status.items() if s in ("killed", "timeout"))
     survivors = sorted(set(status) - set(killed))
