@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 Real data lives in ``../shared/data`` beside the checkout (or where
-``SEVER_SHARED_DATA`` points); tests that need it skip when it is absent.
+``SEVER_SHARED_DATA`` points); tests that need it skip when it is absent, and the
+terminal summary says how many ran and how many skipped, so a skip is never silent.
 """
 
 import os
@@ -21,8 +22,41 @@ def shared_data() -> Path:
     """``../shared/data``; skips the test when it is not there."""
     path = _shared_data_dir()
     if not path.is_dir():
-        pytest.skip(f"shared data not found at {path}")
+        pytest.skip(f"shared data not found at {path} (set SEVER_SHARED_DATA to its folder)")
     return path
+
+
+# nodeid -> "ran" or "skipped", for the terminal summary.
+_shared_data_outcomes: dict[str, str] = {}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared_data: reads ../shared/data (set by the shared_data fixture)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared_data)
+
+
+def pytest_runtest_logreport(report):
+    """Record each shared-data test as ran or skipped (a skip happens in setup, a run in call)."""
+    if "shared_data" not in report.keywords:
+        return
+    if report.skipped:
+        _shared_data_outcomes[report.nodeid] = "skipped"
+    elif report.when == "call":
+        _shared_data_outcomes[report.nodeid] = "ran"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    outcomes = list(_shared_data_outcomes.values())
+    path = _shared_data_dir()
+    where = path if path.is_dir() else f"{path}, not found"
+    terminalreporter.write_line(
+        f"shared-data tests: {outcomes.count('ran')} ran, {outcomes.count('skipped')} skipped ({where})"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from conftest import tiny_config
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -117,9 +118,11 @@ def test_yaml_of_random_bytes_loads_or_raises_a_config_error(blob):
 @given(st.text(alphabet=st.sampled_from(list("ab:- []{}!&*|>'\"#%@`,?\n\t0123.e")), max_size=60))
 def test_yaml_of_random_text_parses_or_raises_a_config_error(text):
     try:
-        parse_yaml(text, "fuzz.yml")
-    except ConfigError:
-        pass
+        parsed = parse_yaml(text, "fuzz.yml")
+    except ConfigError as exc:
+        assert str(exc).startswith("fuzz.yml")  # the message names the source
+        return
+    assert parse_yaml(yaml.safe_dump(parsed)) == parsed  # plain data: it dumps and reads back unchanged
 
 
 @settings(max_examples=8, deadline=None)  # each deep example takes PyYAML a while
@@ -169,18 +172,28 @@ def test_mutated_configs_validate_or_raise_a_config_error(path, value, new_key):
 @given(VALUES)
 def test_random_structures_validate_or_raise_a_config_error(config):
     try:
-        validate_config(config if isinstance(config, dict) else {"name": config})
+        valid = validate_config(config if isinstance(config, dict) else {"name": config})
     except ConfigError:
-        pass
+        return
+    assert validate_config(valid) == valid  # a validated config is a fixed point: defaults filled once
 
 
 @FUZZ
 @given(st.lists(st.text(alphabet=st.sampled_from(list("ab.=01-[]{}: ,")), max_size=20), max_size=4))
 def test_random_overrides_apply_or_raise_a_config_error(overrides):
+    before = copy.deepcopy(BASE)
     try:
-        apply_overrides(BASE, overrides)
+        result = apply_overrides(BASE, overrides)
     except ConfigError:
-        pass
+        assert BASE == before
+        return
+    assert BASE == before, "overrides apply to a copy"
+    if overrides:  # the last override of a plain dotted key holds its parsed value
+        key, _, raw = overrides[-1].partition("=")
+        node = result
+        for part in key.strip().split("."):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        assert node == parse_yaml(raw)
 
 
 @FUZZ

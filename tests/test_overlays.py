@@ -7,7 +7,7 @@ import numpy as np
 from inference_runs import invoke, runs  # noqa: F401 (fixture)
 
 from sever.data_loader.datasets import list_images
-from sever.data_loader.process import read_rle_csv
+from sever.data_loader.annotations import read_rle_csv
 
 HEIGHT = 64  # the demo fixture's images are 64x256; the legend strip follows below
 

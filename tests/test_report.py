@@ -13,7 +13,7 @@ from inference_runs import invoke, make_run
 from report_runs import trained  # noqa: F401 (fixture)
 
 from sever import main
-from sever.base.base_trainer import BaseTrainer
+from sever.trainer.base import BaseTrainer
 from sever.exceptions import TrainingInterrupted
 from sever.inference.evaluate import evaluate_predictions, predictor_split
 from sever.inference.predictor import build_predictor, load_settings

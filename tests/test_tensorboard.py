@@ -92,7 +92,7 @@ def test_training_ends_with_the_best_score_its_epoch_and_an_eta_per_epoch(traine
 def test_only_families_numbered_by_class_take_the_class_names():
     from types import SimpleNamespace
 
-    from sever.base.base_trainer import BaseTrainer
+    from sever.trainer.base import BaseTrainer
 
     trainer = SimpleNamespace(config={"class_names": ["a", "b"]})
     keys = ["val_ap_0", "val_ap_1", "val_mar_1", "val_mar_10", "val_map_50", "val_dice_mean"]

@@ -192,7 +192,7 @@ def test_the_epoch_bar_counts_the_runs_epochs_and_shows_the_runs_eta(make_config
 def test_the_run_eta_extrapolates_the_time_since_training_began(monkeypatch):
     from types import SimpleNamespace
 
-    import sever.base.base_trainer as base
+    import sever.trainer.base as base
 
     trainer = SimpleNamespace(epochs=4, _started=(1000.0, 2))  # resumed at epoch 2 of 4, at t=1000 s
     monkeypatch.setattr(base.time, "monotonic", lambda: 1100.0)

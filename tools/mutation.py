@@ -1,0 +1,199 @@
+"""Mutation testing of sever's core modules with mutmut 3 (slow: not part of CI).
+
+Each module is mutated on its own, in a scratch copy of the checkout
+(``build/mutation/<module>/``), and only the test files that exercise it run
+against each mutant. A mutant is *killed* when one of those tests fails and
+*survives* when all pass: a survivor is either a behaviour no test checks or an
+equivalent mutant (a change that cannot alter behaviour). Usage::
+
+    pip install -e '.[dev]'
+    python tools/mutation.py                                   # every module in MODULES
+    python tools/mutation.py sever/model/metric.py             # chosen modules
+    python tools/mutation.py sever/new.py --tests tests/test_new.py --jobs 4
+    python tools/mutation.py sever/model/metric.py --survivors  # after new tests: only the survivors again
+
+It prints ``killed/total`` per module and, for each survivor, mutmut's diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The core modules and the test files that exercise each one. Edit freely: a module that
+# moves only needs its line changed.
+MODULES: dict[str, list[str]] = {
+    "sever/data_loader/rle.py": ["tests/test_rle_annotations.py", "tests/test_fuzz.py"],
+    "sever/model/metric.py": ["tests/test_metric.py", "tests/test_mutation_kills.py"],
+    "sever/model/postprocess.py": ["tests/test_postprocess.py", "tests/test_metric.py", "tests/test_mutation_kills.py"],
+    "sever/data_loader/sampling.py": ["tests/test_sampling.py", "tests/test_mutation_kills.py"],
+    "sever/utils/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_mutation_kills.py"],
+    "sever/inference/predictor.py": ["tests/test_predict.py", "tests/test_blind_spots.py"],
+    "sever/trainer/trainer.py": ["tests/test_trainer.py", "tests/test_trainer_options.py"],
+    "sever/trainer/base.py": ["tests/test_trainer.py", "tests/test_trainer_options.py",
+                              "tests/test_interrupt.py"],
+}
+
+# What the tests read besides sever/ and tests/ (copied into the scratch checkout).
+SUPPORT_FILES = ["experiments", "README.rst", "DEVELOPERS.md", "CHANGELOG.rst", "setup.py", "pyproject.toml", "LICENSE"]
+
+
+
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
+
+
+def scratch_root(module: str, workdir: Path) -> Path:
+    return workdir / module.replace("/", "_").removesuffix(".py")
+
+
+def scratch_checkout(module: str, tests: list[str], workdir: Path) -> Path:
+    """A fresh copy of the checkout where mutmut mutates only ``module`` and runs only ``tests``."""
+    root = scratch_root(module, workdir)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for name in ["sever", "tests", *SUPPORT_FILES]:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=IGNORE)
+        elif source.is_file():
+            shutil.copy(source, root / name)
+    write_selection(root, module, tests)
+    return root
+
+
+def refresh_tests(root: Path, module: str, tests: list[str]) -> None:
+    """Bring the tests of an earlier run's scratch copy up to date (the mutated module must be unchanged)."""
+    if (REPO / module).read_bytes() != (root / module).read_bytes():
+        raise SystemExit(f"{module} changed since the last run: run it again without --survivors")
+    for target in (root / "tests", root / "mutants" / "tests"):
+        shutil.copytree(REPO / "tests", target, ignore=IGNORE, dirs_exist_ok=True)
+    write_selection(root, module, tests)
+
+
+def write_selection(root: Path, module: str, tests: list[str]) -> None:
+    # mutmut copies sever/ whole (the tests import all of it) and mutates only ``module``.
+    section = ["", "[mutmut]", "source_paths = sever/", f"only_mutate = {module}",
+               "also_copy =", *(f"    {p}" for p in SUPPORT_FILES),
+               "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests)]
+    setup_cfg = (REPO / "setup.cfg").read_text().rstrip("\n") + "\n" + "\n".join(section) + "\n"
+    for folder in (root, root / "mutants"):
+        if folder.is_dir():
+            (folder / "setup.cfg").write_text(setup_cfg)
+
+
+def mutant_env() -> dict[str, str]:
+    """The environment for mutmut: no PYTHONPATH (the mutated copy must be the ``sever`` imported)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.setdefault("SEVER_SHARED_DATA", str(REPO.parent / "shared" / "data"))
+    env["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    return env
+
+
+def results(root: Path, module: str) -> dict[str, str]:
+    """``{mutant name: status}`` (killed, survived, no tests, timeout, ...) from mutmut's ``.meta`` file."""
+    from mutmut.stats import status_by_exit_code
+
+    merged = root / "mutants" / f"{module}.statuses.json"
+    meta = root / "mutants" / f"{module}.meta"
+    if merged.is_file() and merged.stat().st_mtime >= meta.stat().st_mtime:
+        return json.loads(merged.read_text())
+    if not meta.is_file():
+        raise SystemExit(f"mutmut wrote no results for {module} (see its output above)")
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return {name: status_by_exit_code[code] for name, code in codes.items()}
+
+
+def mutmut_command() -> list[str]:
+    """mutmut's console script: ``python -m mutmut`` would import mutmut twice and fail in its tests."""
+    script = Path(sys.executable).with_name("mutmut")
+    if not script.is_file():
+        raise SystemExit(f"mutmut is not installed beside {sys.executable}: pip install -e '.[dev]'")
+    return [str(script)]
+
+
+def save_results(root: Path, module: str, status: dict[str, str]) -> None:
+    """Keep the merged statuses beside mutmut's files, so that ``--survivors`` can run again."""
+    (root / "mutants" / f"{module}.statuses.json").write_text(json.dumps(status, indent=1, ensure_ascii=False))
+
+
+def show(root: Path, name: str, env: dict[str, str]) -> str:
+    return subprocess.run([*mutmut_command(), "show", name], cwd=root, env=env,
+                          capture_output=True, text=True).stdout
+
+
+def run_module(module: str, tests: list[str], workdir: Path, jobs: int, diffs: bool,
+               survivors_only: bool) -> tuple[int, int]:
+    """Mutate ``module``; print its score and survivors; return ``(killed, total)``.
+
+    With ``survivors_only``, reuse the last run's scratch copy and test again only the
+    mutants it did not kill (after new tests were written for them).
+    """
+    env = mutant_env()
+    names: list[str] = []
+    earlier: dict[str, str] = {}
+    root = scratch_root(module, workdir)
+    if survivors_only:
+        if not (root / "mutants" / f"{module}.meta").is_file():
+            raise SystemExit(f"no earlier run of {module} under {workdir}: run it without --survivors first")
+        refresh_tests(root, module, tests)
+        earlier = results(root, module)
+        names = [n for n, s in earlier.items() if s not in ("killed", "timeout")]
+    else:
+        scratch_checkout(module, tests, workdir)
+    print(f"== {module}  (tests: {' '.join(tests)})", flush=True)
+    if names or not survivors_only:
+        subprocess.run([*mutmut_command(), "run", "--max-children", str(jobs), *names], cwd=root, env=env,
+                       check=False)
+    # mutmut forgets the other results when the test selection changes: the earlier kills still stand
+    # (the module is unchanged and tests were only added), so keep them and take the survivors' new status.
+    latest = results(root, module)
+    status = {**earlier, **{n: latest[n] for n in names}} if survivors_only else latest
+    save_results(root, module, status)
+    # A timeout counts as killed (the mutant made the tests hang), as mutmut's own score does.
+    killed = sorted(n for n, s in status.items() if s in ("killed", "timeout"))
+    survivors = sorted(set(status) - set(killed))
+    counts = {s: sum(1 for n in survivors if status[n] == s) for s in sorted({status[n] for n in survivors})}
+    print(f"{module}: {len(killed)}/{len(status)} killed ({100 * len(killed) / max(len(status), 1):.1f}%); "
+          f"not killed: {counts or 'none'}")
+    for name in survivors:
+        print(f"  {status[name]}: {name}")
+        if diffs:
+            print("    " + show(root, name, env).strip().replace("\n", "\n    "))
+    return len(killed), len(status)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="module paths from the repository root (default: MODULES)")
+    parser.add_argument("--tests", nargs="+", help="test files for the given modules instead of MODULES' lists")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested in parallel (default 2)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "build" / "mutation",
+                        help="where the scratch copies go (default build/mutation)")
+    parser.add_argument("--no-diffs", action="store_true", help="list survivors without their diffs")
+    parser.add_argument("--survivors", action="store_true",
+                        help="test again only the last run's survivors, with the current tests")
+    args = parser.parse_args()
+    modules = args.modules or list(MODULES)
+    scores = {}
+    for module in modules:
+        tests = args.tests or MODULES.get(module)
+        if not tests:
+            parser.error(f"{module} is not in MODULES: give its test files with --tests")
+        if not (REPO / module).is_file():
+            parser.error(f"{module}: no such file under {REPO}")
+        scores[module] = run_module(module, tests, args.workdir, args.jobs, not args.no_diffs, args.survivors)
+    print("\nmodule  killed/total")
+    for module, (killed, total) in scores.items():
+        print(f"{module}  {killed}/{total}  ({100 * killed / max(total, 1):.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
