@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from sever.data_loader.data_loaders import load_split_source, stratified_split
+from sever.data_loader.data_loaders import stratified_split
+from sever.data_loader.sources import read_csv_folder
 from sever.data_loader.datasets import read_grey
 from sever.model.metric import Dice
 from sever.utils.config import load_config
@@ -76,7 +77,7 @@ def main() -> None:
     loader_args = config["data_loader"]["args"]
     crop = config["augmentation"]["args"]["height"]
     mean, std = config["augmentation"]["args"]["mean"], config["augmentation"]["args"]["std"]
-    annotations, paths = load_split_source(Path(args.data), "train_images", "train.csv", config["classes"])
+    annotations, paths = read_csv_folder(Path(args.data) / "train_images", Path(args.data) / "train.csv", config["classes"])
     train_idx, valid_idx = stratified_split(annotations.n_defects(), loader_args["validation_split"], config["seed"])
 
     torch.manual_seed(config["seed"])

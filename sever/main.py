@@ -21,6 +21,7 @@ from sever.exceptions import CheckpointError, ConfigError
 from sever.model.model import build_model
 from sever.model.optimizer import build_optimizer
 from sever.model.scheduler import build_scheduler
+from sever.report import report_after_training
 from sever.registries import ARCHITECTURES, DATA_LOADERS, LOSSES, METRICS, SCHEDULERS, TASKS, TRAINERS, TRANSFORMS
 from sever.tasks import task_of
 from sever.utils import distributed
@@ -276,6 +277,9 @@ def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any
         if state is not None:
             trainer.resume(state)
         trainer.train()
+        report_images = experiment.config["trainer"]["report_images"]
+        if context.is_main and report_images:
+            report_after_training(run.root, report_images)
     finally:
         if handler is not None:
             sever_logger.removeHandler(handler)

@@ -86,7 +86,7 @@ def tiny_config(data_dir: Path, save_dir: Path, **trainer) -> dict:
         "metrics": ["Dice"],
         "optimizer": {"type": "RAdam", "encoder": {"lr": 1e-3}, "decoder": {"lr": 3e-3}},
         "lr_scheduler": {"type": "FlatCosineAnnealing", "args": {"start_anneal": 1, "n_epochs": 3}},
-        "trainer": {"epochs": 2, "save_period": 1, "tensorboard": False, **trainer},
+        "trainer": {"epochs": 2, "save_period": 1, "tensorboard": False, "report_images": 0, **trainer},
     }
 
 

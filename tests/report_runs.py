@@ -16,6 +16,6 @@ def trained(demo_dir, tmp_path_factory) -> Path:
     """A run trained for two short epochs with TensorBoard on: training wrote its report."""
     if not _TRAINED:
         config = tiny_config(demo_dir, tmp_path_factory.mktemp("report-runs"), tensorboard=True,
-                             max_steps_per_epoch=2)
+                             max_steps_per_epoch=2, report_images=16)
         _TRAINED["run"] = main.train({**config, "class_names": CLASS_NAMES}).root
     return _TRAINED["run"]

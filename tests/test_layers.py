@@ -18,14 +18,14 @@ PACKAGE = REPO / "sever"
 LAYERS = (
     ("cli",),
     ("main",),
-    ("export", "upload"),
+    ("export", "upload", "report"),
     ("trainer", "inference"),
     ("model", "data_loader"),
     ("foundation",),
 )
 # Each module's unit is that of its longest listed prefix.
 UNIT_OF = {
-    **{f"sever.{unit}": unit for unit in ("cli", "main", "export", "upload", "trainer", "inference", "model",
+    **{f"sever.{unit}": unit for unit in ("cli", "main", "export", "upload", "report", "trainer", "inference", "model",
                                           "data_loader")},
     "sever": "foundation",
     "sever.__main__": "cli",

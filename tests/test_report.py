@@ -64,6 +64,11 @@ def test_training_writes_the_report_with_every_figure(trained):  # noqa: F811 (f
     assert "http" not in text and "<script" not in text  # nothing to fetch: it opens offline
 
 
+def test_report_images_zero_trains_without_a_report(make_config):
+    run = main.train(make_config(epochs=1, max_steps_per_epoch=1, report_images=0))
+    assert run.best.exists() and not (run.root / "report").exists()
+
+
 def test_report_scores_equal_sever_evaluate(run_copy):
     predictor = build_predictor([run_copy], device="cpu", amp="off")
     expected = evaluate_predictions(predictor, load_settings(None, 4, False), *predictor_split(predictor),
@@ -157,6 +162,6 @@ def test_a_drawing_failure_after_training_is_a_warning(run_copy, monkeypatch, ca
 
     monkeypatch.setattr(figures, "loss_curves", broken)
     with caplog.at_level(logging.WARNING, logger="sever"):
-        report_after_training(run_copy)
+        report_after_training(run_copy, 4)
     assert "could not write the run report (RuntimeError: no fonts)" in caplog.text
     assert f"sever report {run_copy}" in caplog.text

@@ -54,6 +54,14 @@ def test_the_model_sees_the_loaders_images_normalised_by_the_augmentations_stati
     assert torch.allclose(seen[0], (images.float() / 255 - 0.5) / 0.25, atol=1e-5)
 
 
+def test_a_run_without_validation_images_trains_every_epoch(make_config):
+    config = make_config(epochs=2, max_steps_per_epoch=1)
+    config["data_loader"]["args"]["validation_split"] = 0
+    run = main.train(config)
+    assert load_checkpoint(run.last)["epoch"] == 2
+    assert "val_loss" not in run.log_file.read_text()
+
+
 def test_resume_after_an_epoch_gives_the_same_weights(make_config):
     straight = run_of(make_config(epochs=2))
     halted = run_of(make_config(epochs=1))

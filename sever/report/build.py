@@ -24,7 +24,6 @@ REPORT_DIR = "report"
 TUNED_SETTINGS = "postprocess.yml"  # where the report looks for `sever tune` output: RUN/postprocess.yml
 DEFAULT_MAX_IMAGES = 200
 DEFAULT_EXAMPLES = 4
-AFTER_TRAINING_IMAGES = 16  # CPU predictions at the end of training; `sever report --max-images` for more
 
 
 @dataclass
@@ -197,10 +196,11 @@ def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, exam
     return Report(index, sections, missing)
 
 
-def report_after_training(run_dir: Path) -> None:
-    """Write the report at the end of training; a failure is logged as a warning, never raised."""
+def report_after_training(run_dir: Path, max_images: int) -> None:
+    """Write the report at the end of training (``trainer.report_images`` validation images
+    predicted on the CPU); a failure is logged as a warning, never raised."""
     try:
-        report = write_report(run_dir, max_images=AFTER_TRAINING_IMAGES)
+        report = write_report(run_dir, max_images=max_images)
     except Exception as exc:  # noqa: BLE001 - the run is saved; a drawing failure must not fail training
         logger.warning("could not write the run report (%s: %s); retry with: sever report %s",
                        type(exc).__name__, exc, run_dir)

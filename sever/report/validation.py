@@ -18,7 +18,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from sever.data_loader.process import Annotations
+from sever.data_loader.annotations import Annotations
 from sever.inference.evaluate import Evaluation, Scoreboard, truth_batch, validation_split
 from sever.inference.predictor import Predictor, build_predictor, load_settings
 from sever.inference.tune import TuneResult, TuneStatistics

@@ -137,10 +137,6 @@ class BaseTrainer(abc.ABC):
         if self.writer is not None:
             self.writer.file_writer.add_summary(self._hparams()[2])  # the session ended normally
             self.writer.close()
-        if self.dist.is_main:
-            from sever.report import report_after_training  # here: sever.report imports the model, which imports us
-
-            report_after_training(self.run.root)
         return log
 
     def _learning_rates(self) -> dict[str, float]:

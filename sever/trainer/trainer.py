@@ -277,6 +277,9 @@ class Trainer(BaseTrainer):
         return self._epoch_means(sums, batches, "val")
 
     @torch.inference_mode()
+    def _should_validate(self, epoch: int) -> bool:
+        return self.valid_loader is not None and super()._should_validate(epoch)
+
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         model = self._begin_validation()
         sums: dict[str, float] = {}

@@ -238,6 +238,7 @@ TRAINER_SCHEMA: dict[str, Field] = {
     "channels_last": Field((bool,), default=False),
     "compile": Field((bool,), default=False),
     "cudnn_benchmark": Field((bool,), default=True),
+    "report_images": Field((int,), default=16, check=NON_NEGATIVE),
 }
 
 TOP_SCHEMA: dict[str, Field] = {
