@@ -91,7 +91,10 @@ def mean_dice(output):
 
 
 def test_train_tune_predict_evaluate_on_mixed_sizes(mixed_dir, tmp_path):
-    run = main.train(main.prepare_config(mixed_config(mixed_dir, tmp_path / "saved")))
+    config = mixed_config(mixed_dir, tmp_path / "saved")
+    config["trainer"].update(tensorboard=True, vis_images=6)  # a grid of validation images of mixed sizes
+    run = main.train(main.prepare_config(config))
+    assert any(p.name.startswith("events.out.tfevents") for p in run.tensorboard.iterdir())
     tuned = tmp_path / "tuned.yml"
     result = invoke("tune", "-m", run.root, "--split", "val", "--num-workers", 0, "-o", tuned,
                     "--thresholds", "0.4,0.6", "--min-pixels", "0,20")
