@@ -116,9 +116,11 @@ def test_bad_data_is_reported_with_the_file(demo_dir, tmp_path):
         loader(broken)
     with pytest.raises(DataError, match="fewer than data_loader.args.batch_size"):
         loader(demo_dir, batch_size=64)
-    with pytest.raises(ConfigError, match="augmentation: .*crop height must be a positive multiple of 32, got 0"):
-        loader(demo_dir, transforms=TRANSFORMS.build({"type": "HeavyCropTransforms",
-                                                      "args": {"height": 0, "width": 64}}, "augmentation"))
+    for height in (0, -32):
+        with pytest.raises(ConfigError, match=rf"augmentation: .*crop height must be a positive multiple of 32 .*"
+                                              rf"got {height}"):
+            loader(demo_dir, transforms=TRANSFORMS.build({"type": "HeavyCropTransforms",
+                                                          "args": {"height": height, "width": 64}}, "augmentation"))
 
 
 def test_unreadable_and_truncated_images(tmp_path):
