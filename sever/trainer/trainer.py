@@ -349,12 +349,17 @@ class SegmentationTrainer(Trainer):
 
     def _forward_loss(self, images, targets):
         logits = self.network(images)
-        return self._loss_parts(logits, *targets), logits
+        return self._masked_loss_parts(logits, *targets), logits
 
     def _valid_forward(self, model, images, targets):
         masks, valid = targets
         logits = model(images.masked_fill(~valid, 0))
-        return self._loss_parts(logits, masks, valid), logits
+        return self._masked_loss_parts(logits, masks, valid), logits
+
+    def _masked_loss_parts(self, logits, masks, valid):
+        """The loss parts; ``valid`` goes to the loss only when the batch has padding, so a
+        loss without a ``valid`` argument (e.g. a plain torch loss) trains on unpadded data."""
+        return self._loss_parts(logits, masks) if bool(valid.all()) else self._loss_parts(logits, masks, valid)
 
     def _update_metrics(self, outputs, targets) -> None:
         for metric in self.metrics:
