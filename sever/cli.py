@@ -12,7 +12,7 @@ import logging
 import click
 
 from sever import __version__
-from sever.exceptions import SeverError, TrainingInterrupted
+from sever.exceptions import ConfigError, SeverError, TrainingInterrupted
 
 logger = logging.getLogger("sever")
 
@@ -127,11 +127,13 @@ def _launch_distributed(nproc: int, configs, resume, overrides, debug: bool) -> 
               help="Folder to write the synthetic dataset to.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same data.")
 @click.option("--overwrite", is_flag=True, help="Regenerate even if a complete demo dataset is there.")
-def demo_data(out_dir: str, seed: int, overwrite: bool) -> None:
+@click.option("--mixed-sizes", is_flag=True,
+              help="Give every image its own size, each side between a third of 256x1600 and all of it.")
+def demo_data(out_dir: str, seed: int, overwrite: bool, mixed_sizes: bool) -> None:
     """Write the synthetic demo dataset (Kaggle competition layout)."""
     from sever.data_loader.demo import make_demo_data
 
-    path = make_demo_data(out_dir, seed=seed, overwrite=overwrite)
+    path = make_demo_data(out_dir, seed=seed, overwrite=overwrite, mixed_sizes=mixed_sizes)
     click.echo(f"demo data in {path}")
 
 
@@ -531,20 +533,37 @@ def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: 
     click.echo(f"checked against PyTorch on random inputs {shapes}: probabilities differ by up to "
                f"{result.max_prob_diff:.2e} (--atol {atol:g}), logits by up to {result.max_abs_diff:.2e}")
 
+def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """An ``HxW`` option as ``(height, width)`` pixels, or None when not given."""
+    if value is None:
+        return None
+    from sever.inference.evaluate import parse_size
+
+    try:
+        return parse_size(value)
+    except ConfigError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 256x1600, got {value!r}") from None
+
+
 @cli.command("check-data")
 @click.argument("data_dir", type=click.Path())
 @click.option("--csv", default="train.csv", show_default=True, help="Masks CSV (either Kaggle format), relative to DATA_DIR.")
 @click.option("--images", default="train_images", show_default=True, help="Image folder, relative to DATA_DIR.")
 @click.option("--classes", default=4, show_default=True, type=click.IntRange(min=1), help="Number of defect classes.")
 @click.option("--full", is_flag=True, help="Also decode every image (slower; finds corrupt data inside files).")
+@click.option("--crop", default=None, metavar="HxW", callback=_size_option,
+              help="Training crop: say how many images are smaller than it (training pads them).")
+@click.option("--tile", default=None, metavar="HxW", callback=_size_option,
+              help="Prediction tile: say how many images are larger than it (prediction tiles them).")
 @click.pass_context
-def check_data(ctx: click.Context, data_dir: str, csv: str, images: str, classes: int, full: bool) -> None:
+def check_data(ctx: click.Context, data_dir: str, csv: str, images: str, classes: int, full: bool,
+               crop: tuple[int, int] | None, tile: tuple[int, int] | None) -> None:
     """Check every image and mask of a dataset without training; exit 1 if anything is wrong."""
     from sever.data_loader.checks import check_dataset
 
     report = check_dataset(data_dir, csv=csv, images=images, classes=classes, full=full)
     click.echo(f"{data_dir}: {images}/ and {csv} ({'full' if full else 'quick'} check)")
-    for line in report.summary():
+    for line in report.summary(crop, tile):
         click.echo(line)
     if report.problems:
         click.echo(f"Error: {len(report.problems)} problem(s) found in {data_dir}", err=True)

@@ -1,6 +1,8 @@
 """Pre-flight data checks and ``sever check-data``: every bad image and mask found before training."""
 
+import logging
 import shutil
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -8,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from sever.cli import cli
-from sever.data_loader.augmentation import HeavyCropTransforms
-from sever.data_loader.checks import check_dataset, image_header_size
+from sever.data_loader.augmentation import MIN_IMAGE_SIDE, HeavyCropTransforms
+from sever.data_loader.checks import DataReport, check_dataset, image_header_size
 from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.datasets import read_grey
 from sever.exceptions import ConfigError, DataError
@@ -151,14 +153,33 @@ def test_classes_beyond_the_csv_are_a_warning_when_training(demo_dir, caplog):
     assert "classes: 5 classes expected but" in caplog.text and "only uses ClassIds 1..4" in caplog.text
 
 
-def test_crop_is_checked_against_every_image_size(data):
+def test_images_smaller_than_the_crop_are_padded_and_the_log_says_so(data, caplog):
     small = sorted((data / "train_images").iterdir())[-1]
     small.write_bytes(encoded(".jpg", height=48, width=256))
     lines = [line for line in csv_rows(data) if not line.startswith(small.name)]
     write_rows(data, lines)
-    with pytest.raises(ConfigError, match=r"crop 64x64 is larger than the images \(48x256; 1 of 24 images\)"):
+    with caplog.at_level(logging.INFO, logger="sever.data_loader.checks"):
+        loader(data)  # a 64x64 crop
+    assert "image heights min 48, median 64, max 64" in caplog.text
+    assert "1 image(s) smaller than the 64x64 crop are padded to it" in caplog.text
+
+
+def test_an_image_too_small_to_pad_is_a_problem_naming_it(data):
+    tiny = sorted((data / "train_images").iterdir())[-1]
+    tiny.write_bytes(encoded(".jpg", height=64, width=MIN_IMAGE_SIDE - 1))
+    write_rows(data, [line for line in csv_rows(data) if not line.startswith(tiny.name)])
+    with pytest.raises(DataError, match=rf"{tiny.name}: 64x{MIN_IMAGE_SIDE - 1} is too small to train on"):
         loader(data)
-    loader(data, transforms=HeavyCropTransforms(32, 64))
+
+
+def test_the_shape_lines_tell_the_size_distribution_and_what_is_done_with_it():
+    report = DataReport(sizes=Counter({(100, 300): 3, (250, 40): 1, (400, 1000): 1}))
+    lines = report.shape_lines(crop=(128, 128), tile=(256, 512))
+    assert lines[0].split() == "image heights min 100, median 100, max 400".split()
+    assert lines[1].split() == "image widths min 40, median 300, max 1000".split()
+    assert "4 image(s) smaller than the 128x128 crop are padded to it" in lines[2] and "1 cropped" in lines[2]
+    assert "1 image(s) larger than the 256x512 tile are predicted in tiles, 4 whole" in lines[3]
+    assert "whole images" in report.shape_lines()[3]
 
 
 def test_pseudo_label_image_also_in_the_validation_split_is_refused(data):

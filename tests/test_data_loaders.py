@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from sever.data_loader.annotations import read_rle_csv
-from sever.data_loader.augmentation import HeavyCropTransforms, LightTransforms
+from sever.data_loader.augmentation import PAD_LABEL, HeavyCropTransforms, LightTransforms
 from sever.data_loader.data_loaders import SteelDataLoader, stratified_split
 from sever.data_loader.datasets import SegmentationDataset, list_images, read_grey
 from sever.exceptions import ConfigError, DataError, RLEError
 from sever.model.model import build_model
+from sever.registries import TRANSFORMS
 
 
 def loader(data_dir, **kwargs):
@@ -115,8 +116,11 @@ def test_bad_data_is_reported_with_the_file(demo_dir, tmp_path):
         loader(broken)
     with pytest.raises(DataError, match="fewer than data_loader.args.batch_size"):
         loader(demo_dir, batch_size=64)
-    with pytest.raises(ConfigError, match="crop 128x128 is larger than the images"):
-        loader(demo_dir, transforms=HeavyCropTransforms(128, 128))
+    for height in (0, -32):
+        with pytest.raises(ConfigError, match=rf"augmentation: .*crop height must be a positive multiple of 32 .*"
+                                              rf"got {height}"):
+            loader(demo_dir, transforms=TRANSFORMS.build({"type": "HeavyCropTransforms",
+                                                          "args": {"height": height, "width": 64}}, "augmentation"))
 
 
 def test_unreadable_and_truncated_images(tmp_path):
@@ -158,11 +162,12 @@ def test_neu_seg_real_data_pads_for_the_network_and_crops_back(shared_data):
     assert len(data.train_dataset) + len(data.valid_dataset) == 3630
     masks = sum(d.annotations.has_defect().sum() for d in (data.train_dataset, data.valid_dataset))
     assert masks == 4337
-    images, masks = next(iter(data.valid_loader))
-    assert images.shape[-2:] == (200, 200) and masks.shape[1] == 3
+    images, masks = next(iter(data.valid_loader))  # batches pad to a multiple of 32, masks with PAD_LABEL
+    assert images.shape[-2:] == (224, 224) and masks.shape[1] == 3
+    assert (masks[:, :, 200:] == PAD_LABEL).all() and (masks[:, :, :200, :200] <= 1).all()
     model = build_model({"type": "Unet", "args": {"encoder_name": "resnet18"}}, 3).eval()
     with torch.inference_mode():
-        assert model(transforms.normalization(images[:1])).shape == (1, 3, 200, 200)
+        assert model(transforms.normalization(images[:1, :, :200, :200])).shape == (1, 3, 200, 200)
 
 
 @pytest.mark.parametrize("option, value", [("mask_cache", "memory"), ("mask_cache", False), ("cache_dir", "cache")])

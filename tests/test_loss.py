@@ -312,3 +312,47 @@ def test_bad_shapes_fail():
         LovaszLoss()(torch.zeros(2, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="per_image needs spatial dimensions"):
         DiceLoss(per_image=True)(torch.zeros(2, 4), torch.zeros(2, 4))
+
+
+def padded_pair(seed=0, height=20, width=30, size=(32, 64)):
+    """``(logits, target)`` of one image and the same image padded to ``size`` with junk, plus ``valid``."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, 4, height, width, generator=generator)
+    target = (torch.rand(1, 4, height, width, generator=generator) > 0.7).float()
+    padded_logits = torch.randn(1, 4, *size, generator=generator) * 5  # padding: confident junk scores
+    padded_target = torch.ones(1, 4, *size)  # and a target that would say "defect" there
+    padded_logits[..., :height, :width], padded_target[..., :height, :width] = logits, target
+    valid = torch.zeros(1, 1, *size, dtype=torch.bool)
+    valid[..., :height, :width] = True
+    return (logits, target), (padded_logits, padded_target, valid)
+
+
+@pytest.mark.parametrize("loss", ALL_LOSSES)
+def test_a_loss_with_padding_left_out_is_the_loss_on_the_image_alone(loss):
+    (logits, target), (padded_logits, padded_target, valid) = padded_pair()
+    assert torch.allclose(total(loss(padded_logits, padded_target, valid)), total(loss(logits, target)), atol=1e-6)
+    assert not torch.allclose(total(loss(padded_logits, padded_target)), total(loss(logits, target)), atol=1e-3)
+
+
+@pytest.mark.parametrize("loss", ALL_LOSSES)
+def test_padded_pixels_get_no_gradient(loss):
+    """The model is not pushed towards background (or anything) where there is no image."""
+    _, (padded_logits, padded_target, valid) = padded_pair(seed=1)
+    padded_logits.requires_grad_(True)
+    total(loss(padded_logits, padded_target, valid)).backward()
+    outside = ~valid[0, 0]
+    assert (padded_logits.grad[:, :, outside] == 0).all()
+    assert padded_logits.grad[:, :, ~outside].abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss", [DiceLoss(per_image=True), LovaszLoss(per_image=True)], ids=["Dice", "Lovasz"])
+def test_per_image_losses_score_a_mixed_size_batch_as_each_image_alone(loss):
+    images = [padded_pair(seed, height, width, (40, 64)) for seed, (height, width) in enumerate([(20, 30), (40, 50)])]
+    alone = torch.stack([total(loss(logits, target)) for (logits, target), _ in images]).mean()
+    batch = [torch.cat(parts) for parts in zip(*(padded for _, padded in images))]
+    assert torch.allclose(total(loss(*batch)), alone, atol=1e-6)
+
+
+def test_a_valid_mask_of_the_wrong_shape_fails():
+    with pytest.raises(ValueError, match=r"valid \(1, 3, 4, 4\) must be \(B, 1, H, W\)"):
+        BCELoss()(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4, dtype=torch.bool))

@@ -243,3 +243,25 @@ def test_dice_min_pixels_wipes_small_predictions_before_scoring():
         Dice(min_pixels=-1)
     with pytest.raises(ValueError, match="3 values given for 2 classes"):
         Dice(min_pixels=[1, 2, 3]).update(logits, target)
+
+
+@pytest.mark.parametrize("metric_type", [Dice, IoU])
+def test_a_padded_mixed_size_batch_scores_each_image_on_its_own_pixels(metric_type):
+    """Padding predicted as defect, with an empty true mask there, changes nothing with ``valid``."""
+    generator = torch.Generator().manual_seed(5)
+    sizes, padded = [(12, 20), (30, 9)], (32, 32)
+    alone, batch = metric_type(min_pixels=3), metric_type(min_pixels=3)
+    logits = torch.full((2, 2, *padded), 4.0)  # padding: confidently "defect"
+    target = torch.zeros(2, 2, *padded)
+    valid = torch.zeros(2, 1, *padded, dtype=torch.bool)
+    for n, (height, width) in enumerate(sizes):
+        own_logits = torch.randn(1, 2, height, width, generator=generator) * 3
+        own_target = (torch.rand(1, 2, height, width, generator=generator) > 0.6).float()
+        alone.update(own_logits, own_target)
+        logits[n, :, :height, :width], target[n, :, :height, :width] = own_logits[0], own_target[0]
+        valid[n, :, :height, :width] = True
+    batch.update(logits, target, valid)
+    assert batch.compute() == pytest.approx(alone.compute(), abs=1e-12)
+    unmasked = metric_type(min_pixels=3)
+    unmasked.update(logits, target)
+    assert unmasked.compute() != pytest.approx(alone.compute(), abs=1e-3)

@@ -100,9 +100,15 @@ CONFIG_CASES = {
     "wrong type": (set_key("trainer.epochs", "three"), ["trainer.epochs: expected an integer, got 'three'"]),
     "missing required key": (delete_key("loss"), ["loss: missing required key"]),
     "negative learning rate": (set_key("optimizer.encoder.lr", -0.001), ["optimizer.encoder.lr: must be >= 0"]),
-    "crop larger than the images": (
-        set_key("augmentation.args.height", 128),
-        ["augmentation.args: crop 128x64 is larger than the images (64x256; 24 of 24 images)"],
+    "crop of zero height": (
+        set_key("augmentation.args.height", 0),
+        ["augmentation: cannot build augmentation 'HeavyCropTransforms': crop height must be a positive multiple "
+         "of 32", "got 0"],
+    ),
+    "unknown pad mode": (
+        set_key("augmentation.args.pad_mode", "wrap"),
+        ["augmentation: cannot build augmentation 'HeavyCropTransforms': pad_mode must be one of constant, reflect, "
+         "got 'wrap'"],
     ),
     "batch larger than the split": (
         set_key("data_loader.args.batch_size", 64),

@@ -126,8 +126,8 @@ def test_non_finite_loss_stops_without_overwriting_checkpoints(make_config, monk
     good = weights(run.last)
     original = Trainer._loss_parts
 
-    def poisoned(self, logits, targets):
-        parts = original(self, logits, targets)
+    def poisoned(self, logits, *targets):
+        parts = original(self, logits, *targets)
         return {**parts, "loss": parts["loss"] * float("nan")}
 
     monkeypatch.setattr(Trainer, "_loss_parts", poisoned)

@@ -33,6 +33,14 @@ the RLE runs before decoding anything (:meth:`SeverCompose.crop_window`),
 decodes only the window and calls :meth:`SeverCompose.after_crop`. Both give
 the same output for the same seed.
 
+Images smaller than the crop: on an axis where the image is smaller than the
+crop, the whole image is taken at a random offset inside the crop and the rest
+is padded (``pad_mode``: ``constant`` with ``pad_value``, or ``reflect``). The
+mask is padded with :data:`PAD_LABEL` in every class channel, so the trainer
+knows the padded pixels and leaves them out of the loss and the metrics
+(padding never teaches "background"). Images at least as large as the crop
+take the crop-first fast path unchanged.
+
 Seeding: ``pipeline.set_random_seed(seed)`` (a non-negative int) makes the
 next call a deterministic function of ``seed``. The data layer calls it before
 every sample with a seed derived from (run seed, epoch, sample index), so the
@@ -60,6 +68,9 @@ GRAY_MEAN = 0.3439  # mean of the Severstal training images, as a fraction of 25
 GRAY_STD = 0.0383
 PIXEL_SCALE = 255.0  # grey levels to the fractions the statistics are given in
 SIZE_MULTIPLE = 32  # segmentation_models_pytorch needs H and W divisible by 32
+PAD_LABEL = 255  # mask value of pixels that are padding, not image: no class, left out of losses and metrics
+MIN_IMAGE_SIDE = 8  # smallest image height or width sever trains on (reflection needs a few pixels)
+PAD_MODES = {"constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
 
 
 @dataclass(frozen=True)
@@ -74,14 +85,21 @@ class CropPolicy:
     to lie inside the image. Otherwise the window is uniform over the image,
     as ``RandomCrop``. The write-up's ``OneOf([CropNonEmptyMaskIfExists,
     RandomCrop])`` is ``defect_probability=0.5``; 0 is a plain random crop.
+
+    On an axis where the image is smaller than the crop, the window holds the
+    whole image at a uniformly random offset: its start is negative, and
+    :meth:`cut` pads the missing part with ``pad_mode`` (``constant`` with the
+    grey level ``pad_value``, or ``reflect``) and the mask with :data:`PAD_LABEL`.
     """
 
     height: int
     width: int
     defect_probability: float = 0.0
+    pad_mode: str = "constant"
+    pad_value: int = 0
 
     def window(self, rng: np.random.Generator, shape: Sequence[int], defects: Sequence[Runs]) -> tuple[int, int]:
-        """``(top, left)`` of the crop in an image of ``shape = (H, W)``.
+        """``(top, left)`` of the crop in an image of ``shape = (H, W)``; negative on an axis the crop exceeds.
 
         Args:
             rng: the only source of randomness.
@@ -89,19 +107,56 @@ class CropPolicy:
                 pair per class (column-major pixel numbers, as in ``rle.py``).
 
         Raises:
-            DataError: the crop is larger than the image.
+            DataError: a side of the image is shorter than :data:`MIN_IMAGE_SIDE`.
         """
         height, width = (int(n) for n in shape[:2])
-        if self.height > height or self.width > width:
-            raise DataError(f"a {self.height}x{self.width} crop does not fit a {height}x{width} image")
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise DataError(f"a {height}x{width} image is too small to train on (sides of at least "
+                            f"{MIN_IMAGE_SIDE} pixels are needed, the rest of the crop is padded)")
         if self.defect_probability and rng.random() < self.defect_probability:
             starts0, lengths = union_runs(defects)
             if starts0.size:
                 row, column = _defect_pixel(rng, starts0, lengths, height)
-                top = min(max(row - int(rng.integers(self.height)), 0), height - self.height)
-                left = min(max(column - int(rng.integers(self.width)), 0), width - self.width)
-                return top, left
-        return int(rng.integers(height - self.height + 1)), int(rng.integers(width - self.width + 1))
+                return _onto(rng, row, height, self.height), _onto(rng, column, width, self.width)
+        return _uniform(rng, height, self.height), _uniform(rng, width, self.width)
+
+    def cut(self, image: np.ndarray, mask: np.ndarray | None, top: int, left: int,
+            decoded_columns: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ``(height, width)`` crop at ``(top, left)`` of ``image (H, W, 1)`` and ``mask (H, W', C)``.
+
+        ``mask`` may hold only the columns from ``decoded_columns`` on (the
+        window's, as the dataset decodes them); padding, where the window
+        leaves the image, is added to both.
+        """
+        rows = slice(max(top, 0), top + self.height)
+        image = image[rows, max(left, 0) : left + self.width]
+        if mask is not None:
+            mask = mask[rows, max(left, 0) - decoded_columns : left + self.width - decoded_columns]
+        pads = (max(-top, 0), self.height - max(-top, 0) - image.shape[0],
+                max(-left, 0), self.width - max(-left, 0) - image.shape[1])
+        if not any(pads):
+            return image, mask
+        padded = cv2.copyMakeBorder(image, *pads, PAD_MODES[self.pad_mode], value=self.pad_value)
+        image = padded.reshape(self.height, self.width, 1)
+        if mask is not None:
+            layers = [cv2.copyMakeBorder(np.ascontiguousarray(mask[:, :, k]), *pads, cv2.BORDER_CONSTANT,
+                                         value=PAD_LABEL) for k in range(mask.shape[2])]
+            mask = np.stack(layers, axis=2)
+        return image, mask
+
+
+def _uniform(rng: np.random.Generator, size: int, crop: int) -> int:
+    """Start of a ``crop``-long window uniform over a ``size``-long axis (negative: the axis is padded)."""
+    if crop <= size:
+        return int(rng.integers(size - crop + 1))
+    return -int(rng.integers(crop - size + 1))
+
+
+def _onto(rng: np.random.Generator, pixel: int, size: int, crop: int) -> int:
+    """Start of a ``crop``-long window holding ``pixel`` at a random offset, shifted inside the axis."""
+    if crop <= size:
+        return min(max(pixel - int(rng.integers(crop)), 0), size - crop)
+    return _uniform(rng, size, crop)  # the whole axis is in the window: the pixel is in it anywhere
 
 
 def _defect_pixel(rng: np.random.Generator, starts0: np.ndarray, lengths: np.ndarray, height: int) -> tuple[int, int]:
@@ -144,12 +199,14 @@ class SeverCompose(A.Compose):
         """``data`` with its image and mask cut to the window placed from the mask's defect pixels."""
         image = as_grayscale_hwc(data["image"])
         mask = data.get("mask")
-        defects = [] if mask is None else [mask_runs(np.asarray(mask).reshape(*image.shape[:2], -1).any(axis=2))]
-        top, left = self.crop_window(image.shape, defects)
-        window = (slice(top, top + self.crop.height), slice(left, left + self.crop.width))
-        cropped = {**data, "image": image[window]}
         if mask is not None:
-            cropped["mask"] = mask[window]
+            mask = np.asarray(mask).reshape(*image.shape[:2], -1)
+        defects = [] if mask is None else [mask_runs(mask.any(axis=2))]
+        top, left = self.crop_window(image.shape, defects)
+        image, mask = self.crop.cut(image, mask, top, left)
+        cropped = {**data, "image": image}
+        if mask is not None:
+            cropped["mask"] = mask
         return cropped
 
     def crop_window(self, shape: Sequence[int], defects: Sequence[Runs]) -> tuple[int, int]:
@@ -231,6 +288,14 @@ def _check_crop(height: int | None, width: int | None) -> tuple[int, int] | None
     return int(height), int(width)
 
 
+def _check_padding(pad_mode: str, pad_value: int) -> None:
+    """ValueError unless ``pad_mode`` is a known mode and ``pad_value`` a grey level 0-255."""
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
+    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, np.integer)) or not 0 <= pad_value <= 255:
+        raise ValueError(f"pad_value must be a grey level from 0 to 255, got {pad_value!r}")
+
+
 def _check_limit(name: str, value: float) -> float:
     """A strength in [0, 1); raises ValueError otherwise."""
     if not 0 <= value < 1:
@@ -245,6 +310,10 @@ class TransformSet:
         height, width: training crop size, positive multiples of 32, or both
             None for no crop.
         mean, std: grayscale statistics as fractions of 255.
+        pad_mode: how a crop larger than the image is filled: ``constant``
+            (the grey level ``pad_value``) or ``reflect`` (the image mirrored
+            about its edge pixels). Padded pixels are left out of the loss.
+        pad_value: the grey level (0-255) of ``constant`` padding.
 
     A subclass defines its random transforms (:meth:`_train_transforms`, after
     the crop) and, with :attr:`defect_crop_probability`, where its crop goes.
@@ -258,25 +327,30 @@ class TransformSet:
         width: int | None = None,
         mean: float = GRAY_MEAN,
         std: float = GRAY_STD,
+        pad_mode: str = "constant",
+        pad_value: int = 0,
     ):
         self._crop = _check_crop(height, width)
         if not std > 0:
             raise ValueError(f"std must be positive, got {std!r}")
+        _check_padding(pad_mode, pad_value)
+        self.pad_mode, self.pad_value = pad_mode, int(pad_value)
         self.normalization = Normalization(float(mean), float(std))
 
     @property
     def crop_size(self) -> tuple[int, int] | None:
         """``(height, width)`` of the training crop, or None when training sees full images.
 
-        The data layer checks it against the image size before training:
-        a crop larger than the image cannot be taken.
+        An image smaller than the crop is padded to it (:class:`CropPolicy`).
         """
         return self._crop
 
     @property
     def crop_policy(self) -> CropPolicy | None:
         """Where training crops go, or None when training sees full images."""
-        return CropPolicy(*self._crop, self.defect_crop_probability) if self._crop else None
+        if self._crop is None:
+            return None
+        return CropPolicy(*self._crop, self.defect_crop_probability, self.pad_mode, self.pad_value)
 
     def build(self, train: bool) -> SeverCompose:
         """The training pipeline (``train=True``) or the evaluation pipeline.
@@ -306,8 +380,9 @@ class HeavyCropTransforms(TransformSet):
 
     defect_crop_probability = 0.5
 
-    def __init__(self, height: int, width: int, mean: float = GRAY_MEAN, std: float = GRAY_STD):
-        super().__init__(height, width, mean, std)
+    def __init__(self, height: int, width: int, mean: float = GRAY_MEAN, std: float = GRAY_STD,
+                 pad_mode: str = "constant", pad_value: int = 0):
+        super().__init__(height, width, mean, std, pad_mode, pad_value)
         if self._crop is None:
             raise ValueError("HeavyCropTransforms needs a crop height and width")
 
@@ -342,8 +417,10 @@ class MediumTransforms(TransformSet):
         scale_limit: float = 0.1,
         mean: float = GRAY_MEAN,
         std: float = GRAY_STD,
+        pad_mode: str = "constant",
+        pad_value: int = 0,
     ):
-        super().__init__(height, width, mean, std)
+        super().__init__(height, width, mean, std, pad_mode, pad_value)
         self.brightness_limit = _check_limit("brightness_limit", brightness_limit)
         self.contrast_limit = _check_limit("contrast_limit", contrast_limit)
         self.shift_limit = _check_limit("shift_limit", shift_limit)

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sever.data_loader.annotations import Annotations, read_rle_csv
+from sever.data_loader.augmentation import MIN_IMAGE_SIDE
 from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.rle import rle_parse
 from sever.exceptions import ConfigError, DataError, RLEError
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 CHECK_MODES = ("quick", "full", "off")
 SHOWN_PROBLEMS = 5  # problems quoted in the error that stops a training run
+SHOWN_SIZES = 8  # most common image sizes listed by the summary
 
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -94,15 +96,64 @@ class DataReport:
             + (f"\n  ... and {more} more" if more > 0 else "")
         )
 
-    def summary(self) -> list[str]:
-        """The report as lines of a small table (what ``sever check-data`` prints)."""
-        sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in self.sizes.most_common()) or "none readable"
-        lines = [f"images          {self.images}", f"image sizes     {sizes}"]
+    def summary(self, crop: tuple[int, int] | None = None, tile: tuple[int, int] | None = None) -> list[str]:
+        """The report as lines of a small table (what ``sever check-data`` prints).
+
+        Args:
+            crop, tile: the training crop and the prediction tile ``(h, w)`` in pixels,
+                if any: the shape lines say how many images each changes (:meth:`shape_lines`).
+        """
+        shown = self.sizes.most_common(SHOWN_SIZES)
+        sizes = ", ".join(f"{h}x{w} ({n})" for (h, w), n in shown) or "none readable"
+        if len(self.sizes) > SHOWN_SIZES:
+            sizes += f", ... ({len(self.sizes)} sizes in all)"
+        lines = [
+            f"images          {self.images}",
+            f"image sizes     {sizes}",
+            *self.shape_lines(crop, tile),
+        ]
         if self.masks_read:  # else every image would show as empty: only the CSV's problem is reported
             lines.append(f"empty images    {self.empty_images}")
             lines += [f"class {k + 1} masks   {int(n)}" for k, n in enumerate(self.masks_per_class)]
         lines += [f"check time      {self.seconds:.2f} s", f"problems        {len(self.problems)}"]
         return lines + [f"  {problem}" for problem in self.problems]
+
+
+    def shape_lines(self, crop: tuple[int, int] | None = None, tile: tuple[int, int] | None = None) -> list[str]:
+        """The image-size distribution and what training and prediction do with it, as lines.
+
+        Heights and widths as min / median / max over the images (pixels); with a
+        ``crop``, how many images are smaller than it on some axis (training pads
+        them); with a ``tile``, how many are larger than it (prediction tiles them).
+        """
+        if not self.sizes:
+            return []
+        heights, widths = (np.repeat([size[axis] for size in self.sizes], list(self.sizes.values()))
+                           for axis in (0, 1))
+        lines = [f"{name:<16}min {v.min()}, median {np.median(v):g}, max {v.max()}"
+                 for name, v in (("image heights", heights), ("image widths", widths))]
+        if crop is not None:
+            small = self.count(lambda h, w: h < crop[0] or w < crop[1])
+            lines.append(f"training        {small} image(s) smaller than the {crop[0]}x{crop[1]} crop are padded "
+                         f"to it (padding is left out of the loss), {self.images_sized - small} cropped")
+        else:
+            lines.append("training        whole images, batches padded to one size (padding left out of the loss)")
+        if tile is not None:
+            large = self.count(lambda h, w: h > tile[0] or w > tile[1])
+            lines.append(f"prediction      {large} image(s) larger than the {tile[0]}x{tile[1]} tile are predicted "
+                         f"in tiles, {self.images_sized - large} whole")
+        else:
+            lines.append("prediction      whole images, each padded to a multiple of 32 and cropped back")
+        return lines
+
+    @property
+    def images_sized(self) -> int:
+        """Images whose size could be read."""
+        return sum(self.sizes.values())
+
+    def count(self, condition) -> int:
+        """Images whose ``(h, w)`` satisfies ``condition(h, w)``."""
+        return sum(n for (h, w), n in self.sizes.items() if condition(h, w))
 
 
 # ------------------------------------------------------------------ images
@@ -233,6 +284,9 @@ def check_samples(annotations: Annotations, paths: Sequence[Path], report: DataR
             report.problems.append(str(exc))
             continue
         report.sizes[size] += 1
+        if min(size) < MIN_IMAGE_SIDE:
+            report.problems.append(f"{path}: {size[0]}x{size[1]} is too small to train on (sides of at least "
+                                   f"{MIN_IMAGE_SIDE} pixels are needed; smaller crops are padded)")
         if has_defect[position]:
             report.problems += _rle_bounds_problems(annotations, position, size, path)
     report.add_counts(annotations)
@@ -280,23 +334,21 @@ def preflight(sources: Sequence[Source], mode: str = "quick", crop: tuple[int, i
             any pseudo-label CSV.
         mode: ``quick``, ``full`` or ``off`` (``data_loader.args.check``; YAML
             reads a bare ``off`` as False and ``on`` as True, meaning ``off`` and ``quick``).
-        crop: the training crop ``(h, w)``, which every image must be able to hold.
+        crop: the training crop ``(h, w)``, for the log line saying how many images
+            it pads and crops.
 
     Returns:
-        The report, or None when ``mode`` is ``off`` (only the crop is checked,
-        against the first image).
+        The report, or None when ``mode`` is ``off``.
 
     Raises:
         DataError: listing the first problems and their count.
-        ConfigError: an unknown mode, or a crop larger than some image.
+        ConfigError: an unknown mode.
     """
     if isinstance(mode, bool):
         mode = "quick" if mode else "off"
     if mode not in CHECK_MODES:
         raise ConfigError(f"data_loader.args.check: {mode!r} is not one of {', '.join(CHECK_MODES)}")
     if mode == "off":
-        first = sources[0][1][0]
-        check_crop(crop, Counter({image_header_size(first): 1}), first.name)
         return None
     started = time.perf_counter()
     report = DataReport()
@@ -307,23 +359,9 @@ def preflight(sources: Sequence[Source], mode: str = "quick", crop: tuple[int, i
     report.problems += _duplicate_problems(sources)
     report.seconds = time.perf_counter() - started
     report.raise_if_problems(f"data_loader.args.check: {mode}; `sever check-data` lists them all")
-    check_crop(crop, report.sizes)
-    logger.info("data check (%s): %d images and their masks are fine (%.2f s)", mode, report.images, report.seconds)
+    logger.info("data check (%s): %d images and their masks are fine (%.2f s); %s", mode, report.images,
+                report.seconds, "; ".join(" ".join(line.split()) for line in report.shape_lines(crop)))
     return report
-
-
-def check_crop(crop: tuple[int, int] | None, sizes: Counter, example: str = "") -> None:
-    """Raise :class:`ConfigError` if the training crop ``(h, w)`` is larger than an image size in ``sizes``."""
-    if crop is None:
-        return
-    small = [(h, w) for h, w in sizes if crop[0] > h or crop[1] > w]
-    if small:
-        count = sum(sizes[s] for s in small)
-        listed = ", ".join(f"{h}x{w}" for h, w in small)
-        raise ConfigError(
-            f"augmentation.args: crop {crop[0]}x{crop[1]} is larger than the images ({listed}"
-            f"{', e.g. ' + example if example else ''}; {count} of {sum(sizes.values())} images)"
-        )
 
 
 def check_dataset(data_dir: str | Path, csv: str = "train.csv", images: str = "train_images",

@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from sever.data_loader.annotations import Annotations
-from sever.data_loader.checks import preflight
+from sever.data_loader.augmentation import PAD_LABEL, SIZE_MULTIPLE
+from sever.data_loader.checks import image_header_size, preflight
 from sever.data_loader.datasets import ClassificationDataset, SegmentationDataset
 from sever.data_loader.sampling import allocate, class_balance_groups
 from sever.data_loader.sources import DataFolder, mask_source, read_csv_folder
@@ -154,6 +155,53 @@ def config_split(args: Mapping[str, Any], *, classes: int, class_names: list[str
                       class_names=class_names, seed=seed)
 
 
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """``(H, W)`` rounded up to multiples of 32, the size a batch holding the image is padded to."""
+    return height + -height % SIZE_MULTIPLE, width + -width % SIZE_MULTIPLE
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(image (1, h, w), target)`` samples of any sizes into one batch.
+
+    Images and masks are padded at the bottom and right to the batch's largest
+    height and width rounded up to a multiple of 32 (:func:`padded_size`):
+    images with 0, masks ``(C, h, w)`` with ``PAD_LABEL`` in every channel, so
+    the trainer knows every image's own pixels. Targets without spatial
+    dimensions (e.g. ``(C,)`` presence) are stacked as they are.
+
+    Returns:
+        ``images (B, 1, H, W)`` uint8 and ``targets (B, C, H, W)`` (or ``(B, C)``).
+    """
+    images, targets = zip(*batch)
+    height, width = padded_size(max(i.shape[-2] for i in images), max(i.shape[-1] for i in images))
+    spatial = targets[0].ndim == 3
+    if all(i.shape[-2:] == (height, width) for i in images):
+        return torch.stack(images), torch.stack(targets)
+    out_images = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    out_targets = (targets[0].new_full((len(targets), targets[0].shape[0], height, width), PAD_LABEL)
+                   if spatial else torch.stack(targets))
+    for n, (image, target) in enumerate(batch):
+        h, w = image.shape[-2:]
+        out_images[n, :, :h, :w] = image
+        if spatial:
+            out_targets[n, :, :h, :w] = target
+    return out_images, out_targets
+
+
+def size_grouped_batches(sizes: list[tuple[int, int]], indices: range, batch_size: int) -> list[list[int]]:
+    """Batches of ``indices`` whose images pad to one size (:func:`padded_size`), at most ``batch_size`` each.
+
+    Every image is then padded exactly as it would be alone, so validation
+    scores do not depend on the batch size. Groups come in the order of their
+    first image and keep the order of ``indices`` inside.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index in indices:
+        groups.setdefault(padded_size(*sizes[index]), []).append(index)
+    return [group[start:start + batch_size] for group in groups.values()
+            for start in range(0, len(group), batch_size)]
+
+
 def check_shards(n_train: int, n_valid: int, batch_size: int, world_size: int) -> None:
     """DataError unless every process gets a full training batch and at least one validation image."""
     if n_train < batch_size * world_size:
@@ -168,8 +216,8 @@ def check_shards(n_train: int, n_valid: int, batch_size: int, world_size: int) -
 
 def make_loaders(train_dataset, valid_dataset, groups: list[np.ndarray], *, sampler: dict | str | None,
                  batch_size: int, valid_batch_size: int | None, num_workers: int, pin_memory: bool, seed: int,
-                 rank: int, world_size: int,
-                 collate_fn: Callable | None = None) -> tuple[DataLoader, DataLoader | None]:
+                 rank: int, world_size: int, collate_fn: Callable | None = None,
+                 valid_sizes: list[tuple[int, int]] | None = None) -> tuple[DataLoader, DataLoader | None]:
     """The training and validation loaders of any task's datasets.
 
     Training batches come from the batch sampler ``sampler`` (``{type, args}``; default
@@ -177,6 +225,9 @@ def make_loaders(train_dataset, valid_dataset, groups: list[np.ndarray], *, samp
     augmentation seed (:class:`SeededBatches`); this rank gets ``batch_size`` images of
     each global batch. Validation takes every ``world_size``-th image from ``rank`` in
     batches of ``valid_batch_size`` (default ``batch_size``); None without a validation set.
+    With ``valid_sizes`` (each validation image's ``(H, W)``), validation batches
+    hold images of one padded size (:func:`size_grouped_batches`). ``collate_fn``
+    defaults to :func:`pad_collate`.
     """
     batch_sampler = SAMPLERS.build(sampler or "ShuffleBatchSampler", "data_loader.args.sampler",
                                    groups=groups, batch_size=batch_size, seed=seed,
@@ -188,15 +239,16 @@ def make_loaders(train_dataset, valid_dataset, groups: list[np.ndarray], *, samp
         cv2.setNumThreads(0)
     common = dict(num_workers=num_workers, pin_memory=pin_memory and torch.cuda.is_available(),
                   persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
-                  collate_fn=collate_fn)
+                  collate_fn=collate_fn or pad_collate)
     train_loader = DataLoader(train_dataset, batch_sampler=SeededBatches(batch_sampler, seed), **common)
-    valid_loader = (
-        DataLoader(valid_dataset, batch_size=valid_batch_size or batch_size,
-                   sampler=range(rank, len(valid_dataset), world_size), **common)
-        if valid_dataset is not None
-        else None
-    )
-    return train_loader, valid_loader
+    if valid_dataset is None:
+        return train_loader, None
+    shard = range(rank, len(valid_dataset), world_size)
+    if valid_sizes is None:
+        batching = dict(batch_size=valid_batch_size or batch_size, sampler=shard)
+    else:
+        batching = dict(batch_sampler=size_grouped_batches(valid_sizes, shard, valid_batch_size or batch_size))
+    return train_loader, DataLoader(valid_dataset, **batching, **common)
 
 
 @DATA_LOADERS.register
@@ -274,11 +326,23 @@ class SteelDataLoader:
         self.train_loader, self.valid_loader = make_loaders(
             self.train_dataset, self.valid_dataset, groups, sampler=sampler, batch_size=batch_size,
             valid_batch_size=valid_batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
-            rank=rank, world_size=world_size)
+            rank=rank, world_size=world_size, valid_sizes=_sizes(valid_paths))
         logger.info(
             "data: %d training images (%d batches of %d), %d validation images, from %s",
             len(self.train_dataset), len(self.train_loader), batch_size, len(valid_ann), self.data_dir,
         )
+
+
+def _sizes(paths: list[Path]) -> list[tuple[int, int]]:
+    """``(H, W)`` of each image from its header; ``(0, 0)`` for a bad file, which fails when it loads
+    (with ``check: off`` that is where the user chose to find it)."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(image_header_size(path))
+        except DataError:
+            sizes.append((0, 0))
+    return sizes
 
 
 def _ensure_demo_data(data_dir: Path, classes: int) -> None:

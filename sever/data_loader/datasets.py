@@ -85,7 +85,8 @@ class SegmentationDataset(Dataset):
             gets only the crop window decoded (see :meth:`load_crop`).
 
     Items: ``(image (1, h, w) uint8, mask (C, h, w) uint8)``; the trainer normalises
-    the images on its device (see ``TransformSet.normalization``).
+    the images on its device (see ``TransformSet.normalization``). Mask pixels that
+    are padding, not image, hold ``PAD_LABEL`` (255) in every channel.
     """
 
     def __init__(self, paths: Sequence[Path], annotations: Annotations, transforms):
@@ -111,10 +112,12 @@ class SegmentationDataset(Dataset):
         return image, decode_runs(self._runs(index, image.shape), image.shape)
 
     def load_crop(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``(image (h, w), mask (h, w, C))`` uint8 crop that ``transforms.crop`` places.
+        """The ``(image (h, w, 1), mask (h, w, C))`` uint8 crop that ``transforms.crop`` places.
 
         The window comes from ``transforms.crop_window`` (seeded with the
         pipeline), given the runs' pixel positions; only its columns are decoded.
+        Where the window leaves a smaller image, both are padded
+        (:meth:`~sever.data_loader.augmentation.CropPolicy.cut`).
         """
         path = self.paths[index]
         image = read_grey(path)
@@ -123,9 +126,10 @@ class SegmentationDataset(Dataset):
             top, left = self.transforms.crop_window(image.shape, runs)
         except DataError as exc:
             raise DataError(f"{path}: {exc} (augmentation.args sets the crop)") from None
-        height, width = self.transforms.crop.height, self.transforms.crop.width
-        mask = decode_runs(runs, image.shape, (left, left + width))[top : top + height]
-        return image[top : top + height, left : left + width], mask
+        first = max(left, 0)
+        columns = (first, min(left + self.transforms.crop.width, image.shape[1]))
+        mask = decode_runs(runs, image.shape, columns)
+        return self.transforms.crop.cut(image[:, :, None], mask, top, left, decoded_columns=first)
 
     def _transformed(self, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = _split_key(key)
@@ -152,4 +156,4 @@ class ClassificationDataset(SegmentationDataset):
 
     def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self._transformed(key)
-        return image, mask.flatten(1).amax(dim=1).float()
+        return image, (mask == 1).flatten(1).any(dim=1).float()

@@ -3,7 +3,8 @@
 ``make_demo_data(out_dir)`` writes, in a few seconds::
 
     out_dir/
-      train_images/<9 hex>.jpg   grayscale JPEGs, H x W (default 256 x 1600)
+      train_images/<9 hex>.jpg   grayscale JPEGs, H x W (default 256 x 1600; with
+                                 mixed_sizes each image its own size, see make_demo_data)
       test_images/<9 hex>.jpg
       train.csv                  ImageId,ClassId,EncodedPixels (defect rows only)
       sample_submission.csv      ImageId,EncodedPixels,ClassId (test images, all empty)
@@ -37,6 +38,8 @@ from sever.data_loader.rle import rle_encode
 from sever.exceptions import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+MIXED_MIN_SIDE = 16  # smallest side of a mixed-size demo image, in pixels
 
 MANIFEST = ".sever-demo.json"
 CSV_FORMATS = {"train.csv": "train", "sample_submission.csv": "submission", "pseudo.csv": "original",
@@ -223,17 +226,26 @@ def _write_split(
         RLE strings ``(N, C)`` of the true masks and, if ``pseudo``, of the perturbed ones.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    shape, classes = (params["height"], params["width"]), params["classes"]
+    classes = params["classes"]
     truth = np.full((len(ids), classes), "", dtype=object)
     perturbed = truth.copy() if pseudo else None
     for row, name in enumerate(ids):
         rng = np.random.default_rng(np.random.SeedSequence(params["seed"], spawn_key=(1 + first_index + row,)))
-        image, masks = _render_image(rng, *shape, classes)
+        image, masks = _render_image(rng, *_image_shape(rng, params), classes)
         _write_jpeg(folder / name, image)
         truth[row] = [rle_encode(mask) for mask in masks]
         if pseudo:
             perturbed[row] = [rle_encode(mask) for mask in _perturb_masks(rng, masks)]
     return truth, perturbed
+
+
+def _image_shape(rng: np.random.Generator, params: dict) -> tuple[int, int]:
+    """``(H, W)`` of the next image: the set size, or with ``mixed_sizes`` a size drawn between a
+    third of it (at least :data:`MIXED_MIN_SIDE`) and all of it, on each axis."""
+    height, width = params["height"], params["width"]
+    if not params.get("mixed_sizes"):
+        return height, width
+    return tuple(int(rng.integers(max(MIXED_MIN_SIDE, side // 3), side + 1)) for side in (height, width))
 
 
 def _write_csvs(out: Path, train_ids: list[str], test_ids: list[str], train, test, pseudo) -> None:
@@ -326,8 +338,8 @@ def _prepare(out: Path, params: dict, planned: list[str], overwrite: bool) -> bo
 # ------------------------------------------------------------------ entry point
 
 
-def _check_params(n_train, n_test, seed, height, width, classes) -> dict:
-    """The settings as a dict of ints; ConfigError naming the first bad one."""
+def _check_params(n_train, n_test, seed, height, width, classes, mixed_sizes) -> dict:
+    """The settings as a dict of ints (and ``mixed_sizes: True`` when set); ConfigError naming the first bad one."""
     least = {"n_train": 1, "n_test": 1, "seed": 0, "height": 32, "width": 32, "classes": 1}
     given = {"n_train": n_train, "n_test": n_test, "seed": seed, "height": height, "width": width, "classes": classes}
     for name, value in given.items():
@@ -335,7 +347,10 @@ def _check_params(n_train, n_test, seed, height, width, classes) -> dict:
             raise ConfigError(f"{name}: must be an integer >= {least[name]}, got {value!r}")
     if classes > len(DEFECT_KINDS):
         raise ConfigError(f"classes: the demo data has {len(DEFECT_KINDS)} defect kinds, got {classes}")
-    return {name: int(value) for name, value in given.items()}
+    if not isinstance(mixed_sizes, bool):
+        raise ConfigError(f"mixed_sizes: must be true or false, got {mixed_sizes!r}")
+    checked = {name: int(value) for name, value in given.items()}
+    return {**checked, "mixed_sizes": True} if mixed_sizes else checked  # older manifests lack the key
 
 
 def make_demo_data(
@@ -347,6 +362,7 @@ def make_demo_data(
     width: int = 1600,
     classes: int = 4,
     overwrite: bool = False,
+    mixed_sizes: bool = False,
 ) -> Path:
     """Write a synthetic dataset in the Kaggle Severstal layout (see the module docstring).
 
@@ -355,10 +371,14 @@ def make_demo_data(
         n_train, n_test: number of training and test images.
         seed: everything (ids, images, masks, pseudo-labels) is a function of it
             and the other settings; the CSVs are byte-identical between runs.
-        height, width: image size in pixels (at least 32 each).
+        height, width: image size in pixels (at least 32 each); with ``mixed_sizes``
+            the largest size.
         classes: number of defect classes C, 1..4 (the first C kinds).
         overwrite: regenerate even if ``out_dir`` already holds a complete
             demo dataset. Files not written by this function are never touched.
+        mixed_sizes: give every image its own size, each side drawn uniformly
+            between a third of ``height``/``width`` (at least 16) and all of it,
+            as datasets cropped at different sizes or from several cameras are.
 
     Returns:
         ``out_dir`` as a Path.
@@ -368,7 +388,7 @@ def make_demo_data(
         DataError: ``out_dir`` holds other files in the dataset's places, or a
             complete demo dataset with other settings and ``overwrite`` is False.
     """
-    params = _check_params(n_train, n_test, seed, height, width, classes)
+    params = _check_params(n_train, n_test, seed, height, width, classes, mixed_sizes)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -386,7 +406,7 @@ def make_demo_data(
     _write_csvs(out, train_ids, test_ids, train, test, pseudo)
     _write_manifest(out, params, planned, complete=True)
     log.info(
-        "wrote %d train and %d test images (%dx%d, %d classes), %s to %s in %.1f s",
-        n_train, n_test, height, width, classes, ", ".join(CSV_FORMATS), out, time.perf_counter() - started,
+        "wrote %d train and %d test images (%s%dx%d, %d classes), %s to %s in %.1f s",
+        n_train, n_test, "mixed sizes up to " if mixed_sizes else "", height, width, classes, ", ".join(CSV_FORMATS), out, time.perf_counter() - started,
     )
     return out

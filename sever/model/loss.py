@@ -5,6 +5,10 @@ Every loss takes ``forward(logits, target)``:
 - ``logits``: ``(B, C, H, W)`` raw scores, one channel per defect class, no background
   channel (sigmoid per channel); any float dtype, fp16/bf16 included.
 - ``target``: same shape, uint8/bool/float with values 0 or 1.
+- ``valid`` (optional, segmentation shapes only): bool ``(B, 1, H, W)``, False on pixels that
+  are padding rather than image (a batch of mixed sizes, a crop larger than its image).
+  Those pixels count for nothing: the loss equals the loss on the images' own pixels and
+  its gradient there is zero, so padding never teaches "background".
 
 Losses marked so also accept classification shapes ``(B, C)``. The body always runs in
 float32 with autocast switched off, so sums over a 256x1600 mask cannot overflow fp16.
@@ -59,20 +63,33 @@ class Loss(nn.Module):
 
     min_ndim = 2
 
-    def forward(self, logits: Tensor, target: Tensor) -> LossOutput:
-        """Loss of ``logits`` against ``target``, both ``(B, C, ...)`` of equal shape."""
+    def forward(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> LossOutput:
+        """Loss of ``logits`` against ``target``, both ``(B, C, ...)`` of equal shape.
+
+        ``valid``: optional bool ``(B, 1, ...)``; only its True pixels are scored.
+        """
         name = type(self).__name__
         if logits.shape != target.shape:
             raise ValueError(f"{name}: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
         if logits.ndim < self.min_ndim:
             shape = tuple(logits.shape)
             raise ValueError(f"{name}: expected (B, C, ...) with at least {self.min_ndim} dimensions, got {shape}")
+        if valid is not None and (valid.ndim < 3 or valid.shape != (logits.shape[0], 1, *logits.shape[2:])):
+            raise ValueError(f"{name}: valid {tuple(valid.shape)} must be (B, 1, H, W) for logits {tuple(logits.shape)}")
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return self.compute(logits.float(), target.float())
+            return self.compute(logits.float(), target.float(), valid)
 
-    def compute(self, logits: Tensor, target: Tensor) -> LossOutput:
-        """The loss of float32 ``logits`` against float32 0/1 ``target``; defined by each subclass."""
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> LossOutput:
+        """The loss of float32 ``logits`` against float32 0/1 ``target`` on the ``valid`` pixels
+        (all when None); defined by each subclass."""
         raise NotImplementedError
+
+
+def _valid_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of per-element ``values (B, C, ...)`` over the elements of ``valid (B, 1, ...)`` pixels."""
+    if valid is None:
+        return values.mean()
+    return values.mul(valid).sum() / (valid.sum() * values.shape[1]).clamp_min(1)
 
 
 @LOSSES.register
@@ -95,14 +112,17 @@ class BCELoss(Loss):
             pos_weight = torch.tensor([_check_number("pos_weight", v, positive=True) for v in values])
         self.register_buffer("pos_weight", pos_weight, persistent=False)
 
-    def compute(self, logits: Tensor, target: Tensor) -> Tensor:
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
         weight = None
         if self.pos_weight is not None:
             if self.pos_weight.numel() not in (1, logits.shape[1]):
                 raise ValueError(f"BCELoss: {self.pos_weight.numel()} pos_weight values for {logits.shape[1]} classes")
             # one weight per class channel, broadcast over batch and spatial dimensions
             weight = self.pos_weight.view(-1, *([1] * (logits.ndim - 2)))
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+        if valid is None:
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+        elements = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight, reduction="none")
+        return _valid_mean(elements, valid)
 
 
 class _OverlapLoss(Loss):
@@ -118,16 +138,19 @@ class _OverlapLoss(Loss):
         self.smooth = _check_number("smooth", smooth, positive=True)
         self.per_image = _check_flag("per_image", per_image)
 
-    def soft_counts(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def soft_counts(self, logits: Tensor, target: Tensor,
+                    valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Soft true positives ``sum(p * t)``, predicted area ``sum(p)`` and target area ``sum(t)``.
 
         Each ``(C,)``: summed over the batch and spatial dimensions; with ``per_image``
-        each ``(B, C)``: summed over the spatial dimensions only.
+        each ``(B, C)``: summed over the spatial dimensions only. Only ``valid`` pixels count.
         """
         if self.per_image and logits.ndim < 3:
             raise ValueError(f"per_image needs spatial dimensions (B, C, H, W), got {tuple(logits.shape)}")
         dims = tuple(range(2, logits.ndim)) if self.per_image else (0, *range(2, logits.ndim))
         prob = torch.sigmoid(logits)
+        if valid is not None:
+            prob, target = prob * valid, target * valid
         return (prob * target).sum(dims), prob.sum(dims), target.sum(dims)
 
 
@@ -144,8 +167,8 @@ class DiceLoss(_OverlapLoss):
         per_image: score each image-class pair separately rather than each class over the batch.
     """
 
-    def compute(self, logits: Tensor, target: Tensor) -> Tensor:
-        true_pos, pred_area, target_area = self.soft_counts(logits, target)
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+        true_pos, pred_area, target_area = self.soft_counts(logits, target, valid)
         dice = (2 * true_pos + self.smooth) / (pred_area + target_area + self.smooth)
         return 1 - dice.mean()
 
@@ -162,8 +185,8 @@ class IoULoss(_OverlapLoss):
         per_image: score each image-class pair separately.
     """
 
-    def compute(self, logits: Tensor, target: Tensor) -> Tensor:
-        true_pos, pred_area, target_area = self.soft_counts(logits, target)
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+        true_pos, pred_area, target_area = self.soft_counts(logits, target, valid)
         iou = (true_pos + self.smooth) / (pred_area + target_area - true_pos + self.smooth)
         return 1 - iou.mean()
 
@@ -191,15 +214,15 @@ class TverskyLoss(_OverlapLoss):
         if self.alpha + self.beta == 0:
             raise ValueError("alpha and beta cannot both be 0 (the loss would be constant)")
 
-    def tversky_index(self, logits: Tensor, target: Tensor) -> Tensor:
+    def tversky_index(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
         """Tversky index per class ``(C,)``, or per image and class ``(B, C)`` with ``per_image``."""
-        true_pos, pred_area, target_area = self.soft_counts(logits, target)
+        true_pos, pred_area, target_area = self.soft_counts(logits, target, valid)
         false_pos = pred_area - true_pos
         false_neg = target_area - true_pos
         return (true_pos + self.smooth) / (true_pos + self.alpha * false_pos + self.beta * false_neg + self.smooth)
 
-    def compute(self, logits: Tensor, target: Tensor) -> Tensor:
-        return 1 - self.tversky_index(logits, target).mean()
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+        return 1 - self.tversky_index(logits, target, valid).mean()
 
 
 @LOSSES.register
@@ -224,9 +247,9 @@ class FocalTverskyLoss(TverskyLoss):
         super().__init__(alpha=alpha, beta=beta, smooth=smooth, per_image=per_image)
         self.gamma = _check_number("gamma", gamma, positive=True)
 
-    def compute(self, logits: Tensor, target: Tensor) -> Tensor:
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
         # clamp: (1 - TI) ** gamma has an infinite slope at 0 when gamma < 1
-        distance = (1 - self.tversky_index(logits, target)).clamp_min(torch.finfo(torch.float32).tiny)
+        distance = (1 - self.tversky_index(logits, target, valid)).clamp_min(torch.finfo(torch.float32).tiny)
         return distance.pow(self.gamma).mean()
 
 
@@ -248,7 +271,7 @@ class FocalLoss(Loss):
         self.alpha = None if alpha is None else _check_number("alpha", alpha, at_most=1.0)
         self.gamma = _check_number("gamma", gamma)
 
-    def compute(self, logits: Tensor, target: Tensor) -> Tensor:
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         # 1 - p_t from sigmoid(-x) and sigmoid(x) directly, avoiding 1 - 1.0 for large |x|;
         # the clamp keeps the slope of (.) ** gamma finite when gamma < 1
@@ -256,7 +279,10 @@ class FocalLoss(Loss):
         loss = miss.clamp_min(torch.finfo(torch.float32).tiny).pow(self.gamma) * bce
         if self.alpha is not None:
             loss = (self.alpha * target + (1 - self.alpha) * (1 - target)) * loss
-        return loss.mean()
+        return _valid_mean(loss, valid)
+
+
+_SURE_BACKGROUND = -2.0  # a logit whose hinge error against a 0 target, 1 + logit, is negative
 
 
 def _lovasz_hinge_rows(logits: Tensor, target: Tensor) -> Tensor:
@@ -295,7 +321,12 @@ class LovaszLoss(Loss):
         super().__init__()
         self.per_image = _check_flag("per_image", per_image)
 
-    def compute(self, logits: Tensor, target: Tensor) -> Tensor:
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+        if valid is not None:
+            # a padded pixel becomes a sure, right background pixel: hinge error <= 0, so it sorts
+            # last and adds nothing, and torch.where passes it no gradient
+            logits = torch.where(valid, logits, logits.new_tensor(_SURE_BACKGROUND))
+            target = target * valid
         if self.per_image:
             rows = logits.flatten(2).flatten(0, 1), target.flatten(2).flatten(0, 1)
         else:
@@ -331,9 +362,9 @@ class BCEDiceLoss(Loss):
         self.bce = BCELoss()
         self.dice = DiceLoss()
 
-    def compute(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
-        bce = self.bce.compute(logits, target)
-        dice = self.dice.compute(logits, target)
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> dict[str, Tensor]:
+        bce = self.bce.compute(logits, target, valid)
+        dice = self.dice.compute(logits, target, valid)
         return {"loss": self.bce_weight * bce + self.dice_weight * dice, "bce": bce.detach(), "dice_loss": dice.detach()}
 
 
@@ -385,11 +416,11 @@ class WeightedSumLoss(Loss):
         if not any(self.weights):
             raise ValueError("args.losses: the weights cannot all be 0")
 
-    def compute(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+    def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> dict[str, Tensor]:
         output: dict[str, Tensor] = {}
         total = logits.new_zeros(())
         for name, weight, part in zip(self.names, self.weights, self.parts):
-            value = part(logits, target)
+            value = part(logits, target, valid)
             value = value["loss"] if isinstance(value, dict) else value
             total = total + weight * value
             output[name] = value.detach()

@@ -101,16 +101,24 @@ class Metric:
             setattr(self, name, None)
 
     @torch.no_grad()
-    def update(self, logits: Tensor, target: Tensor) -> None:
-        """Add one batch: ``logits`` and 0/1 ``target`` of equal shape, ``(B, C, ...)`` with ``ndim`` dims."""
+    def update(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> None:
+        """Add one batch: ``logits`` and 0/1 ``target`` of equal shape, ``(B, C, ...)`` with ``ndim`` dims.
+
+        ``valid``: optional bool ``(B, 1, H, W)``, False on padding; each image is then
+        scored on its own pixels only, as if it had been given alone at its size.
+        """
         kind = type(self).__name__
         if logits.shape != target.shape or logits.ndim != self.ndim:
             raise ValueError(
                 f"{kind}: expected logits and target of one shape with {self.ndim} dimensions, "
                 f"got {tuple(logits.shape)} and {tuple(target.shape)}"
             )
-        pred = torch.sigmoid(logits.float()) > self.threshold
-        batch = self.batch_state(pred, target != 0)
+        pred, target = torch.sigmoid(logits.float()) > self.threshold, target != 0
+        if valid is not None:
+            if valid.shape != (logits.shape[0], 1, *logits.shape[2:]):
+                raise ValueError(f"{kind}: valid {tuple(valid.shape)} must be (B, 1, ...) for {tuple(logits.shape)}")
+            pred, target = pred & valid, target & valid
+        batch = self.batch_state(pred, target)
         for name, value in zip(self.state_names, batch):
             value = value.to(torch.float64)
             current = getattr(self, name)

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from sever.data_loader.augmentation import PAD_LABEL
 from sever.trainer.base import BaseTrainer
 from sever.exceptions import TrainingError
 from sever.registries import TRAINERS
@@ -214,12 +215,17 @@ class Trainer(BaseTrainer):
             self._optimizer_step()
         if outputs is not None:
             with torch.no_grad():
-                for metric in self.metrics:
-                    metric.update(outputs.detach(), targets)
+                self._update_metrics(outputs.detach(), targets)
         return {key: float(value.detach()) for key, value in parts.items()}
 
-    def _loss_parts(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.loss(logits, targets)
+    def _update_metrics(self, outputs, targets) -> None:
+        """Hook: add one batch's ``outputs`` and ``targets`` (as :meth:`_to_device` gives them) to the metrics."""
+        for metric in self.metrics:
+            metric.update(outputs, targets)
+
+    def _loss_parts(self, logits: torch.Tensor, *targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss of ``logits`` against ``targets`` (the target, then e.g. the valid-pixel mask) as parts."""
+        out = self.loss(logits, *targets)
         return dict(out) if isinstance(out, dict) else {"loss": out}
 
     def _optimizer_step(self) -> None:
@@ -292,8 +298,7 @@ class Trainer(BaseTrainer):
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             batches += 1
-            for metric in self.metrics:
-                metric.update(outputs, targets)
+            self._update_metrics(outputs, targets)
             self._collect_visuals(batch_index, images, targets, outputs)
         self._write_visuals(epoch)
         return self._valid_log(sums, batches)
@@ -334,22 +339,58 @@ class Trainer(BaseTrainer):
 
 @TRAINERS.register
 class SegmentationTrainer(Trainer):
-    """Trains mask models; TensorBoard shows ground truth and predictions overlaid."""
+    """Trains mask models; TensorBoard shows ground truth and predictions overlaid.
+
+    Mask pixels holding ``PAD_LABEL`` are padding (a crop larger than its image, a
+    batch of mixed sizes): on the device the targets become ``(masks (B, C, H, W)
+    0/1, valid (B, 1, H, W) bool)`` and the loss and the metrics score the valid
+    pixels only. In validation the padded input pixels are set to 0, the model's own
+    padding, so a batch scores each image as it would score alone.
+    """
+
+    def _to_device(self, images, targets):
+        inputs, masks = super()._to_device(images, targets)
+        valid = masks[:, :1] != PAD_LABEL
+        return inputs, (masks.masked_fill(~valid, 0), valid)
+
+    def _forward_loss(self, images, targets):
+        logits = self.network(images)
+        return self._masked_loss_parts(logits, *targets), logits
+
+    def _valid_forward(self, model, images, targets):
+        masks, valid = targets
+        logits = model(images.masked_fill(~valid, 0))
+        return self._masked_loss_parts(logits, masks, valid), logits
+
+    def _masked_loss_parts(self, logits, masks, valid):
+        """The loss parts; ``valid`` goes to the loss only when the batch has padding, so a
+        loss without a ``valid`` argument (e.g. a plain torch loss) trains on unpadded data."""
+        return self._loss_parts(logits, masks) if bool(valid.all()) else self._loss_parts(logits, masks, valid)
+
+    def _update_metrics(self, outputs, targets) -> None:
+        for metric in self.metrics:
+            metric.update(outputs, *targets)
 
     def _collect_visuals(self, batch_index, images, targets, logits) -> None:
         take = self._visual_room(batch_index)
         if not take:
             return
+        masks, valid = (t[:take].cpu().numpy() for t in targets)
         predicted = (torch.sigmoid(logits[:take].float()) > 0.5).cpu().numpy()
-        for image, truth, pred in zip(images[:take].float().cpu().numpy(), targets[:take].cpu().numpy(), predicted):
-            grey = to_uint8_image(image[0])
-            self._visuals.append(np.concatenate([overlay_masks(grey, truth), overlay_masks(grey, pred)], axis=0))
+        for image, truth, pred, own in zip(images[:take].float().cpu().numpy(), masks, predicted, valid):
+            height, width = int(own[0].any(1).sum()), int(own[0].any(0).sum())  # the image's own pixels
+            grey = to_uint8_image(image[0, :height, :width])
+            self._visuals.append(np.concatenate([overlay_masks(grey, truth[:, :height, :width]),
+                                                 overlay_masks(grey, pred[:, :height, :width])], axis=0))
 
     def _write_visuals(self, epoch: int) -> None:
         if self.writer is None or not getattr(self, "_visuals", None):
             return
-        grid = np.stack(self._visuals)  # (N, 2H, W, 3): truth above, prediction below
-        self.writer.add_images("val/truth_above_prediction", grid, epoch, dataformats="NHWC")
+        height, width = (max(v.shape[axis] for v in self._visuals) for axis in (0, 1))
+        grid = np.zeros((len(self._visuals), height, width, 3), np.uint8)  # mixed sizes: black at the bottom/right
+        for tile, visual in zip(grid, self._visuals):
+            tile[: visual.shape[0], : visual.shape[1]] = visual
+        self.writer.add_images("val/truth_above_prediction", grid, epoch, dataformats="NHWC")  # truth above
         self._visuals = []
 
 
