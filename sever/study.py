@@ -111,8 +111,8 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
         if is_main:
             write_oof(study, fold)
     except TrainingInterrupted:
-        raise
-    except BaseException:
+        raise  # stays running: the next -r STUDY resumes it
+    except Exception:
         if is_main:
             study.set_status(fold, "failed")
         raise

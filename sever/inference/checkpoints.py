@@ -273,7 +273,8 @@ def expand_studies(models: Sequence[CheckpointRef], weights: Sequence[float] | N
     expanded: list[CheckpointRef] = []
     shares: list[float] = []
     for position, model in enumerate(models):
-        runs = study_runs(model, allow_missing) if not isinstance(model, OpenedCheckpoint) and is_study(model) else [model]
+        is_a_study = not isinstance(model, OpenedCheckpoint) and is_study(model)
+        runs = study_runs(model, allow_missing) if is_a_study else [model]
         expanded += runs
         if weights:
             shares += [weights[position] / len(runs)] * len(runs)
