@@ -269,3 +269,17 @@ def test_out_of_fold_maps_of_different_class_counts_are_refused(tmp_path):
 def test_a_folder_without_study_file_is_no_study(tmp_path):
     with pytest.raises(CheckpointError, match="not a study folder"):
         study.resume_study(tmp_path)
+
+
+def test_parallel_folds_train_as_separate_processes_sharing_the_study_file(make_config, tmp_path):
+    path = tmp_path / "x.yml"
+    path.write_text(yaml.safe_dump(make_config(epochs=1)))
+    result = invoke("train", "-c", path, "--folds", 2, "--parallel", 2)
+    assert result.exit_code == 0, result.output
+    (root,) = (tmp_path / "saved" / "tiny").iterdir()
+    paths = StudyPaths(root)
+    assert [e.status for e in paths.entries()] == ["done", "done"]
+    for fold in range(2):
+        assert (paths.fold_dir(fold) / "checkpoints" / "model_best.pth").is_file()
+        assert probability_files(paths.oof_dir(fold))
+    assert not (root / "study.yml.lock").exists()
