@@ -8,6 +8,7 @@ commands so ``sever --help`` answers at once.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 
@@ -77,15 +78,27 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this machine (DistributedDataParallel, one per GPU); "
                    "the same as launching with torchrun --standalone --nproc_per_node N.")
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="Train a K-fold study of the config: fold0..fold{K-1} runs in one study folder.")
+@click.option("--fold", type=click.IntRange(min=0), default=None,
+              help="With --folds or -r STUDY: train only this fold (0..K-1).")
+@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Study folds trained at once, each in its own process on its own GPU(s).")
 @click.pass_context
 def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...],
-          nproc: int) -> None:
-    """Train models from experiment files, or resume a run."""
+          nproc: int, folds: int | None, fold: int | None, parallel: int) -> None:
+    """Train models from experiment files, or resume a run or a study."""
     if bool(configs) == bool(resume):
         raise click.UsageError("give either -c CONFIG (one or more) or -r CHECKPOINT_OR_RUN_DIR")
     from sever.utils.config import resolve_experiment
+    from sever.utils.study import is_study
 
     configs = tuple(str(resolve_experiment(config)) for config in configs)
+    if folds is not None or (resume and is_study(resume)):
+        _train_study(ctx, configs, resume, overrides, nproc, folds, fold, parallel)
+        return
+    if fold is not None or parallel > 1:
+        raise click.UsageError("--fold and --parallel are for studies: give --folds K with -c, or -r STUDY_DIR")
     if nproc > 1:
         ctx.exit(_launch_distributed(nproc, configs, resume, overrides, ctx.obj["debug"]))
     from sever import main
@@ -105,6 +118,29 @@ def _next_command(run) -> str:
     if load_config(run.config)["task"] == "classification":
         return f"sever predict -m SEGMENTATION_RUN --classifier {run.root} -i IMAGE_DIR -o submission.csv"
     return f"sever predict -m {run.root} -i IMAGE_DIR -o submission.csv"
+
+
+def _train_study(ctx: click.Context, configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...],
+                 nproc: int, folds: int | None, fold: int | None, parallel: int) -> None:
+    """``sever train --folds K -c X`` or ``-r STUDY``: train a study's folds."""
+    from sever import study
+    from sever.utils.config import load_config
+    from sever.utils.distributed import from_environment
+    from sever.utils.study import StudyPaths
+
+    if resume and folds is not None:
+        raise click.UsageError("-r STUDY_DIR trains the study's own folds; drop --folds")
+    if len(configs) > 1:
+        raise click.UsageError("--folds trains one -c CONFIG")
+    options = dict(only=fold, overrides=overrides, parallel=parallel, nproc=nproc, debug=ctx.obj["debug"])
+    if configs:
+        paths = study.train_study(load_config(configs[0]), folds, **options)
+    else:
+        paths = study.resume_study(resume, **options)
+    if from_environment().is_main:
+        for entry in StudyPaths(paths.root).entries():
+            click.echo(f"fold {entry.fold}: {entry.status:<8} {entry.run}")
+        click.echo(f"study saved in {paths.root}")
 
 
 def _launch_distributed(nproc: int, configs, resume, overrides, debug: bool) -> int:
@@ -144,7 +180,8 @@ def _prediction_options(command):
     """The options shared by ``predict``, ``evaluate -m`` and ``tune -m``: models and how they predict."""
     options = [
         click.option("-m", "--model", "models", multiple=True, type=click.Path(),
-                     help="Run folder (its best checkpoint) or checkpoint file; repeat for an ensemble."),
+                     help="Run folder (its best checkpoint), checkpoint file or study folder (its folds' "
+                          "ensemble); repeat for an ensemble."),
         click.option("-w", "--weight", "weights", multiple=True, type=float,
                      help="Ensemble weight of each -m (or --from-probs), in order; mean and rms only."),
         click.option("--average", default="mean", show_default=True, type=click.Choice(["mean", "rms", "max"]),
@@ -154,7 +191,10 @@ def _prediction_options(command):
         click.option("--classifier", "classifiers", multiple=True, type=click.Path(),
                      help="Classification run gating the segmentation (repeat to average several)."),
         click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
-                     help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune."),
+                     help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune "
+                          "[default with -m STUDY alone: the study's tuned postprocess.yml]."),
+        click.option("--allow-missing-folds", is_flag=True,
+                     help="-m STUDY: predict with the finished folds when some are missing or failed."),
         click.option("--batch-size", default=8, show_default=True,
                      help="Images (with --tile: tiles) per forward pass, one per TTA view."),
         click.option("--tile", default=None, metavar="HxW",
@@ -196,6 +236,38 @@ def _tiling(options: dict):
         return None
     height, width = parse_tile(options["tile"])
     return Tiling(height, width, options["overlap"], options["blend"], options["batch_size"])
+
+
+def _single_study(options: dict) -> str | None:
+    """The study folder when ``-m`` names one study and nothing else, else None."""
+    from sever.utils.study import is_study
+
+    models = options["models"]
+    return models[0] if len(models) == 1 and is_study(models[0]) else None
+
+
+def _study_postprocess(options: dict) -> None:
+    """``-m STUDY`` alone without ``--postprocess``: the study's tuned settings, when it has them (said so)."""
+    from sever.utils.study import StudyPaths
+
+    study = _single_study(options)
+    if study is None or options["postprocess"] is not None:
+        return
+    tuned = StudyPaths(Path(study)).postprocess
+    if tuned.is_file():
+        options["postprocess"] = str(tuned)
+        click.echo(f"post-processing: {tuned} (the study's, tuned out-of-fold; --postprocess FILE overrides)",
+                   err=True)
+
+
+def _expand_studies(options: dict) -> None:
+    """Replace each ``-m STUDY`` by its folds' runs (and their share of its ``-w``)."""
+    from sever.inference.checkpoints import expand_studies
+
+    _study_postprocess(options)
+    models, weights = expand_studies(options["models"], list(options["weights"]) or None,
+                                     options["allow_missing_folds"])
+    options["models"], options["weights"] = models, tuple(weights or ())
 
 
 def _numbers(text: str, kind: type, option: str) -> list:
@@ -277,6 +349,7 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
     if image_dir is None:
         raise click.UsageError("-m needs -i IMAGE_DIR")
     list_images(image_dir)  # an empty or missing folder fails before the models load
+    _expand_studies(options)
     if _box_runs(options):
         from sever.detection.predict import predict_to_csv
         from sever.utils.device import resolve_device
@@ -314,13 +387,19 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
                    "truth from --annotations, --truth CSV or --masks.")
 @click.option("--masks", "mask_dir", type=click.Path(file_okay=False), default=None,
               help="With --boxes: truth as a mask folder.")
+@click.option("--oof", is_flag=True, help="With -m STUDY: score the folds' out-of-fold probabilities per class.")
 def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, image_dir: str | None, size: str | None,
-             classes: int, annotation_dir: str | None, as_boxes: bool, mask_dir: str | None, **options) -> None:
-    """Score a submission against labels, or a run on its validation split (a detector: COCO mAP)."""
+             classes: int, annotation_dir: str | None, as_boxes: bool, mask_dir: str | None, oof: bool,
+             **options) -> None:
+    """Score a submission against labels, a run on its validation split or a study out-of-fold."""
     from sever.inference import evaluate as scoring
 
     if bool(options["models"]) == bool(pred_csv):
         raise click.UsageError("give either --pred CSV --truth CSV, or -m RUN --split val")
+    if oof:
+        _evaluate_oof(options)
+        return
+    _expand_studies(options)
     if options["models"] and (as_boxes or _box_runs(options)):
         _evaluate_boxes(options, image_dir, annotation_dir, truth_csv, mask_dir, as_boxes)
         return
@@ -336,6 +415,25 @@ def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, ima
         paths, annotations = scoring.predictor_split(predictor)
         result = scoring.evaluate_predictions(predictor, settings, paths, annotations,
                                               options["batch_size"], options["num_workers"])
+    click.echo(result.table())
+
+
+def _evaluate_oof(options: dict) -> None:
+    """``sever evaluate -m STUDY --oof``: the out-of-fold score per class."""
+    from sever import study
+    from sever.inference.evaluate import evaluate_saved
+    from sever.inference.predictor import class_labels, load_settings
+
+    path = _single_study(options)
+    if path is None:
+        raise click.UsageError("--oof scores one -m STUDY_DIR (made by sever train --folds K)")
+    if options["classifiers"]:
+        raise click.UsageError("--oof: the out-of-fold probabilities hold no classifier's; drop --classifier")
+    _study_postprocess(options)
+    sources = study.oof_sources(path)
+    classes = sources[0][0].classes
+    settings = load_settings(options["postprocess"], classes, False)
+    result = evaluate_saved(sources, settings, class_labels(study.class_names(path), classes), options["batch_size"])
     click.echo(result.table())
 
 
@@ -372,7 +470,8 @@ def _evaluate_boxes(options: dict, image_dir: str | None, annotation_dir: str | 
 @click.option("--truth", "truth_csv", type=click.Path(dir_okay=False), default=None,
               help="With --probs: the labels of those images.")
 @click.option("-o", "--output", default="postprocess.yml", show_default=True, type=click.Path(dir_okay=False),
-              help="Where to write the best settings (YAML for sever predict --postprocess).")
+              help="Where to write the best settings (YAML for sever predict --postprocess); "
+                   "-m STUDY: the study's postprocess.yml.")
 @click.option("--thresholds", default="0.3,0.35,0.4,0.45,0.5,0.55,0.6,0.65,0.7", show_default=True,
               help="Probability thresholds to try.")
 @click.option("--min-pixels", default="0,200,400,600,800,1000,1500,2000,3000,4000", show_default=True,
@@ -387,7 +486,20 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
             _numbers(c_factors, float, "--c-factors"))
     if bool(options["models"]) == bool(probs_dir):
         raise click.UsageError("give either -m RUN --split val, or --probs DIR --truth CSV")
-    if probs_dir:
+    study_dir = _single_study(options) if options["models"] else None
+    if study_dir is not None:
+        from sever import study
+        from sever.utils.study import StudyPaths
+
+        if options["classifiers"]:
+            raise click.UsageError("-m STUDY tunes on out-of-fold probabilities, which hold no classifier's; "
+                                   "drop --classifier")
+        stats = tuning.statistics_from_saved(study.oof_sources(study_dir), options["postprocess"], grid[0],
+                                             study.class_names(study_dir), options["batch_size"])
+        source = f"the out-of-fold probabilities of {study_dir}"
+        if click.get_current_context().get_parameter_source("output") is click.core.ParameterSource.DEFAULT:
+            output = str(StudyPaths(Path(study_dir)).postprocess)
+    elif probs_dir:
         if not truth_csv:
             raise click.UsageError("--probs needs --truth LABELS_CSV")
         if options["tile"]:
@@ -398,6 +510,7 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
     else:
         if split is None:
             raise click.UsageError("-m needs --split val (or tune on saved probabilities with --probs)")
+        _expand_studies(options)
         predictor, settings = _predictor_and_settings(options)
         stats = tuning.statistics_from_run(predictor, settings, grid[0], options["batch_size"],
                                            options["num_workers"])

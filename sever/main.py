@@ -170,14 +170,15 @@ def _checkpoint_bytes(model: torch.nn.Module) -> int:
     return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def train(config: dict, overrides: tuple[str, ...] | list[str] = ()) -> RunPaths:
-    """Train a new run from a loaded config; returns its folder."""
+def train(config: dict, overrides: tuple[str, ...] | list[str] = (), run_dir: Path | None = None) -> RunPaths:
+    """Train a new run from a loaded config; returns its folder (``run_dir``, e.g. a study's fold, or a new one)."""
     config = prepare_config(config, overrides)
     experiment = build_experiment(config)
     context = experiment.distributed
     run = None
     if context.is_main:
-        run = RunPaths.create(config["save_dir"], config["name"])
+        run = RunPaths(run_dir) if run_dir is not None else RunPaths.create(config["save_dir"], config["name"])
+        run.make_dirs()
         run.check_free_space(4 * _checkpoint_bytes(experiment.model))
         dump_config(with_block_defaults(config), run.config)
     run = RunPaths(Path(context.broadcast(str(run.root) if run else None)))

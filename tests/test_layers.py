@@ -29,6 +29,7 @@ UNIT_OF = {
                                           "data_loader")},
     "sever": "foundation",
     "sever.__main__": "cli",
+    "sever.study": "main",
     "sever.exceptions": "foundation",
     "sever.registries": "foundation",
     "sever.tasks": "foundation",

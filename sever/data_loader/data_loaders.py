@@ -8,6 +8,8 @@
         data_dir: data/raw/severstal-steel-defect-detection
         batch_size: 16
         validation_split: 0.2          # fraction (or a count) held out, stratified
+        folds: 5                       # optional: K-fold split instead (validation_split is ignored)
+        fold: 0                        # the fold validated on, 0..folds-1 (sever train --folds sets both)
         num_workers: 4
         check: quick                   # pre-flight data check: quick | full | off
         pseudo_csv: pseudo.csv         # optional pseudo-labels for pseudo_images
@@ -41,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 DATASETS = {"segmentation": SegmentationDataset, "classification": ClassificationDataset}
-SPLIT_KEYS = ("data_dir", "validation_split", "csv", "images", "format", "masks", "generate_demo")
+SPLIT_KEYS = ("data_dir", "validation_split", "csv", "images", "format", "masks", "generate_demo", "folds", "fold")
 """The ``data_loader.args`` of a SteelDataLoader that decide its training/validation split."""
 
 
@@ -72,6 +74,76 @@ def stratified_split(n_defects: np.ndarray, validation: float | int, seed: int) 
     valid_idx = np.sort(np.concatenate(valid)) if valid else np.array([], dtype=int)
     train_idx = np.setdiff1d(np.arange(n), valid_idx)
     return train_idx, valid_idx
+
+
+def fold_assignment(has_defect: np.ndarray, folds: int, seed: int,
+                    class_names: list[str] | None = None) -> np.ndarray:
+    """Assign every image to one of ``folds`` validation folds, stratified by its classes.
+
+    Images are grouped by their class-presence pattern (which classes they show); a
+    pattern with fewer than ``folds`` images is merged with the others of its defect
+    count, and what is still too rare forms one last group, so every group can reach
+    every fold. Within each group the images are shuffled by ``seed`` and dealt to the
+    folds in turn, continuing where the previous group stopped, so fold sizes differ by
+    at most one image.
+
+    Args:
+        has_defect: ``(N, C)`` bool, which classes each image shows.
+        folds: K >= 2.
+        seed: makes the assignment reproducible.
+        class_names: C labels for the warning about classes rarer than ``folds``.
+
+    Returns:
+        ``(N,)`` int fold of each image, in ``0..folds-1``.
+
+    Raises:
+        ConfigError: ``folds`` is not an integer >= 2 or exceeds the number of images.
+    """
+    has_defect = np.asarray(has_defect, dtype=bool)
+    n, classes = has_defect.shape
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ConfigError(f"data_loader.args.folds: must be an integer >= 2, got {folds!r}")
+    if folds > n:
+        raise ConfigError(f"data_loader.args.folds: {folds} folds for {n} images; at most {n}")
+    per_class = has_defect.sum(axis=0)
+    for c in np.flatnonzero(per_class < folds):
+        name = class_names[c] if class_names else f"class {c + 1}"
+        logger.warning("data_loader.args.folds: %s has %d image(s) for %d folds: %d fold(s) validate without it",
+                       name, per_class[c], folds, folds - per_class[c])
+    patterns = has_defect.astype(np.int64) @ (1 << np.arange(classes, dtype=np.int64))
+    groups = _merge_rare(patterns, np.minimum(has_defect.sum(axis=1), 3), folds)
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(n, dtype=np.int64)
+    start = 0
+    for group in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == group))
+        assignment[members] = (start + np.arange(len(members))) % folds
+        start = (start + len(members)) % folds
+    return assignment
+
+
+def _merge_rare(patterns: np.ndarray, n_defects: np.ndarray, folds: int) -> np.ndarray:
+    """Group labels: each pattern with >= ``folds`` images, else its defect count's, else one rare group (-1)."""
+    groups = patterns.copy()
+    values, counts = np.unique(patterns, return_counts=True)
+    rare = np.isin(patterns, values[counts < folds])
+    groups[rare] = -2 - n_defects[rare]  # below every pattern (patterns are >= 0)
+    values, counts = np.unique(groups[rare], return_counts=True)
+    groups[rare & np.isin(groups, values[counts < folds])] = -1
+    return groups
+
+
+def fold_split(has_defect: np.ndarray, folds: int, fold: int, seed: int,
+               class_names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_indices, valid_indices)`` of fold ``fold`` of :func:`fold_assignment`, each sorted.
+
+    Raises:
+        ConfigError: as :func:`fold_assignment`; ``fold`` outside ``0..folds-1``.
+    """
+    assignment = fold_assignment(has_defect, folds, seed, class_names)
+    if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < folds:
+        raise ConfigError(f"data_loader.args.fold: must be one of 0..{folds - 1} (folds: {folds}), got {fold!r}")
+    return np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
 
 
 class SeededBatches:
@@ -130,15 +202,17 @@ class Split:
 
 def read_split(data_dir: str | Path, validation_split: float | int = 0.2, csv: str = "train.csv",
                images: str = "train_images", format: str = "kaggle", masks: str = "train_masks",
-               generate_demo: bool = False, *, classes: int, class_names: list[str] | None = None,
-               seed: int) -> Split:
+               generate_demo: bool = False, folds: int | None = None, fold: int = 0, *, classes: int,
+               class_names: list[str] | None = None, seed: int) -> Split:
     """Read a masks dataset through its data source and split it, without datasets or loaders.
 
     The arguments are :class:`SteelDataLoader`'s of the same names; the split is a
-    deterministic function of the data, ``validation_split`` and ``seed``.
+    deterministic function of the data, ``validation_split`` (or ``folds`` and
+    ``fold``, which replace it: :func:`fold_split`) and ``seed``.
 
     Raises:
-        ConfigError: an unknown ``format`` or a ``validation_split`` that leaves no training images.
+        ConfigError: an unknown ``format``, a ``validation_split`` that leaves no training images,
+            more ``folds`` than images or a ``fold`` outside ``0..folds-1``.
         DataError: what the source finds wrong with the folder.
     """
     root = Path(data_dir)
@@ -146,6 +220,8 @@ def read_split(data_dir: str | Path, validation_split: float | int = 0.2, csv: s
         _ensure_demo_data(root, classes)
     source = mask_source(format, "data_loader.args.format")
     annotations, paths = source.read(DataFolder(root, classes, class_names, images=images, csv=csv, masks=masks))
+    if folds is not None:
+        return Split(annotations, paths, *fold_split(annotations.has_defect(), folds, fold, seed, class_names))
     return Split(annotations, paths, *stratified_split(annotations.n_defects(), validation_split, seed))
 
 
@@ -260,6 +336,9 @@ class SteelDataLoader:
         batch_size: images per training batch.
         validation_split: fraction (float) or count (int) of images held out,
             stratified by number of defect classes per image; 0 for none.
+        folds, fold: a stratified K-fold split instead (``folds: K``), validating on
+            fold ``fold`` (0..K-1) and training on the others; ``validation_split`` is
+            then ignored (:func:`fold_split`). ``sever train --folds K`` sets both.
         num_workers: loader processes (0 loads in the main process).
         csv: masks CSV in either Kaggle format, relative to ``data_dir``.
         images: image folder relative to ``data_dir``.
@@ -292,7 +371,7 @@ class SteelDataLoader:
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
                  pin_memory: bool = True, generate_demo: bool = False, format: str = "kaggle",
                  masks: str = "train_masks", check: str = "quick", mask_cache: None = None,
-                 cache_dir: None = None, *, classes: int,
+                 cache_dir: None = None, folds: int | None = None, fold: int = 0, *, classes: int,
                  class_names: list[str] | None = None, transforms, seed: int, task: str = "segmentation",
                  rank: int = 0, world_size: int = 1):
         _reject_removed(mask_cache=mask_cache, cache_dir=cache_dir)
@@ -300,7 +379,7 @@ class SteelDataLoader:
         if num_workers < 0:
             raise ConfigError(f"data_loader.args.num_workers: must be >= 0, got {num_workers}")
         self.data_dir = Path(data_dir)
-        split = read_split(self.data_dir, validation_split, csv, images, format, masks, generate_demo,
+        split = read_split(self.data_dir, validation_split, csv, images, format, masks, generate_demo, folds, fold,
                            classes=classes, class_names=class_names, seed=seed)
         sources = [(split.annotations, split.paths)]
         (train_ann, train_paths), (valid_ann, valid_paths) = split.train(), split.valid()

@@ -2,7 +2,8 @@
 
 ``-m saved/demo/1122_035652`` uses that run's ``checkpoints/model_best.pth``
 (else ``last.pth``, else its newest ``checkpoint-epoch{N}.pth``); ``-m
-path/to/file.pth`` uses the file. The checkpoint's own config rebuilds the
+path/to/file.pth`` uses the file; ``-m`` of a study folder is its folds' runs
+(:func:`expand_studies`). The checkpoint's own config rebuilds the
 model (with ``encoder_weights`` off: the weights come from the checkpoint, so
 nothing is downloaded) and gives the normalisation its training used. When the
 run kept an exponential moving average, its weights are loaded: validation
@@ -26,6 +27,7 @@ from sever.registries import TRANSFORMS
 from sever.tasks import SEGMENTATION, task_of
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.run import RunPaths
+from sever.utils.study import StudyPaths, is_study
 
 logger = logging.getLogger(__name__)
 
@@ -232,3 +234,49 @@ def load_models(paths: Sequence[CheckpointRef], task: str, device: torch.device 
                 f"predicts {loaded.classes}; an ensemble needs one class count"
             )
     return models
+
+
+def study_runs(study: str | Path, allow_missing: bool = False) -> list[Path]:
+    """The run folders of a study's finished folds.
+
+    Raises:
+        CheckpointError: a fold not ``done`` (pending, running, failed) or without its
+            run folder, unless ``allow_missing`` (then a warning names it); no fold done.
+    """
+    paths = StudyPaths(Path(study))
+    runs = []
+    for entry in paths.entries():
+        if entry.status == "done" and entry.run.is_dir():
+            runs.append(entry.run)
+            continue
+        problem = f"fold {entry.fold} is {entry.status if entry.run.is_dir() else 'missing'} ({entry.run})"
+        if not allow_missing:
+            raise CheckpointError(f"{study}: {problem}; finish it with sever train -r {study}, or predict "
+                                  f"with the other folds with --allow-missing-folds")
+        logger.warning("%s: %s; predicting without it (--allow-missing-folds)", study, problem)
+    if not runs:
+        raise CheckpointError(f"{study}: no fold has finished training")
+    return runs
+
+
+def expand_studies(models: Sequence[CheckpointRef], weights: Sequence[float] | None,
+                   allow_missing: bool = False) -> tuple[list[CheckpointRef], list[float] | None]:
+    """``-m`` with each study folder replaced by its folds' runs (a fold ensemble).
+
+    A study's ``-w`` weight is shared equally by its folds, so ``-m STUDY -m RUN -w 1 -w 1``
+    weighs the fold ensemble as much as the run.
+
+    Raises:
+        CheckpointError: as :func:`study_runs`; ConfigError: ``-w`` not one per ``-m``.
+    """
+    if weights and len(weights) != len(models):
+        raise ConfigError(f"-w: {len(weights)} weight(s) for {len(models)} -m")
+    expanded: list[CheckpointRef] = []
+    shares: list[float] = []
+    for position, model in enumerate(models):
+        is_a_study = not isinstance(model, OpenedCheckpoint) and is_study(model)
+        runs = study_runs(model, allow_missing) if is_a_study else [model]
+        expanded += runs
+        if weights:
+            shares += [weights[position] / len(runs)] * len(runs)
+    return expanded, shares or None

@@ -22,6 +22,7 @@ from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.data_loader.data_loaders import SteelDataLoader, config_split
 from sever.data_loader.datasets import image_size, list_images
 from sever.exceptions import ConfigError, DataError
+from sever.inference.outputs import SavedProbabilities
 from sever.inference.predictor import Predictor, class_labels
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
@@ -243,4 +244,27 @@ def evaluate_predictions(predictor: Predictor, settings: PostProcessing, paths: 
         masks = settings.apply(batch.probs, batch.class_probs)
         truth = truth_batch(annotations, batch.names, tuple(batch.images.shape[-2:])).to(masks.device)
         board.update(batch.names, masks, truth)
+    return board.result()
+
+
+def check_same_classes(saved: Sequence[SavedProbabilities]) -> None:
+    """DataError unless every source of saved probabilities has one class count and the same classifier use."""
+    first = saved[0]
+    for other in saved[1:]:
+        if (other.classes, other.gated) != (first.classes, first.gated):
+            raise DataError(
+                f"{other.directories[0]} holds {other.classes} classes (classifier probabilities: {other.gated}) "
+                f"but {first.directories[0]} {first.classes} ({first.gated}): out-of-fold maps of one study "
+                f"must come from models of one class count")
+
+
+def evaluate_saved(sources: Sequence[tuple[SavedProbabilities, Annotations]], settings: PostProcessing,
+                   class_names: Sequence[str], batch_size: int = 8) -> Evaluation:
+    """Post-process the union of saved probabilities with ``settings`` and score each against its true masks."""
+    check_same_classes([saved for saved, _ in sources])
+    board = Scoreboard(list(class_names))
+    for saved, truth in sources:
+        for batch in saved.batches(batch_size):
+            masks = settings.apply(batch.probs, batch.class_probs)
+            board.update(batch.names, masks, truth_batch(truth, batch.names, tuple(masks.shape[-2:])))
     return board.result()

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sever.data_loader.annotations import read_rle_csv
+from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.exceptions import ConfigError, DataError
-from sever.inference.evaluate import predictor_split, truth_batch
+from sever.inference.evaluate import check_same_classes, predictor_split, truth_batch
 from sever.inference.outputs import SavedProbabilities
 from sever.inference.predictor import Predictor, class_labels, load_settings
 from sever.model.metric import dice_per_image
@@ -234,9 +234,25 @@ def statistics_from_files(probs_dir: str | Path, truth_csv: str | Path, postproc
     """
     saved = SavedProbabilities([probs_dir])
     truth = read_rle_csv(truth_csv, saved.classes, image_ids=saved.names)
-    stats = TuneStatistics(load_settings(postprocess, saved.classes, saved.gated), thresholds,
-                           class_labels(class_names, saved.classes))
-    for batch in saved.batches(batch_size):
-        stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
-                     batch.class_probs)
+    return statistics_from_saved([(saved, truth)], postprocess, thresholds, class_names, batch_size)
+
+
+def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotations]], postprocess: str | Path | None,
+                          thresholds: Sequence[float], class_names: Sequence[str] | None = None,
+                          batch_size: int = 8) -> TuneStatistics:
+    """Gather the statistics from the union of saved probabilities, each with the true masks of its images.
+
+    A study's out-of-fold maps are one source per fold (every labelled image once).
+
+    Raises:
+        DataError: sources of different class counts, or with and without classifier probabilities.
+    """
+    first = sources[0][0]
+    check_same_classes([saved for saved, _ in sources])
+    stats = TuneStatistics(load_settings(postprocess, first.classes, first.gated), thresholds,
+                           class_labels(class_names, first.classes))
+    for saved, truth in sources:
+        for batch in saved.batches(batch_size):
+            stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
+                         batch.class_probs)
     return stats

@@ -69,16 +69,7 @@ class RunPaths:
     @classmethod
     def create(cls, save_dir: str | Path, name: str, now: datetime | None = None) -> "RunPaths":
         """Make a new run folder named after the start time (suffixed if taken)."""
-        if not re.fullmatch(r"[\w.\-]+", name):
-            raise ConfigError(f"name: {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
-        stamp = (now or datetime.now()).strftime("%m%d_%H%M%S")
-        parent = Path(save_dir) / name
-        root = parent / stamp
-        suffix = 1
-        while root.exists():
-            root = parent / f"{stamp}_{suffix}"
-            suffix += 1
-        paths = cls(root)
+        paths = cls(new_folder(save_dir, name, now))
         paths.make_dirs()
         return paths
 
@@ -104,6 +95,20 @@ class RunPaths:
                 f"save_dir: only {free / 2**20:.0f} MiB free under {self.root}, "
                 f"need about {needed_bytes / 2**20:.0f} MiB for checkpoints"
             )
+
+
+def new_folder(save_dir: str | Path, name: str, now: datetime | None = None) -> Path:
+    """``save_dir/name/MMDD_HHMMSS`` of the start time (suffixed if taken), not yet created: a run's or a study's."""
+    if not re.fullmatch(r"[\w.\-]+", name):
+        raise ConfigError(f"name: {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    stamp = (now or datetime.now()).strftime("%m%d_%H%M%S")
+    parent = Path(save_dir) / name
+    root = parent / stamp
+    suffix = 1
+    while root.exists():
+        root = parent / f"{stamp}_{suffix}"
+        suffix += 1
+    return root
 
 
 def resolve_resume(path: str | Path) -> Path:
