@@ -120,7 +120,9 @@ def _prediction_options(command):
         click.option("--classifier", "classifiers", multiple=True, type=click.Path(),
                      help="Classification run gating the segmentation (repeat to average several)."),
         click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
-                     help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune."),
+                     help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune, or 'default' "
+                          "for the built-in settings [default: the run's own postprocess.yml, tuned at the end "
+                          "of training, with one -m; the built-in settings otherwise]."),
         click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (times TTA views)."),
         click.option("--num-workers", default=2, show_default=True, help="Image reading processes."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
@@ -133,12 +135,13 @@ def _prediction_options(command):
 
 
 def _predictor_and_settings(options: dict):
-    """Build the predictor and post-processing settings from the shared options."""
-    from sever.inference.predictor import build_predictor, load_settings
+    """Build the predictor and post-processing settings from the shared options; say which settings."""
+    from sever.inference.predictor import build_predictor, run_settings
 
     predictor = build_predictor(options["models"], options["classifiers"], options["average"],
                                 list(options["weights"]) or None, options["tta"], options["device"], options["amp"])
-    settings = load_settings(options["postprocess"], predictor.classes, bool(options["classifiers"]))
+    settings, source = run_settings(options["postprocess"], predictor.models, bool(options["classifiers"]))
+    click.echo(f"post-processing: {source}")
     return predictor, settings
 
 
@@ -333,7 +336,7 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
         stats = tuning.statistics_from_run(predictor, settings, grid[0], options["batch_size"],
                                            options["num_workers"])
         source = f"the validation split of {predictor.models[0].source}"
-    result = stats.search(grid[1], grid[2])
+    result = tuning.search_widening(stats, grid[1], grid[2])
     click.echo(result.tables())
     click.echo("")
     click.echo(result.summary())
