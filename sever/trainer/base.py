@@ -152,10 +152,11 @@ class BaseTrainer(abc.ABC):
         if self.budget is None:
             return
         planned = min(self.budget.plan(epoch), self.epochs)
-        if self.dist.any(planned == epoch):
+        if self.dist.any(planned == epoch) and epoch < self.epochs:
             self.budget.final_epoch = planned = epoch
         if set_horizon(self.lr_scheduler, planned):
             logger.debug("time budget: the learning-rate schedule now ends at epoch %d", planned)
+
     def _apply_encoder_freeze(self, epoch: int) -> None:
         """Freeze the encoder for the first ``freeze_encoder_epochs`` epochs."""
         frozen = epoch <= self.freeze_encoder_epochs
