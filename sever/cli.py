@@ -191,8 +191,10 @@ def _prediction_options(command):
         click.option("--classifier", "classifiers", multiple=True, type=click.Path(),
                      help="Classification run gating the segmentation (repeat to average several)."),
         click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
-                     help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune "
-                          "[default with -m STUDY alone: the study's tuned postprocess.yml]."),
+                     help="Post-processing YAML (thresholds, min_pixels, ...), e.g. from sever tune, or 'default' "
+                          "for the built-in settings [default: the run's own postprocess.yml, tuned at the end "
+                          "of training, with one -m; the study's tuned postprocess.yml with -m STUDY alone; "
+                          "the built-in settings otherwise]."),
         click.option("--allow-missing-folds", is_flag=True,
                      help="-m STUDY: predict with the finished folds when some are missing or failed."),
         click.option("--batch-size", default=8, show_default=True,
@@ -214,14 +216,15 @@ def _prediction_options(command):
 
 
 def _predictor_and_settings(options: dict):
-    """Build the predictor and post-processing settings from the shared options."""
-    from sever.inference.predictor import build_predictor, load_settings
+    """Build the predictor and post-processing settings from the shared options; say which settings."""
+    from sever.inference.predictor import build_predictor, run_settings
 
     tiling = _tiling(options)
     predictor = build_predictor(options["models"], options["classifiers"], options["average"],
                                 list(options["weights"]) or None, options["tta"], options["device"], options["amp"],
                                 tiling)
-    settings = load_settings(options["postprocess"], predictor.classes, bool(options["classifiers"]))
+    settings, source = run_settings(options["postprocess"], predictor.models, bool(options["classifiers"]))
+    click.echo(f"post-processing: {source}")
     return predictor, settings
 
 
@@ -515,7 +518,7 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
         stats = tuning.statistics_from_run(predictor, settings, grid[0], options["batch_size"],
                                            options["num_workers"])
         source = f"the validation split of {predictor.models[0].source}"
-    result = stats.search(grid[1], grid[2])
+    result = tuning.search_widening(stats, grid[1], grid[2])
     click.echo(result.tables())
     click.echo("")
     click.echo(result.summary())

@@ -278,6 +278,8 @@ def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any
         if state is not None:
             trainer.resume(state)
         trainer.train()
+        if context.is_main:
+            tune_postprocess(experiment.config, run, experiment.device)
         report_images = experiment.config["trainer"]["report_images"]
         if context.is_main and report_images:
             report_after_training(run.root, report_images)
@@ -286,6 +288,32 @@ def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any
             sever_logger.removeHandler(handler)
             handler.close()
         distributed.teardown(context)
+
+
+def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
+    """Tune the finished run's post-processing on its validation split (``trainer.tune_postprocess``).
+
+    Writes ``postprocess.yml`` and the settings into the tuned checkpoint
+    (:func:`sever.inference.tune.tune_run`) and logs the default and tuned validation
+    scores; a run that cannot be tuned is skipped with the reason logged.
+    """
+    if not config["trainer"]["tune_postprocess"]:
+        logger.info("post-processing not tuned: trainer.tune_postprocess is false")
+        return
+    if task_of(config).ensemble_option != "-m":
+        logger.info("post-processing not tuned: a %s run has no segmentation post-processing", config["task"])
+        return
+    from sever.inference.predictor import TUNED_FILE
+    from sever.inference.tune import tune_run
+
+    try:
+        result = tune_run(run.root, device)
+    except ConfigError as exc:
+        logger.info("post-processing not tuned: %s", exc)
+        return
+    logger.info("post-processing tuned on the validation split (competition metric and per-class Dice, "
+                "default settings against tuned):\n%s", result.summary())
+    logger.info("wrote %s; sever predict/evaluate -m %s use it by default", run.root / TUNED_FILE, run.root)
 
 
 def train_from_files(config_paths: tuple[str, ...], overrides: tuple[str, ...] = ()) -> list[RunPaths]:

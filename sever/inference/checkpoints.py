@@ -45,12 +45,15 @@ class LoadedModel:
         source: the checkpoint file (for messages).
         config: the run's validated config.
         normalization: the run's augmentation's, from uint8 grey images to ``model``'s input.
+        postprocess: the post-processing settings tuned for this checkpoint at the end of
+            training (a mapping, see :class:`~sever.model.postprocess.PostProcessing`), or None.
     """
 
     model: nn.Module
     source: Path
     config: dict
     normalization: Normalization
+    postprocess: dict | None = None
 
     @property
     def classes(self) -> int:
@@ -199,12 +202,15 @@ def load_model(path: CheckpointRef, device: torch.device | str = "cpu") -> Loade
     Raises:
         CheckpointError: as :func:`load_network`; a detection run.
     """
-    model, config, source, _ = load_network(path, device)
+    opened = open_checkpoint(path)
+    model, config, source, _ = load_network(opened, device)
     _checked_config({"config": config}, source, ("augmentation",))
     if task_of(config).boxes:
         raise CheckpointError(f"{source}: a {config['task']} run; sever predict and evaluate take it alone "
                               f"(-m DETECTOR ... with --threshold), without segmentation models")
-    return as_loaded_model(model, config, source, device)
+    loaded = as_loaded_model(model, config, source, device)
+    loaded.postprocess = opened.state.get("postprocess")
+    return loaded
 
 
 def load_models(paths: Sequence[CheckpointRef], task: str, device: torch.device | str = "cpu",

@@ -302,17 +302,53 @@ def build_predictor(models: Sequence[str | Path], classifiers: Sequence[str | Pa
                      tiling)
 
 
+TUNED_FILE = "postprocess.yml"  # a run's own settings, tuned at the end of training
+DEFAULT_SETTINGS = "default"  # --postprocess default: the built-in settings, whatever the run tuned
+
+
+def run_settings(option: str | None, models: Sequence[LoadedModel], classifier: bool) -> tuple[PostProcessing, str]:
+    """The post-processing ``sever predict/evaluate/tune -m`` use, and where it came from (for the output).
+
+    ``option`` (``--postprocess``) wins: a file, or ``default`` for the built-in settings.
+    Without it, one model uses the settings its run tuned at the end of training: the
+    run folder's ``postprocess.yml`` (which a user may edit) when the checkpoint is the one
+    tuned, else the copy in the checkpoint itself (e.g. an uploaded checkpoint alone).
+    A checkpoint that was not tuned (another epoch's, an older run's) and an ensemble of
+    several models use the defaults: each run was tuned alone, not the ensemble.
+    """
+    if option is not None:
+        described = "default post-processing (--postprocess default)" if option == DEFAULT_SETTINGS else str(option)
+        return load_settings(option, models[0].classes, classifier), described
+    if len(models) == 1 and models[0].postprocess is not None:
+        loaded = models[0]
+        beside = loaded.source.parent.parent / TUNED_FILE
+        if beside.is_file():
+            return load_settings(beside, loaded.classes, classifier), f"{beside} (tuned by the run)"
+        settings = PostProcessing.from_mapping(loaded.postprocess, loaded.classes, f"{loaded.source}: postprocess")
+        return _for_classifier(settings, classifier, loaded.source), f"the settings tuned in {loaded.source}"
+    reason = "an ensemble's models were each tuned alone" if len(models) > 1 else "the checkpoint was not tuned"
+    return load_settings(None, models[0].classes, classifier), f"default post-processing ({reason})"
+
+
 def load_settings(path: str | Path | None, classes: int, classifier: bool) -> PostProcessing:
     """Post-processing settings from ``path`` (or the defaults) for a predictor.
 
-    With a classifier, ``c_factor`` defaults to the write-up's 5; without one,
-    settings with a ``classifier`` block are refused.
+    ``path`` None or ``default`` gives the defaults. With a classifier, ``c_factor``
+    defaults to the write-up's 5; without one, settings with a ``classifier`` block are refused.
     """
-    settings = PostProcessing.load(path, classes) if path is not None else PostProcessing.default(classes)
+    if path is not None and str(path) != DEFAULT_SETTINGS:
+        settings = PostProcessing.load(path, classes)
+    else:
+        settings = PostProcessing.default(classes)
+    return _for_classifier(settings, classifier, path)
+
+
+def _for_classifier(settings: PostProcessing, classifier: bool, source) -> PostProcessing:
+    """``settings`` with a classifier (c_factor 5 unless set), or checked to need none."""
     if classifier:
         settings = settings.with_classifier()
         if not any(settings.min_pixels) and settings.veto is None:
             logger.warning("classifier given but min_pixels are all 0 and no veto: the classifier changes nothing")
     elif settings.gated:
-        raise ConfigError(f"{path}: classifier: settings for a classifier, but no --classifier was given")
+        raise ConfigError(f"{source}: classifier: settings for a classifier, but no --classifier was given")
     return settings

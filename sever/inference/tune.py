@@ -15,6 +15,18 @@ probability map is kept in memory. The base settings (defaults or
 ``--postprocess FILE``) are always among the candidates, and a class keeps them
 unless a candidate scores strictly higher, so the tuned score is never below
 the base score on the split it was tuned on.
+
+A chosen value on the edge of its grid (a threshold at either end, the largest
+min_pixels or c_factor, or the smallest when above 0 or 1) hints that the best one
+lies beyond it: :func:`search_widening` warns and searches once more with that
+grid widened past its edge by a quarter as many steps again (at least one). The statistics of the
+widened thresholds are gathered in the same single pass over the images
+(:attr:`TuneStatistics.reserve`), so widening never predicts the images twice.
+
+:func:`tune_run` is the tuning every segmentation run does on its own validation
+split at the end of training (``trainer.tune_postprocess``): it writes
+``postprocess.yml`` into the run folder and the settings into the checkpoint it
+tuned, which ``sever predict/evaluate -m RUN`` then use by default.
 """
 
 from __future__ import annotations
@@ -30,16 +42,41 @@ from torch import Tensor
 
 from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.exceptions import ConfigError, DataError
+from sever.inference.checkpoints import load_model, open_checkpoint
 from sever.inference.evaluate import check_same_classes, predictor_split, truth_batch
 from sever.inference.outputs import SavedProbabilities
-from sever.inference.predictor import Predictor, class_labels, load_settings
+from sever.inference.predictor import TUNED_FILE, Predictor, class_labels, load_settings, resolve_amp
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
+from sever.utils.checkpoint import atomic_torch_save
+from sever.utils.registry import parse_spec
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 DEFAULT_MIN_PIXELS = (0, 200, 400, 600, 800, 1000, 1500, 2000, 3000, 4000)
 DEFAULT_C_FACTORS = (1.0, 2.0, 5.0, 10.0, 20.0)
+# How far each grid may be widened: (lowest, highest) value, and whether its values are whole numbers.
+AXES = {"threshold": (0.05, 0.95, False), "min_pixels": (0, None, True), "c_factor": (1.0, None, False)}
+
+
+def widening(values: Sequence, axis: str) -> tuple[list, list]:
+    """The values a sorted grid gains below and above its ends when widened once.
+
+    Each end is extended by ``len(values) // 4`` (at least 1) steps of the spacing
+    at that end, within the axis's limits (:data:`AXES`). A single value is no grid
+    and is not widened.
+    """
+    low, high, whole = AXES[axis]
+    values = sorted(values)
+    if len(values) < 2:
+        return [], []
+    steps = range(1, max(1, len(values) // 4) + 1)
+    below = [values[0] - k * (values[1] - values[0]) for k in steps]
+    above = [values[-1] + k * (values[-1] - values[-2]) for k in steps]
+    tidy = (lambda v: int(round(v))) if whole else (lambda v: round(v, 6))
+    return ([tidy(v) for v in below if v >= low - 1e-9][::-1],
+            [tidy(v) for v in above if high is None or v <= high + 1e-9])
 
 
 def _candidates(values: Sequence, base: Sequence, name: str, valid) -> list:
@@ -64,7 +101,10 @@ class TuneStatistics:
             raise ConfigError("component_domination couples the classes, so they cannot be tuned one by one; "
                               "tune without it")
         self.base = base
-        self.thresholds = _candidates(thresholds, base.threshold, "thresholds", lambda t: 0 < t < 1)
+        self.grid = _candidates(thresholds, base.threshold, "thresholds", lambda t: 0 < t < 1)
+        below, above = widening(self.grid, "threshold")
+        self.reserve = below + above  # gathered now, searched only when the grid is widened
+        self.thresholds = sorted(set(self.grid) | set(self.reserve))
         self.class_names = list(class_names)
         self.image_ids: list[str] = []
         self._kept: list[list[Tensor]] = [[] for _ in self.thresholds]  # Dice with the mask kept, (B, C) each
@@ -88,26 +128,31 @@ class TuneStatistics:
         self.image_ids += list(names)
 
     def search(self, min_pixels: Sequence[int] = DEFAULT_MIN_PIXELS,
-               c_factors: Sequence[float] = DEFAULT_C_FACTORS) -> TuneResult:
-        """Score every combination of threshold, min_pixels (and c_factor) per class; pick the best."""
+               c_factors: Sequence[float] = DEFAULT_C_FACTORS, thresholds: Sequence[float] | None = None) -> TuneResult:
+        """Score every combination of threshold, min_pixels (and c_factor) per class; pick the best.
+
+        ``thresholds`` must be among :attr:`thresholds`; None searches :attr:`grid`.
+        """
         if not self.image_ids:
             raise DataError("nothing to tune on: no images")
+        searched = sorted(set(self.grid if thresholds is None else thresholds))
         base = self.base
         pixels = _candidates(min_pixels, base.min_pixels, "min-pixels", lambda m: isinstance(m, int) and m >= 0)
         factors = _candidates(c_factors, base.c_factor, "c-factors", lambda f: f >= 1) if base.gated else [None]
         wiped = torch.cat(self._wiped)
         class_probs = torch.cat(self._class_probs) if base.gated else None
         classes = wiped.shape[1]
-        scores = np.zeros((len(self.thresholds), len(pixels), len(factors), classes))
-        for t, threshold in enumerate(self.thresholds):
-            kept, counts = torch.cat(self._kept[t]), torch.cat(self._counts[t])
+        scores = np.zeros((len(searched), len(pixels), len(factors), classes))
+        for t, threshold in enumerate(searched):
+            gathered = self.thresholds.index(threshold)
+            kept, counts = torch.cat(self._kept[gathered]), torch.cat(self._counts[gathered])
             for m, minimum in enumerate(pixels):
                 for f, factor in enumerate(factors):
                     settings = base.replace(min_pixels=(minimum,) * classes,
                                             c_factor=None if factor is None else (factor,) * classes)
                     keep = settings.keep(counts, class_probs)
                     scores[t, m, f] = torch.where(keep, kept, wiped).mean(0).numpy()
-        return TuneResult(base, self.thresholds, pixels, factors, scores, list(self.image_ids), self.class_names)
+        return TuneResult(base, searched, pixels, factors, scores, list(self.image_ids), self.class_names)
 
 
 @dataclass
@@ -158,6 +203,20 @@ class TuneResult:
             min_pixels=tuple(self.min_pixels[m] for _, m, _ in picks),
             c_factor=None if self.c_factors == [None] else tuple(self.c_factors[f] for _, _, f in picks),
         )
+
+    def edges(self) -> list[tuple[str, str, float]]:
+        """``(class name, axis, value)`` of each chosen value on a widenable edge of its grid."""
+        grids = {"threshold": self.thresholds, "min_pixels": self.min_pixels, "c_factor": self.c_factors}
+        best, found = self.best, []
+        for axis, grid in grids.items():
+            if grid == [None]:
+                continue
+            below, above = widening(grid, axis)
+            chosen = getattr(best, axis)
+            for name, value in zip(self.class_names, chosen):
+                if (below and value == min(grid)) or (above and value == max(grid)):
+                    found.append((name, axis, value))
+        return found
 
     def tables(self) -> str:
         """Per class, the mean Dice of every threshold (rows) and min_pixels (columns) tried."""
@@ -211,6 +270,28 @@ class TuneResult:
         return path
 
 
+def search_widening(stats: TuneStatistics, min_pixels: Sequence[int] = DEFAULT_MIN_PIXELS,
+                    c_factors: Sequence[float] = DEFAULT_C_FACTORS) -> TuneResult:
+    """Search the grids; when a chosen value is on an edge, warn and search once more with that grid widened."""
+    result = stats.search(min_pixels, c_factors)
+    edges = result.edges()
+    if not edges:
+        return result
+    for name, axis, value in edges:
+        logger.warning("%s: the best %s, %g, is on the edge of its grid; widening the %s grid once",
+                       name, axis, value, axis)
+    axes = {axis for _, axis, _ in edges}
+    wider = {axis: sorted(set(grid).union(*widening(grid, axis))) if axis in axes else list(grid)
+             for axis, grid in (("threshold", stats.grid), ("min_pixels", result.min_pixels),
+                                ("c_factor", result.c_factors if stats.base.gated else []))}
+    result = stats.search(wider["min_pixels"], wider["c_factor"] or c_factors, wider["threshold"])
+    for name, axis, value in result.edges():
+        logger.warning("%s: the best %s, %g, is still on the edge of the widened grid; search further with "
+                       "--%s", name, axis, value, {"threshold": "thresholds", "min_pixels": "min-pixels",
+                                                   "c_factor": "c-factors"}[axis])
+    return result
+
+
 # ----------------------------------------------------------------------------- sources
 
 
@@ -256,3 +337,30 @@ def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotation
             stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
                          batch.class_probs)
     return stats
+
+
+def tune_run(root: str | Path, device: torch.device | str = "cpu") -> TuneResult:
+    """Tune a finished segmentation run on its own validation split and store the result.
+
+    The run's best checkpoint (else its newest) predicts the validation split once; the
+    defaults are the base settings and the default grids are searched
+    (:func:`search_widening`). The best settings go to ``<run>/postprocess.yml`` and,
+    under ``postprocess``, into that checkpoint, beside ``postprocess_scores``: the
+    per-class mean Dice of the default and the tuned settings.
+
+    Raises:
+        ConfigError: the run held out no validation images, or its split is not one
+            sever can rebuild (see :func:`~sever.inference.evaluate.validation_split`).
+    """
+    opened = open_checkpoint(root)
+    device = torch.device(device)
+    predictor = Predictor([load_model(opened, device)], device=device, amp=resolve_amp("auto", device))
+    _, args = parse_spec(opened.config["data_loader"], "data_loader")
+    stats = statistics_from_run(predictor, PostProcessing.default(predictor.classes), DEFAULT_THRESHOLDS,
+                                args.get("batch_size", 8), args.get("num_workers", 0))
+    result = search_widening(stats, DEFAULT_MIN_PIXELS)
+    result.write(Path(root) / TUNED_FILE, f"the validation split of {opened.source}")
+    state = dict(opened.state, postprocess=result.best.to_mapping(),
+                 postprocess_scores={"default": result.base_scores.tolist(), "tuned": result.best_scores.tolist()})
+    atomic_torch_save(state, opened.source)
+    return result

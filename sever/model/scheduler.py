@@ -125,7 +125,20 @@ class FlatCosineAnnealing(lr_scheduler.LRScheduler):
         self.n_epochs = n_epochs
         self.eta_min = eta_min
         self.warmup_epochs = warmup_epochs
+        self.configured = (warmup_epochs, start_anneal, n_epochs)  # set_horizon scales from these
         super().__init__(optimizer, last_epoch)
+
+    def set_horizon(self, n_epochs: int) -> None:
+        """Lay the schedule over ``n_epochs`` epochs instead of the configured ``n_epochs``.
+
+        The flat part keeps its configured share of the schedule (warm-up keeps its
+        epochs, up to the flat part's end); the LR of the epochs to come follows the new
+        horizon. Used by ``trainer.time_budget``, which re-lays it after every epoch.
+        """
+        warmup_epochs, start_anneal, configured = self.configured
+        self.n_epochs = max(1, n_epochs)
+        self.start_anneal = min(self.n_epochs, round(start_anneal * self.n_epochs / configured))
+        self.warmup_epochs = min(warmup_epochs, self.start_anneal)
 
     def get_lr(self) -> list[float]:
         """The LR of every param group for epoch ``last_epoch``."""
@@ -221,6 +234,18 @@ def _check_torch_epoch_args(args: Mapping[str, Any]) -> None:
         raise _BadArgument("milestones", f"expected a list of epochs, got {milestones!r}")
     for milestone in milestones:
         _check_epochs("milestones", milestone)
+
+
+def set_horizon(scheduler: lr_scheduler.LRScheduler | None, epochs: int) -> bool:
+    """Re-lay ``scheduler`` to end after ``epochs`` epochs; False when it has no horizon to move.
+
+    Only sever's closed-form schedules (:class:`FlatCosineAnnealing`, :class:`WarmupCosine`)
+    can move their end mid-run and still resume exactly; others keep their epoch counts.
+    """
+    if not isinstance(scheduler, FlatCosineAnnealing):
+        return False
+    scheduler.set_horizon(epochs)
+    return True
 
 
 def step_scheduler(

@@ -28,8 +28,10 @@ from torch.utils.tensorboard.summary import hparams
 
 from sever import __version__
 from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from sever.model.scheduler import step_scheduler
+from sever.model.scheduler import set_horizon, step_scheduler
+from sever.trainer.budget import TimeBudget
 from sever.utils.checkpoint import atomic_torch_save
+from sever.utils.config import parse_duration
 from sever.utils.distributed import Distributed
 from sever.utils.run import RunPaths
 
@@ -71,6 +73,8 @@ class BaseTrainer(abc.ABC):
         self.writer = SummaryWriter(str(run.tensorboard)) if options["tensorboard"] and distributed.is_main else None
         self._stop_signal: int | None = None
         self._started: tuple[float, int] | None = None  # (time.monotonic(), epoch) when train() began
+        budget = options["time_budget"]
+        self.budget = TimeBudget(parse_duration(budget, "trainer.time_budget")) if budget is not None else None
 
     # ------------------------------------------------------------------ subclass API
 
@@ -109,8 +113,12 @@ class BaseTrainer(abc.ABC):
         log: dict[str, float] = {}
         self._started = (time.monotonic(), self.start_epoch)
         self._write_run_description()
+        if self.budget is not None:
+            self.budget.start()
         with self._stop_on_signals():
             for epoch in range(self.start_epoch, self.epochs + 1):
+                if self.budget is not None and self.budget.final_epoch is not None and epoch > self.budget.final_epoch:
+                    break  # a resumed run whose budget had ended
                 self._apply_encoder_freeze(epoch)
                 start_step, self.start_step = self.start_step, 0
                 self.steps_done, self.interrupted = 0, False
@@ -118,12 +126,15 @@ class BaseTrainer(abc.ABC):
                 if self.interrupted:
                     self._save_interrupted(epoch)
                     self._raise_interrupted(f"stopped at epoch {epoch} after {self.steps_done} batches")
+                self._plan_budget(epoch)
                 if self._should_validate(epoch):
                     log.update(self._valid_epoch(epoch))
                 learning_rates = self._learning_rates()  # the rates this epoch trained with
                 step_scheduler(self.lr_scheduler, log, self.monitor_metric)
                 improved = self._update_monitor(log)
                 self._log_epoch(log, learning_rates)
+                if self.budget is not None:
+                    self.budget.end_epoch()
                 self._save_epoch(epoch, improved)
                 if self._stop_agreed():
                     self._raise_interrupted(f"stopped after epoch {epoch}")
@@ -133,11 +144,29 @@ class BaseTrainer(abc.ABC):
                         self.monitor_metric, self.not_improved, self.monitor_best,
                     )
                     break
+                if self.budget is not None and self.budget.final_epoch == epoch:
+                    logger.info("time budget: %.0f s of %.0f s spent; training ends after epoch %d",
+                                self.budget.spent, self.budget.seconds, epoch)
+                    break
         self._log_finish()
         if self.writer is not None:
             self.writer.file_writer.add_summary(self._hparams()[2])  # the session ended normally
             self.writer.close()
         return log
+
+    def _plan_budget(self, epoch: int) -> None:
+        """With a time budget: fix the last epoch when no other fits, and lay the schedule up to the planned end.
+
+        Called after the training pass of ``epoch``, so the last epoch is still validated.
+        Every rank takes the earliest end any rank predicts.
+        """
+        if self.budget is None:
+            return
+        planned = min(self.budget.plan(epoch), self.epochs)
+        if self.dist.any(planned == epoch) and epoch < self.epochs:
+            self.budget.final_epoch = planned = epoch
+        if set_horizon(self.lr_scheduler, planned):
+            logger.debug("time budget: the learning-rate schedule now ends at epoch %d", planned)
 
     def _learning_rates(self) -> dict[str, float]:
         """The optimiser's current learning rate per parameter group (``encoder``, ``decoder``, ...)."""
@@ -232,6 +261,7 @@ class BaseTrainer(abc.ABC):
             epoch % self.val_period == 0
             or (self.start_val_epoch and epoch >= self.start_val_epoch)
             or epoch == self.epochs
+            or (self.budget is not None and epoch == self.budget.final_epoch)
         )
 
     # ------------------------------------------------------------------ monitoring
@@ -301,6 +331,7 @@ class BaseTrainer(abc.ABC):
             "not_improved": self.not_improved,
             "config": self.config,
             "rng": _rng_state(),
+            "time_budget": self.budget.state() if self.budget is not None else None,
             **self._extra_state(),
         }
 
@@ -373,6 +404,8 @@ class BaseTrainer(abc.ABC):
         self.not_improved = state["not_improved"]
         self.start_epoch = state["epoch"] + 1
         self.start_step = state.get("step", 0)
+        if self.budget is not None and state.get("time_budget") is not None:
+            self.budget.load(state["time_budget"])
         self._load_extra_state(state)
         _set_rng_state(state["rng"])
         logger.info("resumed at epoch %d, batch %d", self.start_epoch, self.start_step)

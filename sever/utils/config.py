@@ -239,6 +239,8 @@ TRAINER_SCHEMA: dict[str, Field] = {
     "compile": Field((bool,), default=False),
     "cudnn_benchmark": Field((bool,), default=True),
     "report_images": Field((int,), default=16, check=NON_NEGATIVE),
+    "time_budget": Field((str, int, float), default=None, nullable=True),
+    "tune_postprocess": Field((bool,), default=True),
 }
 
 TOP_SCHEMA: dict[str, Field] = {
@@ -299,6 +301,25 @@ def validate_section(section: Mapping, schema: Mapping[str, Field], prefix: str 
     return result
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """``"2h30m"``, ``"45m"``, ``"90s"``, ``"1.5h"`` -> seconds (> 0).
+
+    Raises:
+        ConfigError: anything else (a bare number has no unit), naming ``key``.
+    """
+    match = _DURATION.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match is None or not any(match.groups()):
+        raise ConfigError(f"{key}: expected a duration such as 2h30m, 45m or 90s, got {value!r}")
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise ConfigError(f"{key}: the duration must be > 0, got {value!r}")
+    return total
+
+
 def normalise_amp(value: Any) -> str:
     """``amp`` as one of ``off``, ``bf16``, ``fp16`` (YAML reads a bare ``off`` as False)."""
     if value in (None, False, "off", "none"):
@@ -316,6 +337,8 @@ def validate_config(config: Mapping) -> dict:
     names = result["class_names"]
     if names is not None and len(names) != result["classes"]:
         raise ConfigError(f"class_names: {len(names)} names given but classes is {result['classes']}")
+    if result["trainer"]["time_budget"] is not None:
+        parse_duration(result["trainer"]["time_budget"], "trainer.time_budget")
     monitor = result["trainer"]["monitor"]
     if monitor != "off" and (len(monitor.split()) != 2 or monitor.split()[0] not in ("min", "max")):
         raise ConfigError(f"trainer.monitor: expected 'off' or 'min|max METRIC' (e.g. 'max val_dice_mean'), got {monitor!r}")

@@ -1,0 +1,117 @@
+"""Every run tunes its post-processing: grid widening, the tuned run folder, and which settings predict uses."""
+
+import logging
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_config
+from inference_runs import invoke, make_run
+
+from sever import main
+from sever.exceptions import ConfigError
+from sever.inference.checkpoints import load_model
+from sever.inference.predictor import run_settings
+from sever.inference.tune import TuneStatistics, search_widening, tune_run, widening
+from sever.model.postprocess import PostProcessing
+from sever.utils.checkpoint import load_checkpoint
+from sever.utils.run import RunPaths
+
+
+def gradient_stats(thresholds):
+    """One class whose truth is every pixel above p = 0.85 of a 0..255 ramp: the best threshold is 0.85."""
+    probs = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).repeat(4, 1, 1, 1)
+    truth = (probs > 216).to(torch.uint8)  # 216 = floor(0.85 * 255)
+    base = PostProcessing.from_mapping({"threshold": 0.4, "min_pixels": 0}, 1)
+    stats = TuneStatistics(base, thresholds, ["class 1"])
+    stats.update([f"{i}.jpg" for i in range(4)], probs, truth)
+    return stats
+
+
+def test_a_best_threshold_on_the_edge_widens_the_grid_past_it(caplog):
+    stats = gradient_stats([0.3, 0.4, 0.5])
+    assert stats.search([0]).best.threshold == (0.5,)  # the plain search stops at the old edge
+    with caplog.at_level(logging.WARNING, logger="sever.inference.tune"):
+        result = search_widening(stats, [0])
+    assert result.best.threshold[0] > 0.5  # moved past the old edge
+    assert "threshold, 0.5, is on the edge" in caplog.text
+    assert "still on the edge" in caplog.text  # 0.85 is beyond one widening too
+
+
+def test_a_best_min_pixels_on_the_edge_widens_the_grid_past_it():
+    probs = torch.zeros(2, 1, 20, 20, dtype=torch.uint8)
+    probs[0, :, :10, :15] = 230  # 150 false pixels in one image, 250 in the other; the truth is empty
+    probs[1, :, :10, :] = probs[1, :, 10:15, :10] = 230
+    base = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0}, 1)
+    stats = TuneStatistics(base, [0.5], ["class 1"])
+    stats.update(["a.jpg", "b.jpg"], probs, torch.zeros_like(probs))
+    assert stats.search([0, 100, 200]).best.min_pixels == (200,)  # wipes one image: the edge of the grid
+    result = search_widening(stats, [0, 100, 200])
+    assert result.best.min_pixels[0] > 200 and result.best_scores[0] == 1.0
+
+
+def test_widening_stays_inside_each_axis_limits():
+    assert widening([0.3, 0.5, 0.7, 0.9], "threshold") == ([0.1], [])  # 1.1 is no probability
+    assert widening([0, 100], "min_pixels") == ([], [200])
+    assert widening([0.5], "threshold") == ([], [])  # a single value is a choice, not a grid
+
+
+def test_tune_run_writes_the_run_file_and_the_checkpoint(demo_dir, tmp_path):
+    root = make_run(tmp_path, demo_dir, "tuned", seed=5)
+    result = tune_run(root)
+    written = PostProcessing.load(root / "postprocess.yml", 4)
+    assert written == result.best
+    state = load_checkpoint(RunPaths(root).best)  # weights_only: plain types only
+    assert PostProcessing.from_mapping(state["postprocess"], 4) == result.best
+    assert state["postprocess_scores"]["tuned"] == pytest.approx(result.best_scores.tolist())
+    assert sum(state["postprocess_scores"]["tuned"]) >= sum(state["postprocess_scores"]["default"])
+    text = (root / "postprocess.yml").read_text()
+    assert text.startswith("# sever tune on the validation split of")
+    assert set(yaml.safe_load(text)) >= {"threshold", "min_pixels"}
+
+
+def test_predict_uses_the_run_file_unless_told_otherwise(demo_dir, tmp_path):
+    root = make_run(tmp_path, demo_dir, "wiping", seed=6)
+    images = demo_dir / "test_images"
+    default = invoke("predict", "-m", root, "-i", images, "-o", tmp_path / "default.csv", "--postprocess", "default")
+    assert default.exit_code == 0 and "default post-processing (--postprocess default)" in default.output
+    untuned = invoke("predict", "-m", root, "-i", images, "-o", tmp_path / "untuned.csv")
+    assert "default post-processing (the checkpoint was not tuned)" in untuned.output
+    state = load_checkpoint(RunPaths(root).best)
+    everything = PostProcessing.from_mapping({"threshold": 0.01, "min_pixels": 0}, 4)  # every pixel in a mask
+    state["postprocess"] = everything.to_mapping()
+    torch.save(state, RunPaths(root).best)
+    (root / "postprocess.yml").write_text(everything.to_yaml())
+    tuned = invoke("predict", "-m", root, "-i", images, "-o", tmp_path / "tuned.csv")
+    assert tuned.exit_code == 0 and f"{root / 'postprocess.yml'} (tuned by the run)" in tuned.output
+    assert (tmp_path / "tuned.csv").read_text() != (tmp_path / "default.csv").read_text()
+    again = invoke("predict", "-m", root, "-i", images, "-o", tmp_path / "again.csv", "--postprocess", "default")
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "default.csv").read_text()
+    (root / "postprocess.yml").unlink()  # an uploaded checkpoint alone carries its own copy
+    settings, source = run_settings(None, [load_model(root)], classifier=False)
+    assert settings == everything and "tuned in" in source
+    settings, source = run_settings(None, [load_model(root)] * 2, classifier=False)
+    assert settings == PostProcessing.default(4) and "ensemble" in source
+
+
+def test_the_switch_and_a_run_without_validation_skip_tuning(demo_dir, tmp_path, caplog):
+    root = make_run(tmp_path, demo_dir, "untuned", seed=7)
+    config = load_checkpoint(RunPaths(root).best)["config"]
+    loader = {**config["data_loader"], "args": {**config["data_loader"]["args"], "validation_split": 0}}
+    unsplit = make_run(tmp_path, demo_dir, "unsplit", seed=7, data_loader=loader)
+    with caplog.at_level(logging.INFO, logger="sever.main"):
+        main.tune_postprocess({**config, "trainer": {**config["trainer"], "tune_postprocess": False}},
+                              RunPaths(root), torch.device("cpu"))
+        main.tune_postprocess({**config, "data_loader": loader}, RunPaths(unsplit), torch.device("cpu"))
+    assert not (root / "postprocess.yml").exists() and not (unsplit / "postprocess.yml").exists()
+    assert "trainer.tune_postprocess is false" in caplog.text
+    assert "held out no validation images" in caplog.text
+
+
+def test_a_config_switches_tuning_off_and_on(tmp_path):
+    on = main.prepare_config(tiny_config(tmp_path, tmp_path))
+    off = main.prepare_config(tiny_config(tmp_path, tmp_path, tune_postprocess=False))
+    assert on["trainer"]["tune_postprocess"] is True and off["trainer"]["tune_postprocess"] is False
+    with pytest.raises(ConfigError, match="trainer.tune_postprocess"):
+        main.prepare_config(tiny_config(tmp_path, tmp_path, tune_postprocess="yes"))
+

@@ -1,0 +1,83 @@
+"""trainer.time_budget: validated durations, the run stops at the budget, the schedule ends with it, resume."""
+
+import logging
+
+import pytest
+import torch
+
+from sever import main
+from sever.exceptions import ConfigError
+from sever.model.scheduler import FlatCosineAnnealing, set_horizon
+from sever.trainer.budget import TimeBudget
+from sever.utils.checkpoint import load_checkpoint
+from sever.utils.config import parse_duration
+from sever.utils.run import RunPaths
+
+
+@pytest.mark.parametrize("text, seconds", [("2h30m", 9000), ("45m", 2700), ("90s", 90), ("1.5h", 5400),
+                                           ("1h0m30s", 3630)])
+def test_durations_are_read_in_seconds(text, seconds):
+    assert parse_duration(text, "trainer.time_budget") == seconds
+
+
+@pytest.mark.parametrize("value", ["90", 90, "soon", "2h30", "0s", "", "m"])
+def test_anything_but_a_duration_is_refused_naming_the_key(make_config, value):
+    with pytest.raises(ConfigError, match="trainer.time_budget"):
+        main.prepare_config(make_config(time_budget=value))
+
+
+def test_the_plan_counts_the_time_spent_before_a_resume():
+    budget = TimeBudget(3600)
+    budget.load({"seconds": 3600, "spent": 10.0, "durations": [5.0], "final_epoch": None})
+    assert budget.plan(2) > 100  # 3590 s left at about 5 s an epoch
+    budget.load({"seconds": 3600, "spent": 3599.0, "durations": [5.0], "final_epoch": None})
+    assert budget.plan(2) == 2  # no other epoch fits
+    budget.load({"seconds": 60, "spent": 30.0, "durations": [5.0], "final_epoch": 4})
+    assert budget.final_epoch is None  # resumed with another budget: the end is planned anew
+
+
+def test_a_re_laid_schedule_ends_at_its_new_horizon_and_resumes_exactly():
+    def schedule():
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return optimizer, FlatCosineAnnealing(optimizer, start_anneal=4, n_epochs=20, eta_min=0.01)
+
+    optimizer, scheduler = schedule()
+    optimizer.step()
+    scheduler.step()
+    assert set_horizon(scheduler, 5)
+    assert (scheduler.start_anneal, scheduler.n_epochs) == (1, 5)  # the flat part keeps its fifth
+    saved = scheduler.state_dict()
+    for _ in range(4):
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    resumed_optimizer, resumed = schedule()
+    resumed.load_state_dict(saved)
+    for _ in range(4):
+        resumed.step()
+    assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert not set_horizon(torch.optim.lr_scheduler.StepLR(optimizer, 3), 5)  # keeps its own counts
+
+
+def test_a_budget_stops_a_long_run_ends_its_schedule_and_survives_resume(make_config, caplog):
+    config = make_config(epochs=50, time_budget="1s", max_steps_per_epoch=1, val_period=100)
+    config["lr_scheduler"] = {"type": "FlatCosineAnnealing", "args": {"start_anneal": 10, "n_epochs": 50}}
+    with caplog.at_level(logging.INFO, logger="sever"):
+        run = main.train(config)
+    state = load_checkpoint(run.last)
+    assert state["epoch"] == state["time_budget"]["final_epoch"] < 50  # stopped by the budget
+    assert state["lr_scheduler"]["n_epochs"] == state["epoch"]  # the schedule was laid over the budget
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [0.0, 0.0]  # and has reached its end
+    assert "val_dice_mean" in caplog.text  # the last epoch is validated despite val_period
+    assert (run.root / "postprocess.yml").is_file()  # and the finished run tuned itself
+    spent = state["time_budget"]["spent"]
+
+    (run.root / "postprocess.yml").unlink()
+    main.resume(run.root)  # the budget is spent: nothing more to train, but the resumed run still tunes
+    resumed = load_checkpoint(run.last)
+    assert resumed["epoch"] == state["epoch"] and (run.root / "postprocess.yml").is_file()
+
+    main.resume(run.root, ["trainer.time_budget=2s"])  # another budget: the time spent still counts
+    longer = load_checkpoint(RunPaths(run.root).last)
+    assert longer["epoch"] == state["epoch"] + 1  # planned anew: one epoch, as 2 s were already spent
+    assert longer["time_budget"]["spent"] > spent
+    assert len(longer["time_budget"]["durations"]) == len(state["time_budget"]["durations"]) + 1
