@@ -86,6 +86,7 @@ def test_predict_uses_the_run_file_unless_told_otherwise(demo_dir, tmp_path):
     assert tuned.exit_code == 0 and f"{root / 'postprocess.yml'} (tuned by the run)" in tuned.output
     assert (tmp_path / "tuned.csv").read_text() != (tmp_path / "default.csv").read_text()
     again = invoke("predict", "-m", root, "-i", images, "-o", tmp_path / "again.csv", "--postprocess", "default")
+    assert again.exit_code == 0 and "post-processing: default post-processing (--postprocess default)" in again.output
     assert (tmp_path / "again.csv").read_text() == (tmp_path / "default.csv").read_text()
     (root / "postprocess.yml").unlink()  # an uploaded checkpoint alone carries its own copy
     settings, source = run_settings(None, [load_model(root)], classifier=False)
