@@ -71,7 +71,9 @@ def test_report_images_zero_trains_without_a_report(make_config):
 
 def test_report_scores_equal_sever_evaluate(run_copy):
     predictor = build_predictor([run_copy], device="cpu", amp="off")
-    expected = evaluate_predictions(predictor, load_settings(None, 4, False), *predictor_split(predictor),
+    tuned = run_copy / "postprocess.yml"  # the run tuned itself: the report scores with its settings
+    assert tuned.is_file()
+    expected = evaluate_predictions(predictor, load_settings(tuned, 4, False), *predictor_split(predictor),
                                     num_workers=0)
     report = write_report(run_copy, max_images=50)
     table = next(s.table for s in report.sections if s.title == "Validation scores")
@@ -89,6 +91,7 @@ def test_max_images_caps_the_predictions_and_says_so(run_copy):
 
 
 def test_tuned_settings_in_the_run_are_used_and_their_absence_is_said(run_copy):
+    (run_copy / "postprocess.yml").unlink()  # as if trained with trainer.tune_postprocess: false
     assert "no sever tune output" in missing_box(write_report(run_copy, max_images=6).index)
     (run_copy / "postprocess.yml").write_text("threshold: [0.3, 0.35, 0.4, 0.45]\nmin_pixels: 0\n")
     index = write_report(run_copy, max_images=6).index

@@ -76,8 +76,10 @@ def test_a_budget_stops_a_long_run_ends_its_schedule_and_survives_resume(make_co
     resumed = load_checkpoint(run.last)
     assert resumed["epoch"] == state["epoch"] and (run.root / "postprocess.yml").is_file()
 
-    main.resume(run.root, ["trainer.time_budget=2s"])  # another budget: the time spent still counts
+    # Another budget, smaller than the time already spent (which still counts): planned anew, the
+    # session's first epoch runs and is the last.
+    main.resume(run.root, [f"trainer.time_budget={spent / 2:.3f}s"])
     longer = load_checkpoint(RunPaths(run.root).last)
-    assert longer["epoch"] == state["epoch"] + 1  # planned anew: one epoch, as 2 s were already spent
+    assert longer["epoch"] == state["epoch"] + 1
     assert longer["time_budget"]["spent"] > spent
     assert len(longer["time_budget"]["durations"]) == len(state["time_budget"]["durations"]) + 1
