@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sever import main
-from sever.utils.checkpoint import atomic_torch_save, load_checkpoint
+from sever.utils.checkpoint import load_checkpoint
 from sever.utils.run import RunPaths
 
 
@@ -75,29 +75,28 @@ def test_accumulated_gradient_is_the_mean_over_the_micro_batches(make_config, tm
     assert torch.allclose(applied[0], (parts[0] + parts[1]) / 2, rtol=1e-4, atol=1e-7)
 
 
-def test_grad_clip_rescales_the_applied_gradient_to_the_clip_norm(make_config, tmp_path):
-    clip = 0.01
-    config = plain_sgd(make_config(epochs=1, grad_clip=clip, max_steps_per_epoch=1))
+def applied_and_raw_gradient(config: dict, tmp_path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient one training step applied, and the plain gradient of its batch at the start weights."""
     experiment, trainer = build(config, tmp_path)
     initial = copy.deepcopy(experiment.model).train()
     inputs, targets = record_micro_batches(experiment)
     applied = gradients_at_each_step(experiment.optimizer, experiment.model)
     trainer.train()
-    raw = micro_batch_gradient(initial, experiment.loss, inputs[0], targets[0])
+    return applied[0], micro_batch_gradient(initial, experiment.loss, inputs[0], targets[0])
+
+
+def test_grad_clip_rescales_the_applied_gradient_to_the_clip_norm(make_config, tmp_path):
+    clip = 0.01
+    applied, raw = applied_and_raw_gradient(plain_sgd(make_config(epochs=1, grad_clip=clip, max_steps_per_epoch=1)),
+                                            tmp_path)
     assert raw.norm() > 2 * clip, "the clip must bite for the test to mean anything"
-    assert clip * 0.99 <= applied[0].norm().item() <= clip * (1 + 1e-5)
-    assert torch.nn.functional.cosine_similarity(applied[0], raw, dim=0) > 0.999, "rescaled, not reshaped"
+    assert clip * 0.99 <= applied.norm().item() <= clip * (1 + 1e-5)
+    assert torch.nn.functional.cosine_similarity(applied, raw, dim=0) > 0.999, "rescaled, not reshaped"
 
 
 def test_without_grad_clip_the_gradient_is_applied_as_computed(make_config, tmp_path):
-    config = plain_sgd(make_config(epochs=1, max_steps_per_epoch=1))
-    experiment, trainer = build(config, tmp_path)
-    initial = copy.deepcopy(experiment.model).train()
-    inputs, targets = record_micro_batches(experiment)
-    applied = gradients_at_each_step(experiment.optimizer, experiment.model)
-    trainer.train()
-    raw = micro_batch_gradient(initial, experiment.loss, inputs[0], targets[0])
-    assert torch.allclose(applied[0], raw, rtol=1e-4, atol=1e-7)
+    applied, raw = applied_and_raw_gradient(plain_sgd(make_config(epochs=1, max_steps_per_epoch=1)), tmp_path)
+    assert torch.allclose(applied, raw, rtol=1e-4, atol=1e-7)
 
 
 # ---------------------------------------------------------------- EMA
