@@ -100,7 +100,7 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
     if fold is not None or parallel > 1:
         raise click.UsageError("--fold and --parallel are for studies: give --folds K with -c, or -r STUDY_DIR")
     if nproc > 1:
-        ctx.exit(_launch_distributed(nproc, configs, resume, overrides, ctx.obj["debug"]))
+        ctx.exit(_launch_distributed(ctx, nproc))
     from sever import main
     from sever.utils.distributed import from_environment
 
@@ -143,15 +143,30 @@ def _train_study(ctx: click.Context, configs: tuple[str, ...], resume: str | Non
         click.echo(f"study saved in {paths.root}")
 
 
-def _launch_distributed(nproc: int, configs, resume, overrides, debug: bool) -> int:
-    """Re-run this ``sever train`` under torchrun with ``nproc`` processes; returns its exit code."""
+def _launch_distributed(ctx: click.Context, nproc: int) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine; returns its exit code.
+
+    The command line is rebuilt from the options the user gave (defaults stay defaults), less ``--nproc``.
+    """
     import subprocess
     import sys
 
-    args = ["--debug"] if debug else []
-    args += ["train", *(f"--config={c}" for c in configs), *(f"--set={o}" for o in overrides)]
-    if resume:
-        args.append(f"--resume={resume}")
+    args = ["--debug"] if ctx.obj["debug"] else []
+    if ctx.find_root().params.get("verbose"):
+        args.append("--verbose")
+    args.append(ctx.info_name)
+    for param in ctx.command.params:
+        if param.name == "nproc" or param.name not in ctx.params:
+            continue
+        if ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT:
+            continue
+        values = ctx.params[param.name] if param.multiple else (ctx.params[param.name],)
+        option = max(param.opts, key=len)
+        for value in values:
+            if getattr(param, "is_flag", False):
+                args.append(option if value else param.secondary_opts[0])
+            else:
+                args.append(f"{option}={value}")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "sever", *args]
     logger.info("launching %d processes: %s", nproc, " ".join(command))
@@ -215,8 +230,8 @@ def _prediction_options(command):
     return command
 
 
-def _predictor_and_settings(options: dict):
-    """Build the predictor and post-processing settings from the shared options; say which settings."""
+def _predictor_and_settings(options: dict, echo: bool = True):
+    """Build the predictor and post-processing settings from the shared options; say which settings (``echo``)."""
     from sever.inference.predictor import build_predictor, run_settings
 
     tiling = _tiling(options)
@@ -224,7 +239,8 @@ def _predictor_and_settings(options: dict):
                                 list(options["weights"]) or None, options["tta"], options["device"], options["amp"],
                                 tiling)
     settings, source = run_settings(options["postprocess"], predictor.models, bool(options["classifiers"]))
-    click.echo(f"post-processing: {source}")
+    if echo:
+        click.echo(f"post-processing: {source}")
     return predictor, settings
 
 
@@ -325,18 +341,27 @@ def _box_runs(options: dict) -> bool:
                    "images it does not list are defect-free.")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Detection runs: keep boxes scoring at least this.")
-def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt: str, save_probs: str | None,
-            visualize: str | None, labels_csv: str | None, threshold: float, **options) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes on this machine sharing the images (one per GPU; gloo on CPU), merged into one "
+                   "submission identical to a single process's; the same as torchrun --standalone "
+                   "--nproc_per_node N. Under torchrun (several machines too) its processes share them.")
+@click.pass_context
+def predict(ctx: click.Context, image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt: str,
+            save_probs: str | None, visualize: str | None, labels_csv: str | None, threshold: float, nproc: int,
+            **options) -> None:
     """Predict a folder of images and write a submission CSV (a detector: a CSV of scored boxes)."""
     from sever.data_loader.datasets import list_images
-    from sever.inference import outputs
+    from sever.inference import outputs, sharding
     from sever.inference.predictor import class_labels, load_settings
+    from sever.utils.distributed import from_environment
 
     if bool(options["models"]) == bool(probs_dirs):
         raise click.UsageError("give either -m RUN_OR_CHECKPOINT (one or more) with -i IMAGE_DIR, or --from-probs DIR")
     if labels_csv and not visualize:
         raise click.UsageError("--labels draws the true masks on the overlays: give --visualize DIR too")
     if probs_dirs:
+        if nproc > 1:
+            raise click.UsageError("--nproc shares the images of -m prediction; --from-probs runs in one process")
         if options["classifiers"] or options["tile"]:
             raise click.UsageError("--from-probs takes no --classifier or --tile (saved probabilities hold their output)")
         if bool(image_dir) != bool(visualize):
@@ -352,22 +377,35 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
     if image_dir is None:
         raise click.UsageError("-m needs -i IMAGE_DIR")
     list_images(image_dir)  # an empty or missing folder fails before the models load
-    _expand_studies(options)
-    if _box_runs(options):
-        from sever.detection.predict import predict_to_csv
-        from sever.utils.device import resolve_device
+    if nproc > 1 and not from_environment().enabled:
+        ctx.exit(_launch_distributed(ctx, nproc))
+    with sharding.process_group(options["device"]) as (context, device):
+        options["device"] = device  # cuda:LOCAL_RANK in a multi-GPU job
+        _expand_studies(options)
+        if _box_runs(options):
+            if context.enabled:
+                raise click.UsageError("detection runs predict in one process: drop --nproc")
+            _predict_boxes(options, image_dir, output, save_probs, visualize, labels_csv, threshold)
+            return
+        predictor, settings = _predictor_and_settings(options, echo=context.is_main)
+        summary = sharding.predict_sharded(context, predictor, settings, image_dir, output, fmt, save_probs, visualize,
+                                           labels_csv, options["batch_size"], options["num_workers"])
+    if summary is not None:
+        click.echo(summary.describe(predictor.class_names))
 
-        if save_probs or labels_csv:
-            raise click.UsageError("--save-probs and --labels are for segmentation runs, not detectors")
-        images, boxes = predict_to_csv(options["models"], image_dir, output, threshold,
-                                       resolve_device(options["device"]), visualize)
-        click.echo(f"wrote {boxes} boxes scoring >= {threshold} in {images} images to {output}"
-                   + (f"; drawings in {visualize}" if visualize else ""))
-        return
-    predictor, settings = _predictor_and_settings(options)
-    summary = outputs.predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize, labels_csv,
-                                        options["batch_size"], options["num_workers"])
-    click.echo(summary.describe(predictor.class_names))
+
+def _predict_boxes(options: dict, image_dir: str, output: str, save_probs: str | None, visualize: str | None,
+                   labels_csv: str | None, threshold: float) -> None:
+    """``sever predict`` with detection runs: a CSV of scored boxes."""
+    from sever.detection.predict import predict_to_csv
+    from sever.utils.device import resolve_device
+
+    if save_probs or labels_csv:
+        raise click.UsageError("--save-probs and --labels are for segmentation runs, not detectors")
+    images, boxes = predict_to_csv(options["models"], image_dir, output, threshold,
+                                   resolve_device(options["device"]), visualize)
+    click.echo(f"wrote {boxes} boxes scoring >= {threshold} in {images} images to {output}"
+               + (f"; drawings in {visualize}" if visualize else ""))
 
 
 @cli.command()

@@ -29,6 +29,10 @@ class TrainingError(SeverError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
+class DistributedError(SeverError):
+    """A process of a multi-process command failed; the message names its rank and its error."""
+
+
 class TrainingInterrupted(SeverError):
     """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""
 

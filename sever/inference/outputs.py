@@ -203,6 +203,7 @@ class PredictionSummary:
     class_images: np.ndarray
     seconds: float
     output: Path
+    submission: Submission | None = None  # the rows, kept when the CSV is not written (write_csv=False)
 
     def describe(self, class_names: Sequence[str]) -> str:
         per_class = ", ".join(f"{name} {count}" for name, count in zip(class_names, self.class_images.tolist()))
@@ -223,7 +224,8 @@ def _make_dir(path: str | Path | None) -> Path | None:
 
 def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessing, output: str | Path,
                       fmt: str = "current", save_probs: str | Path | None = None,
-                      overlays: Overlays | None = None, depth: int = PIPELINE_DEPTH) -> PredictionSummary:
+                      overlays: Overlays | None = None, depth: int = PIPELINE_DEPTH,
+                      write_csv: bool = True) -> PredictionSummary:
     """Post-process ``batches`` and write the submission (and probabilities, overlays).
 
     While the calling thread computes the next batches (the forward passes), one writer
@@ -238,6 +240,8 @@ def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessi
         overlays: draws one overlay per image, or None.
         depth: batches that may wait for the writer thread (the next one is computed
             meanwhile); 0 writes each batch in the calling thread before the next is computed.
+        write_csv: False keeps the rows in the summary's ``submission`` instead of writing
+            ``output`` (a shard of a multi-process prediction, :mod:`~sever.inference.sharding`).
     """
     started = time.perf_counter()
     _make_dir(Path(output).parent)
@@ -264,6 +268,9 @@ def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessi
             write(batch)
     else:
         _pipelined(batches, write, depth)
+    if not write_csv:
+        return PredictionSummary(len(submission.image_ids), class_images, time.perf_counter() - started, Path(output),
+                                 submission)
     path = submission.write(output, fmt)
     return PredictionSummary(len(submission.image_ids), class_images, time.perf_counter() - started, path)
 
@@ -287,16 +294,19 @@ def _pipelined(batches: Iterable[PredictionBatch], write, depth: int) -> None:
 def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir: str | Path, output: str | Path,
                       fmt: str = "current", save_probs: str | Path | None = None, visualize: str | Path | None = None,
                       labels: str | Path | None = None, batch_size: int = 8, num_workers: int = 2,
-                      depth: int = PIPELINE_DEPTH) -> PredictionSummary:
+                      depth: int = PIPELINE_DEPTH, names: Sequence[str] | None = None,
+                      write_csv: bool = True) -> PredictionSummary:
     """Predict every image of ``image_dir`` (sorted by name) and write the outputs (:func:`write_predictions`).
 
     ``visualize``: overlay folder, with the true masks of ``labels`` (a Kaggle CSV) outlined when given.
+    ``names``: only these images of ``image_dir``, in this order (a shard); ``write_csv``: see
+    :func:`write_predictions`.
     """
     image_dir = Path(image_dir)
-    names = list_images(image_dir)
+    names = list_images(image_dir) if names is None else list(names)
     overlays = Overlays(visualize, predictor.class_names, names, labels) if visualize is not None else None
     return write_predictions(predictor.predict_files([image_dir / name for name in names], batch_size, num_workers),
-                             settings, output, fmt, save_probs, overlays, depth)
+                             settings, output, fmt, save_probs, overlays, depth, write_csv)
 
 
 class SavedProbabilities:

@@ -1,9 +1,11 @@
-"""Multi-process training on ``torch.distributed`` (launched by ``torchrun``).
+"""Multi-process training and prediction on ``torch.distributed`` (launched by ``torchrun``).
 
 ``torchrun --nproc_per_node N -m sever train -c CONFIG`` (or ``sever train
 --nproc N``) starts N copies of sever; each reads its rank from the environment
 that torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), joins the process
 group (NCCL on GPUs, gloo on CPU) and trains its shard of every batch.
+``sever predict --nproc N`` shards the images the same way
+(:mod:`sever.inference.sharding`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ class Distributed:
             for buffer in module.buffers():
                 dist.broadcast(buffer, src=0)
 
+    def gather(self, value) -> list | None:
+        """Every rank's ``value`` (any picklable object) in rank order on rank 0, None on the others.
+
+        Alone: ``[value]``.
+        """
+        if not self.enabled:
+            return [value]
+        box = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, box, dst=0)
+        return box
+
     def broadcast(self, value):
         """Rank 0's ``value`` (any picklable object) on every rank."""
         if not self.enabled:
@@ -92,6 +105,12 @@ def setup(context: Distributed, device: torch.device) -> torch.device:
         dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size)
         logger.info("rank %d/%d joined the %s process group on %s", context.rank, context.world_size, backend, device)
     return device
+
+
+def quiet_other_ranks(context: Distributed) -> None:
+    """Only rank 0 logs information; the other ranks log warnings and errors."""
+    if not context.is_main:
+        logging.getLogger("sever").setLevel(logging.WARNING)
 
 
 def teardown(context: Distributed) -> None:
