@@ -1,11 +1,13 @@
 """Distributed training: two CPU processes with gloo."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
@@ -72,3 +74,41 @@ def test_sever_train_nproc_launches_one_job_with_one_run_folder(make_config, tmp
     # each INFO line once: rank 1 only warns (logged as the experiment is built, then every epoch)
     assert done.stderr.count("INFO    model: FPN over resnet18") == 1
     assert done.stderr.count("INFO    epoch 1/1") == 1
+
+
+def _mixed_worker(rank: int, world_size: int, port: int, config: dict, out_dir: str) -> None:
+    """One rank of a mixed-size run: train an epoch, validate; keep the log, the weights and the images counted."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    experiment = main.build_experiment(main.prepare_config(config))
+    context = experiment.distributed
+    root = RunPaths.create(config["save_dir"], config["name"]).root if context.is_main else None
+    run = RunPaths(Path(context.broadcast(str(root) if root else None)))
+    log = main.make_trainer(experiment, run).train()
+    shard = [index for batch in experiment.data.valid_loader.batch_sampler for index in batch]
+    torch.save({"log": log, "weights": experiment.model.state_dict(), "shard": shard,
+                "counted": float(experiment.metrics[0].images)}, Path(out_dir) / f"rank{rank}.pt")
+    main.distributed.teardown(context)
+
+
+def test_two_ranks_validate_mixed_sizes_as_one_process_does(tmp_path):
+    """Size-grouped validation under DDP: each image counted once over the ranks, the scores of one process."""
+    from sever.data_loader.demo import make_demo_data
+    from test_mixed_sizes import mixed_config
+
+    data = make_demo_data(tmp_path / "mixed", n_train=24, n_test=2, height=64, width=128, seed=5, mixed_sizes=True)
+    config = main.prepare_config(mixed_config(data, tmp_path / "saved", batch_size=2, valid_batch_size=3))
+    mp.start_processes(_mixed_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2,
+                       start_method="spawn", join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    experiment = main.build_experiment(config)
+    n_valid = len(experiment.data.valid_dataset)
+    assert sorted(ranks[0]["shard"] + ranks[1]["shard"]) == list(range(n_valid)), "every image on one rank"
+    assert ranks[0]["counted"] == ranks[1]["counted"] == n_valid, "the reduced metric counts each image once"
+    experiment.model.load_state_dict(ranks[0]["weights"])
+    alone = main.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "alone"))._valid_epoch(1)
+    dice = [key for key in alone if re.fullmatch(r"val_dice_(\d+|mean)", key)]
+    assert len(dice) == 5
+    for rank in ranks:
+        assert {k: rank["log"][k] for k in dice} == pytest.approx({k: alone[k] for k in dice}, abs=1e-9)

@@ -282,10 +282,10 @@ class Trainer(BaseTrainer):
         """Hook: the validation log from the summed loss parts of ``batches`` batches and the metrics."""
         return self._epoch_means(sums, batches, "val")
 
-    @torch.inference_mode()
     def _should_validate(self, epoch: int) -> bool:
         return self.valid_loader is not None and super()._should_validate(epoch)
 
+    @torch.inference_mode()
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         model = self._begin_validation()
         sums: dict[str, float] = {}
