@@ -215,7 +215,8 @@ def _prediction_options(command):
         click.option("--batch-size", default=8, show_default=True,
                      help="Images (with --tile: tiles) per forward pass, one per TTA view."),
         click.option("--tile", default=None, metavar="HxW",
-                     help="Predict images larger than HxW pixels (multiples of 32) in overlapping tiles."),
+                     help="Predict images larger than HxW pixels (multiples of 32) in overlapping tiles "
+                          "[--split val: the run's trainer.valid_tile]."),
         click.option("--overlap", default=0.25, show_default=True, type=float,
                      help="With --tile: share of a tile overlapping its neighbour, in [0, 1)."),
         click.option("--blend", default="gaussian", show_default=True, type=click.Choice(["gaussian", "linear"]),
@@ -230,11 +231,19 @@ def _prediction_options(command):
     return command
 
 
-def _predictor_and_settings(options: dict, echo: bool = True):
-    """Build the predictor and post-processing settings from the shared options; say which settings (``echo``)."""
+def _predictor_and_settings(options: dict, echo: bool = True, split: str | None = None):
+    """Build the predictor and post-processing settings from the shared options; say which settings (``echo``).
+
+    ``split="val"``: without ``--tile`` the run's validation split is predicted as the run validated it
+    (its ``trainer.valid_tile``).
+    """
     from sever.inference.predictor import build_predictor, run_settings
+    from sever.inference.tiling import valid_tiling
 
     tiling = _tiling(options)
+    if tiling is None and split == "val":
+        _open_models(options)
+        tiling = valid_tiling(options["models"][0].config)
     predictor = build_predictor(options["models"], options["classifiers"], options["average"],
                                 list(options["weights"]) or None, options["tta"], options["device"], options["amp"],
                                 tiling)
@@ -452,7 +461,7 @@ def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, ima
     else:
         if split is None:
             raise click.UsageError("-m needs --split val (or score a submission with --pred)")
-        predictor, settings = _predictor_and_settings(options)
+        predictor, settings = _predictor_and_settings(options, split=split)
         paths, annotations = scoring.predictor_split(predictor)
         result = scoring.evaluate_predictions(predictor, settings, paths, annotations,
                                               options["batch_size"], options["num_workers"])
@@ -552,7 +561,7 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
         if split is None:
             raise click.UsageError("-m needs --split val (or tune on saved probabilities with --probs)")
         _expand_studies(options)
-        predictor, settings = _predictor_and_settings(options)
+        predictor, settings = _predictor_and_settings(options, split=split)
         stats = tuning.statistics_from_run(predictor, settings, grid[0], options["batch_size"],
                                            options["num_workers"])
         source = f"the validation split of {predictor.models[0].source}"

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sever.exceptions import CheckpointError, ConfigError
+from sever.inference.tiling import valid_tiling
 from sever.model.model import build_model
 from sever.model.optimizer import build_optimizer
 from sever.model.scheduler import build_scheduler
@@ -64,6 +65,7 @@ def prepare_config(config: dict, overrides: tuple[str, ...] | list[str] = ()) ->
         METRICS.check(spec, f"metrics.{i}")
     if config["lr_scheduler"] is not None:
         SCHEDULERS.check(config["lr_scheduler"], "lr_scheduler", supplied=("optimizer",))
+    valid_tiling(config)
     return config
 
 
@@ -156,7 +158,7 @@ def make_trainer(experiment: Experiment, run: RunPaths):
         experiment.lr_scheduler, experiment.config, run,
         train_loader=experiment.data.train_loader, valid_loader=experiment.data.valid_loader,
         device=experiment.device, amp=experiment.config["amp"], distributed=experiment.distributed,
-        normalization=experiment.normalization,
+        normalization=experiment.normalization, tiling=valid_tiling(experiment.config),
     )
 
 

@@ -39,10 +39,13 @@ import torch
 from torch import Tensor
 
 from sever.exceptions import ConfigError
+from sever.tasks import task_of
+from sever.utils.registry import parse_spec
 
 NETWORK_STRIDE = 32  # encoders' output stride; the dilated ones (16, 8) divide it
 BLENDS = ("gaussian", "linear")
 GAUSSIAN_SIGMA = 1 / 8  # of the tile length
+DEFAULT_OVERLAP = 0.25
 
 
 def parse_tile(text: str, option: str = "--tile") -> tuple[int, int]:
@@ -55,6 +58,44 @@ def parse_tile(text: str, option: str = "--tile") -> tuple[int, int]:
     if match is None:
         raise ConfigError(f"{option}: expected HEIGHTxWIDTH in pixels, e.g. 512x512, got {text!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def check_tile(height: int, width: int, option: str = "--tile") -> None:
+    """ConfigError, naming ``option``, unless both sides are positive multiples of :data:`NETWORK_STRIDE`."""
+    size = f"{height}x{width}"
+    if height <= 0 or width <= 0:
+        raise ConfigError(f"{option}: {size}: height and width must be positive")
+    if height < NETWORK_STRIDE or width < NETWORK_STRIDE:
+        raise ConfigError(f"{option}: {size} is smaller than the network stride {NETWORK_STRIDE}")
+    if height % NETWORK_STRIDE or width % NETWORK_STRIDE:
+        raise ConfigError(f"{option}: {size}: height and width must be multiples of the network stride "
+                          f"{NETWORK_STRIDE}")
+
+
+def valid_tiling(config: dict) -> Tiling | None:
+    """The tiling a run validates with (``trainer.valid_tile``, ``trainer.valid_overlap``), or None: whole images.
+
+    Validation, the self-tuning at the end of training and ``sever evaluate/tune -m RUN
+    --split val`` (without ``--tile``) all predict the validation images this way. Tiles
+    are blended by ``gaussian`` weights, ``data_loader.args.valid_batch_size`` (else
+    ``batch_size``, else 8) tiles per forward pass.
+
+    Raises:
+        ConfigError: a bad tile, naming the key (the overlap's range is checked with the
+            config, :mod:`sever.utils.config`); tiles for a task whose runs
+            ``--tile`` does not tile (only ``-m`` runs are).
+    """
+    trainer = config.get("trainer", {})
+    if trainer.get("valid_tile") is None:
+        return None
+    if task_of(config).ensemble_option != "-m":
+        raise ConfigError(f"trainer.valid_tile: a {config['task']} run is validated on whole images; "
+                          f"only segmentation runs are tiled")
+    height, width = parse_tile(str(trainer["valid_tile"]), "trainer.valid_tile")
+    check_tile(height, width, "trainer.valid_tile")
+    _, args = parse_spec(config["data_loader"], "data_loader")
+    return Tiling(height, width, trainer.get("valid_overlap", DEFAULT_OVERLAP), "gaussian",
+                  args.get("valid_batch_size") or args.get("batch_size", 8))
 
 
 @dataclass(frozen=True)
@@ -74,19 +115,12 @@ class Tiling:
 
     height: int
     width: int
-    overlap: float = 0.25
+    overlap: float = DEFAULT_OVERLAP
     blend: str = "gaussian"
     batch: int = 8
 
     def __post_init__(self):
-        size = f"{self.height}x{self.width}"
-        if self.height <= 0 or self.width <= 0:
-            raise ConfigError(f"--tile: {size}: height and width must be positive")
-        if self.height < NETWORK_STRIDE or self.width < NETWORK_STRIDE:
-            raise ConfigError(f"--tile: {size} is smaller than the network stride {NETWORK_STRIDE}")
-        if self.height % NETWORK_STRIDE or self.width % NETWORK_STRIDE:
-            raise ConfigError(f"--tile: {size}: height and width must be multiples of the network stride "
-                              f"{NETWORK_STRIDE}")
+        check_tile(self.height, self.width)
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"--overlap: {self.overlap} is outside [0, 1)")
         if self.blend not in BLENDS:
@@ -138,9 +172,9 @@ class Tiling:
         column of tiles may be shorter: their starts stay on the network's stride grid).
 
         Args:
-            segment: maps uint8 tiles ``(N, h, w)`` to float probabilities ``(N, C, h, w)``
+            segment: maps tiles ``(N, h, w)`` of ``image`` to float probabilities ``(N, C, h, w)``
                 in [0, 1] on the image's device.
-            image: uint8 ``(H, W)`` grey image.
+            image: ``(H, W)`` grey image: uint8, or normalised float (validation).
             classes: C.
 
         Returns:

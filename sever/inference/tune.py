@@ -46,6 +46,7 @@ from sever.inference.checkpoints import load_model, open_checkpoint
 from sever.inference.evaluate import check_same_classes, predictor_split, truth_batch
 from sever.inference.outputs import SavedProbabilities
 from sever.inference.predictor import TUNED_FILE, Predictor, class_labels, load_settings, resolve_amp
+from sever.inference.tiling import valid_tiling
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
 from sever.utils.checkpoint import atomic_torch_save
@@ -342,7 +343,8 @@ def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotation
 def tune_run(root: str | Path, device: torch.device | str = "cpu") -> TuneResult:
     """Tune a finished segmentation run on its own validation split and store the result.
 
-    The run's best checkpoint (else its newest) predicts the validation split once; the
+    The run's best checkpoint (else its newest) predicts the validation split once (tiled
+    as the run validated, ``trainer.valid_tile``); the
     defaults are the base settings and the default grids are searched
     (:func:`search_widening`). The best settings go to ``<run>/postprocess.yml`` and,
     under ``postprocess``, into that checkpoint, beside ``postprocess_scores``: the
@@ -354,7 +356,8 @@ def tune_run(root: str | Path, device: torch.device | str = "cpu") -> TuneResult
     """
     opened = open_checkpoint(root)
     device = torch.device(device)
-    predictor = Predictor([load_model(opened, device)], device=device, amp=resolve_amp("auto", device))
+    predictor = Predictor([load_model(opened, device)], device=device, amp=resolve_amp("auto", device),
+                          tiling=valid_tiling(opened.config))
     _, args = parse_spec(opened.config["data_loader"], "data_loader")
     stats = statistics_from_run(predictor, PostProcessing.default(predictor.classes), DEFAULT_THRESHOLDS,
                                 args.get("batch_size", 8), args.get("num_workers", 0))

@@ -19,8 +19,10 @@ import cv2
 import numpy as np
 
 from sever.data_loader.annotations import Annotations
+from sever.inference.checkpoints import open_checkpoint
 from sever.inference.evaluate import Evaluation, Scoreboard, truth_batch, validation_split
 from sever.inference.predictor import Predictor, build_predictor, load_settings
+from sever.inference.tiling import valid_tiling
 from sever.inference.tune import TuneResult, TuneStatistics
 from sever.model.postprocess import PostProcessing
 from sever.utils.visualization import outline_masks
@@ -115,7 +117,8 @@ def _examples(predictor: Predictor, settings: PostProcessing, paths: Sequence[Pa
 
 def score_validation(run_dir: Path, max_images: int, examples: int, postprocess: Path | None,
                      batch_size: int = 4) -> ValidationScores:
-    """Predict up to ``max_images`` validation images of a segmentation run on the CPU and score them.
+    """Predict up to ``max_images`` validation images of a segmentation run on the CPU and score them
+    (tiled as the run validated, ``trainer.valid_tile``).
 
     Args:
         run_dir: the run (its best checkpoint, else its newest).
@@ -126,7 +129,8 @@ def score_validation(run_dir: Path, max_images: int, examples: int, postprocess:
     Raises:
         SeverError: no checkpoint, no validation split, or data that cannot be read.
     """
-    predictor = build_predictor([run_dir], device="cpu", amp="off")
+    opened = open_checkpoint(run_dir)
+    predictor = build_predictor([opened], device="cpu", amp="off", tiling=valid_tiling(opened.config))
     settings = load_settings(postprocess, predictor.classes, False)
     paths, annotations = validation_split(predictor.models[0].config)
     chosen = [paths[i] for i in spread(len(paths), max_images)]

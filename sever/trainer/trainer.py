@@ -48,12 +48,15 @@ class Trainer(BaseTrainer):
         normalization: maps the loaders' uint8 images, once on ``device``, to the
             model's input (the augmentation's :class:`~sever.data_loader.augmentation.Normalization`);
             None feeds the images as they come.
+        tiling: validates images larger than its tile tile by tile (``trainer.valid_tile``: a
+            :class:`~sever.inference.tiling.Tiling`, handed in by ``sever.main``), or None.
     """
 
     def __init__(self, model, loss, metrics, optimizer, lr_scheduler, config, run, train_loader,
                  valid_loader, device: torch.device, amp: str = "off", distributed: Distributed = Distributed(),
-                 normalization: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 normalization: Callable[[torch.Tensor], torch.Tensor] | None = None, tiling=None):
         super().__init__(model, optimizer, lr_scheduler, config, run, distributed)
+        self.tiling = tiling
         options = config["trainer"]
         self.normalization = normalization
         self.loss = loss
@@ -359,8 +362,21 @@ class SegmentationTrainer(Trainer):
 
     def _valid_forward(self, model, images, targets):
         masks, valid = targets
-        logits = model(images.masked_fill(~valid, 0))
+        images = images.masked_fill(~valid, 0)
+        logits = model(images) if self.tiling is None else self._tiled_logits(model, images)
         return self._masked_loss_parts(logits, masks, valid), logits
+
+    def _tiled_logits(self, model, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C, H, W)`` of normalised images ``(B, 1, H, W)``, each predicted tile by tile.
+
+        The tiles' probabilities are blended as ``sever predict --tile`` blends them, then
+        turned back into logits (clamped to ``[1e-6, 1 - 1e-6]`` first) for the loss and the metrics.
+        """
+        def segment(tiles: torch.Tensor) -> torch.Tensor:  # (N, h, w) -> probabilities (N, C, h, w)
+            return torch.sigmoid(model(tiles.unsqueeze(1)).float())
+
+        probs = torch.stack([self.tiling.predict(segment, image[0], self.config["classes"]) for image in images])
+        return torch.logit(probs, eps=1e-6)
 
     def _masked_loss_parts(self, logits, masks, valid):
         """The loss parts; ``valid`` goes to the loss only when the batch has padding, so a

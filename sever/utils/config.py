@@ -241,6 +241,8 @@ TRAINER_SCHEMA: dict[str, Field] = {
     "report_images": Field((int,), default=16, check=NON_NEGATIVE),
     "time_budget": Field((str, int, float), default=None, nullable=True),
     "tune_postprocess": Field((bool,), default=True),
+    "valid_tile": Field((str,), default=None, nullable=True),  # HxW; checked by inference.tiling.valid_tiling
+    "valid_overlap": Field((float,), default=0.25, check=(lambda v: 0 <= v < 1, "must be in [0, 1)")),
 }
 
 TOP_SCHEMA: dict[str, Field] = {
