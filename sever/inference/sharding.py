@@ -102,8 +102,8 @@ def predict_sharded(context: Distributed, predictor: Predictor, settings: PostPr
                          summary.class_images)
     except Exception as exc:  # every rank must reach the gather, or the others wait for it forever
         failure = exc
-        if not isinstance(exc, SeverError):
-            logger.exception("rank %d of %d failed", context.rank, context.world_size)
+        if context.is_main and not isinstance(exc, SeverError):  # its DistributedError will not show the bug's traceback
+            logger.exception("rank 0 of %d failed", context.world_size)
         rows = ShardRows(context.rank, [], [], np.zeros(settings.classes, np.int64), f"{type(exc).__name__}: {exc}")
     shards = context.gather(rows)
     if not context.is_main:
