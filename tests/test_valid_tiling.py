@@ -1,4 +1,4 @@
-"""``trainer.valid_tile`` / ``trainer.valid_overlap``: validation, self-tuning and ``--split val`` predicted in tiles."""
+"""``trainer.valid_tile`` / ``valid_overlap``: validation, self-tuning and ``--split val`` predicted in tiles."""
 
 import re
 
@@ -49,11 +49,12 @@ def _validate(demo_dir, tmp_path, tile):
     experiment.model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[-2:])))
     trainer = main.make_trainer(experiment, RunPaths.create(tmp_path / "runs", str(tile)))
     log = trainer._valid_epoch(1)
+    seen = set(shapes)
     images, masks = next(iter(experiment.data.valid_loader))
     inputs, targets = trainer._to_device(images, masks)
     with torch.inference_mode():
         _, logits = trainer._valid_forward(trainer.eval_model, inputs, targets)
-    return log, set(shapes[:-1]), torch.sigmoid(logits)
+    return log, seen, torch.sigmoid(logits)
 
 
 def test_validation_in_tiles_scores_as_whole_images_with_only_tiles_in_the_network(demo_dir, tmp_path):
@@ -84,8 +85,10 @@ def test_self_tuning_and_split_val_predict_as_the_run_validated(demo_dir, tmp_pa
     assert not tiled == pytest.approx(whole, abs=1e-6)
     assert tune_run(root).best_scores == pytest.approx(tiled, abs=1e-12)
     outputs = {}
-    for label, extra in (("run", ()), ("tiles", ("--tile", "64x128", "--overlap", 0.5)), ("whole", ("--tile", "64x256"))):
-        result = invoke("evaluate", "-m", root, "--split", "val", "--num-workers", 0, "--postprocess", "default", *extra)
+    for label, extra in (("run", ()), ("tiles", ("--tile", "64x128", "--overlap", 0.5)),
+                         ("whole", ("--tile", "64x256"))):
+        result = invoke("evaluate", "-m", root, "--split", "val", "--num-workers", 0, "--postprocess", "default",
+                        *extra)
         assert result.exit_code == 0, result.output
         outputs[label] = [line for line in result.output.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)]
     assert outputs["run"] == outputs["tiles"] != outputs["whole"]

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def shard_names(names: Sequence[str], batch_size: int, rank: int, world_size: int) -> list[str]:
-    """The images of rank ``rank``: batches ``rank, rank + world_size, ...`` of ``names`` cut ``batch_size`` at a time."""
+    """The images of rank ``rank``: batches ``rank, rank + world_size, ...`` of ``names`` in ``batch_size``s."""
     step = batch_size * world_size
     return [name for start in range(rank * batch_size, len(names), step) for name in names[start:start + batch_size]]
 
@@ -102,7 +102,7 @@ def predict_sharded(context: Distributed, predictor: Predictor, settings: PostPr
                          summary.class_images)
     except Exception as exc:  # every rank must reach the gather, or the others wait for it forever
         failure = exc
-        if context.is_main and not isinstance(exc, SeverError):  # its DistributedError will not show the bug's traceback
+        if context.is_main and not isinstance(exc, SeverError):  # its DistributedError hides the traceback
             logger.exception("rank 0 of %d failed", context.world_size)
         rows = ShardRows(context.rank, [], [], np.zeros(settings.classes, np.int64), f"{type(exc).__name__}: {exc}")
     shards = context.gather(rows)
