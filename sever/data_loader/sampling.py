@@ -238,6 +238,8 @@ class WeightedBatchSampler(EpochBatchSampler):
         seed, rank, world_size: see :class:`EpochBatchSampler`.
     """
 
+    kind: str  # the subclass's name in SamplerFactory.KINDS
+
     def __init__(
         self,
         groups: Sequence[Sequence[int]],
@@ -253,8 +255,6 @@ class WeightedBatchSampler(EpochBatchSampler):
         self.weights = _check_weights(weights, self.groups)
         self.n_batches = _check_int("n_batches", n_batches, 1)
         self._prepare()
-
-    kind: str  # its name in SamplerFactory.KINDS
 
     @classmethod
     def from_config(
