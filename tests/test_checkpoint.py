@@ -1,5 +1,6 @@
 """Checkpoint files: atomic save, safe load, run folders."""
 
+import logging
 import os
 import pickle
 from datetime import datetime
@@ -7,8 +8,8 @@ from datetime import datetime
 import pytest
 import torch
 
-from sever.exceptions import CheckpointError, ConfigError
-from sever.utils.checkpoint import atomic_torch_save, load_checkpoint
+from sever.exceptions import CheckpointError, ConfigError, first_line
+from sever.utils.checkpoint import atomic_torch_save, load_checkpoint, remove_stale_temporaries
 from sever.utils.run import RunPaths, resolve_resume
 
 
@@ -97,3 +98,110 @@ def test_resume_picks_newest_valid_checkpoint(tmp_path):
     assert run.saved_epochs() == [2, 4]
     with pytest.raises(CheckpointError, match="neither a checkpoint"):
         resolve_resume(tmp_path / "missing")
+
+
+def test_a_failed_first_save_says_nothing_about_a_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+
+    def disk_full(obj, handle, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=f"^cannot write checkpoint {path}: No space left on device$"):
+        atomic_torch_save(state(1), path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_map_location_places_the_loaded_tensors(tmp_path):
+    path = tmp_path / "a.pth"
+    atomic_torch_save(state(2), path)
+    assert load_checkpoint(path)["state_dict"]["w"].device.type == "cpu"
+    # "meta" stands for another device here: the tensors land where map_location says, not where they were saved.
+    assert load_checkpoint(path, map_location="meta")["state_dict"]["w"].device.type == "meta"
+    assert load_checkpoint(path, map_location={"cpu": "meta"})["state_dict"]["w"].device.type == "meta"
+
+
+def mapped(path):
+    """Whether this process has ``path`` memory-mapped (Linux: /proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        return str(path) in maps.read()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
+def test_mmap_maps_the_file_only_when_asked(tmp_path):
+    path = tmp_path / "a.pth"
+    atomic_torch_save(state(5), path)
+    read = load_checkpoint(path)
+    assert not mapped(path) and torch.equal(read["state_dict"]["w"], torch.full((2,), 5.0))
+    mapped_state = load_checkpoint(path, mmap=True)
+    assert mapped(path) and torch.equal(mapped_state["state_dict"]["w"], torch.full((2,), 5.0))
+
+
+def test_code_pickles_stay_refused_when_the_environment_turns_off_torchs_weights_only_default(tmp_path, monkeypatch):
+    path = tmp_path / "evil.pth"
+    torch.save({**state(1), "extra": Payload()}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match="refused to load") as refused:
+        load_checkpoint(path)
+    # the reason torch gave ends the message
+    assert str(refused.value).endswith(f"({first_line(refused.value.__cause__)})")
+
+
+def test_a_damaged_file_is_reported_with_the_error_torch_raised(tmp_path):
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"^{empty}: corrupt or truncated checkpoint: EOFError: ") as damaged:
+        load_checkpoint(empty)
+    assert str(damaged.value).endswith(f": {first_line(damaged.value.__cause__)}")
+
+
+@pytest.mark.parametrize("bad", [
+    {"config": ["not", "a", "mapping"]},
+    {"epoch": "3"},
+    {"epoch": 3.0},
+    {"state_dict": None, "config": None, "epoch": None, "drop": "state_dict"},
+])
+def test_a_checkpoint_with_a_wrong_config_or_epoch_type_is_not_a_sever_checkpoint(tmp_path, bad):
+    content = {**state(3), **bad}
+    content.pop(content.pop("drop", None), None)
+    path = tmp_path / "bad.pth"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value) == (f"{path}: not a sever checkpoint (expected a dict with keys state_dict, config, "
+                                  "epoch, config a mapping and epoch an integer)")
+
+
+def test_stale_temporaries_are_removed_and_logged_and_nothing_else(tmp_path, caplog):
+    stale = [tmp_path / ".last.pth.4242.tmp", tmp_path / ".epoch_3.pth.17.tmp"]
+    kept = ["last.pth", "notes.tmp", ".hidden"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    for name in kept:
+        (tmp_path / name).write_bytes(b"kept")
+    with caplog.at_level("INFO", logger="sever.utils.checkpoint"):
+        remove_stale_temporaries(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    assert sorted(caplog.messages) == sorted(f"removing {path}, left by an interrupted save" for path in stale)
+
+
+def test_a_temporary_that_vanishes_while_being_cleared_is_not_an_error(tmp_path):
+    """Another save finishing (its rename) between the listing and the delete."""
+    temporary = tmp_path / ".last.pth.99.tmp"
+    temporary.write_bytes(b"partial")
+
+    class RenameMeanwhile(logging.Handler):
+        def emit(self, record):
+            temporary.replace(tmp_path / "last.pth")
+
+    logger = logging.getLogger("sever.utils.checkpoint")
+    handler = RenameMeanwhile(level=logging.INFO)
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        remove_stale_temporaries(tmp_path)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert os.listdir(tmp_path) == ["last.pth"]

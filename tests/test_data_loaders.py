@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.augmentation import PAD_LABEL, HeavyCropTransforms, LightTransforms
 from sever.data_loader.data_loaders import SteelDataLoader, stratified_split
-from sever.data_loader.datasets import SegmentationDataset, list_images, read_grey
+from sever.data_loader.datasets import SegmentationDataset, read_grey
+from sever.data_loader.rle import rle_decode
 from sever.exceptions import ConfigError, DataError, RLEError
 from sever.model.model import build_model
 from sever.registries import TRANSFORMS
@@ -48,16 +48,20 @@ def test_training_batches_have_documented_shapes_and_types(demo_dir):
     assert images.shape[-2:] == (64, 256), "validation sees whole images"
 
 
-def test_masks_follow_the_csv(demo_dir):
+def test_masks_follow_the_csv_pixel_for_pixel(demo_dir):
     data = loader(demo_dir, validation_split=0, transforms=LightTransforms())
     dataset = data.valid_dataset or data.train_dataset
-    names = list_images(demo_dir / "train_images")
-    annotations = read_rle_csv(demo_dir / "train.csv", 4, image_ids=names)
+    rows = {}  # (image, class index) -> RLE, straight from the CSV text
+    for line in (demo_dir / "train.csv").read_text().splitlines()[1:]:
+        image_id, class_id, rle = line.split(",")
+        rows[image_id, int(class_id) - 1] = rle
+    assert len(dataset) == 24 and rows
     for index in range(len(dataset)):
         image, mask = dataset.load(index)
-        position = annotations.index[dataset.paths[index].name]
-        assert mask.shape == (*image.shape, 4)
-        assert np.array_equal(mask.any(axis=(0, 1)), annotations.has_defect()[position])
+        name = dataset.paths[index].name
+        expected = np.stack([rle_decode(rows.get((name, k), ""), image.shape) for k in range(4)], axis=-1)
+        assert mask.shape == (*image.shape, 4) and mask.dtype == np.uint8
+        assert np.array_equal(mask, expected), name
 
 
 def test_augmentation_is_reproducible_from_seed_and_epoch(demo_dir):

@@ -2,6 +2,7 @@
 
 import urllib.error
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ from sever.detection.data import DetectionDataset, DetectionTransforms, VOCDataL
 from sever.detection.from_masks import evaluate_segmentation_as_detector, masks_to_boxes
 from sever.detection.metric import MeanAP, map_table
 from sever.detection.predict import evaluate_detector, predict_boxes, predict_to_csv
+from sever.data_loader.rle import rle_encode
 from sever.data_loader.voc import read_voc_folder
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.model.model import build_model
@@ -174,23 +176,45 @@ def test_masks_to_boxes_scores_components_by_mean_probability():
     assert masks_to_boxes(np.zeros((3, 4, 4)))[0].shape == (0, 4)
 
 
-def test_segmentation_checkpoint_evaluated_as_a_detector(make_config, demo_dir, tmp_path):
+def constant_segmenter(config, path, class_logits):
+    """A segmentation checkpoint whose network outputs ``class_logits`` at every pixel of any image."""
+    model = build_model(config["arch"], len(class_logits))
+    head = model.state_dict()
+    weight, bias = [key for key in head if key.endswith((".weight", ".bias"))][-2:]
+    head[weight].zero_()
+    head[bias].copy_(torch.tensor(class_logits))
+    torch.save({"state_dict": head, "config": config, "epoch": 0}, path)
+    return path
+
+
+def test_segmentation_checkpoint_evaluated_as_a_detector(make_config, tmp_path):
     config = main.prepare_config(make_config())
-    checkpoint = tmp_path / "seg.pth"
-    torch.save({"state_dict": build_model(config["arch"], 4).state_dict(), "config": config, "epoch": 0}, checkpoint)
-    results = evaluate_segmentation_as_detector(checkpoint, demo_dir / "train_images", csv=demo_dir / "train.csv")
-    assert {"map", "map_50", "map_75", "mar_1", "mar_10", "mar_100"} <= results.keys()
-    assert all(-1 <= value <= 1 for value in results.values())
-    assert any(key.startswith("ap_") for key in results)
+    # class 1 everywhere, the others nowhere: one whole-image box of class 1 per image, score 1
+    checkpoint = constant_segmenter(config, tmp_path / "seg.pth", [20.0, -20.0, -20.0, -20.0])
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(images / name), np.full((64, 256), 100, np.uint8))
+    whole, square = np.ones((64, 256), np.uint8), np.zeros((64, 256), np.uint8)
+    square[10:20, 30:40] = 1
+    (tmp_path / "truth.csv").write_text("ImageId,ClassId,EncodedPixels\n"
+                                        f"a.png,1,{rle_encode(whole)}\nb.png,1,{rle_encode(whole)}\n"
+                                        f"b.png,2,{rle_encode(square)}\n")
+    results = evaluate_segmentation_as_detector(checkpoint, images, csv=tmp_path / "truth.csv")
+    # class 1: both whole-image boxes found exactly; class 2: its one box missed; classes 3-4: no truth
+    assert (results["ap_0"], results["ar_0"], results["ap_1"], results["ar_1"]) == pytest.approx((1, 1, 0, 0))
+    assert (results["map"], results["map_50"], results["map_75"], results["mar_100"]) == pytest.approx(
+        (0.5, 0.5, 0.5, 0.5))
+    assert sorted(key for key in results if key.startswith("ap_")) == ["ap_0", "ap_1"]  # classes seen
     with pytest.raises(ConfigError, match="exactly one ground truth"):
-        evaluate_segmentation_as_detector(checkpoint, demo_dir / "train_images")
+        evaluate_segmentation_as_detector(checkpoint, images)
     with pytest.raises(CheckpointError, match="not a detector"):
-        next(predict_boxes([checkpoint], demo_dir / "train_images"))
+        next(predict_boxes([checkpoint], images))
     # The same through the command line, printing the mAP table.
-    result = invoke("evaluate", "-m", checkpoint, "--boxes", "--images", demo_dir / "train_images",
-                    "--truth", demo_dir / "train.csv", "--device", "cpu")
+    result = invoke("evaluate", "-m", checkpoint, "--boxes", "--images", images,
+                    "--truth", tmp_path / "truth.csv", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert f"= {results['map']:.3f}" in result.output and "AP / AR per class" in result.output
+    assert "= 0.500" in result.output and "AP / AR per class" in result.output
 
 
 # ---------------------------------------------------------------- the model, training, prediction
@@ -237,7 +261,14 @@ def test_training_steps_checkpoints_resume_and_prediction(voc_dir, tmp_path):
         assert found["boxes"].shape[1] == 4 and (np.diff(found["scores"]) <= 0).all()
         assert set(found["labels"].tolist()) <= {0, 1}
     results = evaluate_detector([run.last], voc_dir / "images", voc_dir / "annotations")
-    assert 0 <= results["map"] <= results["map_50"] <= 1 and "ap_0" in results
+    # evaluate scores every box predict keeps at threshold 0 against each image's own XML boxes
+    paths, truth = read_voc_folder(voc_dir / "images", voc_dir / "annotations", CLASSES)
+    found = dict(predict_boxes([run.last], voc_dir / "images", threshold=0.0))
+    assert sorted(found) == [path.name for path in paths]
+    expected = coco([{key: torch.from_numpy(value) for key, value in found[path.name].items()} for path in paths],
+                    [{"boxes": torch.from_numpy(boxes.boxes), "labels": torch.from_numpy(boxes.labels)}
+                     for boxes in truth])
+    assert results == pytest.approx(expected) and "ap_0" in results
     csv_path = tmp_path / "boxes.csv"
     images, boxes = predict_to_csv([run.root], voc_dir / "images", csv_path, threshold=0.0, draw_dir=tmp_path / "out")
     lines = csv_path.read_text().splitlines()

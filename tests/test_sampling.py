@@ -248,3 +248,170 @@ def test_config_errors_name_the_key():
         SAMPLERS.build({"type": "WeightedFixedBatchSampler", "args": {"alpah": 0.2}}, "sampler", **supplied)
     with pytest.raises(ConfigError, match="3 weights for 2 groups"):
         SAMPLERS.build({"type": "WeightedFixedBatchSampler", "args": {"weights": [1, 1, 1]}}, "sampler", **supplied)
+
+
+# ---------------------------------------------------------------- found by mutation testing (tools/mutation.py)
+
+
+def test_allocate_breaks_ties_by_the_lower_index_whatever_the_order():
+    # remainders 1/6, 1/6, 1/3, 1/3 and one sample left: groups 2 and 3 tie, group 2 gets it
+    assert allocate(np.array([1, 1, 2, 2]) / 6, 7).tolist() == [1, 1, 3, 2]
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "fixed", "random"])
+def test_a_fresh_sampler_yields_epoch_zero_whole_and_set_epoch_starts_at_the_first_batch(kind):
+    fresh = list(make(kind))
+    assert len(fresh) == len(make(kind)) and fresh == epoch(make(kind), 0)
+    sampler = make(kind)
+    sampler.set_epoch(3, start_batch=2)
+    sampler.set_epoch(2)  # no start_batch: the whole epoch
+    assert list(sampler) == epoch(make(kind), 2)
+
+
+def test_omitted_seed_rank_and_world_size_mean_seed_zero_on_a_single_process():
+    groups = [TRAIN, PSEUDO]
+    explicit = dict(seed=0, rank=0, world_size=1)
+    pairs = [
+        (ShuffleBatchSampler(130, 16), ShuffleBatchSampler(130, 16, **explicit)),
+        (WeightedFixedBatchSampler(groups, 16, 9, [0.88, 0.12]),
+         WeightedFixedBatchSampler(groups, 16, 9, [0.88, 0.12], **explicit)),
+        (SamplerFactory.get(groups, 16, kind="random"), SamplerFactory.get(groups, 16, kind="random", **explicit)),
+    ]
+    for kind in ("WeightedFixedBatchSampler", "WeightedRandomBatchSampler"):
+        pairs.append((SAMPLERS.build(kind, "s", groups=groups, batch_size=16),
+                      SAMPLERS.build(kind, "s", groups=groups, batch_size=16, **explicit)))
+    for (omitted, given), batches in zip(pairs, [8, 9, 9, 9, 9]):  # shuffle drops the last incomplete batch
+        assert len(omitted) == len(given) == batches
+        assert epoch(omitted, 1) == epoch(given, 1)
+        assert all(len(batch) == 16 for batch in epoch(omitted, 1))
+
+
+def test_alpha_defaults_to_half_way_between_population_and_uniform():
+    population = np.array([100, 30]) / 130
+    expected = 0.5 * population + 0.25
+    assert np.allclose(SamplerFactory.get([TRAIN, PSEUDO], 16).weights, expected)
+    for kind in ("WeightedFixedBatchSampler", "WeightedRandomBatchSampler"):
+        built = SAMPLERS.build(kind, "s", groups=[TRAIN, PSEUDO], batch_size=16)
+        assert np.allclose(built.weights, expected)
+
+
+@pytest.mark.parametrize("kind", ["WeightedFixedBatchSampler", "WeightedRandomBatchSampler"])
+def test_config_built_samplers_take_every_supplied_argument(kind):
+    supplied = dict(groups=[TRAIN, PSEUDO], batch_size=8, seed=5)
+    args = {"weights": [3, 1], "n_batches": 6}
+    whole = SAMPLERS.build({"type": kind, "args": args}, "s", **{**supplied, "batch_size": 16})
+    ranks = [SAMPLERS.build({"type": kind, "args": args}, "s", **supplied, rank=r, world_size=2) for r in (0, 1)]
+    assert np.allclose(whole.weights, [0.75, 0.25]) and len(whole) == 6
+    for full, part0, part1 in zip(epoch(whole, 2), epoch(ranks[0], 2), epoch(ranks[1], 2)):
+        assert part0 == full[0::2] and part1 == full[1::2]
+    assert epoch(whole, 2) != epoch(SAMPLERS.build({"type": kind, "args": args}, "s", **{**supplied, "seed": 6,
+                                                                                         "batch_size": 16}), 2)
+
+
+def test_the_config_shuffle_sampler_shuffles():
+    plain = SAMPLERS.build("ShuffleBatchSampler", "s", groups=[np.arange(40)], batch_size=40, seed=0)
+    first, second = epoch(plain, 0)[0], epoch(plain, 1)[0]
+    assert sorted(first) == sorted(second) == list(range(40))
+    assert first != list(range(40)) and first != second
+
+
+def test_indices_stay_python_ints_with_empty_plain_list_groups_and_starved_groups():
+    samplers = [
+        SAMPLERS.build("ShuffleBatchSampler", "s", groups=[list(range(10)), []], batch_size=4),
+        WeightedFixedBatchSampler([TRAIN, []], 8, 3, [1, 0]),  # an empty group at weight 0
+        WeightedFixedBatchSampler([TRAIN, PSEUDO], 8, 3, [0.99, 0.01]),  # group 1 gets no sample per batch
+        WeightedRandomBatchSampler([TRAIN, []], 8, 3, [1, 0]),
+    ]
+    for sampler in samplers:
+        drawn = [i for batch in epoch(sampler) for i in batch]
+        assert drawn and all(type(i) is int for i in drawn)
+
+
+def test_groups_of_any_shape_are_flattened_to_indices():
+    sampler = WeightedFixedBatchSampler([np.arange(6).reshape(3, 2)], 3, 2, [1])
+    assert sorted(i for batch in epoch(sampler) for i in batch) == list(range(6))
+    shuffled = ShuffleBatchSampler(6, 3, indices=np.arange(10, 16).reshape(2, 3))
+    assert sorted(i for batch in epoch(shuffled) for i in batch) == list(range(10, 16))
+
+
+def test_a_single_weight_may_be_a_number():
+    sampler = WeightedFixedBatchSampler([TRAIN], 4, 2, 2.0)
+    assert sampler.weights.tolist() == [1.0] and sampler.counts.tolist() == [4]
+
+
+def test_a_single_sample_is_enough():
+    assert epoch(ShuffleBatchSampler(1, 1)) == [[0]]
+    assert epoch(SamplerFactory.get([[5]], 1)) == [[5]]
+    assert epoch(SamplerFactory.get([[5], []], 1, weights=[1, 0], kind="random")) == [[5]]
+    assert epoch(WeightedFixedBatchSampler([[7]], 1, 1, [1])) == [[7]]
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ShuffleBatchSampler(10, 0), r"batch_size must be an integer >= 1, got 0"),
+    (lambda: ShuffleBatchSampler(10, True), r"batch_size must be an integer >= 1, got True"),
+    (lambda: ShuffleBatchSampler(10, 2.5), r"batch_size must be an integer >= 1, got 2.5"),
+    (lambda: ShuffleBatchSampler(10, 2, seed=-1), r"seed must be an integer >= 0, got -1"),
+    (lambda: ShuffleBatchSampler(10, 2, world_size=0), r"world_size must be an integer >= 1, got 0"),
+    (lambda: ShuffleBatchSampler(10, 2, rank=2, world_size=2), r"rank must be an integer \[0, 2\), got 2"),
+    (lambda: ShuffleBatchSampler(-1, 2), r"n_samples must be an integer >= 1, got -1"),
+    (lambda: ShuffleBatchSampler(4, 2, indices=[1, 2, 3]), r"sampler: 3 indices for n_samples=4"),
+    (lambda: ShuffleBatchSampler(2, 1, indices=[0, -1]), r"sampler: dataset indices must be non-negative"),
+    (lambda: WeightedFixedBatchSampler([TRAIN], 4, 0, [1]), r"n_batches must be an integer >= 1, got 0"),
+    (lambda: WeightedFixedBatchSampler([TRAIN, PSEUDO], 4, 2, [0, 0]),
+     r"sampler: weights must be non-negative with a positive sum, got \[0.0, 0.0\]"),
+    (lambda: SamplerFactory.get([TRAIN], 4, kind="fix"), r"sampler kind must be one of \['fixed', 'random'\], got 'fix'"),
+])
+def test_invalid_arguments_are_named_with_their_bounds(build, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        build()
+
+
+def test_set_epoch_errors_name_the_argument_and_its_bounds():
+    sampler = ShuffleBatchSampler(10, 4)
+    with pytest.raises(ValueError, match=r"^epoch must be an integer >= 0, got -1$"):
+        sampler.set_epoch(-1)
+    with pytest.raises(ValueError, match=r"^start_batch must be an integer \[0, 3\), got 3$"):
+        sampler.set_epoch(0, start_batch=3)
+    sampler.set_epoch(np.int64(2), start_batch=np.int64(2))  # numpy integers count as integers
+    assert len(list(sampler)) == 0
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ShuffleBatchSampler(0, 4), "sampler: no samples to draw from (the dataset is empty)"),
+    (lambda: SamplerFactory.get([], 4), "sampler: no groups of samples to draw from (the dataset is empty)"),
+    (lambda: SamplerFactory.get([[], []], 4), "sampler: every group is empty"),
+    (lambda: SamplerFactory.get([[], []], 4, weights=[1, 1]), "sampler: every group is empty"),
+])
+def test_empty_data_messages(build, message):
+    with pytest.raises(DataError) as error:
+        build()
+    assert str(error.value) == message
+
+
+def test_the_starved_group_warning_names_exactly_the_starved_groups(caplog):
+    with caplog.at_level(logging.WARNING, logger="sever.data_loader.sampling"):
+        WeightedFixedBatchSampler([TRAIN, PSEUDO], 8, 2, [0.5, 0.5])  # 4 + 4
+        WeightedFixedBatchSampler([TRAIN, PSEUDO], 8, 2, [1, 0])  # weight 0: not starved, unwanted
+        assert caplog.messages == []
+        WeightedFixedBatchSampler([TRAIN, PSEUDO, PSEUDO], 8, 2, [0.98, 0.01, 0.01])
+    assert caplog.messages == ["sampler: group(s) [1, 2] get no sample in a batch of 8 at their weight; "
+                               "raise their weight or use WeightedRandomBatchSampler"]
+
+
+def test_class_balancing_logs_its_dropped_groups_in_one_message(caplog):
+    with caplog.at_level(logging.INFO, logger="sever.data_loader.sampling"):
+        class_balance_groups(np.array([[0, 1], [0, 0]], dtype=bool))
+    assert caplog.messages == ["class balancing: no images for group(s) [0] (group 2 is defect-free); dropped"]
+
+
+def test_the_padded_last_batch_is_the_last_and_fills_every_rank():
+    # 19 samples, 4 ranks of 2: batches [0..7], [8..15], [16, 17, 18] padded with 0 to one sample per rank
+    ranks = [epoch(ShuffleBatchSampler(19, 2, drop_last=False, shuffle=False, rank=r, world_size=4)) for r in range(4)]
+    assert ranks == [[[0, 4], [8, 12], [16]], [[1, 5], [9, 13], [17]], [[2, 6], [10, 14], [18]],
+                     [[3, 7], [11, 15], [0]]]
+
+
+@pytest.mark.parametrize("kind", ["fixed", "random"])
+def test_more_batches_only_append_to_the_epoch(kind):
+    short, long = make(kind, n_batches=5), make(kind, n_batches=20)
+    assert epoch(long, 4)[:5] == epoch(short, 4)

@@ -1,5 +1,7 @@
 """Pascal VOC reading: layouts, coordinates, and errors that name the file and object."""
 
+import xml.etree.ElementTree as ET
+
 import cv2
 import numpy as np
 import pytest
@@ -104,14 +106,27 @@ def test_folder_errors(tmp_path):
         find_voc_folders(tmp_path, "images", "labels")
 
 
-def test_neu_det_sample(shared_data, tmp_path):
-    """Real NEU-DET: every class name parses and boxes stay inside the 200x200 images."""
+def voc_objects(path, names):
+    """``(labels, boxes)`` of a VOC file read with ElementTree: the boxes as zero-based pixel edges."""
+    objects = ET.parse(path).getroot().iter("object")
+    found = [(names.index(o.findtext("name")), [int(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")])
+             for o in objects]
+    return [label for label, _ in found], [[x0 - 1, y0 - 1, x1, y1] for _, (x0, y0, x1, y1) in found]
+
+
+def test_neu_det_sample(shared_data):
+    """Real NEU-DET: the boxes of a file read by hand, and a sample of every class against the XML's numbers."""
     names = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
     source = shared_data / "neu-det" / "annotations"
+    crazing = parse_voc(source / "crazing_10.xml", names)  # <bndbox> 60 20 194 69 and 9 84 197 198
+    assert crazing.boxes.tolist() == [[59, 19, 194, 69], [8, 83, 197, 198]]
+    assert crazing.labels.tolist() == [0, 0] and crazing.size == (200, 200)
     files = sorted(source.glob("*.xml"))[::40]
-    parsed = [parse_voc(path, names) for path in files]
-    assert len(parsed) >= 40 and {int(k) for p in parsed for k in p.labels} == set(range(6))
-    boxes = np.concatenate([p.boxes for p in parsed])
-    assert boxes.min() >= 0 and boxes[:, 2:].max() <= 200 and (boxes[:, 2:] > boxes[:, :2]).all()
-    assert all(p.size == (200, 200) for p in parsed)
+    assert len(files) == 41
+    for path in files:
+        parsed = parse_voc(path, names)
+        labels, boxes = voc_objects(path, names)
+        assert parsed.labels.tolist() == labels and parsed.boxes.tolist() == boxes, path.name
+        assert parsed.size == (200, 200)
+    assert {int(k) for path in files for k in parse_voc(path, names).labels} == set(range(6))
     assert find_voc_folders(shared_data / "neu-det") == (shared_data / "neu-det" / "images", source)

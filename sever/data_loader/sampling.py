@@ -122,7 +122,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         rank, world_size: this process's slice of every global batch.
     """
 
-    def __init__(self, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, batch_size: int, seed: int, rank: int, world_size: int):
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.seed = _check_int("seed", seed, 0)
         self.world_size = _check_int("world_size", world_size, 1)
@@ -238,6 +238,8 @@ class WeightedBatchSampler(EpochBatchSampler):
         seed, rank, world_size: see :class:`EpochBatchSampler`.
     """
 
+    kind: str  # the subclass's name in SamplerFactory.KINDS
+
     def __init__(
         self,
         groups: Sequence[Sequence[int]],
@@ -253,6 +255,21 @@ class WeightedBatchSampler(EpochBatchSampler):
         self.weights = _check_weights(weights, self.groups)
         self.n_batches = _check_int("n_batches", n_batches, 1)
         self._prepare()
+
+    @classmethod
+    def from_config(
+        cls,
+        groups: Sequence[Sequence[int]],
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        alpha: float = 0.5,
+        weights: Sequence[float] | None = None,
+        n_batches: int | None = None,
+    ) -> WeightedBatchSampler:
+        """Config entry: the data layer supplies groups, batch size, seed and ranks; see :meth:`SamplerFactory.get`."""
+        return SamplerFactory.get(groups, batch_size, n_batches, alpha, cls.kind, weights, seed, rank, world_size)
 
     def _prepare(self) -> None:
         """Per-kind set-up after the arguments are checked."""
@@ -272,6 +289,8 @@ class WeightedFixedBatchSampler(WeightedBatchSampler):
     epoch. With weights ``[0.88, 0.12]`` over ``[train, pseudo]`` every batch
     is 12% pseudo-labelled.
     """
+
+    kind = "fixed"
 
     def _prepare(self) -> None:
         """Per-batch group counts ``(G,)``; warns about weighted groups that get none."""
@@ -301,6 +320,8 @@ class WeightedRandomBatchSampler(WeightedBatchSampler):
     and at every epoch), so a group is covered before any sample repeats.
     """
 
+    kind = "random"
+
     def global_batches(self) -> list[np.ndarray]:
         rngs = self._rng(len(self.groups) + 1)
         choice = rngs[-1].choice(len(self.groups), size=(self.n_batches, self.global_batch_size), p=self.weights)
@@ -314,7 +335,7 @@ class WeightedRandomBatchSampler(WeightedBatchSampler):
 class SamplerFactory:
     """Builds a weighted sampler from groups, blending population and uniform weights."""
 
-    KINDS = {"fixed": WeightedFixedBatchSampler, "random": WeightedRandomBatchSampler}
+    KINDS = {sampler.kind: sampler for sampler in (WeightedFixedBatchSampler, WeightedRandomBatchSampler)}
 
     @staticmethod
     def weights(sizes: Sequence[int], alpha: float) -> np.ndarray:
@@ -373,28 +394,9 @@ class SamplerFactory:
         return cls.KINDS[kind](groups, batch_size, n_batches, weights, seed, rank, world_size)
 
 
-def _weighted_from_config(kind: str):
-    """Config entry for ``kind``: the data layer supplies groups, batch size, seed and ranks."""
-
-    def build(
-        groups: Sequence[Sequence[int]],
-        batch_size: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        alpha: float = 0.5,
-        weights: Sequence[float] | None = None,
-        n_batches: int | None = None,
-    ) -> WeightedBatchSampler:
-        return SamplerFactory.get(groups, batch_size, n_batches, alpha, kind, weights, seed, rank, world_size)
-
-    build.__doc__ = f"{SamplerFactory.KINDS[kind].__name__} via :meth:`SamplerFactory.get`."
-    return build
-
-
 SAMPLERS.register(_shuffle_from_config, name="ShuffleBatchSampler")
-SAMPLERS.register(_weighted_from_config("fixed"), name="WeightedFixedBatchSampler")
-SAMPLERS.register(_weighted_from_config("random"), name="WeightedRandomBatchSampler")
+SAMPLERS.register(WeightedFixedBatchSampler.from_config, name="WeightedFixedBatchSampler")
+SAMPLERS.register(WeightedRandomBatchSampler.from_config, name="WeightedRandomBatchSampler")
 
 
 def class_balance_groups(has_defect: np.ndarray) -> list[np.ndarray]:
