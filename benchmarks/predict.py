@@ -4,17 +4,21 @@ In one run, on the same images and model, measures images per second of:
 
 - ``bare forward``: ``model(x)`` over batches of images already decoded, normalised and
   on the device (the ceiling for one forward pass per image);
-- ``predictor, tta X``: ``Predictor.predict_files``: reading the JPEGs in loader processes,
-  normalising, the forward pass of every TTA view in one batch, un-flipping, averaging
+- ``predictor, tta X``: ``Predictor.predict_files``: reading the JPEGs ahead in reader
+  threads, normalising, one forward pass of the batch per TTA view, un-flipping, averaging
   and quantising the probabilities;
 - ``sever predict, tta none``: the whole command path (``predict_directory``): the above
   plus post-processing, RLE encoding and writing the CSV, once with the writes in a writer
   thread overlapping the forward passes (as ``sever predict`` runs) and once in the loop
   between them (``depth 0``, the sequential path before the writer thread).
 
-TTA with ``h`` views costs about ``h`` forward passes, so ``hflip`` at 0.5x and ``both`` at
-0.25x of the bare loop would mean no overhead beyond the network; the last column divides
-each rate by what its passes explain.
+Each of these runs right after a bare loop of its own (bare, predictor none, bare, predictor
+hflip, ...), ``--repeat`` rounds, and counts by the median of its ratios to those bare loops:
+on a shared machine a busy spell then hits both sides of a ratio, and the load average is
+printed beside the figures. TTA with ``h`` views costs about ``h`` forward passes, so
+``hflip`` at 0.5x and ``both`` at 0.25x of the bare loop would mean no overhead beyond the
+network; the ``vs passes`` column multiplies each ratio by its passes, and the last lines
+hold each path against its target (0.9x of what its passes explain).
 
 Then tiled against whole-image prediction of one large synthetic image at 1x, 2x and 4x the
 area of ``--large`` (``Predictor.predict``), each in a fresh process: images/s and peak memory
@@ -26,7 +30,7 @@ float32 sum (4 bytes per class and pixel) plus its uint8 result: it must stay fl
 grows for tiles and grows with it for whole images. Run from the repository root::
 
     PYTHONPATH=. python benchmarks/predict.py [-m RUN_OR_CHECKPOINT] [--images DIR] [--n 16]
-        [--batch-size 4] [--device auto] [--num-workers 2] [--repeat 2] [--large 512x1536]
+        [--batch-size 4] [--device auto] [--num-workers 2] [--repeat 3] [--large 512x1536|none]
         [--tile 256x512]
 
 Without ``-m`` the demo architecture (experiments/demo.yml) is built with random weights;
