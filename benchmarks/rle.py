@@ -137,7 +137,7 @@ def main() -> None:
     for name, count, ours, baseline, ratio in rows:
         print(f"{name:<24}{count:>7}{ours:>16,.0f}{baseline:>19,.0f}{ratio:>8.1f}x")
     print(f"{'floor: memset ' + str(shape[0]) + 'x' + str(shape[1]):<24}{len(encodings):>7}{floor:>16,.0f}"
-          f"{'':>19}{'':>9}   (zeroing a uint8 mask; decode at {rows[0][2] / floor:.2f}x of it)")
+          f"{'':>19}{'':>9}   (a fresh zeroed uint8 mask; decode at {rows[0][2] / floor:.2f}x of it)")
     print(f"rle_decode / per-run slice loop: {rows[0][4]:.2f}x (target >= 2x), median of {args.repeat} "
           f"interleaved rounds, load average {os.getloadavg()[0]:.1f}")
 
