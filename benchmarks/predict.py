@@ -4,17 +4,21 @@ In one run, on the same images and model, measures images per second of:
 
 - ``bare forward``: ``model(x)`` over batches of images already decoded, normalised and
   on the device (the ceiling for one forward pass per image);
-- ``predictor, tta X``: ``Predictor.predict_files``: reading the JPEGs in loader processes,
-  normalising, the forward pass of every TTA view in one batch, un-flipping, averaging
+- ``predictor, tta X``: ``Predictor.predict_files``: reading the JPEGs ahead in reader
+  threads, normalising, one forward pass of the batch per TTA view, un-flipping, averaging
   and quantising the probabilities;
 - ``sever predict, tta none``: the whole command path (``predict_directory``): the above
   plus post-processing, RLE encoding and writing the CSV, once with the writes in a writer
   thread overlapping the forward passes (as ``sever predict`` runs) and once in the loop
   between them (``depth 0``, the sequential path before the writer thread).
 
-TTA with ``h`` views costs about ``h`` forward passes, so ``hflip`` at 0.5x and ``both`` at
-0.25x of the bare loop would mean no overhead beyond the network; the last column divides
-each rate by what its passes explain.
+Each of these runs right after a bare loop of its own (bare, predictor none, bare, predictor
+hflip, ...), ``--repeat`` rounds, and counts by the median of its ratios to those bare loops:
+on a shared machine a busy spell then hits both sides of a ratio, and the load average is
+printed beside the figures. TTA with ``h`` views costs about ``h`` forward passes, so
+``hflip`` at 0.5x and ``both`` at 0.25x of the bare loop would mean no overhead beyond the
+network; the ``vs passes`` column multiplies each ratio by its passes, and the last lines
+hold each path against its target (0.9x of what its passes explain).
 
 Then tiled against whole-image prediction of one large synthetic image at 1x, 2x and 4x the
 area of ``--large`` (``Predictor.predict``), each in a fresh process: images/s and peak memory
@@ -26,7 +30,7 @@ float32 sum (4 bytes per class and pixel) plus its uint8 result: it must stay fl
 grows for tiles and grows with it for whole images. Run from the repository root::
 
     PYTHONPATH=. python benchmarks/predict.py [-m RUN_OR_CHECKPOINT] [--images DIR] [--n 16]
-        [--batch-size 4] [--device auto] [--num-workers 2] [--repeat 2] [--large 512x1536]
+        [--batch-size 4] [--device auto] [--num-workers 2] [--repeat 3] [--large 512x1536|none]
         [--tile 256x512]
 
 Without ``-m`` the demo architecture (experiments/demo.yml) is built with random weights;
@@ -36,23 +40,28 @@ without ``--images`` the demo test images are used when present, else random 256
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import multiprocessing
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 import torch
+from torch import Tensor
 
 from sever.data_loader.datasets import list_images, read_grey
 from sever.inference.checkpoints import LoadedModel, as_loaded_model, build_eval_model, load_model
 from sever.inference.outputs import PIPELINE_DEPTH, predict_directory
-from sever.inference.predictor import Predictor, resolve_amp
+from sever.inference.predictor import TTA_VIEWS, Predictor, resolve_amp
 from sever.inference.tiling import Tiling, parse_tile
 from sever.main import prepare_config
 from sever.model.postprocess import PostProcessing
@@ -61,6 +70,7 @@ from sever.utils.device import autocast, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = REPO / "data" / "demo" / "test_images"
+TARGET = 0.9  # each path's rate against what its forward passes explain
 
 
 def demo_model(device: torch.device) -> LoadedModel:
@@ -92,11 +102,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_forward(loaded: LoadedModel, paths: list[Path], batch_size: int, device: torch.device, amp: str) -> float:
-    """Images/s of ``model(x)`` over pre-decoded, normalised batches already on the device."""
+def device_batches(loaded: LoadedModel, paths: list[Path], batch_size: int, device: torch.device) -> list[Tensor]:
+    """The images decoded, normalised and on the device, in batches: the bare loop's input."""
     images = torch.from_numpy(np.stack([read_grey(p) for p in paths])).to(device)
-    x = loaded.normalization(images.unsqueeze(1))
-    batches = list(x.split(batch_size))
+    return list(loaded.normalization(images.unsqueeze(1)).split(batch_size))
+
+
+def bare_forward(loaded: LoadedModel, batches: list[Tensor], device: torch.device, amp: str) -> float:
+    """Images/s of ``model(x)`` over pre-decoded, normalised batches already on the device."""
     with torch.inference_mode(), autocast(amp, device):
         loaded.model(batches[0])  # warm-up
         synchronize(device)
@@ -104,7 +117,7 @@ def bare_forward(loaded: LoadedModel, paths: list[Path], batch_size: int, device
         for batch in batches:
             loaded.model(batch)
         synchronize(device)
-    return len(paths) / (time.perf_counter() - started)
+    return sum(map(len, batches)) / (time.perf_counter() - started)
 
 
 def predictor_rate(predictor: Predictor, paths: list[Path], batch_size: int, workers: int) -> float:
@@ -127,20 +140,77 @@ def command_rate(predictor: Predictor, folder: Path, out: Path, batch_size: int,
     return summary.images / summary.seconds
 
 
-def measure(loaded: LoadedModel, paths: list[Path], folder: Path, scratch: Path, args: argparse.Namespace,
-            device: torch.device, amp: str) -> list[tuple[str, float]]:
-    """One round of every measurement: ``(name, images/s)``."""
-    rates = [("bare forward (1 pass/image)", bare_forward(loaded, paths, args.batch_size, device, amp))]
-    for tta, passes in (("none", 1), ("hflip", 2), ("both", 4)):
+@dataclass
+class Candidate:
+    """One measured path: its name, forward passes per image, the target ratio (or None), how to run it."""
+
+    name: str
+    passes: int
+    target: str | None
+    run: Callable[[], float]
+
+
+def candidates(loaded: LoadedModel, paths: list[Path], folder: Path, scratch: Path, args: argparse.Namespace,
+               device: torch.device, amp: str) -> list[Candidate]:
+    """The predictor with each TTA mode, and the whole command path with and without its writer thread."""
+    found = []
+    for tta in TTA_VIEWS:
         predictor = Predictor([loaded], tta=tta, device=device, amp=amp)
-        name = f"predictor, tta {tta} ({passes} pass{'es' if passes > 1 else ''}/image)"
-        rates.append((name, predictor_rate(predictor, paths, args.batch_size, args.num_workers)))
+        passes = len(TTA_VIEWS[tta])
+        target = "predictor only" if tta == "none" else f"tta {tta}"
+        found.append(Candidate(f"predictor, tta {tta}", passes, target, functools.partial(
+            predictor_rate, predictor, paths, args.batch_size, args.num_workers)))
     predictor = Predictor([loaded], device=device, amp=amp)
-    for name, depth in (("sever predict to CSV, tta none", PIPELINE_DEPTH),
-                        ("  the same, writes in the loop (depth 0)", 0)):
-        rates.append((name, command_rate(predictor, folder, scratch / "submission.csv", args.batch_size,
-                                         args.num_workers, depth)))
-    return rates
+    for name, depth, target in (("sever predict to CSV, tta none", PIPELINE_DEPTH, "whole predict path"),
+                                ("  the same, writes in the loop (depth 0)", 0, None)):
+        found.append(Candidate(name, 1, target, functools.partial(
+            command_rate, predictor, folder, scratch / "submission.csv", args.batch_size, args.num_workers, depth)))
+    return found
+
+
+def measure(loaded: LoadedModel, paths: list[Path], folder: Path, scratch: Path, args: argparse.Namespace,
+            device: torch.device, amp: str) -> tuple[list[Candidate], dict[str, list[float]], list[float]]:
+    """``args.repeat`` rounds; in each, every candidate right after its own bare loop (A B A B ...).
+
+    Returns the candidates, each one's rate divided by the bare rate measured just before
+    it (one ratio per round), and the bare rates. Pairing each measurement with a fresh
+    baseline puts a busy spell of a shared machine on both sides of the ratio.
+    """
+    batches = device_batches(loaded, paths, args.batch_size, device)
+    found = candidates(loaded, paths, folder, scratch, args, device, amp)
+    ratios: dict[str, list[float]] = {candidate.name: [] for candidate in found}
+    bare_rates = []
+    for _ in range(args.repeat):
+        for candidate in found:
+            bare = bare_forward(loaded, batches, device, amp)
+            ratios[candidate.name].append(candidate.run() / bare)
+            bare_rates.append(bare)
+    return found, ratios, bare_rates
+
+
+def report(found: list[Candidate], ratios: dict[str, list[float]], bare_rates: list[float]) -> None:
+    """The table (median bare rate times each median ratio) and one line per target."""
+    bare = statistics.median(bare_rates)
+    width = max(len(candidate.name) for candidate in found)
+    print(f"{'':<{width}}  {'images/s':>9}  {'vs bare':>8}  {'vs passes':>9}  ratios of the rounds")
+    print(f"{'bare forward (1 pass/image)':<{width}}  {bare:>9.2f}  {1:>7.2f}x  {1:>8.2f}x")
+    for candidate in found:
+        ratio = statistics.median(ratios[candidate.name])
+        rounds = " ".join(f"{r:.2f}" for r in ratios[candidate.name])
+        print(f"{candidate.name:<{width}}  {bare * ratio:>9.2f}  {ratio:>7.2f}x  {ratio * candidate.passes:>8.2f}x  "
+              f"{rounds}")
+    load = os.getloadavg()[0]
+    print(f"\nmedian of {len(bare_rates) // len(found)} rounds, each ratio against a bare loop run just before; "
+          f"load average {load:.1f} on {os.cpu_count()} CPUs")
+    for candidate in found:
+        if candidate.target is None:
+            continue
+        ratio = statistics.median(ratios[candidate.name])
+        if candidate.passes == 1:
+            print(f"{candidate.target} / bare loop: {ratio:.2f}x (target >= {TARGET}x)")
+        else:
+            print(f"{candidate.target} / (bare loop / {candidate.passes} passes): {ratio * candidate.passes:.2f}x "
+                  f"(target >= {TARGET}x; {ratio:.2f}x of the bare loop)")
 
 
 def resident_mb(field: str) -> float:
@@ -220,8 +290,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto", help="auto: fp16 on CUDA, off on CPU")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds; the best rate of each is kept")
-    parser.add_argument("--large", default="512x1536", help="HxW of the 1x large image (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the median ratio of each path counts")
+    parser.add_argument("--large", default="512x1536",
+                        help="HxW of the 1x large image, or none to skip the large images (default: %(default)s)")
     parser.add_argument("--tile", default="256x512", help="tile HxW for the large images (default: %(default)s)")
     return parser.parse_args()
 
@@ -237,17 +308,9 @@ def main() -> None:
         shape = read_grey(paths[0]).shape
         print(f"{described}, {shape[0]}x{shape[1]}; model {loaded.source}; device {device}, amp {amp}, "
               f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, workers {args.num_workers}")
-        rates: dict[str, float] = {}
-        for _ in range(args.repeat):  # the modes take turns, so a busy spell on the machine hits them alike
-            for name, rate in measure(loaded, paths, folder, Path(scratch), args, device, amp):
-                rates[name] = max(rates.get(name, 0.0), rate)
-    base = rates["bare forward (1 pass/image)"]
-    width = max(map(len, rates))
-    print(f"{'':<{width}}  {'images/s':>9}  {'vs bare':>8}  {'vs passes':>9}")
-    for name, rate in rates.items():
-        passes = int(name.split("(")[1].split()[0]) if "pass" in name else 1
-        print(f"{name:<{width}}  {rate:>9.2f}  {rate / base:>7.2f}x  {rate * passes / base:>8.2f}x")
-    print_tiled(tiled_rows(args), args.tile)
+        report(*measure(loaded, paths, folder, Path(scratch), args, device, amp))
+    if args.large != "none":
+        print_tiled(tiled_rows(args), args.tile)
 
 
 if __name__ == "__main__":

@@ -221,7 +221,7 @@ def _prediction_options(command):
                      help="With --tile: share of a tile overlapping its neighbour, in [0, 1)."),
         click.option("--blend", default="gaussian", show_default=True, type=click.Choice(["gaussian", "linear"]),
                      help="With --tile: weights blending overlapping tiles."),
-        click.option("--num-workers", default=2, show_default=True, help="Image reading processes."),
+        click.option("--num-workers", default=2, show_default=True, help="Image reading threads."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]),
                      help="Mixed precision; auto: fp16 on CUDA, off on CPU."),

@@ -36,6 +36,17 @@ def test_highest_class_wins_each_pixel_and_ties_go_to_the_lower_class():
     assert kept[0, 1].tolist() == [[False, True, False, False]]
 
 
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_highest_class_equals_the_first_argmax_on_random_probabilities_with_ties(classes, dtype):
+    generator = torch.Generator().manual_seed(classes)
+    probs = torch.randint(0, 3, (2, classes, 7, 9), generator=generator).to(dtype)  # 3 levels: ties everywhere
+    masks = torch.rand(probs.shape, generator=generator) > 0.3
+    best = probs.argmax(dim=1, keepdim=True)  # the first index of the maximum
+    expected = masks & (best == torch.arange(classes).view(1, -1, 1, 1))
+    assert torch.equal(keep_highest_class(masks, probs), expected)
+
+
 def test_highest_class_is_taken_over_all_classes_not_only_thresholded_ones():
     probs = u8([[[[153]], [[179]]]])  # 0.6 and 0.7
     masks = threshold_probabilities(probs, [0.5, 0.8])  # class 0 positive, class 1 not

@@ -1,12 +1,13 @@
 """The pipelined write path of sever predict: the same files as writing batch by batch, in order, errors kept."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from sever.exceptions import ConfigError, DataError
 from sever.inference.outputs import Overlays, write_predictions
-from sever.inference.predictor import PredictionBatch
+from sever.inference.predictor import PredictionBatch, read_images
 from sever.model.postprocess import PostProcessing
 
 CLASSES = 3
@@ -77,3 +78,42 @@ def test_an_error_while_predicting_stops_the_writer(tmp_path):
     with pytest.raises(DataError, match="unreadable.jpg"):
         write(tmp_path, "failing", 2, failing())
     assert not (tmp_path / "failing" / "sub.csv").exists()
+
+
+def grey_files(folder, count=7):
+    """``count`` grey PNGs of two sizes, each a different constant value, named out of sorting order."""
+    folder.mkdir()
+    paths = []
+    for index in range(count):
+        path = folder / f"{(index * 5) % count}_{index}.png"
+        cv2.imwrite(str(path), np.full((8 + 4 * (index % 2), 10), 10 * index, np.uint8))
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_images_are_read_in_order_in_batches_whatever_the_readers(tmp_path, workers):
+    paths = grey_files(tmp_path / "images")
+    read = list(read_images(paths, 3, workers))
+    assert [len(batch) for batch in read] == [3, 3, 1]
+    flat = [item for batch in read for item in batch]
+    assert [name for name, _ in flat] == [path.name for path in paths]
+    assert [int(image[0, 0]) for _, image in flat] == [10 * index for index in range(len(paths))]
+    assert [image.shape for _, image in flat] == [(8 + 4 * (index % 2), 10) for index in range(len(paths))]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_is_a_data_error_naming_it(tmp_path, workers):
+    paths = grey_files(tmp_path / "images")
+    paths[4].write_bytes(b"not an image")
+    batches_read = read_images(paths, 2, workers)
+    assert len(next(batches_read)) == 2  # the batches before it arrive
+    with pytest.raises(DataError, match=paths[4].name):
+        list(batches_read)
+
+
+def test_bad_batch_size_or_worker_count_is_a_config_error(tmp_path):
+    paths = grey_files(tmp_path / "images", 2)
+    for batch_size, workers in ((0, 1), (2, -1)):
+        with pytest.raises(ConfigError, match="batch size"):
+            list(read_images(paths, batch_size, workers))

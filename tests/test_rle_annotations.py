@@ -37,6 +37,41 @@ def test_decode_then_encode_gives_the_string_back(mask):
     assert rle_encode(rle_decode(rle, mask.shape)) == rle
 
 
+def decode_by_slices(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """The plain reference: each run slice-assigned into a flat column-major mask."""
+    flat = np.zeros(shape[0] * shape[1], np.uint8)
+    values = [int(v) for v in rle.split()]
+    for start, length in zip(values[0::2], values[1::2]):
+        flat[start - 1 : start - 1 + length] = 1
+    return flat.reshape(shape, order="F")
+
+
+@st.composite
+def run_lists(draw, max_side=40):
+    """``(rle, shape)``: random sorted disjoint runs (touching allowed) on a random mask shape."""
+    shape = (draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+    size = shape[0] * shape[1]
+    cuts = sorted(draw(st.lists(st.integers(0, size), max_size=60)))
+    pairs = [(a, b) for a, b in zip(cuts[0::2], cuts[1::2]) if b > a]
+    return " ".join(f"{a + 1} {b - a}" for a, b in pairs), shape
+
+
+@given(run_lists())
+def test_decode_equals_slice_assigning_each_run(case):
+    rle, shape = case
+    mask = rle_decode(rle, shape)
+    assert mask.shape == shape and mask.dtype == np.uint8
+    assert np.array_equal(mask, decode_by_slices(rle, shape))
+
+
+def test_decode_of_more_runs_than_the_cached_values_cover():
+    mask = np.zeros(SEVERSTAL_SHAPE, np.uint8)
+    mask[::2, :] = 1  # every other pixel of each column: 204,800 runs
+    rle = rle_encode(mask)
+    assert np.array_equal(rle_decode(rle, SEVERSTAL_SHAPE), mask)
+    assert np.array_equal(rle_decode(rle, SEVERSTAL_SHAPE), decode_by_slices(rle, SEVERSTAL_SHAPE))
+
+
 @given(masks(), st.data())
 def test_column_window_equals_slicing_the_full_decode(mask, data):
     width = mask.shape[1]

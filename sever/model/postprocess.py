@@ -108,8 +108,7 @@ def wipe_small_masks(pred: Tensor, min_pixels: Tensor | None) -> Tensor:
     """
     if min_pixels is None:
         return pred
-    keep = keep_classes(pred.flatten(2).sum(-1), min_pixels)
-    return pred & keep[:, :, None, None]
+    return wipe_classes(pred, keep_classes(pixel_counts(pred), min_pixels))
 
 
 def gated_min_pixels(min_pixels: Tensor, c_factor: Tensor, class_probs: Tensor) -> Tensor:
@@ -132,6 +131,16 @@ def gated_min_pixels(min_pixels: Tensor, c_factor: Tensor, class_probs: Tensor) 
     return t0 * factor - t0 * (factor - 1) * class_probs.double()
 
 
+def _on_cpu(tensor: Tensor) -> bool:
+    """True when a step runs through numpy: one thread, and it leaves torch's threads to the forward pass.
+
+    ``sever predict`` post-processes in a writer thread while the next batch goes through the
+    network; torch's CPU element-wise ops would start a second set of intra-op threads on the
+    cores the network uses (measured tens of times slower than numpy on a busy machine).
+    """
+    return tensor.device.type == "cpu"
+
+
 def threshold_probabilities(probs: Tensor, threshold: Sequence[float]) -> Tensor:
     """``p > threshold[c]`` for uint8 probabilities.
 
@@ -143,8 +152,10 @@ def threshold_probabilities(probs: Tensor, threshold: Sequence[float]) -> Tensor
         ``(N, C, H, W)`` bool. ``q / 255 > t`` is tested as ``q > floor(255 t)``,
         exact for integer ``q`` and free of float copies.
     """
-    levels = torch.tensor([int(np.floor(t * PROB_SCALE)) for t in threshold], dtype=torch.uint8, device=probs.device)
-    return probs > levels.view(1, -1, 1, 1)
+    levels = np.array([int(np.floor(t * PROB_SCALE)) for t in threshold], dtype=np.uint8).reshape(1, -1, 1, 1)
+    if _on_cpu(probs):
+        return torch.from_numpy(probs.numpy() > levels)
+    return probs > torch.from_numpy(levels).to(probs.device)
 
 
 def keep_highest_class(masks: Tensor, probs: Tensor) -> Tensor:
@@ -158,9 +169,46 @@ def keep_highest_class(masks: Tensor, probs: Tensor) -> Tensor:
         ``(N, C, H, W)`` bool: ``masks`` where the class is the pixel's argmax over all
         classes, thresholded or not.
     """
-    best = probs.argmax(dim=1, keepdim=True)
-    classes = torch.arange(probs.shape[1], device=probs.device).view(1, -1, 1, 1)
-    return masks & (best == classes)
+    if _on_cpu(probs):
+        return torch.from_numpy(np.stack(_highest_class(masks.numpy(), probs.numpy(), np.maximum), axis=1))
+    return torch.stack(_highest_class(masks, probs, torch.maximum), dim=1)
+
+
+def _highest_class(masks, probs, maximum: Callable) -> list:
+    """:func:`keep_highest_class` of numpy arrays or tensors (``maximum``: their element-wise max), per class.
+
+    Class ``c`` is a pixel's argmax when its probability is above every lower class's and
+    at least every higher class's: running maxima from both ends, a few passes over the
+    planes instead of an argmax across them (slow on the CPU for uint8).
+    """
+    planes = [probs[:, c] for c in range(probs.shape[1])]
+    above = [None] * len(planes)  # above[c]: max over the classes after c
+    for c in range(len(planes) - 2, -1, -1):
+        above[c] = planes[c + 1] if above[c + 1] is None else maximum(above[c + 1], planes[c + 1])
+    kept, below = [], None  # below: max over the classes before c
+    for c, plane in enumerate(planes):
+        mask = masks[:, c]
+        if below is not None:
+            mask = mask & (plane > below)
+        if above[c] is not None:
+            mask = mask & (plane >= above[c])
+        kept.append(mask)
+        below = plane if below is None else maximum(below, plane)
+    return kept
+
+
+def pixel_counts(masks: Tensor) -> Tensor:
+    """``(N, C)`` int64 positive pixels of ``(N, C, H, W)`` bool masks."""
+    if _on_cpu(masks):
+        return torch.from_numpy(np.count_nonzero(masks.numpy().reshape(*masks.shape[:2], -1), axis=-1))
+    return masks.flatten(2).sum(-1)
+
+
+def wipe_classes(masks: Tensor, keep: Tensor) -> Tensor:
+    """``(N, C, H, W)`` bool masks with the class planes where ``keep`` ``(N, C)`` is False cleared."""
+    if _on_cpu(masks):
+        return torch.from_numpy(masks.numpy() & keep.numpy()[:, :, None, None])
+    return masks & keep[:, :, None, None]
 
 
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
@@ -423,8 +471,7 @@ class PostProcessing:
         ``class_probs`` ``(N, C)`` are the classifier's probabilities, as in :meth:`keep`.
         """
         masks = self.pixel_masks(probs)
-        keep = self.keep(masks.flatten(2).sum(-1), class_probs)
-        return masks & keep[:, :, None, None]
+        return wipe_classes(masks, self.keep(pixel_counts(masks), class_probs))
 
     def _check_classes(self, classes: int) -> None:
         if classes != self.classes:
