@@ -31,6 +31,7 @@ def test_empty_predictor_wins_dice_but_scores_zero_on_defects_and_presence():
     presence = scores(Presence(), logits, target)
     assert defect["dice_defect_mean"] == 0.0
     assert defect["dice_defect_0"] == defect["dice_defect_2"] == 0.0
+    assert defect["dice_empty_mean"] == 1.0 and defect["dice_balanced"] == 0.5
     assert presence["presence_recall_0"] == presence["presence_recall_2"] == 0.0
     # classes 1 and 3 never occur: nothing could be missed there
     assert presence["presence_recall_1"] == presence["presence_recall_3"] == 1.0
@@ -46,9 +47,18 @@ def test_defect_dice_scores_only_the_defect_pairs():
     assert defect["dice_defect_0"] == pytest.approx(1.0)
     assert defect["dice_defect_2"] == pytest.approx(2 / 3)
     assert defect["dice_defect_mean"] == pytest.approx((1 + 2 / 3) / 2)
+    assert defect["dice_empty_mean"] == pytest.approx(77 / 78)  # one of the 78 empty pairs predicted
+    assert defect["dice_balanced"] == pytest.approx(((1 + 2 / 3) / 2 + 77 / 78) / 2)
     presence = scores(Presence(), 10.0 * (2 * pred.float() - 1), target)
     assert presence["presence_precision_1"] == 0.0  # its only predicted image has no class 1
     assert presence["presence_recall_mean"] == 1.0
+
+
+def test_flooding_every_pair_does_not_win_the_balanced_dice_either():
+    target = mostly_empty()
+    defect = scores(DefectDice(), torch.full(target.shape, 10.0), target)
+    assert defect["dice_empty_mean"] == 0.0
+    assert defect["dice_balanced"] < 0.5 < scores(DefectDice(), 10.0 * (2 * target.float() - 1), target)["dice_balanced"]
 
 
 def test_min_pixels_and_threshold_apply_to_presence_and_defect_dice():
@@ -68,8 +78,8 @@ def test_registered_and_reduced_like_the_other_metrics():
     halves = [DefectDice(), DefectDice()]
     halves[0].update(logits[:10], target[:10])
     halves[1].update(logits[10:], target[10:])
-    halves[0].reduce_(lambda tensor: tensor.add_(halves[1].score_sum if tensor is halves[0].score_sum
-                                                  else halves[1].pairs))
+    other = iter([getattr(halves[1], name) for name in DefectDice.state_names])
+    halves[0].reduce_(lambda tensor: tensor.add_(next(other)))
     assert halves[0].compute() == scores(DefectDice(), logits, target)
     assert isinstance(METRICS.build({"type": "DefectDice", "args": {"min_pixels": 10}}, "metrics.0"), DefectDice)
     assert isinstance(METRICS.build("Presence", "metrics.1"), Presence)

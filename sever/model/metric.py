@@ -292,30 +292,41 @@ class PrecisionRecall(Metric):
 
 @METRICS.register
 class DefectDice(_MaskMetric):
-    """Dice over the image-class pairs whose true mask holds a defect: what an empty predictor scores 0 on.
+    """Dice over the image-class pairs that hold a defect, and a Dice balanced between defect and empty pairs.
 
     On data where most image-class pairs are empty, the competition Dice (:class:`Dice`)
-    rewards predicting nothing; this score leaves the empty pairs out. Inputs: logits and
-    masks ``(B, C, H, W)``. State: the Dice sum over defect pairs ``(C,)`` and their count ``(C,)``.
+    rewards predicting nothing. Inputs: logits and masks ``(B, C, H, W)``. State: the Dice
+    sums over the defect pairs and over the empty pairs, and their counts, each ``(C,)``.
 
-    Returns ``dice_defect_0 ..`` (mean Dice over the images that have class k) and
-    ``dice_defect_mean`` (mean over every defect pair of every class, so each defect
-    counts once). A class without any defect pair scores 1.0 (nothing to find).
+    Returns:
+
+    - ``dice_defect_0 ..``: mean Dice over the images that have class k, and
+      ``dice_defect_mean`` over every defect pair of every class (each defect counts once);
+      an empty predictor scores 0;
+    - ``dice_empty_mean``: the share of empty pairs predicted empty (their Dice is 1 or 0);
+    - ``dice_balanced``: the mean of the two, as if defect and empty pairs were equally
+      common; predicting nothing scores 0.5, and so does predicting every class everywhere.
+
+    A score without any pair to average over is 1.0 (nothing to find, nothing to get wrong).
 
     Args:
         threshold, min_pixels: as for :class:`Dice`.
     """
 
-    state_names = ("score_sum", "pairs")
+    state_names = ("defect_sum", "defect_pairs", "empty_sum", "empty_pairs")
 
-    def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         has_defect = target.flatten(2).any(2)
         score = dice_per_image(self._wiped(pred), target)
-        return torch.where(has_defect, score, 0.0).sum(0), has_defect.sum(0)
+        return (torch.where(has_defect, score, 0.0).sum(0), has_defect.sum(0),
+                torch.where(has_defect, 0.0, score).sum(0), (~has_defect).sum(0))
 
-    def compute_state(self, score_sum: Tensor, pairs: Tensor) -> dict[str, float]:
-        mean = _ratio_empty_one(score_sum.sum(), pairs.sum()).item()
-        return {**_per_class("dice_defect", _ratio_empty_one(score_sum, pairs)), "dice_defect_mean": mean}
+    def compute_state(self, defect_sum: Tensor, defect_pairs: Tensor, empty_sum: Tensor,
+                      empty_pairs: Tensor) -> dict[str, float]:
+        defect = _ratio_empty_one(defect_sum.sum(), defect_pairs.sum()).item()
+        empty = _ratio_empty_one(empty_sum.sum(), empty_pairs.sum()).item()
+        return {**_per_class("dice_defect", _ratio_empty_one(defect_sum, defect_pairs)), "dice_defect_mean": defect,
+                "dice_empty_mean": empty, "dice_balanced": (defect + empty) / 2}
 
 
 @METRICS.register
