@@ -172,7 +172,6 @@ def read_dataset(data_dir: str | Path, layout: Layout, classes: int,
         DataError: no images, labels for images that are not there, bad images or masks.
     """
     root = Path(data_dir)
-    list_images(root / layout.images)  # "no images in ..." before any label is read
     source = mask_source(layout.format, "--format")
     annotations, paths = source.read(DataFolder(root, classes, class_names, images=layout.images, csv=layout.csv,
                                                 masks=layout.masks))
@@ -197,6 +196,7 @@ def fingerprint(data_dir: str | Path, layout: Layout = Layout(), format: str | N
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     layout = detect_layout(root, layout, format)
+    list_images(root / layout.images)  # "no images in ..." before any label is read
     if classes is None:
         classes, detected = detect_classes(root, layout)
         class_names = class_names or detected

@@ -43,6 +43,8 @@ MIN_EPOCHS_PER_FOLD = 3  # fewer folds when a fold could not train this many epo
 RESERVE = 0.15  # share of the budget left for out-of-fold prediction, tuning and the report
 MEMORY_MARGIN = 0.8  # a CUDA batch fits when its trial step peaks below this share of the memory
 VALID_COST = 1 / 3  # a validation image costs about a third of a training one per pixel (forward only)
+FOLD_PASSES = 3  # after training, a fold predicts its validation images 3 times: tuning, report, out-of-fold
+FOLD_SETUP = 20.0  # seconds per fold for reading the data, building the model and drawing the report
 EMPTY_PAIRS_MONITOR = 0.5  # from this share of empty image-class pairs on, the defect Dice is monitored
 RARE_CLASS = 1 / 3  # a class seen in under this share of the commonest class's images is balanced
 SMALL_DATA = 1000  # fewer images than this: stronger augmentation and dropout
@@ -146,21 +148,26 @@ def plan_crop(fp: Fingerprint, kind: str) -> tuple[tuple[int, int], str]:
     return crop, f"crop {crop[0]}x{crop[1]}: height {why[0]}, width {why[1]}; multiples of 32{tail}"
 
 
-def plan_architecture(fp: Fingerprint, kind: str, fold_budget: float) -> tuple[dict, str]:
-    """The ``arch`` block (an FPN or a Unet from the registered ones, without pretrained weights) and why."""
-    large = kind == "cuda" and fp.images >= LARGE_DATA and fold_budget >= LARGE_FOLD_BUDGET
+def plan_architecture(fp: Fingerprint, kind: str, per_fold: float, allow_large: bool = True) -> tuple[dict, str]:
+    """The ``arch`` block (an FPN or a Unet from the registered ones, without pretrained weights) and why.
+
+    Args:
+        per_fold: seconds of training per fold.
+        allow_large: False when the larger model was measured too slow for the budget.
+    """
+    large = allow_large and kind == "cuda" and fp.images >= LARGE_DATA and per_fold >= LARGE_FOLD_BUDGET
     dropout = 0.1 if fp.images < SMALL_DATA else 0.0
     if large:
         arch = {"type": "Unet", "args": {"encoder_name": "resnet34", "encoder_weights": None, "in_channels": "g",
                                          "dropout": dropout}}
-        why = (f"Unet over resnet34: {fp.images} images and {fold_budget / 60:.0f} min per fold on CUDA carry a "
+        why = (f"Unet over resnet34: {fp.images} images and {per_fold / 60:.0f} min per fold on CUDA carry a "
                f"larger encoder (>= {LARGE_DATA} images, >= {LARGE_FOLD_BUDGET // 60} min)")
     else:
         arch = {"type": "FPN", "args": {"encoder_name": "resnet18", "encoder_weights": None, "in_channels": "g",
                                         "dropout": dropout,
                                         "decoder_args": {"decoder_pyramid_channels": 64,
                                                          "decoder_segmentation_channels": 32}}}
-        why = (f"FPN over resnet18 with a light decoder: {fp.images} images, {fold_budget / 60:.0f} min per fold on "
+        why = (f"FPN over resnet18 with a light decoder: {fp.images} images, {per_fold / 60:.0f} min per fold on "
                f"{kind}; a larger encoder needs CUDA, >= {LARGE_DATA} images and >= {LARGE_FOLD_BUDGET // 60} "
                f"min per fold to train enough epochs")
     why += (f"; dropout {dropout} ({'under' if dropout else 'at least'} {SMALL_DATA} images); encoder_weights null: "
@@ -205,7 +212,7 @@ def plan_min_pixels(fp: Fingerprint) -> tuple[list[int], str]:
                     + ": half the 5th-percentile defect area per image; tuned after training")
 
 
-def plan_folds(fp: Fingerprint, budget: float, epoch_seconds: Callable[[int], float]) -> tuple[int, str, list[str]]:
+def plan_folds(fp: Fingerprint, epochs_fitting: Callable[[int], float]) -> tuple[int, str, list[str]]:
     """The number of folds, why, and notes on what was planned around.
 
     Up to :data:`MAX_FOLDS`; no more than the rarest class's images (each fold should
@@ -213,8 +220,7 @@ def plan_folds(fp: Fingerprint, budget: float, epoch_seconds: Callable[[int], fl
     :data:`MIN_EPOCHS_PER_FOLD` epochs; at least 2.
 
     Args:
-        budget: seconds for all the folds' training.
-        epoch_seconds: estimated seconds of one epoch with ``folds`` folds.
+        epochs_fitting: ``folds -> `` the epochs each fold's share of the budget holds.
     """
     notes = []
     rarest = min(fp.classes, key=lambda c: c.images)
@@ -225,7 +231,7 @@ def plan_folds(fp: Fingerprint, budget: float, epoch_seconds: Callable[[int], fl
         why = f"{folds} folds: {rarest.name} is in only {rarest.images} images"
         notes.append(f"folds reduced to {folds}: {rarest.name} is in only {rarest.images} image(s)"
                      + ("; some folds validate without it" if rarest.images < 2 else ""))
-    while folds > 2 and budget / folds < MIN_EPOCHS_PER_FOLD * epoch_seconds(folds):
+    while folds > 2 and epochs_fitting(folds) < MIN_EPOCHS_PER_FOLD:
         folds -= 1
         why = f"{folds} folds: more would leave under {MIN_EPOCHS_PER_FOLD} epochs per fold in the budget"
     return folds, why + "; every labelled image is validated once, by a model that never saw it", notes
@@ -281,14 +287,30 @@ def plan_batch(target: Target, arch: dict, crop: tuple[int, int]) -> tuple[int, 
                    f"{MEMORY_MARGIN:.0%} of its memory")
 
 
+def validation_seconds(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
+    """Seconds of one pass over a fold's validation images, whole, at the training batch's pixels."""
+    image_pixels = fp.heights[1] * fp.widths[1]
+    return fp.images / folds / batch * step * VALID_COST * image_pixels / (crop[0] * crop[1])
+
+
 def epoch_estimate(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
     """Seconds of one epoch of one fold: its training steps plus validation on whole images."""
     train_images = fp.images * (folds - 1) / folds
-    valid_images = fp.images / folds
-    image_pixels = fp.heights[1] * fp.widths[1]
-    train = math.ceil(train_images / batch) * step
-    valid = valid_images / batch * step * VALID_COST * image_pixels / (crop[0] * crop[1])
-    return train + valid
+    return math.ceil(train_images / batch) * step + validation_seconds(fp, folds, batch, crop, step)
+
+
+def fold_overhead(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
+    """Seconds a fold spends outside its training budget: set-up and the passes after training."""
+    return FOLD_SETUP + FOLD_PASSES * validation_seconds(fp, folds, batch, crop, step)
+
+
+def fold_budget(budget: float, fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
+    """The training seconds of each of ``folds`` folds in ``budget`` seconds for the whole study.
+
+    :data:`RESERVE` of the budget is kept for the study's out-of-fold tuning; each fold's
+    :func:`fold_overhead` comes out of its share.
+    """
+    return budget * (1 - RESERVE) / folds - fold_overhead(fp, folds, batch, crop, step)
 
 
 def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: int = 42,
@@ -301,33 +323,36 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
     reasons: dict[str, str] = {}
     kind = target.caps.kind
     crop, reasons["augmentation.args.height"] = plan_crop(fp, kind)
-    training_budget = budget * (1 - RESERVE)
-    small_arch, _ = plan_architecture(fp, kind, 0.0)
+    small_arch, _ = plan_architecture(fp, kind, 0.0, allow_large=False)
     small_batch, batch_reason = plan_batch(target, small_arch, crop)
     small_step = target.step_seconds(small_arch, crop, small_batch)
     smallest_epoch = epoch_estimate(fp, 2, small_batch, crop, small_step)
-    if training_budget / 2 < smallest_epoch:
+    if fold_budget(budget, fp, 2, small_batch, crop, small_step) < smallest_epoch:
+        needed = 2 * (smallest_epoch + fold_overhead(fp, 2, small_batch, crop, small_step)) / (1 - RESERVE)
         raise PlanError(
             f"--time {budget:.0f} s: too short; one epoch of the smallest plan (FPN over resnet18, batch "
             f"{small_batch} of {crop[0]}x{crop[1]} crops) takes about {smallest_epoch:.0f} s per fold on {kind}, "
-            f"and a study trains at least 2 folds with {RESERVE:.0%} kept for tuning: give at least "
-            f"--time {math.ceil(2 * smallest_epoch / (1 - RESERVE))}s")
+            f"a study trains at least 2 folds, and {RESERVE:.0%} is kept for tuning: give at least "
+            f"--time {math.ceil(needed)}s")
     folds, reasons["data_loader.args.folds"], notes = plan_folds(
-        fp, training_budget, lambda k: epoch_estimate(fp, k, small_batch, crop, small_step))
-    fold_budget = training_budget / folds
-    arch, reasons["arch"] = plan_architecture(fp, kind, fold_budget)
+        fp, lambda k: fold_budget(budget, fp, k, small_batch, crop, small_step) /
+        epoch_estimate(fp, k, small_batch, crop, small_step))
+    per_fold = fold_budget(budget, fp, folds, small_batch, crop, small_step)
+    arch, reasons["arch"] = plan_architecture(fp, kind, per_fold)
     batch, step = small_batch, small_step
     if arch != small_arch:
         large_batch, large_reason = plan_batch(target, arch, crop)
         large_step = target.step_seconds(arch, crop, large_batch)
-        if fold_budget < MIN_EPOCHS_PER_FOLD * epoch_estimate(fp, folds, large_batch, crop, large_step):
+        per_fold_large = fold_budget(budget, fp, folds, large_batch, crop, large_step)
+        if per_fold_large < MIN_EPOCHS_PER_FOLD * epoch_estimate(fp, folds, large_batch, crop, large_step):
             arch = small_arch
-            reasons["arch"] = plan_architecture(fp, kind, 0.0)[1] + "; the larger one measured too slow for the budget"
+            reasons["arch"] = (plan_architecture(fp, kind, per_fold, allow_large=False)[1]
+                               + "; Unet over resnet34 was measured too slow for the budget")
         else:
-            batch, step, batch_reason = large_batch, large_step, large_reason
+            batch, step, batch_reason, per_fold = large_batch, large_step, large_reason, per_fold_large
     reasons["data_loader.args.batch_size"] = batch_reason
     epoch = epoch_estimate(fp, folds, batch, crop, step)
-    epochs = max(1, int(fold_budget // epoch))
+    epochs = max(1, int(per_fold // epoch))
     transforms, reasons["augmentation.type"] = plan_augmentation(fp, crop)
     sampler, reasons["data_loader.args.sampler"] = plan_sampler(fp)
     min_pixels, reasons["metrics"] = plan_min_pixels(fp)
@@ -362,7 +387,7 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
                       "decoder": {"lr": 3.0e-3, "weight_decay": 3.0e-4}},
         "lr_scheduler": {"type": "FlatCosineAnnealing",
                          "args": {"start_anneal": max(1, epochs // 2), "n_epochs": max(2, epochs)}},
-        "trainer": {"epochs": 2 * epochs + 2, "time_budget": f"{max(1, int(fold_budget))}s",
+        "trainer": {"epochs": 2 * epochs + 2, "time_budget": f"{max(1, int(per_fold))}s",
                     "save_period": max(1, epochs // 4), "monitor": monitor, "tensorboard": True},
     }
     if unlabelled is not None:
@@ -384,9 +409,9 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
         "lr_scheduler": f"flat then cosine over the {epochs} epochs estimated to fit; trainer.time_budget re-lays "
                         "it over the epochs that really fit",
         "trainer.epochs": f"an upper bound, twice the {epochs} estimated: the time budget ends training",
-        "trainer.time_budget": (f"{budget:.0f} s less {RESERVE:.0%} for out-of-fold prediction and tuning, over "
-                                f"{folds} folds; one epoch measured at about {epoch:.0f} s ({step:.2f} s per step "
-                                f"of {batch})"),
+        "trainer.time_budget": (f"{budget:.0f} s less {RESERVE:.0%} for the study's tuning, over {folds} folds, "
+                                f"less each fold's set-up, self-tuning, report and out-of-fold prediction; one "
+                                f"epoch estimated at {epoch:.0f} s ({step:.2f} s per measured step of {batch})"),
         "trainer.save_period": "about four checkpoints over the estimated epochs, for resuming",
     })
     return Plan(config, reasons, fp, notes)
