@@ -131,8 +131,8 @@ def test_a_budget_too_short_for_one_epoch_is_refused_naming_the_time_needed(demo
 
 def test_cuda_batch_is_the_largest_that_fits_and_amp_fp16_without_bf16(demo_fp):
     caps = Capabilities("cuda", bf16=False, memory=16 << 30, name="fake GPU")
-    plan = make_plan(demo_fp, fake_target(caps=caps, fits=lambda batch: batch <= 21), 3600, "demo")
-    assert plan.config["data_loader"]["args"]["batch_size"] == 21
+    plan = make_plan(demo_fp, fake_target(caps=caps, fits=lambda batch: batch <= 9), 3600, "demo")
+    assert plan.config["data_loader"]["args"]["batch_size"] == 9
     assert plan.config["amp"] == "fp16"
     assert "fake GPU" in plan.reasons["data_loader.args.batch_size"]
     assert f"{MEMORY_MARGIN:.0%}" in plan.reasons["data_loader.args.batch_size"]
@@ -236,3 +236,11 @@ def test_cli_plan_refuses_a_budget_too_short(tmp_path):
                                       str(tmp_path / "x.yml")])
     assert result.exit_code == 1 and "too short" in result.output
     assert not (tmp_path / "x.yml").exists()
+
+
+def test_batch_never_exceeds_the_training_images_of_a_fold(demo_fp):
+    caps = Capabilities("cuda", bf16=True, memory=80 << 30, name="big GPU")
+    plan = make_plan(demo_fp, fake_target(caps=caps, fits=lambda batch: True), 3600, "demo")
+    assert plan.config["data_loader"]["args"]["batch_size"] == demo_fp.images // 2
+    assert plan.config["amp"] == "bf16"
+    assert "lowered to 12" in plan.reasons["data_loader.args.batch_size"]

@@ -270,21 +270,27 @@ class Target:
     fits: Callable[[dict, tuple[int, int], int], bool] | None = None
 
 
-def plan_batch(target: Target, arch: dict, crop: tuple[int, int]) -> tuple[int, str]:
-    """The training batch size and why: measured on CUDA, the CPU rule otherwise.
+def plan_batch(target: Target, arch: dict, crop: tuple[int, int], images: int) -> tuple[int, str]:
+    """The training batch size and why: measured on CUDA, the CPU rule otherwise; never more than the
+    training images of a 2-fold split (``images`` // 2), so every fold forms a complete batch.
 
     Raises:
         PlanError: not even one image fits on the CUDA device.
     """
     if target.caps.kind != "cuda" or target.fits is None:
         batch = cpu_batch_size(crop)
-        return batch, (f"CPU rule: a batch of about 0.5 megapixel ({crop[0]}x{crop[1]} crops), a power of two in "
-                       "2..16")
-    batch = largest_batch(lambda b: target.fits(arch, crop, b))
-    if batch == 0:
-        raise PlanError(f"--device {target.device}: not even one {crop[0]}x{crop[1]} crop fits on {target.caps.name}")
-    return batch, (f"measured on {target.caps.name}: the largest batch whose trial step peaks under "
-                   f"{MEMORY_MARGIN:.0%} of its memory")
+        why = f"CPU rule: a batch of about 0.5 megapixel ({crop[0]}x{crop[1]} crops), a power of two in 2..16"
+    else:
+        batch = largest_batch(lambda b: target.fits(arch, crop, b))
+        if batch == 0:
+            raise PlanError(f"--device {target.device}: not even one {crop[0]}x{crop[1]} crop fits on "
+                            f"{target.caps.name}")
+        why = (f"measured on {target.caps.name}: the largest batch whose trial step peaks under "
+               f"{MEMORY_MARGIN:.0%} of its memory")
+    fold_images = max(1, images // 2)
+    if batch > fold_images:
+        return fold_images, why + f", lowered to {fold_images}: the training images of a 2-fold split"
+    return batch, why
 
 
 def validation_seconds(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
@@ -324,7 +330,7 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
     kind = target.caps.kind
     crop, reasons["augmentation.args.height"] = plan_crop(fp, kind)
     small_arch, _ = plan_architecture(fp, kind, 0.0, allow_large=False)
-    small_batch, batch_reason = plan_batch(target, small_arch, crop)
+    small_batch, batch_reason = plan_batch(target, small_arch, crop, fp.images)
     small_step = target.step_seconds(small_arch, crop, small_batch)
     smallest_epoch = epoch_estimate(fp, 2, small_batch, crop, small_step)
     if fold_budget(budget, fp, 2, small_batch, crop, small_step) < smallest_epoch:
@@ -341,7 +347,7 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
     arch, reasons["arch"] = plan_architecture(fp, kind, per_fold)
     batch, step = small_batch, small_step
     if arch != small_arch:
-        large_batch, large_reason = plan_batch(target, arch, crop)
+        large_batch, large_reason = plan_batch(target, arch, crop, fp.images)
         large_step = target.step_seconds(arch, crop, large_batch)
         per_fold_large = fold_budget(budget, fp, folds, large_batch, crop, large_step)
         if per_fold_large < MIN_EPOCHS_PER_FOLD * epoch_estimate(fp, folds, large_batch, crop, large_step):
