@@ -1,10 +1,22 @@
-"""Small datasets for the plan and auto tests: known squares in a mask folder, a NEU-Seg subset."""
+"""Small datasets and a fake device for the plan and auto tests: known squares in a mask folder,
+a NEU-Seg subset, a device whose step times are given (so no plan depends on the machine's speed)."""
 
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from sever.planning.plan import Target
+from sever.utils.device import Capabilities
+
+CPU = Capabilities("cpu")
+
+
+def fake_target(step: float = 0.01, caps: Capabilities = CPU, fits=None) -> Target:
+    """A device whose steps take ``step`` seconds whatever they hold (and ``fits(batch)`` on CUDA)."""
+    return Target(caps.kind, caps, lambda arch, crop, batch: step,
+                  None if fits is None else lambda arch, crop, batch: fits(batch))
 
 
 def squares_dataset(root: Path, images: int = 8, size=(48, 80)) -> Path:

@@ -1,11 +1,16 @@
-"""``sever auto``: plan, a K-fold study within the budget, out-of-fold tuning, the predict command; tiny budgets."""
+"""``sever auto``: plan, a K-fold study within the budget, out-of-fold tuning, the predict command; tiny budgets.
+
+The device is a fake one whose training steps take one second (the plan's only measurement), so what
+is planned does not depend on how loaded the machine is; the folds then really train, within
+their planned time budgets.
+"""
 
 import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from plan_datasets import neu_subset
+from plan_datasets import fake_target, neu_subset
 
 from sever.cli import cli
 from sever.data_loader.convert import csv_to_mask_folder
@@ -14,8 +19,13 @@ from sever.utils.config import load_config
 from sever.utils.study import StudyPaths
 
 
+@pytest.fixture(autouse=True)
+def one_second_steps(monkeypatch):
+    monkeypatch.setattr("sever.planning.auto.device_target", lambda device, classes: fake_target(step=1.0))
+
+
 def run_auto(data, out, *options):
-    result = CliRunner().invoke(cli, ["auto", str(data), "--device", "cpu", "--time", "2m", "-o", str(out),
+    result = CliRunner().invoke(cli, ["auto", str(data), "--device", "cpu", "--time", "1m", "-o", str(out),
                                       *options])
     assert result.exit_code == 0, result.output
     study = re.search(r"^study saved in (.+)$", result.output, re.M).group(1)

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from plan_datasets import neu_subset, squares_dataset
+from plan_datasets import CPU, fake_target, neu_subset, squares_dataset
 
 from sever.cli import cli
 from sever.data_loader.convert import csv_to_mask_folder
@@ -16,15 +16,6 @@ from sever.planning.fingerprint import Layout, fingerprint
 from sever.planning.plan import MEMORY_MARGIN, PlanError, Target, make_plan
 from sever.utils.config import load_config
 from sever.utils.device import Capabilities, choose_amp, cpu_batch_size, largest_batch
-
-CPU = Capabilities("cpu")
-
-
-def fake_target(step: float = 0.01, caps: Capabilities = CPU, fits=None) -> Target:
-    """A device whose steps take ``step`` seconds whatever they hold (and ``fits(batch)`` on CUDA)."""
-    return Target(caps.kind, caps, lambda arch, crop, batch: step,
-                  None if fits is None else lambda arch, crop, batch: fits(batch))
-
 
 # ----------------------------------------------------------------------------- device decisions
 
@@ -244,3 +235,16 @@ def test_batch_never_exceeds_the_training_images_of_a_fold(demo_fp):
     assert plan.config["data_loader"]["args"]["batch_size"] == demo_fp.images // 2
     assert plan.config["amp"] == "bf16"
     assert "lowered to 12" in plan.reasons["data_loader.args.batch_size"]
+
+
+def test_larger_model_on_cuda_only_when_its_measured_steps_fit_the_budget(demo_fp):
+    many = type(demo_fp)(**{**demo_fp.__dict__, "images": 3000})
+    caps = Capabilities("cuda", bf16=True, memory=80 << 30, name="fake GPU")
+    quick = make_plan(many, fake_target(step=0.01, caps=caps, fits=lambda batch: batch <= 32), 4 * 3600, "many")
+    assert quick.config["arch"]["type"] == "Unet" and quick.config["arch"]["args"]["encoder_name"] == "resnet34"
+    slow_unet = Target("cuda", caps, lambda arch, crop, batch: 30.0 if arch["type"] == "Unet" else 0.01,
+                       lambda arch, crop, batch: batch <= 32)
+    slow = make_plan(many, slow_unet, 4 * 3600, "many")
+    assert slow.config["arch"]["type"] == "FPN" and "measured too slow" in slow.reasons["arch"]
+    cpu = make_plan(many, fake_target(step=0.01), 4 * 3600, "many")
+    assert cpu.config["arch"]["type"] == "FPN"

@@ -319,6 +319,60 @@ def fold_budget(budget: float, fp: Fingerprint, folds: int, batch: int, crop: tu
     return budget * (1 - RESERVE) / folds - fold_overhead(fp, folds, batch, crop, step)
 
 
+@dataclass(frozen=True)
+class Sizing:
+    """The measured part of a plan: the model, its batch and step time, the folds and each fold's seconds."""
+
+    arch: dict
+    arch_reason: str
+    batch: int
+    batch_reason: str
+    step: float
+    folds: int
+    folds_reason: str
+    per_fold: float
+    notes: list[str]
+
+
+def check_budget(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int], step: float, kind: str) -> None:
+    """PlanError unless two folds of the smallest plan (``batch``, ``step`` seconds) fit one epoch each."""
+    smallest_epoch = epoch_estimate(fp, 2, batch, crop, step)
+    if fold_budget(budget, fp, 2, batch, crop, step) >= smallest_epoch:
+        return
+    needed = 2 * (smallest_epoch + fold_overhead(fp, 2, batch, crop, step)) / (1 - RESERVE)
+    raise PlanError(
+        f"--time {budget:.0f} s: too short; one epoch of the smallest plan (FPN over resnet18, batch {batch} of "
+        f"{crop[0]}x{crop[1]} crops) takes about {smallest_epoch:.0f} s per fold on {kind}, a study trains at "
+        f"least 2 folds, and {RESERVE:.0%} is kept for tuning: give at least --time {math.ceil(needed)}s")
+
+
+def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, int]) -> Sizing:
+    """Measure the smallest plan, refuse a budget too short for it, choose the folds, then the model.
+
+    The larger model is kept only when its measured steps still give each fold
+    :data:`MIN_EPOCHS_PER_FOLD` epochs.
+    """
+    kind = target.caps.kind
+    small, _ = plan_architecture(fp, kind, 0.0, allow_large=False)
+    batch, batch_reason = plan_batch(target, small, crop, fp.images)
+    step = target.step_seconds(small, crop, batch)
+    check_budget(fp, budget, batch, crop, step, kind)
+    folds, folds_reason, notes = plan_folds(
+        fp, lambda k: fold_budget(budget, fp, k, batch, crop, step) / epoch_estimate(fp, k, batch, crop, step))
+    per_fold = fold_budget(budget, fp, folds, batch, crop, step)
+    arch, arch_reason = plan_architecture(fp, kind, per_fold)
+    if arch != small:
+        large_batch, large_reason = plan_batch(target, arch, crop, fp.images)
+        large_step = target.step_seconds(arch, crop, large_batch)
+        large_fold = fold_budget(budget, fp, folds, large_batch, crop, large_step)
+        if large_fold >= MIN_EPOCHS_PER_FOLD * epoch_estimate(fp, folds, large_batch, crop, large_step):
+            return Sizing(arch, arch_reason, large_batch, large_reason, large_step, folds, folds_reason, large_fold,
+                          notes)
+        arch, arch_reason = small, (plan_architecture(fp, kind, per_fold, allow_large=False)[1]
+                                    + "; Unet over resnet34 was measured too slow for the budget")
+    return Sizing(arch, arch_reason, batch, batch_reason, step, folds, folds_reason, per_fold, notes)
+
+
 def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: int = 42,
               unlabelled: str | None = None) -> Plan:
     """Plan the experiment of ``fp`` for ``target`` and ``budget`` seconds (see the module docstring).
@@ -327,45 +381,18 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
         PlanError: the budget is too short for one epoch of the smallest plan on two folds.
     """
     reasons: dict[str, str] = {}
-    kind = target.caps.kind
-    crop, reasons["augmentation.args.height"] = plan_crop(fp, kind)
-    small_arch, _ = plan_architecture(fp, kind, 0.0, allow_large=False)
-    small_batch, batch_reason = plan_batch(target, small_arch, crop, fp.images)
-    small_step = target.step_seconds(small_arch, crop, small_batch)
-    smallest_epoch = epoch_estimate(fp, 2, small_batch, crop, small_step)
-    if fold_budget(budget, fp, 2, small_batch, crop, small_step) < smallest_epoch:
-        needed = 2 * (smallest_epoch + fold_overhead(fp, 2, small_batch, crop, small_step)) / (1 - RESERVE)
-        raise PlanError(
-            f"--time {budget:.0f} s: too short; one epoch of the smallest plan (FPN over resnet18, batch "
-            f"{small_batch} of {crop[0]}x{crop[1]} crops) takes about {smallest_epoch:.0f} s per fold on {kind}, "
-            f"a study trains at least 2 folds, and {RESERVE:.0%} is kept for tuning: give at least "
-            f"--time {math.ceil(needed)}s")
-    folds, reasons["data_loader.args.folds"], notes = plan_folds(
-        fp, lambda k: fold_budget(budget, fp, k, small_batch, crop, small_step) /
-        epoch_estimate(fp, k, small_batch, crop, small_step))
-    per_fold = fold_budget(budget, fp, folds, small_batch, crop, small_step)
-    arch, reasons["arch"] = plan_architecture(fp, kind, per_fold)
-    batch, step = small_batch, small_step
-    if arch != small_arch:
-        large_batch, large_reason = plan_batch(target, arch, crop, fp.images)
-        large_step = target.step_seconds(arch, crop, large_batch)
-        per_fold_large = fold_budget(budget, fp, folds, large_batch, crop, large_step)
-        if per_fold_large < MIN_EPOCHS_PER_FOLD * epoch_estimate(fp, folds, large_batch, crop, large_step):
-            arch = small_arch
-            reasons["arch"] = (plan_architecture(fp, kind, per_fold, allow_large=False)[1]
-                               + "; Unet over resnet34 was measured too slow for the budget")
-        else:
-            batch, step, batch_reason, per_fold = large_batch, large_step, large_reason, per_fold_large
-    reasons["data_loader.args.batch_size"] = batch_reason
-    epoch = epoch_estimate(fp, folds, batch, crop, step)
-    epochs = max(1, int(per_fold // epoch))
+    crop, reasons["augmentation.args.height"] = plan_crop(fp, target.caps.kind)
+    sizing = size_plan(fp, target, budget, crop)
+    reasons.update({"arch": sizing.arch_reason, "data_loader.args.batch_size": sizing.batch_reason,
+                    "data_loader.args.folds": sizing.folds_reason})
     transforms, reasons["augmentation.type"] = plan_augmentation(fp, crop)
     sampler, reasons["data_loader.args.sampler"] = plan_sampler(fp)
     min_pixels, reasons["metrics"] = plan_min_pixels(fp)
     monitor, reasons["trainer.monitor"] = plan_monitor(fp)
     amp = choose_amp(target.caps)
-    image_pixels = fp.heights[2] * fp.widths[2]
-    valid_batch = max(1, batch * crop[0] * crop[1] // image_pixels)
+    epoch = epoch_estimate(fp, sizing.folds, sizing.batch, crop, sizing.step)
+    epochs = max(1, int(sizing.per_fold // epoch))
+    valid_batch = max(1, sizing.batch * crop[0] * crop[1] // (fp.heights[2] * fp.widths[2]))
     config = {
         "name": name,
         "seed": seed,
@@ -373,13 +400,13 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
         "amp": amp,
         "classes": len(fp.classes),
         "class_names": fp.class_names,
-        "arch": arch,
+        "arch": sizing.arch,
         "data_loader": {"type": "SteelDataLoader", "args": {
             "data_dir": str(Path(fp.data_dir).resolve()),
             **_layout_args(fp.layout),
-            "batch_size": batch,
+            "batch_size": sizing.batch,
             "valid_batch_size": valid_batch,
-            "folds": folds,
+            "folds": sizing.folds,
             "num_workers": min(4, (os.cpu_count() or 2) // 2),
             "sampler": sampler,
         }},
@@ -393,13 +420,20 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
                       "decoder": {"lr": 3.0e-3, "weight_decay": 3.0e-4}},
         "lr_scheduler": {"type": "FlatCosineAnnealing",
                          "args": {"start_anneal": max(1, epochs // 2), "n_epochs": max(2, epochs)}},
-        "trainer": {"epochs": 2 * epochs + 2, "time_budget": f"{max(1, int(per_fold))}s",
+        "trainer": {"epochs": 2 * epochs + 2, "time_budget": f"{max(1, int(sizing.per_fold))}s",
                     "save_period": max(1, epochs // 4), "monitor": monitor, "tensorboard": True},
     }
     if unlabelled is not None:
         config["pseudo"] = {"images": str(Path(unlabelled).resolve()), "rounds": 1}
         reasons["pseudo"] = "unlabelled images given: one pseudo-label round on them"
-    reasons.update({
+    reasons.update(_settled_reasons(fp, target, amp, budget, sizing, epochs, epoch))
+    return Plan(config, reasons, fp, sizing.notes)
+
+
+def _settled_reasons(fp: Fingerprint, target: Target, amp: str, budget: float, sizing: Sizing, epochs: int,
+                     epoch: float) -> dict[str, str]:
+    """The reasons of the values that follow from the fingerprint, the device and the sizing."""
+    return {
         "device": f"training device ({target.caps.name})",
         "amp": (f"{amp}: " + {"bf16": "the CUDA device computes in bfloat16",
                               "fp16": "the CUDA device lacks bfloat16: float16 with loss scaling",
@@ -415,12 +449,12 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
         "lr_scheduler": f"flat then cosine over the {epochs} epochs estimated to fit; trainer.time_budget re-lays "
                         "it over the epochs that really fit",
         "trainer.epochs": f"an upper bound, twice the {epochs} estimated: the time budget ends training",
-        "trainer.time_budget": (f"{budget:.0f} s less {RESERVE:.0%} for the study's tuning, over {folds} folds, "
-                                f"less each fold's set-up, self-tuning, report and out-of-fold prediction; one "
-                                f"epoch estimated at {epoch:.0f} s ({step:.2f} s per measured step of {batch})"),
+        "trainer.time_budget": (f"{budget:.0f} s less {RESERVE:.0%} for the study's tuning, over {sizing.folds} "
+                                f"folds, less each fold's set-up, self-tuning, report and out-of-fold prediction; "
+                                f"one epoch estimated at {epoch:.0f} s ({sizing.step:.2f} s per measured step of "
+                                f"{sizing.batch})"),
         "trainer.save_period": "about four checkpoints over the estimated epochs, for resuming",
-    })
-    return Plan(config, reasons, fp, notes)
+    }
 
 
 def _layout_args(layout: dict) -> dict:
