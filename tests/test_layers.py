@@ -19,7 +19,7 @@ LAYERS = (
     ("cli",),
     ("main",),
     ("export", "upload", "report"),
-    ("trainer", "inference"),
+    ("trainer", "inference", "planning"),
     ("model", "data_loader"),
     ("foundation",),
 )
@@ -30,6 +30,8 @@ UNIT_OF = {
     "sever": "foundation",
     "sever.__main__": "cli",
     "sever.study": "main",
+    "sever.planning": "planning",
+    "sever.planning.auto": "main",
     "sever.exceptions": "foundation",
     "sever.registries": "foundation",
     "sever.tasks": "foundation",

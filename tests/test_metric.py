@@ -214,7 +214,7 @@ def test_update_rejects_bad_shapes():
 
 
 def test_every_metric_is_registered_and_builds():
-    assert set(METRICS.names()) == {"Dice", "IoU", "Accuracy", "PrecisionRecall", "MeanAP"}
+    assert set(METRICS.names()) == {"Dice", "IoU", "Accuracy", "PrecisionRecall", "MeanAP", "DefectDice", "Presence"}
     metric = METRICS.build({"type": "Dice", "args": {"threshold": 0.3}}, "metrics[0]")
     assert isinstance(metric, Dice) and metric.threshold == 0.3
 

@@ -167,7 +167,24 @@ def _per_class(prefix: str, values: Tensor) -> dict[str, float]:
     return {f"{prefix}_{index}": value for index, value in enumerate(values.tolist())}
 
 
-class _PerImageScore(Metric):
+class _MaskMetric(Metric):
+    """Base of the metrics of masks ``(B, C, H, W)`` scored after small predictions are wiped.
+
+    Args:
+        threshold: probability above which a pixel is predicted as defect.
+        min_pixels: as for :class:`Dice`.
+    """
+
+    def __init__(self, threshold: float = 0.5, min_pixels: int | list[int] | None = None):
+        super().__init__(threshold)
+        self.min_pixels = min_pixels
+        check_min_pixels(min_pixels)
+
+    def _wiped(self, pred: Tensor) -> Tensor:
+        return wipe_small_masks(pred, min_pixels_per_class(self.min_pixels, pred.shape[1]))
+
+
+class _PerImageScore(_MaskMetric):
     """Mean of a per-image score over every image, per class and overall.
 
     Inputs: logits and masks ``(B, C, H, W)``. State: the sum of the scores per class
@@ -178,14 +195,8 @@ class _PerImageScore(Metric):
     name: str  # prefix of the returned keys
     score: Callable[[Tensor, Tensor], Tensor]  # bool masks (N, C, H, W) -> float64 (N, C)
 
-    def __init__(self, threshold: float = 0.5, min_pixels: int | list[int] | None = None):
-        super().__init__(threshold)
-        self.min_pixels = min_pixels
-        check_min_pixels(min_pixels)
-
     def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        pred = wipe_small_masks(pred, min_pixels_per_class(self.min_pixels, pred.shape[1]))
-        return self.score(pred, target).sum(0), torch.tensor(float(len(pred)), device=pred.device)
+        return self.score(self._wiped(pred), target).sum(0), torch.tensor(float(len(pred)), device=pred.device)
 
     def compute_state(self, score_sum: Tensor, images: Tensor) -> dict[str, float]:
         per_class = score_sum / images
@@ -277,3 +288,67 @@ class PrecisionRecall(Metric):
             "precision_mean": precision.mean().item(),
             "recall_mean": recall.mean().item(),
         }
+
+
+@METRICS.register
+class DefectDice(_MaskMetric):
+    """Dice over the image-class pairs that hold a defect, and a Dice balanced between defect and empty pairs.
+
+    On data where most image-class pairs are empty, the competition Dice (:class:`Dice`)
+    rewards predicting nothing. Inputs: logits and masks ``(B, C, H, W)``. State: the Dice
+    sums over the defect pairs and over the empty pairs, and their counts, each ``(C,)``.
+
+    Returns:
+
+    - ``dice_defect_0 ..``: mean Dice over the images that have class k, and
+      ``dice_defect_mean`` over every defect pair of every class (each defect counts once);
+      an empty predictor scores 0;
+    - ``dice_empty_mean``: the share of empty pairs predicted empty (their Dice is 1 or 0);
+    - ``dice_balanced``: the mean of the two, as if defect and empty pairs were equally
+      common; predicting nothing scores 0.5, and so does predicting every class everywhere.
+
+    A score without any pair to average over is 1.0 (nothing to find, nothing to get wrong).
+
+    Args:
+        threshold, min_pixels: as for :class:`Dice`.
+    """
+
+    state_names = ("defect_sum", "defect_pairs", "empty_sum", "empty_pairs")
+
+    def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        has_defect = target.flatten(2).any(2)
+        score = dice_per_image(self._wiped(pred), target)
+        return (torch.where(has_defect, score, 0.0).sum(0), has_defect.sum(0),
+                torch.where(has_defect, 0.0, score).sum(0), (~has_defect).sum(0))
+
+    def compute_state(self, defect_sum: Tensor, defect_pairs: Tensor, empty_sum: Tensor,
+                      empty_pairs: Tensor) -> dict[str, float]:
+        defect = _ratio_empty_one(defect_sum.sum(), defect_pairs.sum()).item()
+        empty = _ratio_empty_one(empty_sum.sum(), empty_pairs.sum()).item()
+        return {**_per_class("dice_defect", _ratio_empty_one(defect_sum, defect_pairs)), "dice_defect_mean": defect,
+                "dice_empty_mean": empty, "dice_balanced": (defect + empty) / 2}
+
+
+@METRICS.register
+class Presence(_MaskMetric):
+    """Per-class precision and recall of defect presence in each image, from segmentation masks.
+
+    An image shows class k when its thresholded mask keeps any pixel after ``min_pixels``;
+    inputs are logits and masks ``(B, C, H, W)``. An empty predictor has recall 0 on every
+    class that occurs. Returns ``presence_precision_0 ..``, ``presence_recall_0 ..`` and
+    their means over classes ``presence_precision_mean``, ``presence_recall_mean``; the 0/0
+    cases are 1.0, as in :class:`PrecisionRecall`.
+
+    Args:
+        threshold, min_pixels: as for :class:`Dice`.
+    """
+
+    state_names = PrecisionRecall.state_names
+
+    def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        shown, present = self._wiped(pred).flatten(2).any(2), target.flatten(2).any(2)
+        return PrecisionRecall.batch_state(self, shown, present)
+
+    def compute_state(self, true_pos: Tensor, false_pos: Tensor, false_neg: Tensor) -> dict[str, float]:
+        scores = PrecisionRecall.compute_state(self, true_pos, false_pos, false_neg)
+        return {f"presence_{name}": value for name, value in scores.items()}

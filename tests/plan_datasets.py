@@ -1,0 +1,49 @@
+"""Small datasets and a fake device for the plan and auto tests: known squares in a mask folder,
+a NEU-Seg subset, a device whose step times are given (so no plan depends on the machine's speed)."""
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sever.planning.plan import Target
+from sever.utils.device import Capabilities
+
+CPU = Capabilities("cpu")
+
+
+def fake_target(step: float = 0.01, caps: Capabilities = CPU, fits=None) -> Target:
+    """A device whose steps take ``step`` seconds whatever they hold (and ``fits(batch)`` on CUDA)."""
+    return Target(caps.kind, caps, lambda arch, crop, batch: step,
+                  None if fits is None else lambda arch, crop, batch: fits(batch))
+
+
+def squares_dataset(root: Path, images: int = 8, size=(48, 80)) -> Path:
+    """A mask folder (label maps) with known defects: class 1 a 10x12 square in every other image,
+    class 2 two 4x4 squares in image 1; grey level 60 + 10 * i in image i."""
+    (root / "train_images").mkdir(parents=True)
+    (root / "train_masks").mkdir()
+    for i in range(images):
+        cv2.imwrite(str(root / "train_images" / f"im{i}.png"), np.full(size, 60 + 10 * i, np.uint8))
+        labels = np.zeros(size, np.uint8)
+        if i % 2 == 0:
+            labels[5:15, 20:32] = 1
+        if i == 1:
+            labels[30:34, 4:8] = 2
+            labels[40:44, 60:64] = 2
+        cv2.imwrite(str(root / "train_masks" / f"im{i}.png"), labels)
+    return root
+
+
+def neu_subset(shared_data: Path, root: Path, every: int = 90) -> Path:
+    """Every ``every``-th NEU-Seg training image (its files are sorted by class, so all classes come) and its rows."""
+    source = shared_data / "neu-seg"
+    names = sorted(p.name for p in (source / "train_images").iterdir())[::every]
+    (root / "train_images").mkdir(parents=True)
+    for name in names:
+        shutil.copy(source / "train_images" / name, root / "train_images" / name)
+    header, *rows = (source / "train.csv").read_text().splitlines()
+    keep = set(names)
+    (root / "train.csv").write_text("\n".join([header] + [r for r in rows if r.split(",")[0] in keep]) + "\n")
+    return root

@@ -1,0 +1,88 @@
+"""``sever auto``: plan, a K-fold study within the budget, out-of-fold tuning, the predict command; tiny budgets.
+
+The device is a fake one whose training steps take one second (the plan's only measurement), so what
+is planned does not depend on how loaded the machine is; the folds then really train, within
+their planned time budgets.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from plan_datasets import fake_target, neu_subset
+
+from sever.cli import cli
+from sever.data_loader.convert import csv_to_mask_folder
+from sever.data_loader.demo import make_demo_data
+from sever.utils.config import load_config
+from sever.utils.study import StudyPaths
+
+
+@pytest.fixture(autouse=True)
+def one_second_steps(monkeypatch):
+    monkeypatch.setattr("sever.planning.auto.device_target", lambda device, classes: fake_target(step=1.0))
+
+
+def run_auto(data, out, *options):
+    result = CliRunner().invoke(cli, ["auto", str(data), "--device", "cpu", "--time", "1m", "-o", str(out),
+                                      *options])
+    assert result.exit_code == 0, result.output
+    study = re.search(r"^study saved in (.+)$", result.output, re.M).group(1)
+    return result.output, StudyPaths(Path(study))
+
+
+def check_study(output, study, planned_folds=None):
+    """Every fold trained, the study tuned out-of-fold, and the last line the command that predicts."""
+    assert all(entry.status == "done" for entry in study.entries())
+    assert study.postprocess.read_text().startswith("# sever tune on the out-of-fold probabilities of")
+    assert output.strip().splitlines()[-1] == f"next: sever predict -m {study.root} -i IMAGES -o submission.csv"
+    if planned_folds is not None:
+        assert study.folds == planned_folds
+
+
+def test_auto_on_the_demo_data_ends_with_a_working_predict_command(tmp_path):
+    data = make_demo_data(tmp_path / "demo", n_train=16, n_test=3, height=64, width=256, seed=11)
+    output, study = run_auto(data, tmp_path / "out", "--unlabelled", str(data / "test_images"))
+    experiment = load_config(tmp_path / "out" / "demo.yml")
+    assert (tmp_path / "out" / "fingerprint.json").is_file()
+    assert experiment["pseudo"] == {"images": str((data / "test_images").resolve()), "rounds": 1}
+    check_study(output, study, experiment["data_loader"]["args"]["folds"])
+    command = output.strip().splitlines()[-1].split()[2:]  # after "next: sever"
+    command = [str(data / "test_images") if part == "IMAGES" else part for part in command]
+    command[command.index("submission.csv")] = str(tmp_path / "submission.csv")
+    predicted = CliRunner().invoke(cli, command)
+    assert predicted.exit_code == 0, predicted.output
+    assert "the study's, tuned out-of-fold" in predicted.output
+    rows = (tmp_path / "submission.csv").read_text().splitlines()
+    assert rows[0].startswith("ImageId") and len({row.split(",")[0] for row in rows[1:]}) <= 3
+
+
+def test_auto_on_a_mask_folder(tmp_path):
+    data = make_demo_data(tmp_path / "demo", n_train=16, n_test=2, height=64, width=256, seed=12)
+    csv_to_mask_folder(data / "train_images", data / "train.csv", data / "train_masks", 4)
+    (data / "train.csv").unlink()
+    output, study = run_auto(data, tmp_path / "out", "--name", "masks")
+    assert load_config(tmp_path / "out" / "masks.yml")["data_loader"]["args"]["format"] == "mask_folder"
+    check_study(output, study)
+
+
+def test_auto_on_mixed_sizes(tmp_path):
+    data = make_demo_data(tmp_path / "mixed", n_train=16, n_test=2, height=96, width=256, seed=13, mixed_sizes=True)
+    output, study = run_auto(data, tmp_path / "out")
+    check_study(output, study)
+
+
+def test_auto_on_a_neu_seg_subset(shared_data, tmp_path):
+    data = neu_subset(shared_data, tmp_path / "neu", every=200)
+    output, study = run_auto(data, tmp_path / "out")
+    assert load_config(tmp_path / "out" / "neu.yml")["augmentation"]["args"]["height"] == 192
+    check_study(output, study)
+
+
+def test_auto_refuses_a_missing_unlabelled_folder_before_training(tmp_path):
+    data = make_demo_data(tmp_path / "demo", n_train=8, n_test=2, height=64, width=256, seed=14)
+    result = CliRunner().invoke(cli, ["auto", str(data), "--time", "2m", "-o", str(tmp_path / "out"),
+                                      "--unlabelled", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "--unlabelled: folder not found" in result.output
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,250 @@
+"""``sever plan``: the fingerprint, the planned values by their reasons, device decisions, bad input."""
+
+import json
+import shutil
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from plan_datasets import CPU, fake_target, neu_subset, squares_dataset
+
+from sever.cli import cli
+from sever.data_loader.convert import csv_to_mask_folder
+from sever.data_loader.demo import make_demo_data
+from sever.exceptions import DataError
+from sever.main import prepare_config
+from sever.planning.fingerprint import Layout, fingerprint
+from sever.planning.plan import MEMORY_MARGIN, PlanError, Target, make_plan
+from sever.utils.config import load_config
+from sever.utils.device import Capabilities, choose_amp, cpu_batch_size, largest_batch
+
+# ----------------------------------------------------------------------------- device decisions
+
+
+@pytest.mark.parametrize("caps, amp", [(Capabilities("cuda", bf16=True, memory=80 << 30), "bf16"),
+                                       (Capabilities("cuda", bf16=False, memory=16 << 30), "fp16"),
+                                       (CPU, "off")])
+def test_amp_follows_what_the_device_supports(caps, amp):
+    assert choose_amp(caps) == amp
+
+
+@pytest.mark.parametrize("largest", [1, 2, 3, 37, 64, 255])
+def test_largest_batch_finds_the_edge_with_few_probes(largest):
+    probes = []
+
+    def fits(batch):
+        probes.append(batch)
+        return batch <= largest
+
+    assert largest_batch(fits) == largest
+    assert len(probes) <= 2 * int(np.log2(largest)) + 3
+
+
+def test_largest_batch_is_zero_when_nothing_fits_and_stops_at_the_limit():
+    assert largest_batch(lambda batch: False) == 0
+    assert largest_batch(lambda batch: True, limit=48) == 48
+
+
+@pytest.mark.parametrize("crop, batch", [((256, 256), 8), ((64, 256), 16), ((256, 1600), 2), ((192, 192), 8)])
+def test_cpu_batch_rule(crop, batch):
+    assert cpu_batch_size(crop) == batch
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_measures_sizes_grey_classes_and_defects(tmp_path):
+    fp = fingerprint(squares_dataset(tmp_path / "sq"))
+    assert fp.layout["format"] == "mask_folder"  # detected: no CSV, a mask folder
+    assert fp.images == 8 and fp.heights == [48, 48, 48] and fp.widths == [80, 80, 80]
+    greys = (60 + 10 * np.arange(8)) / 255
+    assert fp.grey_mean == pytest.approx(greys.mean()) and fp.grey_std == pytest.approx(greys.std())
+    first, second = fp.classes
+    assert (first.images, second.images) == (4, 1)
+    assert first.area == [120.0, 120.0, 120.0] and first.extent == [10, 12]
+    assert second.area == [32.0] * 3 and second.component == [16.0] * 3 and second.extent == [4, 4]
+    assert fp.empty_images == pytest.approx(3 / 8)
+    assert fp.empty_pairs == pytest.approx(11 / 16)
+    fp.save(tmp_path / "fingerprint.json")
+    assert json.loads((tmp_path / "fingerprint.json").read_text())["classes"][1]["images"] == 1
+
+
+# ----------------------------------------------------------------------------- planned values
+
+
+@pytest.fixture(scope="module")
+def demo_fp(tmp_path_factory):
+    return fingerprint(make_demo_data(tmp_path_factory.mktemp("demo"), n_train=24, n_test=4, height=64, width=256,
+                                      seed=3))
+
+
+def test_crop_fits_the_images_and_folds_follow_the_rarest_class(demo_fp):
+    plan = make_plan(demo_fp, fake_target(), 3600, "demo")
+    args = plan.config["augmentation"]["args"]
+    assert (args["height"], args["width"]) == (64, 256)  # the whole image: a multiple of 32 that fits it
+    rarest = min(c.images for c in demo_fp.classes)
+    assert rarest < 5 and plan.folds == rarest
+    assert any(f"folds reduced to {rarest}" in note for note in plan.notes)
+    assert f"only {rarest} images" in plan.reasons["data_loader.args.folds"]
+
+
+def test_monitor_is_the_balanced_dice_when_most_pairs_are_empty(demo_fp):
+    assert demo_fp.empty_pairs > 0.5
+    plan = make_plan(demo_fp, fake_target(), 3600, "demo")
+    assert plan.config["trainer"]["monitor"] == "max val_dice_balanced"
+    assert "empty" in plan.reasons["trainer.monitor"]
+    assert {m["type"] for m in plan.config["metrics"]} >= {"Dice", "DefectDice", "Presence"}
+
+
+def test_monitor_is_the_competition_dice_when_defects_are_common(demo_fp):
+    common = type(demo_fp)(**{**demo_fp.__dict__, "empty_pairs": 0.2})
+    assert make_plan(common, fake_target(), 3600, "demo").config["trainer"]["monitor"] == "max val_dice_mean"
+
+
+def test_min_pixels_priors_come_from_the_defect_areas(demo_fp):
+    plan = make_plan(demo_fp, fake_target(), 3600, "demo")
+    priors = plan.config["metrics"][0]["args"]["min_pixels"]
+    assert priors == [int(c.area[0] / 2) // 10 * 10 for c in demo_fp.classes]
+    assert all(0 < p < c.area[0] for p, c in zip(priors, demo_fp.classes))
+
+
+def test_budget_sets_epochs_and_the_per_fold_time(demo_fp):
+    short = make_plan(demo_fp, fake_target(step=0.5), 600, "demo")
+    long = make_plan(demo_fp, fake_target(step=0.5), 6000, "demo")
+    assert short.config["trainer"]["epochs"] < long.config["trainer"]["epochs"]
+    seconds = [int(p.config["trainer"]["time_budget"][:-1]) for p in (short, long)]
+    assert seconds[0] * short.folds < 600 and seconds[1] * long.folds < 6000 and seconds[0] < seconds[1]
+
+
+def test_a_budget_too_short_for_one_epoch_is_refused_naming_the_time_needed(demo_fp):
+    with pytest.raises(PlanError, match=r"--time 30 s: too short.*give at least --time \d+s"):
+        make_plan(demo_fp, fake_target(step=2.0), 30, "demo")
+
+
+def test_cuda_batch_is_the_largest_that_fits_and_amp_fp16_without_bf16(demo_fp):
+    caps = Capabilities("cuda", bf16=False, memory=16 << 30, name="fake GPU")
+    plan = make_plan(demo_fp, fake_target(caps=caps, fits=lambda batch: batch <= 9), 3600, "demo")
+    assert plan.config["data_loader"]["args"]["batch_size"] == 9
+    assert plan.config["amp"] == "fp16"
+    assert "fake GPU" in plan.reasons["data_loader.args.batch_size"]
+    assert f"{MEMORY_MARGIN:.0%}" in plan.reasons["data_loader.args.batch_size"]
+
+
+def test_written_file_validates_and_explains_every_planned_value(demo_fp, tmp_path):
+    plan = make_plan(demo_fp, fake_target(), 3600, "demo", unlabelled=str(tmp_path))
+    path = plan.write(tmp_path / "experiments" / "demo.yml")
+    assert (tmp_path / "experiments" / "fingerprint.json").is_file()
+    loaded = load_config(path)
+    assert loaded == plan.config
+    assert loaded["pseudo"] == {"images": str(tmp_path.resolve()), "rounds": 1}
+    prepare_config(loaded)
+    lines = path.read_text().splitlines()
+    for dotted in plan.reasons:
+        at = line_of(lines, dotted)
+        assert lines[at - 1].strip().startswith("#"), f"{dotted} has no comment above it"
+
+
+def line_of(lines: list[str], dotted: str) -> int:
+    """The index of the line that sets the dotted key, following the block indentation."""
+    at = -1
+    for depth, part in enumerate(dotted.split(".")):
+        at = next(i for i in range(at + 1, len(lines)) if lines[i].startswith("  " * depth + f"{part}:"))
+    return at
+
+
+def test_mixed_sizes_crop_pads_the_small_images(tmp_path):
+    data = make_demo_data(tmp_path / "mixed", n_train=16, n_test=2, height=96, width=256, seed=4, mixed_sizes=True)
+    fp = fingerprint(data)
+    plan = make_plan(fp, fake_target(), 3600, "mixed")
+    args = plan.config["augmentation"]["args"]
+    assert args["height"] % 32 == 0 and args["width"] % 32 == 0
+    assert args["height"] <= fp.heights[1] and args["width"] <= fp.widths[1]
+    assert fp.heights[0] < args["height"] and "padded" in plan.reasons["augmentation.args.height"]
+
+
+def test_mask_folder_dataset_is_planned_on_its_own_layout(tmp_path):
+    data = make_demo_data(tmp_path / "demo", n_train=16, n_test=2, height=64, width=256, seed=5)
+    csv_to_mask_folder(data / "train_images", data / "train.csv", data / "train_masks", 4)
+    (data / "train.csv").rename(data / "labels.csv")  # the masks are the only labels now
+    plan = make_plan(fingerprint(data), fake_target(), 3600, "masks")
+    args = plan.config["data_loader"]["args"]
+    assert args["format"] == "mask_folder" and args["masks"] == "train_masks" and "csv" not in args
+    prepare_config(plan.config)
+
+
+def test_neu_seg_subset(shared_data, tmp_path):
+    fp = fingerprint(neu_subset(shared_data, tmp_path / "neu"))
+    assert fp.heights == [200, 200, 200] and fp.widths == [200, 200, 200] and len(fp.classes) == 3
+    plan = make_plan(fp, fake_target(), 3600, "neu")
+    args = plan.config["augmentation"]["args"]
+    assert (args["height"], args["width"]) == (192, 192)  # 224 would pad every 200x200 image
+    assert args["mean"] == pytest.approx(fp.grey_mean, abs=1e-4)
+    prepare_config(plan.config)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_folder_without_images_is_refused(tmp_path):
+    (tmp_path / "train_images").mkdir()
+    (tmp_path / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    with pytest.raises(DataError, match="no images"):
+        fingerprint(tmp_path)
+
+
+def test_images_without_labels_are_refused(tmp_path):
+    data = squares_dataset(tmp_path / "sq")
+    shutil.rmtree(data / "train_masks")
+    with pytest.raises(DataError, match="no labels"):
+        fingerprint(data)
+    (data / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    with pytest.raises(DataError, match="no labels: not one defect"):
+        fingerprint(data)
+
+
+def test_labels_for_missing_images_are_refused(tmp_path):
+    data = make_demo_data(tmp_path / "demo", n_train=8, n_test=2, height=64, width=256, seed=6)
+    labelled = (data / "train.csv").read_text().splitlines()[1].split(",")[0]
+    (data / "train_images" / labelled).unlink()
+    with pytest.raises(DataError, match=f"no image in .*{labelled}"):
+        fingerprint(data, Layout())
+
+
+def test_cli_plan_prints_the_fingerprint_and_writes_the_file(tmp_path):
+    data = squares_dataset(tmp_path / "sq", images=12)
+    out = tmp_path / "experiments" / "sq.yml"
+    result = CliRunner().invoke(cli, ["plan", str(data), "--device", "cpu", "--time", "2h", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "class2" in result.output and "defect-free" in result.output
+    assert "note: folds reduced to 2: class2 is in only 1 image(s); some folds validate without it" in result.output
+    config = load_config(out)
+    assert config["data_loader"]["args"]["folds"] == 2
+    prepare_config(config)
+
+
+def test_cli_plan_refuses_a_budget_too_short(tmp_path):
+    data = squares_dataset(tmp_path / "sq")
+    result = CliRunner().invoke(cli, ["plan", str(data), "--device", "cpu", "--time", "1s", "-o",
+                                      str(tmp_path / "x.yml")])
+    assert result.exit_code == 1 and "too short" in result.output
+    assert not (tmp_path / "x.yml").exists()
+
+
+def test_batch_never_exceeds_the_training_images_of_a_fold(demo_fp):
+    caps = Capabilities("cuda", bf16=True, memory=80 << 30, name="big GPU")
+    plan = make_plan(demo_fp, fake_target(caps=caps, fits=lambda batch: True), 3600, "demo")
+    assert plan.config["data_loader"]["args"]["batch_size"] == demo_fp.images // 2
+    assert plan.config["amp"] == "bf16"
+    assert "lowered to 12" in plan.reasons["data_loader.args.batch_size"]
+
+
+def test_larger_model_on_cuda_only_when_its_measured_steps_fit_the_budget(demo_fp):
+    many = type(demo_fp)(**{**demo_fp.__dict__, "images": 3000})
+    caps = Capabilities("cuda", bf16=True, memory=80 << 30, name="fake GPU")
+    quick = make_plan(many, fake_target(step=0.01, caps=caps, fits=lambda batch: batch <= 32), 4 * 3600, "many")
+    assert quick.config["arch"]["type"] == "Unet" and quick.config["arch"]["args"]["encoder_name"] == "resnet34"
+    slow_unet = Target("cuda", caps, lambda arch, crop, batch: 30.0 if arch["type"] == "Unet" else 0.01,
+                       lambda arch, crop, batch: batch <= 32)
+    slow = make_plan(many, slow_unet, 4 * 3600, "many")
+    assert slow.config["arch"]["type"] == "FPN" and "measured too slow" in slow.reasons["arch"]
+    cpu = make_plan(many, fake_target(step=0.01), 4 * 3600, "many")
+    assert cpu.config["arch"]["type"] == "FPN"
