@@ -215,14 +215,17 @@ def _prediction_options(command):
     return command
 
 
-def _predictor_and_settings(options: dict):
-    """Build the predictor and post-processing settings from the shared options; say which settings."""
+def _predictor_and_settings(options: dict, every_class: bool = False):
+    """Build the predictor and post-processing settings from the shared options; say which settings.
+
+    ``every_class``: the models must predict every class between them (a submission).
+    """
     from sever.inference.predictor import build_predictor, run_settings
 
     tiling = _tiling(options)
     predictor = build_predictor(options["models"], options["classifiers"], options["average"],
                                 list(options["weights"]) or None, options["tta"], options["device"], options["amp"],
-                                tiling)
+                                tiling, every_class)
     settings, source = run_settings(options["postprocess"], predictor.models, bool(options["classifiers"]))
     click.echo(f"post-processing: {source}")
     return predictor, settings
@@ -364,7 +367,7 @@ def predict(image_dir: str | None, probs_dirs: tuple[str, ...], output: str, fmt
         click.echo(f"wrote {boxes} boxes scoring >= {threshold} in {images} images to {output}"
                    + (f"; drawings in {visualize}" if visualize else ""))
         return
-    predictor, settings = _predictor_and_settings(options)
+    predictor, settings = _predictor_and_settings(options, every_class=True)
     summary = outputs.predict_directory(predictor, settings, image_dir, output, fmt, save_probs, visualize, labels_csv,
                                         options["batch_size"], options["num_workers"])
     click.echo(summary.describe(predictor.class_names))
