@@ -80,6 +80,14 @@ def test_a_class_predicted_twice_is_the_weighted_ensemble_of_its_models_only():
     assert (probs[:, 1].int() - (second * 255).round().int()).abs().max() <= 1
 
 
+def test_a_class_whose_models_all_weigh_nothing_is_refused():
+    full = loaded(Affine([2.0, -1.5], [0.3, 0.1]), 2, name="full")
+    binary = loaded(Affine([0.5], [-1.0]), 2, [2], name="binary")
+    Predictor([full, binary], weights=[1.0, 0.0])  # class 2 still has the full run
+    with pytest.raises(ConfigError, match=r"-w: class 1 is predicted only by models of weight 0 \(models 1 of -m\)"):
+        Predictor([full, binary], weights=[0.0, 1.0])
+
+
 def test_a_class_no_model_predicts_is_refused_naming_it_and_the_models():
     models = [loaded(Affine([1.0], [0.0]), 3, [1], name="a"), loaded(Affine([1.0], [0.0]), 3, [2], name="b")]
     with pytest.raises(ConfigError) as error:

@@ -133,13 +133,24 @@ def compose(models: Sequence[Run], option: str = "-m") -> Composition:
     return Composition(complete, providers, False)
 
 
+def check_class_weights(composition: Composition, weights: Sequence[float] | None) -> None:
+    """ConfigError when every model predicting some class has weight 0 (``-w``): that class would be undefined."""
+    if weights is None:
+        return
+    for label, sources in zip(composition.outputs.labels(), composition.providers):
+        if not sum(weights[m] for m, _ in sources) > 0:
+            raise ConfigError(f"-w: {label} is predicted only by models of weight 0 "
+                              f"(models {', '.join(str(m + 1) for m, _ in sources)} of -m)")
+
+
 def require_every_class(composition: Composition, models: Sequence[Run]) -> None:
     """ConfigError unless the prediction has every class of the dataset, in order (what a submission needs)."""
     outputs = composition.outputs
     if outputs.complete:
         return
     missing = [outputs.label(c) for c in range(outputs.dataset) if outputs.ids is None or c not in outputs.ids]
-    raise ConfigError(f"-m: a submission needs every class of the dataset, but {', '.join(str(m.source) for m in models)} "
+    sources = ", ".join(str(model.source) for model in models)
+    raise ConfigError(f"-m: a submission needs every class of the dataset, but {sources} "
                       f"predict{'s' if len(models) == 1 else ''} {outputs.describe()} only, not "
                       f"{', '.join(missing)}; compose runs that cover them (sever predict -m A -m B ...)")
 

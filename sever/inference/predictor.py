@@ -32,7 +32,7 @@ from tqdm import tqdm
 from sever.data_loader.datasets import read_grey
 from sever.exceptions import ConfigError, DataError
 from sever.inference.checkpoints import LoadedModel, load_models
-from sever.inference.compose import Composition, Gate, compose, gate, require_every_class
+from sever.inference.compose import Composition, Gate, check_class_weights, compose, gate, require_every_class
 from sever.inference.tiling import Tiling
 from sever.model.postprocess import PROB_SCALE, PostProcessing
 from sever.utils.config import OutputClasses
@@ -206,6 +206,7 @@ class Predictor:
         if tta not in TTA_VIEWS:
             raise ConfigError(f"tta: {tta!r} is not one of {', '.join(TTA_VIEWS)}")
         check_average(average, weights, len(models))
+        check_class_weights(self.composition, weights if average != "max" else None)
         self.gate = gate(classifiers, self.composition, models[0])
         self.models = list(models)
         self.classifiers = list(classifiers)

@@ -367,7 +367,8 @@ class OutputClasses:
         return ("class " if len(self.ids) == 1 else "classes ") + ", ".join(str(k + 1) for k in self.ids)
 
 
-def parse_train_classes(value: Any, classes: int, key: str = "data_loader.args.train_classes") -> tuple[int, ...] | None:
+def parse_train_classes(value: Any, classes: int,
+                        key: str = "data_loader.args.train_classes") -> tuple[int, ...] | None:
     """``train_classes`` as 0-based ascending class indices; None for ``any``.
 
     Args:
