@@ -231,11 +231,12 @@ def _prediction_options(command):
     return command
 
 
-def _predictor_and_settings(options: dict, echo: bool = True, split: str | None = None):
+def _predictor_and_settings(options: dict, echo: bool = True, split: str | None = None, every_class: bool = False):
     """Build the predictor and post-processing settings from the shared options; say which settings (``echo``).
 
     ``split="val"``: without ``--tile`` the run's validation split is predicted as the run validated it
-    (its ``trainer.valid_tile``).
+    (its ``trainer.valid_tile``). ``every_class``: the models must predict every class between them (a
+    submission).
     """
     from sever.inference.predictor import build_predictor, run_settings
     from sever.inference.tiling import valid_tiling
@@ -246,7 +247,7 @@ def _predictor_and_settings(options: dict, echo: bool = True, split: str | None 
         tiling = valid_tiling(options["models"][0].config)
     predictor = build_predictor(options["models"], options["classifiers"], options["average"],
                                 list(options["weights"]) or None, options["tta"], options["device"], options["amp"],
-                                tiling)
+                                tiling, every_class)
     settings, source = run_settings(options["postprocess"], predictor.models, bool(options["classifiers"]))
     if echo:
         click.echo(f"post-processing: {source}")
@@ -396,7 +397,7 @@ def predict(ctx: click.Context, image_dir: str | None, probs_dirs: tuple[str, ..
                 raise click.UsageError("detection runs predict in one process: drop --nproc")
             _predict_boxes(options, image_dir, output, save_probs, visualize, labels_csv, threshold)
             return
-        predictor, settings = _predictor_and_settings(options, echo=context.is_main)
+        predictor, settings = _predictor_and_settings(options, echo=context.is_main, every_class=True)
         summary = sharding.predict_sharded(context, predictor, settings, image_dir, output, fmt, save_probs, visualize,
                                            labels_csv, options["batch_size"], options["num_workers"])
     if summary is not None:

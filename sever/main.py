@@ -28,7 +28,8 @@ from sever.tasks import task_of
 from sever.utils import distributed
 from sever.utils.checkpoint import load_checkpoint, remove_stale_temporaries
 from sever.utils.distributed import Distributed
-from sever.utils.config import apply_overrides, dump_config, load_config, validate_config, with_defaults
+from sever.utils.config import (apply_overrides, dump_config, load_config, output_classes, validate_config,
+                                with_defaults)
 from sever.utils.device import check_amp, resolve_device
 from sever.utils.registry import parse_spec
 from sever.utils.logger import add_file_log
@@ -138,7 +139,7 @@ def build_experiment(config: dict) -> Experiment:
         classes=config["classes"], class_names=config["class_names"], transforms=transforms, seed=config["seed"],
         task=config["task"], rank=context.rank, world_size=context.world_size,
     )
-    model = build_model(config["arch"], config["classes"]).to(device)
+    model = build_model(config["arch"], output_classes(config).outputs).to(device)
     if config["trainer"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     logger.info("model: %s over %s, %s trainable parameters", config["arch"]["type"],
@@ -237,6 +238,8 @@ def check_compatible(checkpoint_config: Mapping, config: Mapping, source: str = 
 
 def _structure_differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
     found = [(key, old.get(key), new.get(key)) for key in ("task", "classes") if old.get(key) != new.get(key)]
+    if not found and output_classes(old).ids != output_classes(new).ids:  # same output count, other classes
+        found.append(("data_loader.args.train_classes", output_classes(old).describe(), output_classes(new).describe()))
     old_type, old_args = _arch_parts(old.get("arch"))
     new_type, new_args = _arch_parts(new.get("arch"))
     if old_type != new_type:

@@ -15,6 +15,7 @@ from sever.data_loader.rle import rle_encode
 from sever.data_loader.sources import DATA_SOURCES, DataFolder, register_source
 from sever.exceptions import ConfigError, DataError
 from sever.inference.evaluate import predictor_split, validation_split
+from sever.utils.config import output_classes
 
 
 def band_mask(height, width):
@@ -84,7 +85,8 @@ def test_evaluate_and_tune_read_the_split_without_building_loaders(demo_dir, tmp
     paths, annotations = validation_split(config)
     expected = config_split(config["data_loader"]["args"], classes=4, class_names=None, seed=7).valid()
     assert paths == expected[1] and annotations == expected[0] and len(paths) == 6
-    predictor = SimpleNamespace(models=[SimpleNamespace(config=config, source="run")], classifiers=[])
+    predictor = SimpleNamespace(models=[SimpleNamespace(config=config, source="run")], classifiers=[],
+                                outputs=output_classes(config))
     tuned_paths, _ = predictor_split(predictor)  # what sever tune reads
     assert tuned_paths == paths
 

@@ -30,8 +30,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from sever.data_loader.rle import Runs, class_runs, decode_runs, rle_parse
+from sever.data_loader.rle import Runs, class_runs, decode_runs, format_runs, rle_parse, union_runs
 from sever.exceptions import DataError, RLEError
+from sever.utils.config import OutputClasses
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,24 @@ class Annotations:
         positions = positions.astype(np.int64, copy=False)
         ids = tuple(self.image_ids[p] for p in positions.tolist())
         return Annotations(ids, self.encodings[positions], self.rows[positions], self.source)
+
+    def for_outputs(self, outputs: OutputClasses) -> Annotations:
+        """The classes a run's outputs are: ``(N, K)`` with the columns ``outputs.ids``, or ``(N, 1)``
+        holding the union of every class's mask for an any-defect run.
+
+        Raises:
+            ValueError: ``outputs`` is for another class count.
+        """
+        if outputs.dataset != self.n_classes:
+            raise ValueError(f"outputs of a {outputs.dataset}-class dataset for {self.n_classes}-class annotations")
+        if outputs.ids is not None:
+            columns = list(outputs.ids)
+            return Annotations(self.image_ids, self.encodings[:, columns], self.rows[:, columns], self.source)
+        union = np.array([[format_runs(*union_runs([rle_parse(rle) for rle in image]))] for image in self.encodings],
+                         dtype=object).reshape(len(self), 1)
+        # the union's row, for messages: the last CSV row among the classes it merges
+        rows = np.where(self.has_defect(), self.rows, 0).max(axis=1, keepdims=True)
+        return Annotations(self.image_ids, union, rows, self.source)
 
     def concat(self, other: Annotations) -> Annotations:
         """These images followed by ``other``'s; DataError if an image is in both."""

@@ -12,6 +12,7 @@
         fold: 0                        # the fold validated on, 0..folds-1 (sever train --folds sets both)
         num_workers: 4
         check: quick                   # pre-flight data check: quick | full | off
+        train_classes: [3]             # optional: train on these ClassIds only (or `any`: one union mask)
         pseudo_csv: pseudo.csv         # optional pseudo-labels for pseudo_images
         sampler:                       # optional; default: shuffle every epoch
           type: WeightedFixedBatchSampler
@@ -38,6 +39,7 @@ from sever.data_loader.sampling import allocate, class_balance_groups
 from sever.data_loader.sources import DataFolder, mask_source, read_csv_folder
 from sever.exceptions import ConfigError, DataError
 from sever.registries import DATA_LOADERS, SAMPLERS
+from sever.utils.config import OutputClasses, parse_train_classes
 
 logger = logging.getLogger(__name__)
 
@@ -346,6 +348,11 @@ class SteelDataLoader:
             ``kaggle`` (masks from ``csv``), ``mask_folder`` (PNG masks in ``masks``,
             see :mod:`sever.data_loader.mask_folder`) or any other registered masks source.
         masks: the mask folder relative to ``data_dir`` (``format: mask_folder``).
+        train_classes: train on some classes only: a list of ClassIds (1-based, as in the CSV;
+            the network gets one output per listed class, in ascending order), or ``any``
+            (one output whose mask is the union of every class's). The split is made over
+            every class, so runs that differ only here validate on the same images (and
+            compose with ``sever predict -m A -m B``). None: every class.
         pseudo_csv: optional pseudo-label CSV for ``pseudo_images`` (training only).
         pseudo_images: folder of the pseudo-labelled images.
         sampler: optional ``{type, args}`` of a weighted batch sampler; its groups
@@ -371,7 +378,8 @@ class SteelDataLoader:
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
                  pin_memory: bool = True, generate_demo: bool = False, format: str = "kaggle",
                  masks: str = "train_masks", check: str = "quick", mask_cache: None = None,
-                 cache_dir: None = None, folds: int | None = None, fold: int = 0, *, classes: int,
+                 cache_dir: None = None, folds: int | None = None, fold: int = 0,
+                 train_classes: list[int] | str | None = None, *, classes: int,
                  class_names: list[str] | None = None, transforms, seed: int, task: str = "segmentation",
                  rank: int = 0, world_size: int = 1):
         _reject_removed(mask_cache=mask_cache, cache_dir=cache_dir)
@@ -381,13 +389,18 @@ class SteelDataLoader:
         self.data_dir = Path(data_dir)
         split = read_split(self.data_dir, validation_split, csv, images, format, masks, generate_demo, folds, fold,
                            classes=classes, class_names=class_names, seed=seed)
+        outputs = OutputClasses(classes, parse_train_classes(train_classes, classes))
+        if not outputs.complete:
+            logger.info("train_classes: the network predicts %s of %d", outputs.describe(), classes)
         sources = [(split.annotations, split.paths)]
         (train_ann, train_paths), (valid_ann, valid_paths) = split.train(), split.valid()
+        train_ann, valid_ann = train_ann.for_outputs(outputs), valid_ann.for_outputs(outputs)
         groups = None
         if pseudo_csv is not None:
             pseudo_ann, pseudo_paths = read_csv_folder(self.data_dir / pseudo_images, self.data_dir / pseudo_csv,
                                                        classes)
             sources.append((pseudo_ann, pseudo_paths))
+            pseudo_ann = pseudo_ann.for_outputs(outputs)
             groups = [np.arange(len(train_ann)), len(train_ann) + np.arange(len(pseudo_ann))]
             train_ann, train_paths = train_ann.concat(pseudo_ann), train_paths + pseudo_paths
             logger.info("pseudo-labels: %d images from %s", len(pseudo_ann), pseudo_csv)

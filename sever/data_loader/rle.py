@@ -393,7 +393,11 @@ def rle_encode(mask: np.ndarray) -> str:
         ``"start length ..."`` with 1-indexed column-major starts, touching runs
         merged; ``""`` for an all-zero mask.
     """
-    starts0, lengths = mask_runs(mask)
+    return format_runs(*mask_runs(mask))
+
+
+def format_runs(starts0: np.ndarray, lengths: np.ndarray) -> str:
+    """Runs ``(starts0, lengths)`` (0-indexed, sorted, disjoint) as a Kaggle RLE string (1-indexed starts)."""
     pairs = np.empty(2 * starts0.size, np.int64)
     pairs[0::2] = starts0 + 1
     pairs[1::2] = lengths

@@ -26,6 +26,7 @@ from sever.model.model import build_model
 from sever.registries import TRANSFORMS
 from sever.tasks import SEGMENTATION, task_of
 from sever.utils.checkpoint import load_checkpoint
+from sever.utils.config import OutputClasses, output_classes
 from sever.utils.run import RunPaths
 from sever.utils.study import StudyPaths, is_study
 
@@ -57,7 +58,13 @@ class LoadedModel:
 
     @property
     def classes(self) -> int:
-        return self.config["classes"]
+        """Output channels of the network (the run's ``train_classes``; every class when it sets none)."""
+        return self.outputs.outputs
+
+    @property
+    def outputs(self) -> OutputClasses:
+        """Which of the dataset's classes the network's outputs are."""
+        return output_classes(self.config)
 
     @property
     def task(self) -> str:
@@ -154,7 +161,7 @@ def build_eval_model(config: dict, source: Path) -> nn.Module:
     arch = _arch_block(config)
     arch["args"][task_of(config).pretrained_arg] = None
     try:
-        return build_model(arch, config["classes"])
+        return build_model(arch, output_classes(config).outputs)
     except ConfigError as exc:
         raise CheckpointError(f"{source}: cannot rebuild the model of this checkpoint: {exc}") from exc
 
@@ -215,7 +222,7 @@ def load_model(path: CheckpointRef, device: torch.device | str = "cpu") -> Loade
 
 def load_models(paths: Sequence[CheckpointRef], task: str, device: torch.device | str = "cpu",
                 option: str = "-m") -> list[LoadedModel]:
-    """Load several checkpoints of one task with one class count (an ensemble).
+    """Load several checkpoints of one task (an ensemble, or a composition of their classes).
 
     Args:
         paths: run folders, checkpoint files or opened checkpoints.
@@ -223,7 +230,8 @@ def load_models(paths: Sequence[CheckpointRef], task: str, device: torch.device 
         option: the command-line option that named them, for messages.
 
     Raises:
-        CheckpointError: a load fails, a checkpoint is of the other task, or class counts differ.
+        CheckpointError: a load fails, or a checkpoint is of the other task. Whether their
+            classes fit together is :mod:`sever.inference.compose`'s to say.
     """
     models = [load_model(path, device) for path in paths]
     for loaded in models:
@@ -232,13 +240,6 @@ def load_models(paths: Sequence[CheckpointRef], task: str, device: torch.device 
             hint = (f"give it with {option_for_it}" if option_for_it
                     else "predict, evaluate and tune take segmentation runs and classifiers")
             raise CheckpointError(f"{option} {loaded.source}: a {loaded.task} run; {hint}")
-    first = models[0]
-    for loaded in models[1:]:
-        if loaded.classes != first.classes:
-            raise CheckpointError(
-                f"{option}: {first.source} predicts {first.classes} classes but {loaded.source} "
-                f"predicts {loaded.classes}; an ensemble needs one class count"
-            )
     return models
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from sever.data_loader.annotations import Annotations, read_rle_csv
-from sever.data_loader.data_loaders import SteelDataLoader, config_split
+from sever.data_loader.data_loaders import SPLIT_KEYS, SteelDataLoader, config_split
 from sever.data_loader.datasets import image_size, list_images
 from sever.exceptions import ConfigError, DataError
 from sever.inference.outputs import SavedProbabilities
@@ -27,6 +27,7 @@ from sever.inference.predictor import Predictor, class_labels
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
 from sever.registries import DATA_LOADERS
+from sever.utils.config import OutputClasses, output_classes
 from sever.utils.registry import parse_spec
 
 logger = logging.getLogger(__name__)
@@ -204,12 +205,13 @@ def evaluate_csv(pred_csv: str | Path, truth_csv: str | Path, classes: int = 4, 
 # ----------------------------------------------------------------------------- a run's validation split
 
 
-def validation_split(config: dict) -> tuple[list[Path], Annotations]:
+def validation_split(config: dict, outputs: OutputClasses | None = None) -> tuple[list[Path], Annotations]:
     """The image paths and annotations of a run's validation split, rebuilt from its config.
 
     The split is a deterministic function of the data and the config's seed, so this is
     the split the run validated on. Only the data folder is read: no datasets, loaders
-    or pre-flight check are built.
+    or pre-flight check are built. The annotations hold the classes of ``outputs``
+    (default: the run's own, its ``train_classes``; a composition's: every class).
 
     Raises:
         ConfigError: the run is no SteelDataLoader run, or it held out no images.
@@ -223,17 +225,24 @@ def validation_split(config: dict) -> tuple[list[Path], Annotations]:
     annotations, paths = split.valid()
     if not paths:
         raise ConfigError(f"run {config['name']!r} held out no validation images (validation_split: 0)")
-    return paths, annotations
+    return paths, annotations.for_outputs(outputs or output_classes(config))
+
+
+def _split_of(config: dict) -> tuple:
+    """What decides a run's split: its data loader's type, split arguments and seed (not its train_classes)."""
+    name, args = parse_spec(config["data_loader"], "data_loader")
+    return name, {key: args.get(key) for key in SPLIT_KEYS}, config["seed"]
 
 
 def predictor_split(predictor: Predictor) -> tuple[list[Path], Annotations]:
-    """The validation split of the predictor's first model (a warning if other models split differently)."""
+    """The validation split of the predictor's first model, with the prediction's classes
+    (a warning if other models split differently)."""
     first = predictor.models[0].config
     for loaded in predictor.models[1:] + predictor.classifiers:
-        if (loaded.config["data_loader"], loaded.config["seed"]) != (first["data_loader"], first["seed"]):
+        if _split_of(loaded.config) != _split_of(first):
             logger.warning("%s was trained on another split: it may have seen some of these validation images",
                            loaded.source)
-    return validation_split(first)
+    return validation_split(first, predictor.outputs)
 
 
 def evaluate_predictions(predictor: Predictor, settings: PostProcessing, paths: Sequence[Path],

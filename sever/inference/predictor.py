@@ -6,7 +6,9 @@ through the network as its own forward pass, its sigmoid probabilities are
 flipped back and averaged; the models' probabilities are then combined by
 ``mean`` (weighted), ``rms`` (weighted root mean square) or ``max`` per class
 and pixel, and quantised to uint8 (``q`` stands for ``q / 255``), the form
-post-processing, saved probability maps and tuning all share. With a
+post-processing, saved probability maps and tuning all share. Models trained on
+different classes are composed class by class, and classifiers gate the classes
+they predict (:mod:`sever.inference.compose`). With a
 :class:`~sever.inference.tiling.Tiling`, images larger than the tile are predicted
 tile by tile (every model and TTA view on each tile) and blended back; classifiers
 always see the whole image at full resolution, so their gating is the same with and
@@ -30,8 +32,10 @@ from tqdm import tqdm
 from sever.data_loader.datasets import read_grey
 from sever.exceptions import ConfigError
 from sever.inference.checkpoints import LoadedModel, load_models
+from sever.inference.compose import Composition, Gate, check_class_weights, compose, gate, require_every_class
 from sever.inference.tiling import Tiling
 from sever.model.postprocess import PROB_SCALE, PostProcessing
+from sever.utils.config import OutputClasses
 from sever.utils.device import autocast, check_amp, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -48,9 +52,7 @@ AVERAGES = ("mean", "rms", "max")
 
 def class_labels(names: Sequence[str] | None, classes: int) -> list[str]:
     """Report labels: ``"1 pitted_spots"`` from class names, else ``"class 1"`` (1-based like ClassId)."""
-    if names:
-        return [f"{c + 1} {name}" for c, name in enumerate(names)]
-    return [f"class {c + 1}" for c in range(classes)]
+    return OutputClasses(classes, tuple(range(classes)), tuple(names) if names else None).labels()
 
 
 def average_probabilities(probs: Sequence[Tensor], mode: str = "mean", weights: Sequence[float] | None = None) -> Tensor:
@@ -88,6 +90,49 @@ def check_average(mode: str, weights: Sequence[float] | None, count: int) -> Non
         raise ConfigError(f"weights: {len(weights)} weights given for {count} models")
     if any(w < 0 for w in weights) or not sum(weights) > 0:
         raise ConfigError(f"weights: expected non-negative weights with a positive sum, got {list(weights)}")
+
+
+def compose_probabilities(probs: Sequence[Tensor], composition: Composition, mode: str = "mean",
+                          weights: Sequence[float] | None = None) -> Tensor:
+    """The prediction of M models whose classes may differ, class by class.
+
+    Args:
+        probs: per model, float ``(B, K_m, H, W)`` probabilities of its ``K_m`` outputs.
+        composition: which models predict each channel of the prediction.
+        mode, weights: as :func:`average_probabilities`, ``weights`` one per model; each
+            channel averages only the models that predict it (their weights renormalised).
+
+    Returns:
+        float ``(B, K, H, W)``, K the composition's channels.
+    """
+    if composition.ensemble:
+        return average_probabilities(probs, mode, weights)
+    channels = []
+    for sources in composition.providers:
+        chosen = None if weights is None else [weights[m] for m, _ in sources]
+        channels.append(average_probabilities([probs[m][:, k] for m, k in sources], mode, chosen))
+    return torch.stack(channels, dim=1)
+
+
+def gate_probabilities(class_probs: Sequence[Tensor], plan: Gate) -> Tensor:
+    """Each channel's classifier probability: its classifiers' mean, times the any-defect classifiers' mean.
+
+    Args:
+        class_probs: per classifier, float ``(B, K_i)`` probabilities.
+        plan: which classifiers gate each channel (:func:`~sever.inference.compose.gate`).
+
+    Returns:
+        float ``(B, K)``; 1 where no classifier gates a channel.
+    """
+    batch = class_probs[0].shape[0]
+    channels = []
+    for sources in plan.providers:
+        chosen = [class_probs[i][:, k] for i, k in sources]
+        channels.append(average_probabilities(chosen) if chosen else class_probs[0].new_ones(batch))
+    gated = torch.stack(channels, dim=1)
+    if plan.any_defect:
+        gated = gated * average_probabilities([class_probs[i][:, :1] for i in plan.any_defect])
+    return gated
 
 
 def tta_probabilities(model: Callable[[Tensor], Tensor], x: Tensor, tta: str = "none") -> Tensor:
@@ -139,11 +184,13 @@ class PredictionBatch:
 
 
 class Predictor:
-    """An ensemble of segmentation models (and optional classifiers) with TTA.
+    """An ensemble (or composition) of segmentation models, optional classifiers, with TTA.
 
     Args:
-        models: segmentation models of one class count.
-        classifiers: classification models of the same class count, averaged by mean.
+        models: segmentation models of one dataset; models of different classes
+            (``train_classes``) are composed class by class (:mod:`sever.inference.compose`).
+        classifiers: classification models of the same dataset gating the classes they
+            predict (an any-defect classifier: every class), averaged by mean.
         average: how the segmentation models are combined: ``mean``, ``rms`` or ``max``.
         weights: one weight per segmentation model (``mean``/``rms``), or None.
         tta: ``none``, ``hflip``, ``vflip`` or ``both`` (identity, h, v and h+v flips).
@@ -155,17 +202,12 @@ class Predictor:
     def __init__(self, models: Sequence[LoadedModel], classifiers: Sequence[LoadedModel] = (), average: str = "mean",
                  weights: Sequence[float] | None = None, tta: str = "none", device: torch.device | str = "cpu",
                  amp: str = "off", tiling: Tiling | None = None):
-        if not models:
-            raise ConfigError("give at least one segmentation model")
+        self.composition = compose(models)
         if tta not in TTA_VIEWS:
             raise ConfigError(f"tta: {tta!r} is not one of {', '.join(TTA_VIEWS)}")
         check_average(average, weights, len(models))
-        for classifier in classifiers:
-            if classifier.classes != models[0].classes:
-                raise ConfigError(
-                    f"--classifier {classifier.source} predicts {classifier.classes} classes but "
-                    f"{models[0].source} predicts {models[0].classes}"
-                )
+        check_class_weights(self.composition, weights if average != "max" else None)
+        self.gate = gate(classifiers, self.composition, models[0])
         self.models = list(models)
         self.classifiers = list(classifiers)
         self.average = average
@@ -177,13 +219,19 @@ class Predictor:
         self.tiling = tiling
 
     @property
+    def outputs(self) -> OutputClasses:
+        """Which dataset classes the prediction's channels are."""
+        return self.composition.outputs
+
+    @property
     def classes(self) -> int:
-        return self.models[0].classes
+        """Channels of the prediction."""
+        return self.outputs.outputs
 
     @property
     def class_names(self) -> list[str]:
-        """Labels of the classes for reports, from the first model's ``class_names`` (see :func:`class_labels`)."""
-        return class_labels(self.models[0].config.get("class_names"), self.classes)
+        """Labels of the prediction's channels for reports (``"3 scratches"``, ``"class 3"``, ``"any defect"``)."""
+        return self.outputs.labels()
 
     def _forward(self, loaded: LoadedModel, images: Tensor) -> Tensor:
         x = loaded.normalization(images.unsqueeze(1))
@@ -192,7 +240,8 @@ class Predictor:
 
     def _segment(self, images: Tensor) -> Tensor:
         """float32 ``(B, C, H, W)`` ensemble probabilities of uint8 ``(B, H, W)`` images (or tiles)."""
-        return average_probabilities([self._forward(m, images) for m in self.models], self.average, self.weights)
+        return compose_probabilities([self._forward(m, images) for m in self.models], self.composition, self.average,
+                                     self.weights)
 
     @torch.inference_mode()
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -214,7 +263,7 @@ class Predictor:
                 probs[index] = quantize(self.tiling.predict(self._segment, image, self.classes), inplace=True)
         class_probs = None
         if self.classifiers:
-            class_probs = average_probabilities([self._forward(m, images) for m in self.classifiers], "mean")
+            class_probs = gate_probabilities([self._forward(m, images) for m in self.classifiers], self.gate)
         return probs, class_probs
 
     def predict_files(self, paths: Sequence[Path], batch_size: int = 8, num_workers: int = 2,
@@ -294,13 +343,20 @@ def resolve_amp(amp: str, device: torch.device) -> str:
 
 def build_predictor(models: Sequence[str | Path], classifiers: Sequence[str | Path] = (), average: str = "mean",
                     weights: Sequence[float] | None = None, tta: str = "none", device: str = "auto",
-                    amp: str = "auto", tiling: Tiling | None = None) -> Predictor:
-    """Load run folders / checkpoints and make a :class:`Predictor` (the commands' entry point)."""
+                    amp: str = "auto", tiling: Tiling | None = None, every_class: bool = False) -> Predictor:
+    """Load run folders / checkpoints and make a :class:`Predictor` (the commands' entry point).
+
+    ``every_class``: refuse models that do not predict every class of the dataset between
+    them (a submission needs every class).
+    """
     torch_device = resolve_device(device)
     loaded = load_models(models, "segmentation", torch_device, "-m")
     loaded_classifiers = load_models(classifiers, "classification", torch_device, "--classifier") if classifiers else []
-    return Predictor(loaded, loaded_classifiers, average, weights, tta, torch_device, resolve_amp(amp, torch_device),
-                     tiling)
+    predictor = Predictor(loaded, loaded_classifiers, average, weights, tta, torch_device,
+                          resolve_amp(amp, torch_device), tiling)
+    if every_class:
+        require_every_class(predictor.composition, loaded)
+    return predictor
 
 
 TUNED_FILE = "postprocess.yml"  # a run's own settings, tuned at the end of training
@@ -314,12 +370,13 @@ def run_settings(option: str | None, models: Sequence[LoadedModel], classifier: 
     Without it, one model uses the settings its run tuned at the end of training: the
     run folder's ``postprocess.yml`` (which a user may edit) when the checkpoint is the one
     tuned, else the copy in the checkpoint itself (e.g. an uploaded checkpoint alone).
-    A checkpoint that was not tuned (another epoch's, an older run's) and an ensemble of
-    several models use the defaults: each run was tuned alone, not the ensemble.
+    A checkpoint that was not tuned (another epoch's, an older run's) and an ensemble or
+    composition of several models use the defaults: each run was tuned alone, not with the others.
     """
+    classes = compose(models).outputs.outputs
     if option is not None:
         described = "default post-processing (--postprocess default)" if option == DEFAULT_SETTINGS else str(option)
-        return load_settings(option, models[0].classes, classifier), described
+        return load_settings(option, classes, classifier), described
     if len(models) == 1 and models[0].postprocess is not None:
         loaded = models[0]
         beside = loaded.source.parent.parent / TUNED_FILE
@@ -328,7 +385,7 @@ def run_settings(option: str | None, models: Sequence[LoadedModel], classifier: 
         settings = PostProcessing.from_mapping(loaded.postprocess, loaded.classes, f"{loaded.source}: postprocess")
         return _for_classifier(settings, classifier, loaded.source), f"the settings tuned in {loaded.source}"
     reason = "an ensemble's models were each tuned alone" if len(models) > 1 else "the checkpoint was not tuned"
-    return load_settings(None, models[0].classes, classifier), f"default post-processing ({reason})"
+    return load_settings(None, classes, classifier), f"default post-processing ({reason})"
 
 
 def load_settings(path: str | Path | None, classes: int, classifier: bool) -> PostProcessing:

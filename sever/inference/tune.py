@@ -315,7 +315,11 @@ def statistics_from_files(probs_dir: str | Path, truth_csv: str | Path, postproc
     The images are the folder's; ground-truth rows for other images are ignored.
     """
     saved = SavedProbabilities([probs_dir])
-    truth = read_rle_csv(truth_csv, saved.classes, image_ids=saved.names)
+    try:
+        truth = read_rle_csv(truth_csv, saved.classes, image_ids=saved.names)
+    except DataError as exc:
+        raise DataError(f"{exc}; the probabilities in {probs_dir} hold {saved.classes} classes: tune them "
+                        f"against labels of those classes") from None
     return statistics_from_saved([(saved, truth)], postprocess, thresholds, class_names, batch_size)
 
 

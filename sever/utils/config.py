@@ -323,6 +323,92 @@ def parse_duration(value: Any, key: str) -> float:
     return total
 
 
+ANY_DEFECT = "any"  # data_loader.args.train_classes: one output, the union of every class's mask
+
+
+@dataclass(frozen=True)
+class OutputClasses:
+    """Which classes of a dataset a run's outputs are (``data_loader.args.train_classes``).
+
+    Attributes:
+        dataset: C, the dataset's class count (config ``classes``; ClassIds 1..C).
+        ids: the 0-based dataset class of each output channel, ascending; None for one
+            any-defect output (the union of every class's mask).
+        names: the dataset's C class names (config ``class_names``), or None.
+    """
+
+    dataset: int
+    ids: tuple[int, ...] | None
+    names: tuple[str, ...] | None = None
+
+    @property
+    def any_defect(self) -> bool:
+        return self.ids is None
+
+    @property
+    def outputs(self) -> int:
+        """How many channels the run's network predicts."""
+        return 1 if self.ids is None else len(self.ids)
+
+    @property
+    def complete(self) -> bool:
+        """The outputs are every dataset class, in order."""
+        return self.ids == tuple(range(self.dataset))
+
+    def label(self, k: int) -> str:
+        """Report label of dataset class ``k`` (0-based): ``"3 scratches"`` with names, else ``"class 3"``."""
+        return f"{k + 1} {self.names[k]}" if self.names else f"class {k + 1}"
+
+    def labels(self) -> list[str]:
+        """One report label per output channel; ``"any defect"`` for an any-defect output."""
+        return ["any defect"] if self.ids is None else [self.label(k) for k in self.ids]
+
+    def describe(self) -> str:
+        """``"classes 1, 3"``, ``"class 2"`` or ``"any defect"``: what the outputs are, for messages."""
+        if self.ids is None:
+            return "any defect (train_classes: any)"
+        return ("class " if len(self.ids) == 1 else "classes ") + ", ".join(str(k + 1) for k in self.ids)
+
+
+def parse_train_classes(value: Any, classes: int,
+                        key: str = "data_loader.args.train_classes") -> tuple[int, ...] | None:
+    """``train_classes`` as 0-based ascending class indices; None for ``any``.
+
+    Args:
+        value: None (every class), ``"any"`` or a list of distinct 1-based ClassIds in 1..``classes``.
+
+    Raises:
+        ConfigError: anything else, naming ``key`` and the offending entry.
+    """
+    if value is None:
+        return tuple(range(classes))
+    if value == ANY_DEFECT:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{key}: expected a list of ClassIds in 1..{classes} (e.g. [3]) or {ANY_DEFECT!r}, "
+                          f"got {value!r}")
+    for position, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= classes:
+            raise ConfigError(f"{key}[{position}]: {item!r} is not a ClassId in 1..{classes} (classes: {classes})")
+        if item in value[:position]:
+            raise ConfigError(f"{key}[{position}]: ClassId {item} is listed twice")
+    return tuple(sorted(item - 1 for item in value))
+
+
+def output_classes(config: Mapping) -> OutputClasses:
+    """The dataset classes a run's outputs are, from its ``classes``, ``class_names`` and ``train_classes``.
+
+    A config without ``data_loader.args.train_classes`` (every config before it existed)
+    predicts every class.
+    """
+    loader = config.get("data_loader")
+    args = loader.get("args") if isinstance(loader, Mapping) else None
+    chosen = args.get("train_classes") if isinstance(args, Mapping) else None
+    names = config.get("class_names")
+    return OutputClasses(config["classes"], parse_train_classes(chosen, config["classes"]),
+                         tuple(names) if names else None)
+
+
 def normalise_amp(value: Any) -> str:
     """``amp`` as one of ``off``, ``bf16``, ``fp16`` (YAML reads a bare ``off`` as False)."""
     if value in (None, False, "off", "none"):
@@ -340,6 +426,7 @@ def validate_config(config: Mapping) -> dict:
     names = result["class_names"]
     if names is not None and len(names) != result["classes"]:
         raise ConfigError(f"class_names: {len(names)} names given but classes is {result['classes']}")
+    output_classes(result)  # a bad data_loader.args.train_classes fails here, before anything is built
     if result["trainer"]["time_budget"] is not None:
         parse_duration(result["trainer"]["time_budget"], "trainer.time_budget")
     monitor = result["trainer"]["monitor"]
