@@ -346,7 +346,8 @@ class SteelDataLoader:
             ``kaggle`` (masks from ``csv``), ``mask_folder`` (PNG masks in ``masks``,
             see :mod:`sever.data_loader.mask_folder`) or any other registered masks source.
         masks: the mask folder relative to ``data_dir`` (``format: mask_folder``).
-        pseudo_csv: optional pseudo-label CSV for ``pseudo_images`` (training only).
+        pseudo_csv: optional pseudo-label CSV for ``pseudo_images`` (training only); the
+            images it lists are the pseudo-labelled ones (``sever pseudo-label`` writes it).
         pseudo_images: folder of the pseudo-labelled images.
         sampler: optional ``{type, args}`` of a weighted batch sampler; its groups
             are [train, pseudo] with pseudo-labels, else one per rarest class.
@@ -386,7 +387,7 @@ class SteelDataLoader:
         groups = None
         if pseudo_csv is not None:
             pseudo_ann, pseudo_paths = read_csv_folder(self.data_dir / pseudo_images, self.data_dir / pseudo_csv,
-                                                       classes)
+                                                       classes, listed_only=True)
             sources.append((pseudo_ann, pseudo_paths))
             groups = [np.arange(len(train_ann)), len(train_ann) + np.arange(len(pseudo_ann))]
             train_ann, train_paths = train_ann.concat(pseudo_ann), train_paths + pseudo_paths
