@@ -138,8 +138,18 @@ def _train_study(ctx: click.Context, configs: tuple[str, ...], resume: str | Non
     else:
         paths = study.resume_study(resume, **options)
     if from_environment().is_main:
-        for entry in StudyPaths(paths.root).entries():
-            click.echo(f"fold {entry.fold}: {entry.status:<8} {entry.run}")
+        whole = StudyPaths(paths.root)
+        for number in range(whole.rounds + 1):
+            at = whole.at_round(number)
+            if whole.rounds:
+                score = at.round_record().get("score")
+                click.echo(f"round {number}: out-of-fold score "
+                           f"{'not yet tuned' if score is None else format(score, '.4f')}")
+            for entry in at.entries():
+                click.echo(f"fold {entry.fold}: {entry.status:<8} {entry.run}")
+        if whole.rounds:
+            click.echo(f"sever predict -m {paths.root} uses round {whole.chosen_round()} (the finished round with the "
+                       f"best out-of-fold score)")
         click.echo(f"study saved in {paths.root}")
 
 
