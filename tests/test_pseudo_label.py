@@ -11,6 +11,7 @@ from inference_runs import invoke, runs  # noqa: F401  (a fixture)
 from torch import nn
 
 from sever.data_loader.annotations import read_rle_csv
+from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.augmentation import Normalization
 from sever.data_loader.sources import read_csv_folder
 from sever.exceptions import ConfigError
@@ -18,6 +19,7 @@ from sever.inference.checkpoints import LoadedModel
 from sever.inference.predictor import Predictor
 from sever.inference.pseudo_label import ConfidenceRule, pseudo_label
 from sever.model.postprocess import PostProcessing
+from sever.registries import TRANSFORMS
 
 SIZE = 32
 
@@ -149,3 +151,113 @@ def test_cli_names_an_empty_folder_and_mismatched_models(runs, tmp_path):  # noq
                     "--low", 0.9, "--high", 0.5)
     assert result.exit_code == 1 and "--low and --high: need 0 <= low < high <= 1" in result.output
     assert not (tmp_path / "p.csv").exists()
+
+
+# ----------------------------------------------------------------------------- rounds in a study
+
+
+@pytest.fixture(scope="module")
+def round_study(demo_dir, tmp_path_factory):
+    """A 2-fold study of the tiny config with one pseudo-label round over the demo test images."""
+    from conftest import tiny_config
+
+    from sever import study
+
+    config = tiny_config(demo_dir, tmp_path_factory.mktemp("rounds"), epochs=1, tune_postprocess=True)
+    config["pseudo"] = {"images": str(demo_dir / "test_images"), "rounds": 1, "share": 0.25, "max_uncertain": 1.0}
+    return study.train_study(config, folds=2).root
+
+
+def test_a_pseudo_round_trains_the_folds_again_with_the_previous_rounds_labels(round_study, demo_dir):
+    from sever.inference.outputs import probability_files
+    from sever.utils.study import StudyPaths
+
+    paths = StudyPaths(round_study)
+    labels = read_rle_csv(paths.at_round(1).pseudo_csv, 4)
+    assert sorted(labels.image_ids) == sorted(p.name for p in (demo_dir / "test_images").iterdir())
+    record = yaml.safe_load(paths.file.read_text())
+    assert record["rounds"][0]["pseudo_images"] == 6 and record["rounds"][0]["pseudo_dropped"] == 0
+    for fold in range(2):
+        run = paths.at_round(1).fold_dir(fold)
+        assert run == Path(round_study) / "round1" / f"fold{fold}"
+        args = yaml.safe_load((run / "config.yaml").read_text())["data_loader"]["args"]
+        assert args["pseudo_csv"] == str(paths.at_round(1).pseudo_csv.resolve())
+        assert args["sampler"] == {"type": "WeightedFixedBatchSampler", "args": {"weights": [0.75, 0.25]}}
+        data = SteelDataLoader(**{**args, "num_workers": 0}, classes=4, seed=7, transforms=TRANSFORMS.build(
+            {"type": "HeavyCropTransforms", "args": {"height": 64, "width": 64}}, "augmentation"))
+        assert len(data.train_dataset) == 12 + 6 and len(data.valid_dataset) == 12  # pseudo-labels train only
+        same = [sorted(p.name for p in probability_files(paths.at_round(r).oof_dir(fold))) for r in (0, 1)]
+        assert same[0] == same[1], "a round validates on the labelled out-of-fold images only"
+    scores = [record["score"], record["rounds"][0]["score"]]
+    assert all(isinstance(score, float) for score in scores)
+    assert paths.chosen_round() == (1 if scores[1] > scores[0] else 0)
+    assert (paths.round_dir(1) / "postprocess.yml").is_file() and (Path(round_study) / "postprocess.yml").is_file()
+
+
+def test_predict_uses_the_round_with_the_best_out_of_fold_score(round_study, demo_dir, tmp_path):
+    from sever.utils.study import StudyPaths
+
+    paths = StudyPaths(round_study)
+    original = paths.file.read_text()
+    try:
+        for best, other in ((1, 0), (0, 1)):
+            paths.at_round(best).record(score=0.9)
+            paths.at_round(other).record(score=0.1)
+            result = invoke("predict", "-m", round_study, "-i", demo_dir / "test_images", "-o", tmp_path / "s.csv",
+                            "--device", "cpu", "--num-workers", 0)
+            assert result.exit_code == 0, result.output
+            assert f"post-processing: {paths.round_dir(best) / 'postprocess.yml'}" in result.output
+        paths.at_round(1).set_status(0, "failed")  # round 1 unfinished: round 0 whatever the scores
+        assert paths.chosen_round() == 0
+    finally:
+        paths.file.write_text(original)
+
+
+def test_a_resumed_study_retrains_only_the_unfinished_fold_of_the_round(round_study):
+    from sever import study
+    from sever.utils.study import StudyPaths
+
+    paths = StudyPaths(round_study)
+    original = paths.file.read_text()
+    csv_written = paths.at_round(1).pseudo_csv.stat().st_mtime_ns
+    kept = (paths.at_round(1).fold_dir(0) / "checkpoints" / "model_best.pth").stat().st_mtime_ns
+    round0 = (paths.at_round(0).fold_dir(1) / "checkpoints" / "model_best.pth").stat().st_mtime_ns
+    try:
+        paths.at_round(1).set_status(1, "pending")
+        paths.at_round(1).record(score=None)
+        study.resume_study(round_study)
+        assert [e.status for e in paths.at_round(1).entries()] == ["done", "done"]
+        assert paths.at_round(1).round_record()["score"] is not None  # tuned again
+        assert paths.at_round(1).pseudo_csv.stat().st_mtime_ns == csv_written
+        assert (paths.at_round(1).fold_dir(0) / "checkpoints" / "model_best.pth").stat().st_mtime_ns == kept
+        assert (paths.at_round(0).fold_dir(1) / "checkpoints" / "model_best.pth").stat().st_mtime_ns == round0
+    finally:
+        paths.file.write_text(original)
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"images": "IMAGES", "rounds": 0}, "pseudo.rounds: an integer >= 1, got 0"),
+    ({"images": "IMAGES", "round": 2}, "pseudo.round: unknown key"),
+    ({"rounds": 1}, "pseudo.images: the folder of unlabelled images is required"),
+    ({"images": "IMAGES", "share": 1.5}, r"pseudo.share: a share of each batch in \(0, 1\)"),
+    ({"images": "IMAGES", "low": 0.9}, "pseudo.low and pseudo.high"),
+    ({"images": "EMPTY"}, "no images .* in .*empty"),
+])
+def test_a_bad_pseudo_block_is_refused_before_the_study_folder_exists(make_config, demo_dir, tmp_path, block,
+                                                                      message):
+    from sever import study
+    from sever.exceptions import SeverError
+
+    (tmp_path / "empty").mkdir()
+    folders = {"IMAGES": str(demo_dir / "test_images"), "EMPTY": str(tmp_path / "empty")}
+    config = {**make_config(), "pseudo": {key: folders.get(value, value) for key, value in block.items()}}
+    with pytest.raises(SeverError, match=message):
+        study.create_study(config, 2)
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_single_run_with_a_pseudo_block_asks_for_folds(make_config, demo_dir, tmp_path):
+    path = tmp_path / "x.yml"
+    path.write_text(yaml.safe_dump({**make_config(), "pseudo": {"images": str(demo_dir / "test_images")}}))
+    result = invoke("train", "-c", path)
+    assert result.exit_code == 1 and "pseudo: pseudo-label rounds train a study: give --folds K" in result.output
