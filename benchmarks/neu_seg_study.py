@@ -1,12 +1,26 @@
-"""A K-fold study against a single run at equal training work, scored on held-out NEU-Seg images.
+"""A single run, a K-fold study and the study with one pseudo-label round, at equal time, on NEU-Seg.
 
-Both train experiments/neu-seg.yml on the same pool of labelled images, each model on 1 - 1/K of
-it: the single run (``validation_split: 1/K``) for K x E epochs, each of the K folds for E epochs,
-so both see the same number of training images. The run is tuned on its validation split, the
-study on its out-of-fold maps; both then predict images held out from everything, scored with the
-default and with the tuned post-processing. CPU seconds of each training are printed beside.
+The NEU-Seg images are cut into three disjoint parts: a labelled pool, unlabelled images (their
+labels are never read) and a test part that neither training nor pseudo-labelling sees.
 
-    python benchmarks/neu_seg_study.py --data ../shared/data/neu-seg --pool 150 --held-out 60
+- **single run**: experiments/neu-seg.yml on the pool (``validation_split: 1/K``) with
+  ``trainer.time_budget: BUDGET``; scored with the default post-processing and with the
+  settings it tuned on its validation split at the end of training.
+- **K-fold study** and **study + 1 pseudo-label round**: one study of the same config with
+  ``pseudo: {images: UNLABELLED, rounds: 1}`` and ``trainer.time_budget: 2 x BUDGET``, which
+  the study shares between its 2K fold runs, so round 0 (the plain K-fold study) trains for
+  about BUDGET, like the single run. Round 0 is scored with its fold ensemble and its
+  out-of-fold tuned settings, round 1 likewise (its folds trained with round 0's confident
+  predictions of the unlabelled images added to every batch).
+
+Every row is the competition metric (mean Dice over image-and-class pairs) and the per-class
+Dice on the test part, with the CPU seconds of the process while it trained (prediction of the
+out-of-fold maps and pseudo-labelling included) and the wall seconds the study file charged to
+each round. Run it on an idle machine: the time budgets are wall-clock.
+
+    python benchmarks/neu_seg_study.py --data ../shared/data/neu-seg --pool 600 --unlabelled 600 \\
+        --test 400 --budget 20m
+    python benchmarks/neu_seg_study.py --pool 48 --unlabelled 24 --test 24 --budget 40s   # smoke run
 """
 
 from __future__ import annotations
@@ -18,24 +32,29 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from sever import main, study
-from sever.cli import cli
-from sever.model.postprocess import PostProcessing
-from sever.utils.config import load_config
+from sever.inference.evaluate import evaluate_csv
+from sever.inference.outputs import predict_directory
+from sever.inference.predictor import build_predictor, load_settings
+from sever.utils.config import load_config, parse_duration
+from sever.utils.study import StudyPaths
 
 REPO = Path(__file__).resolve().parents[1]
+CLASSES = 3
 
 
-def subset(data: Path, out: Path, pool: int, held_out: int, seed: int) -> tuple[Path, Path]:
-    """``out/train`` (pool images) and ``out/held_out`` (held_out images), each images + CSV, by symlink."""
+def split(data: Path, out: Path, sizes: dict[str, int], seed: int) -> dict[str, Path]:
+    """``out/<part>/train_images`` (symlinks) and ``out/<part>/train.csv`` for the parts ``sizes`` names, disjoint."""
     names = sorted(p.name for p in (data / "train_images").iterdir())
     order = np.random.default_rng(seed).permutation(len(names))
-    parts = {"held_out": [names[i] for i in order[:held_out]],
-             "train": [names[i] for i in order[held_out:held_out + pool]]}
     with open(data / "train.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    for part, chosen in parts.items():
+    parts, start = {}, 0
+    for part, size in sizes.items():
+        chosen = [names[i] for i in order[start:start + size]]
+        start += size
         folder = out / part / "train_images"
         folder.mkdir(parents=True)
         for name in chosen:
@@ -43,59 +62,87 @@ def subset(data: Path, out: Path, pool: int, held_out: int, seed: int) -> tuple[
         keep = set(chosen)
         with open(out / part / "train.csv", "w", newline="") as handle:
             csv.writer(handle).writerows([rows[0], *(row for row in rows[1:] if row[0] in keep)])
-    return out / "train", out / "held_out"
+        parts[part] = out / part
+    return parts
 
 
-def config(data_dir: Path, save_dir: Path, epochs: int, validation: float) -> dict:
+def config(data_dir: Path, save_dir: Path, budget: str, validation: float, epochs: int) -> dict:
+    """experiments/neu-seg.yml on ``data_dir`` with a time budget (``epochs`` only bounds it)."""
     base = load_config(REPO / "experiments" / "neu-seg.yml")
     base["save_dir"], base["device"] = str(save_dir), "cpu"
     base["data_loader"]["args"].update(data_dir=str(data_dir), num_workers=0, validation_split=validation)
-    base["trainer"].update(epochs=epochs, tensorboard=False, save_period=epochs)
-    base["lr_scheduler"]["args"].update(n_epochs=epochs, start_anneal=max(1, epochs // 2))
+    base["trainer"].update(epochs=epochs, tensorboard=False, save_period=epochs, time_budget=budget,
+                           report_images=0)
     return base
 
 
-def sever(*args) -> None:
-    cli.main([str(a) for a in args], standalone_mode=False)
+def score(models: list[Path], postprocess: Path | str, test: Path, output: Path):
+    """The competition metric and per-class Dice of ``models`` (an ensemble) on the test part."""
+    predictor = build_predictor(models, device="cpu")
+    settings = load_settings(postprocess, CLASSES, False)
+    predict_directory(predictor, settings, test / "train_images", output, num_workers=0)
+    return evaluate_csv(output, test / "train.csv", CLASSES, test / "train_images")
 
 
-def score(model: Path, held_out: Path, out: Path, tag: str, postprocess: Path) -> None:
-    prediction = out / f"{tag.replace(' ', '_').replace(',', '')}.csv"
-    sever("predict", "-m", model, "-i", held_out / "train_images", "-o", prediction, "--device", "cpu",
-          "--num-workers", 0, "--postprocess", postprocess)
-    print(f"== {tag}: held-out score")
-    sever("evaluate", "--pred", prediction, "--truth", held_out / "train.csv", "--images",
-          held_out / "train_images", "--classes", 3)
+def round_runs(paths: StudyPaths, number: int) -> tuple[list[Path], Path]:
+    at = paths.at_round(number)
+    return [entry.run for entry in at.entries()], at.postprocess
+
+
+def round_seconds(paths: StudyPaths, number: int) -> float:
+    """Wall seconds the study file charged to round ``number`` (its folds and its pseudo-labelling)."""
+    spent = yaml.safe_load(paths.file.read_text())["budget"]["spent"]
+    return sum(seconds for key, seconds in spent.items() if key.startswith(f"round{number}/"))
 
 
 def main_(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "neu-seg")
-    parser.add_argument("--pool", type=int, default=150)
-    parser.add_argument("--held-out", type=int, default=60)
+    parser.add_argument("--pool", type=int, default=600, help="labelled images")
+    parser.add_argument("--unlabelled", type=int, default=600, help="images pseudo-labelled (labels unused)")
+    parser.add_argument("--test", type=int, default=400, help="images scored, seen by nothing else")
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--fold-epochs", type=int, default=2)
+    parser.add_argument("--budget", default="20m", help="the single run's time budget; the study gets twice it")
+    parser.add_argument("--max-epochs", type=int, default=200, help="an upper bound the budgets stop before")
+    parser.add_argument("--max-uncertain", type=float, default=0.02, help="the pseudo-labelling confidence rule")
     args = parser.parse_args(argv)
+    seconds = parse_duration(args.budget, "--budget")
     out = Path(tempfile.mkdtemp(prefix="neu-study-"))
-    train_dir, held_out = subset(args.data, out, args.pool, args.held_out, seed=0)
+    parts = split(args.data, out, {"pool": args.pool, "unlabelled": args.unlabelled, "test": args.test}, seed=0)
 
-    started = time.process_time()
-    run = main.train(config(train_dir, out / "saved", args.folds * args.fold_epochs, 1 / args.folds))
-    run_cpu = time.process_time() - started
-    started = time.process_time()
-    paths = study.train_study(config(train_dir, out / "saved", args.fold_epochs, 0.1), args.folds)
-    study_cpu = time.process_time() - started
-    print(f"training CPU seconds: single run {run_cpu:.0f} ({args.folds * args.fold_epochs} epochs), "
-          f"study {study_cpu:.0f} ({args.folds} folds x {args.fold_epochs} epochs, out-of-fold maps included)")
+    cpu, wall = time.process_time(), time.monotonic()
+    run = main.train(config(parts["pool"], out / "saved", args.budget, 1 / args.folds, args.max_epochs))
+    run_cpu, run_wall = time.process_time() - cpu, time.monotonic() - wall
 
-    sever("tune", "-m", run.root, "--split", "val", "-o", out / "run_pp.yml", "--device", "cpu", "--num-workers", 0)
-    sever("tune", "-m", paths.root)
-    default = out / "default.yml"  # named, so neither falls back to tuned settings of its own
-    default.write_text(PostProcessing.default(3).to_yaml())
-    score(run.root, held_out, out, "single run, default post-processing", default)
-    score(run.root, held_out, out, "single run, tuned on its validation split", out / "run_pp.yml")
-    score(paths.root, held_out, out, "study, default post-processing", default)
-    score(paths.root, held_out, out, "study, tuned out-of-fold", paths.root / "postprocess.yml")
+    study_config = config(parts["pool"], out / "saved", f"{2 * seconds:g}s", 0.1, args.max_epochs)
+    study_config["pseudo"] = {"images": str(parts["unlabelled"] / "train_images"), "rounds": 1,
+                              "max_uncertain": args.max_uncertain}
+    cpu = time.process_time()
+    paths = study.train_study(study_config, args.folds)
+    study_cpu = time.process_time() - cpu
+    record = yaml.safe_load(paths.file.read_text())
+
+    default = out / "default.yml"  # named, so no run falls back to settings it tuned
+    default.write_text(load_settings(None, CLASSES, False).to_yaml())
+    rows = [
+        ("single run, default post-processing", [run.root], default, f"{run_cpu:.0f}", f"{run_wall:.0f}"),
+        ("single run, self-tuned", [run.root], run.root / "postprocess.yml", f"{run_cpu:.0f}", f"{run_wall:.0f}"),
+        (f"{args.folds}-fold study, tuned out-of-fold", *round_runs(paths, 0), "",
+         f"{round_seconds(paths, 0):.0f}"),
+        ("study + 1 pseudo-label round", *round_runs(paths, 1), f"{study_cpu:.0f} (both rounds)",
+         f"{round_seconds(paths, 0) + round_seconds(paths, 1):.0f}"),
+    ]
+    print(f"NEU-Seg: {args.pool} labelled, {args.unlabelled} unlabelled, {args.test} test images; single run budget "
+          f"{args.budget}, study 2 x {args.budget} over {2 * args.folds} fold runs; pseudo-labels kept "
+          f"{record['rounds'][0]['pseudo_images']} of {args.unlabelled} (per class "
+          f"{record['rounds'][0]['pseudo_class_images']}); out-of-fold scores: round 0 {record['score']:.4f}, "
+          f"round 1 {record['rounds'][0]['score']:.4f}")
+    header = f"{'':<40} {'test metric':>11}  {'Dice per class':<24} {'CPU s':>18} {'wall s':>7}"
+    print(header)
+    for index, (name, models, postprocess, cpu_seconds, wall_seconds) in enumerate(rows):
+        result = score(models, postprocess, parts["test"], out / f"row{index}.csv")
+        per_class = " ".join(f"{value:.4f}" for value in result.class_dice)
+        print(f"{name:<40} {result.mean_dice:>11.4f}  {per_class:<24} {cpu_seconds:>18} {wall_seconds:>7}")
     print(f"everything in {out}")
 
 

@@ -138,8 +138,18 @@ def _train_study(ctx: click.Context, configs: tuple[str, ...], resume: str | Non
     else:
         paths = study.resume_study(resume, **options)
     if from_environment().is_main:
-        for entry in StudyPaths(paths.root).entries():
-            click.echo(f"fold {entry.fold}: {entry.status:<8} {entry.run}")
+        whole = StudyPaths(paths.root)
+        for number in range(whole.rounds + 1):
+            at = whole.at_round(number)
+            if whole.rounds:
+                score = at.round_record().get("score")
+                click.echo(f"round {number}: out-of-fold score "
+                           f"{'not yet tuned' if score is None else format(score, '.4f')}")
+            for entry in at.entries():
+                click.echo(f"fold {entry.fold}: {entry.status:<8} {entry.run}")
+        if whole.rounds:
+            click.echo(f"sever predict -m {paths.root} uses round {whole.chosen_round()} (the finished round with the "
+                       f"best out-of-fold score)")
         click.echo(f"study saved in {paths.root}")
 
 
@@ -416,6 +426,43 @@ def _predict_boxes(options: dict, image_dir: str, output: str, save_probs: str |
                                    resolve_device(options["device"]), visualize)
     click.echo(f"wrote {boxes} boxes scoring >= {threshold} in {images} images to {output}"
                + (f"; drawings in {visualize}" if visualize else ""))
+
+
+@cli.command("pseudo-label")
+@_prediction_options
+@click.option("-i", "--images", "image_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of unlabelled images to predict.")
+@click.option("-o", "--output", default="pseudo.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="Pseudo-label CSV to write (ImageId_ClassId,EncodedPixels; the confident images only): "
+                   "data_loader.args.pseudo_csv, with pseudo_images the -i folder.")
+@click.option("--low", default=0.2, show_default=True, type=float,
+              help="Lower end of the uncertain probability band.")
+@click.option("--high", default=0.8, show_default=True, type=float,
+              help="Upper end of the uncertain probability band.")
+@click.option("--max-uncertain", default=0.02, show_default=True, type=float,
+              help="Keep an image only when, for every class, at most this share of its pixels has a probability "
+                   "inside (low, high).")
+@click.option("--min-peak", default=None, type=float,
+              help="Also drop an image when a class's largest probability lies between --low and this "
+                   "(a faint blob) [default: no such check].")
+def pseudo_label(image_dir: str, output: str, low: float, high: float, max_uncertain: float,
+                 min_peak: float | None, **options) -> None:
+    """Predict unlabelled images and write the confident predictions as pseudo-labels."""
+    from sever.inference.pseudo_label import ConfidenceRule, pseudo_label as write_pseudo_labels
+
+    rule = ConfidenceRule(low, high, max_uncertain, min_peak).check(lambda name: "--" + name.replace("_", "-"))
+    if not options["models"]:
+        raise click.UsageError("give -m RUN_OR_STUDY (one or more)")
+    from sever.data_loader.datasets import list_images
+
+    list_images(image_dir)  # an empty or missing folder fails before the models load
+    _expand_studies(options)
+    predictor, settings = _predictor_and_settings(options)
+    result = write_pseudo_labels(predictor, settings, image_dir, output, rule, options["batch_size"],
+                                 options["num_workers"])
+    click.echo(result.describe(predictor.class_names))
+    click.echo(f"train with them: data_loader.args.pseudo_csv: {Path(output).resolve()}, "
+               f"pseudo_images: {Path(image_dir).resolve()}")
 
 
 @cli.command()

@@ -329,7 +329,8 @@ def train_from_files(config_paths: tuple[str, ...], overrides: tuple[str, ...] =
     configs = [load_config(path) for path in config_paths]
     for path, config in zip(config_paths, configs):
         try:
-            prepare_config(config, overrides)
+            if prepare_config(config, overrides)["pseudo"] is not None:
+                raise ConfigError("pseudo: pseudo-label rounds train a study: give --folds K")
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
     return [train(config, overrides) for config in configs]

@@ -353,7 +353,8 @@ class SteelDataLoader:
             (one output whose mask is the union of every class's). The split is made over
             every class, so runs that differ only here validate on the same images (and
             compose with ``sever predict -m A -m B``). None: every class.
-        pseudo_csv: optional pseudo-label CSV for ``pseudo_images`` (training only).
+        pseudo_csv: optional pseudo-label CSV for ``pseudo_images`` (training only); the
+            images it lists are the pseudo-labelled ones (``sever pseudo-label`` writes it).
         pseudo_images: folder of the pseudo-labelled images.
         sampler: optional ``{type, args}`` of a weighted batch sampler; its groups
             are [train, pseudo] with pseudo-labels, else one per rarest class.
@@ -398,7 +399,7 @@ class SteelDataLoader:
         groups = None
         if pseudo_csv is not None:
             pseudo_ann, pseudo_paths = read_csv_folder(self.data_dir / pseudo_images, self.data_dir / pseudo_csv,
-                                                       classes)
+                                                       classes, listed_only=True)
             sources.append((pseudo_ann, pseudo_paths))
             pseudo_ann = pseudo_ann.for_outputs(outputs)
             groups = [np.arange(len(train_ann)), len(train_ann) + np.arange(len(pseudo_ann))]

@@ -95,8 +95,13 @@ def mask_source(name: str, key: str) -> DataSource:
     raise ConfigError(f"{key}: {problem} Mask formats: {', '.join(formats)}")
 
 
-def read_csv_folder(image_dir: Path, csv_path: Path, classes: int) -> tuple[Annotations, list[Path]]:
+def read_csv_folder(image_dir: Path, csv_path: Path, classes: int,
+                    listed_only: bool = False) -> tuple[Annotations, list[Path]]:
     """Annotations for every image in ``image_dir`` from ``csv_path``, and the image paths.
+
+    ``listed_only``: only the images ``csv_path`` lists (pseudo-labels: a CSV in the
+    original or submission format lists a defect-free image with empty masks, and an
+    image it leaves out was not labelled).
 
     Raises:
         DataError: the folder or CSV is missing, or the CSV names images that are not on disk.
@@ -104,7 +109,7 @@ def read_csv_folder(image_dir: Path, csv_path: Path, classes: int) -> tuple[Anno
     names = list_images(image_dir)
     if not csv_path.is_file():
         raise DataError(f"masks CSV not found: {csv_path}")
-    annotations = read_rle_csv(csv_path, classes, image_ids=names)
+    annotations = read_rle_csv(csv_path, classes, image_ids=None if listed_only else names)
     missing = annotations.ids_not_in(names)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

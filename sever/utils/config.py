@@ -262,7 +262,7 @@ TOP_SCHEMA: dict[str, Field] = {
     "optimizer": Field((dict,), required=True),
     "lr_scheduler": Field(SPEC, default=None, nullable=True),
     "trainer": Field((dict,), required=True),
-    "pseudo": Field((dict,), default=None, nullable=True),  # {images: DIR, rounds: R}, read by studies
+    "pseudo": Field((dict,), default=None, nullable=True),  # pseudo-label rounds of a study (sever.study)
 }
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "a mapping"}

@@ -3,18 +3,34 @@
 ::
 
     saved/sever-unet-b5/1026_140000/
-        study.yml           the folds, each with its status and run folder (this module)
+        study.yml           the folds of every round, each with its status and run folder, each
+                            round's out-of-fold score and the time budget's ledger (this module)
         config.yaml         the study's config (each fold adds data_loader.args.folds/fold)
-        postprocess.yml     written by ``sever tune -m STUDY`` (tuned on the out-of-fold maps)
+        postprocess.yml     round 0's, tuned on its out-of-fold maps (at the end of the round,
+                            or by ``sever tune -m STUDY``)
         fold0/ ... fold{K-1}/
             (a normal run folder, see :mod:`sever.utils.run`)
             oof/            the best checkpoint's uint8 probabilities of the fold's validation images
+        round1/ ... round{R}/   pseudo-label rounds (a ``pseudo`` block in the config)
+            pseudo.csv      the previous round's confident predictions of ``pseudo.images``
+            postprocess.yml, fold0/ ... fold{K-1}/   as above, for this round
 
-A fold is ``pending`` until its training starts, ``running`` while it trains (or when
+Round 0 (the labelled data alone) keeps the layout of a study without rounds. A
+fold is ``pending`` until its training starts, ``running`` while it trains (or when
 it was interrupted), ``done`` once its out-of-fold probabilities are written and
 ``failed`` when its training raised. Several processes may update the study file (one
 per fold, see :mod:`sever.study`), so every update is a read-modify-write under a lock
 file, written atomically.
+
+``StudyPaths(root)`` reads and writes the round the study predicts with
+(:meth:`StudyPaths.chosen_round`: the finished round with the best out-of-fold score),
+so ``sever predict/tune/evaluate -m STUDY`` use it unchanged; ``StudyPaths(root, r)``
+is round ``r``.
+
+The time budget (``trainer.time_budget`` of the study) is kept in ``budget``: its
+``seconds``, the fold ``slots`` trained at once, the seconds ``spent`` by each fold
+(and pseudo-labelling) and the share ``reserved`` by each fold in training, keyed
+``round<r>/fold<k>``; see :meth:`StudyPaths.reserve`.
 """
 
 from __future__ import annotations
@@ -51,9 +67,35 @@ def is_study(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class StudyPaths:
-    """Paths inside one study folder, and its study file."""
+    """Paths inside one study folder, and its study file.
+
+    Args:
+        root: the study folder.
+        round: the round whose folds, post-processing and out-of-fold maps it names;
+            None: the round the study predicts with (:meth:`chosen_round`).
+    """
 
     root: Path
+    round: int | None = None
+
+    def at_round(self, number: int) -> StudyPaths:
+        """The same study at round ``number``."""
+        return StudyPaths(self.root, number)
+
+    @property
+    def round_number(self) -> int:
+        """The round this names (:meth:`chosen_round` when none was given)."""
+        return self.round if self.round is not None else self.chosen_round()
+
+    def round_dir(self, number: int | None = None) -> Path:
+        """Round ``number``'s folder (default: this round's): the study folder for round 0."""
+        number = self.round_number if number is None else number
+        return self.root if number == 0 else self.root / f"round{number}"
+
+    @property
+    def pseudo_csv(self) -> Path:
+        """The pseudo-labels this round trains with (rounds >= 1)."""
+        return self.round_dir() / "pseudo.csv"
 
     @property
     def file(self) -> Path:
@@ -65,43 +107,127 @@ class StudyPaths:
 
     @property
     def postprocess(self) -> Path:
-        return self.root / "postprocess.yml"
+        return self.round_dir() / "postprocess.yml"
 
     def fold_dir(self, fold: int) -> Path:
-        return self.root / f"fold{fold}"
+        return self.round_dir() / f"fold{fold}"
 
     def oof_dir(self, fold: int) -> Path:
         """The fold's out-of-fold probability folder (``--save-probs`` format)."""
         return self.fold_dir(fold) / "oof"
 
-    def initialise(self, folds: int) -> None:
-        """Write the study file of a new study: every fold pending."""
-        self._write({"folds": folds, "runs": [{"fold": k, "status": "pending", "run": f"fold{k}"}
-                                              for k in range(folds)]})
+    def initialise(self, folds: int, rounds: int = 0) -> None:
+        """Write the study file of a new study: every fold of round 0 and of ``rounds`` pseudo-label rounds pending."""
+        data: dict = {"folds": folds, "runs": _pending_runs(folds, "")}
+        if rounds:
+            data["rounds"] = [{"round": r, "runs": _pending_runs(folds, f"round{r}/")} for r in range(1, rounds + 1)]
+        self._write(data)
 
     def entries(self) -> list[FoldEntry]:
-        """Every fold's entry, by fold number.
+        """Every fold's entry of this round, by fold number.
 
         Raises:
             CheckpointError: no study file, or one sever did not write.
         """
         data = self._read()
-        return [FoldEntry(int(run["fold"]), str(run["status"]), self.root / str(run["run"])) for run in data["runs"]]
+        runs = _round_entry(data, self.round_number, self.file)["runs"]
+        return [FoldEntry(int(run["fold"]), str(run["status"]), self.root / str(run["run"])) for run in runs]
 
     @property
     def folds(self) -> int:
         return int(self._read()["folds"])
 
+    @property
+    def rounds(self) -> int:
+        """The pseudo-label rounds after round 0 (0 without a ``pseudo`` block)."""
+        return len(self._read().get("rounds") or [])
+
     def set_status(self, fold: int, status: str) -> None:
-        """Record ``status`` for ``fold`` (read-modify-write under the lock)."""
+        """Record ``status`` for ``fold`` of this round (read-modify-write under the lock)."""
         if status not in STATUSES:
             raise ValueError(f"unknown fold status {status!r}")
+        number = self.round_number
         with self._locked():
             data = self._read()
-            for run in data["runs"]:
+            for run in _round_entry(data, number, self.file)["runs"]:
                 if run["fold"] == fold:
                     run["status"] = status
             self._write(data)
+
+    def record(self, **values) -> None:
+        """Store plain values (e.g. ``score``, ``pseudo_images``) in this round's entry."""
+        number = self.round_number
+        with self._locked():
+            data = self._read()
+            _round_entry(data, number, self.file).update(values)
+            self._write(data)
+
+    def round_record(self, number: int | None = None) -> dict:
+        """Round ``number``'s entry (default: this round's): ``runs`` and what :meth:`record` stored."""
+        return dict(_round_entry(self._read(), self.round_number if number is None else number, self.file))
+
+    def chosen_round(self) -> int:
+        """The round a study predicts with: of the rounds whose folds are all done, the one with
+        the best out-of-fold ``score`` (the earlier one on a tie; without scores, the last);
+        round 0 while no round has finished."""
+        data = self._read()
+        finished = [r for r in range(len(data.get("rounds") or []) + 1)
+                    if all(run["status"] == "done" for run in _round_entry(data, r, self.file)["runs"])]
+        scored = [r for r in finished if _round_entry(data, r, self.file).get("score") is not None]
+        if scored:
+            return max(scored, key=lambda r: (_round_entry(data, r, self.file)["score"], -r))
+        return finished[-1] if finished else 0
+
+    # ------------------------------------------------------------------------- the time budget
+
+    def set_budget(self, seconds: float, slots: int | None = None) -> None:
+        """Set the study's budget (``trainer.time_budget``) in seconds; with ``slots`` (the folds trained
+        at once) also forget every reservation, which only a whole-study run may do."""
+        with self._locked():
+            data = self._read()
+            budget = data.setdefault("budget", {"spent": {}, "reserved": {}})
+            budget["seconds"] = float(seconds)
+            if slots is not None:
+                budget["slots"], budget["reserved"] = int(slots), {}
+            self._write(data)
+
+    def reserve(self, key: str, waiting: list[str]) -> float | None:
+        """The seconds fold ``key`` may train, reserved for it; None without a budget.
+
+        The budget holds ``seconds * slots`` slot-seconds. What is neither spent nor
+        reserved by other folds in training is shared equally by ``key`` and the other
+        ``waiting`` folds (every fold still to train, in this round and the later ones)
+        that hold no reservation. Returns that share plus what ``key`` spent in earlier
+        sessions, which its run's own clock counts (0 or less: the budget is spent).
+        """
+        with self._locked():
+            data = self._read()
+            budget = data.get("budget")
+            if budget is None:
+                return None
+            reserved = {k: v for k, v in budget["reserved"].items() if k != key}
+            left = budget["seconds"] * budget.get("slots", 1) - sum(budget["spent"].values()) - sum(reserved.values())
+            sharing = [k for k in dict.fromkeys([key, *waiting]) if k not in reserved]
+            share = left / len(sharing)
+            budget["reserved"] = {**reserved, key: share}
+            self._write(data)
+        return share + budget["spent"].get(key, 0.0)
+
+    def charge(self, key: str, seconds: float) -> None:
+        """Add ``seconds`` to what ``key`` (a fold, or a round's pseudo-labelling) spent; release its reservation."""
+        with self._locked():
+            data = self._read()
+            budget = data.get("budget")
+            if budget is None:
+                return
+            budget["spent"][key] = budget["spent"].get(key, 0.0) + float(seconds)
+            budget["reserved"].pop(key, None)
+            self._write(data)
+
+    def spent(self) -> float:
+        """Seconds the study has spent so far (0 without a budget)."""
+        budget = self._read().get("budget")
+        return float(sum(budget["spent"].values())) if budget else 0.0
 
     def check_fold(self, fold: int) -> None:
         """ConfigError unless ``fold`` is one of this study's folds (``--fold``)."""
@@ -144,3 +270,17 @@ class StudyPaths:
         finally:
             os.close(handle)
             lock.unlink()
+
+
+def _pending_runs(folds: int, prefix: str) -> list[dict]:
+    return [{"fold": k, "status": "pending", "run": f"{prefix}fold{k}"} for k in range(folds)]
+
+
+def _round_entry(data: dict, number: int, source: Path) -> dict:
+    """Round ``number``'s entry of the study file: the file itself for round 0 (older studies have only that)."""
+    if number == 0:
+        return data
+    rounds = data.get("rounds") or []
+    if not 1 <= number <= len(rounds):
+        raise CheckpointError(f"{source}: no round {number} (the study has rounds 0..{len(rounds)})")
+    return rounds[number - 1]
