@@ -1,0 +1,723 @@
+"""The training loop and step on the tiniest model: fast enough to run against every mutant of
+``sever/trainer/trainer.py`` and ``sever/trainer/base.py`` (``tools/mutation.py``).
+
+The model is two 1x1 convolutions (an encoder and a decoder) on 4x4 images held in memory;
+the loader is a list of batches whose batch sampler starts an epoch at a given batch, as
+sever's loaders do. TensorBoard is replaced by a recorder of what the trainer writes.
+"""
+
+import logging
+import math
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sever.data_loader.augmentation import PAD_LABEL
+from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from sever.model.base import BaseModel
+from sever.trainer.base import flatten_config
+from sever.trainer.trainer import ClassificationTrainer, SegmentationTrainer, Trainer
+from sever.utils.checkpoint import load_checkpoint
+from sever.utils.config import TRAINER_SCHEMA, validate_section
+from sever.utils.run import RunPaths
+
+
+class Tiny(BaseModel):
+    """``decoder(encoder(x))``: two 1x1 convolutions, one input channel, ``classes`` outputs."""
+
+    def __init__(self, classes=2, seed=0):
+        torch.manual_seed(seed)
+        super().__init__(nn.Conv2d(1, 2, 1), nn.Conv2d(2, classes, 1))
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class SquaredError(nn.Module):
+    """Mean squared error of logits and float targets, over the ``valid`` pixels when given."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, logits, targets, *valid):
+        self.calls.append(len(valid))
+        error = (logits - targets.float()).pow(2)
+        if valid:
+            return (error * valid[0]).sum() / (valid[0].sum() * logits.shape[1])
+        return error.mean()
+
+
+class PartsLoss(SquaredError):
+    """The squared error as a dict of parts: ``loss`` and its double."""
+
+    def forward(self, logits, targets, *valid):
+        loss = super().forward(logits, targets, *valid)
+        return {"loss": loss, "double": 2 * loss}
+
+
+class Seen:
+    """A metric counting the images it was updated with since its last reset."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.count = 0
+
+    def update(self, outputs, *targets):
+        self.count += len(outputs)
+
+    @property
+    def empty(self):
+        return self.count == 0
+
+    def compute(self):
+        return {"seen": float(self.count)}
+
+
+class Sampler:
+    """Records ``set_epoch`` calls; the loader starts at the batch given."""
+
+    def __init__(self):
+        self.calls, self.start = [], 0
+
+    def set_epoch(self, epoch, start):
+        self.calls.append((epoch, start))
+        self.start = start
+
+
+class Loader:
+    """A list of ``(images, targets)`` batches, started where the sampler says."""
+
+    def __init__(self, batches):
+        self.batches, self.batch_sampler = batches, Sampler()
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches[self.batch_sampler.start:])
+
+
+class Recorder:
+    """Stands in for TensorBoard's SummaryWriter: keeps what the trainer writes."""
+
+    def __init__(self):
+        self.scalars, self.images, self.curves, self.texts, self.summaries = {}, {}, {}, {}, []
+        self.closed = False
+        self.file_writer = self
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append((step, value))
+
+    def add_images(self, tag, grid, step, dataformats):
+        assert dataformats == "NHWC"
+        self.images[tag] = (grid, step)
+
+    def add_pr_curve(self, tag, labels, probs, step):
+        self.curves[tag] = (labels, probs, step)
+
+    def add_text(self, tag, text):
+        self.texts[tag] = text
+
+    def add_summary(self, summary):
+        self.summaries.append(summary)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def batches(n, seed=0, size=2, classes=2):
+    """``n`` batches of ``size`` images ``(size, 1, 4, 4)`` and 0/1 targets ``(size, classes, 4, 4)``."""
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.rand(size, 1, 4, 4, generator=generator),
+             (torch.rand(size, classes, 4, 4, generator=generator) > 0.5).float()) for _ in range(n)]
+
+
+def make(tmp_path, trainer_class=Trainer, train=3, valid=1, loss=None, metrics=(), scheduler=None,
+         model=None, lr=0.1, momentum=0.0, class_names=None, **options):
+    model = model or Tiny()
+    config = {"arch": {"type": "Tiny"}, "class_names": class_names,
+              "trainer": validate_section({"epochs": 1, "tensorboard": False, "monitor": "min val_loss", **options},
+                                          TRAINER_SCHEMA, "trainer.")}
+    optimizer = torch.optim.SGD([{"params": model.encoder.parameters(), "name": "encoder"},
+                                 {"params": model.decoder.parameters(), "name": "decoder"}], lr=lr, momentum=momentum)
+    if scheduler:
+        scheduler = scheduler(optimizer)
+    run = RunPaths(tmp_path / "run")
+    run.make_dirs()
+    trainer = trainer_class(model, loss or SquaredError(), list(metrics), optimizer, scheduler, config, run,
+                            Loader(batches(train)), batches(valid, seed=9) if valid else None, torch.device("cpu"))
+    trainer.steps_done, trainer.interrupted = 0, False  # as train() sets them before each epoch
+    return trainer
+
+
+def weights(model):
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+def gradient_steps(trainer):
+    """The flattened gradient the optimiser sees at each of its steps."""
+    seen = []
+    trainer.optimizer.register_step_pre_hook(lambda *_: seen.append(torch.cat(
+        [p.grad.flatten().clone() if p.grad is not None else torch.zeros(p.numel())
+         for p in trainer.model.parameters()])))
+    return seen
+
+
+def plain_gradient(model, images, targets):
+    model.zero_grad(set_to_none=True)
+    (model(images) - targets).pow(2).mean().backward()
+    return torch.cat([p.grad.flatten().clone() for p in model.parameters()])
+
+
+# ---------------------------------------------------------------- the training epoch
+
+
+def test_an_epoch_trains_on_every_batch_and_logs_the_mean_loss(tmp_path):
+    trainer = make(tmp_path, train=3, valid=0, metrics=[Seen()], loss=PartsLoss())
+    start = Tiny()
+    steps = gradient_steps(trainer)
+    log = trainer._train_epoch(epoch=2, start_step=0)
+    assert trainer.train_loader.batch_sampler.calls == [(2, 0)]
+    assert len(steps) == 3 and trainer.steps_done == 3 and not trainer.interrupted
+    first_images, first_targets = trainer.train_loader.batches[0]
+    assert torch.allclose(steps[0], plain_gradient(start, first_images, first_targets), atol=1e-6)
+    assert log["train_double"] == pytest.approx(2 * log["train_loss"])
+    assert log["train_seen"] == 6.0, "the metrics see every training image"
+    assert log["train_images_per_s"] > 0
+    assert set(log) == {"train_loss", "train_double", "train_seen", "train_images_per_s"}
+
+
+def test_the_epoch_loss_is_the_mean_of_the_batch_losses(tmp_path):
+    trainer = make(tmp_path, train=3, valid=0, lr=0.0)
+    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.train_loader.batches]
+    assert trainer._train_epoch(1, 0)["train_loss"] == pytest.approx(sum(losses) / 3, rel=1e-5)
+
+
+def test_an_epoch_resumed_mid_way_trains_the_batches_left_and_averages_over_them(tmp_path):
+    trainer = make(tmp_path, train=3, valid=0, lr=0.0)
+    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.train_loader.batches]
+    steps = gradient_steps(trainer)
+    log = trainer._train_epoch(1, start_step=1)
+    assert trainer.train_loader.batch_sampler.calls == [(1, 1)]
+    assert len(steps) == 2 and trainer.steps_done == 3
+    assert log["train_loss"] == pytest.approx((losses[1] + losses[2]) / 2, rel=1e-5)
+
+
+def test_max_steps_per_epoch_limits_the_batches(tmp_path):
+    trainer = make(tmp_path, train=4, valid=0, max_steps_per_epoch=2)
+    steps = gradient_steps(trainer)
+    trainer._train_epoch(1, 0)
+    assert len(steps) == 2 and trainer.steps_done == 2
+    assert trainer._batches_per_epoch() == 2
+    assert make(tmp_path, train=4, max_steps_per_epoch=9)._batches_per_epoch() == 4
+
+
+def test_accumulation_steps_at_each_boundary_and_at_the_epoch_end(tmp_path):
+    trainer = make(tmp_path, train=3, valid=0, accumulate_steps=2)
+    start = Tiny()
+    steps = gradient_steps(trainer)
+    trainer._train_epoch(1, 0)
+    assert len(steps) == 2, "after batch 2, then the last batch alone"
+    (x0, y0), (x1, y1), _ = trainer.train_loader.batches
+    mean = (plain_gradient(start, x0, y0) + plain_gradient(start, x1, y1)) / 2
+    assert torch.allclose(steps[0], mean, atol=1e-6)
+
+
+def test_the_optimiser_gradients_are_cleared_before_the_epoch(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0)
+    start = Tiny()
+    for p in trainer.model.parameters():
+        p.grad = torch.full_like(p, 5.0)
+    steps = gradient_steps(trainer)
+    trainer._train_epoch(1, 0)
+    assert torch.allclose(steps[0], plain_gradient(start, *trainer.train_loader.batches[0]), atol=1e-6)
+
+
+def test_batch_losses_and_learning_rates_go_to_tensorboard_every_log_step(tmp_path):
+    trainer = make(tmp_path, train=3, valid=0, log_step=2)
+    trainer.writer = Recorder()
+    trainer._train_epoch(2, 0)
+    # global step = (epoch - 1) * batches + step, for steps 0 and 2
+    assert [s for s, _ in trainer.writer.scalars["batch/loss"]] == [3, 5]
+    assert trainer.writer.scalars["batch/lr_encoder"] == [(3, 0.1), (5, 0.1)]
+    assert [s for s, _ in trainer.writer.scalars["batch/lr_decoder"]] == [3, 5]
+    assert all(v > 0 for _, v in trainer.writer.scalars["batch/loss"])
+
+
+def test_a_stop_request_ends_the_epoch_at_the_next_update_and_reports_it(tmp_path):
+    trainer = make(tmp_path, train=3, valid=0, accumulate_steps=2)
+    trainer._stop_signal = signal.SIGTERM
+    steps = gradient_steps(trainer)
+    trainer._train_epoch(1, 0)
+    assert len(steps) == 1 and trainer.steps_done == 2 and trainer.interrupted
+
+
+def test_a_stop_request_at_the_last_batch_is_not_an_interrupted_epoch(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0)
+    trainer._stop_signal = signal.SIGINT
+    trainer._train_epoch(1, 0)
+    assert trainer.steps_done == 1 and not trainer.interrupted
+
+
+# ---------------------------------------------------------------- the step's options
+
+
+def test_normalization_and_channels_last_shape_the_model_input(tmp_path):
+    seen = []
+    trainer = make(tmp_path, train=1, valid=0, channels_last=True)
+    trainer.normalization = lambda images: images * 10 - 1
+    trainer.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    trainer._train_epoch(1, 0)
+    images = trainer.train_loader.batches[0][0]
+    assert torch.equal(seen[0], images * 10 - 1)
+    images = torch.rand(2, 3, 4, 4)
+    assert trainer._model_input(images).is_contiguous(memory_format=torch.channels_last)
+    plain = make(tmp_path, train=1, valid=0)
+    assert plain._model_input(images.contiguous(memory_format=torch.channels_last)).is_contiguous()
+
+
+def test_compile_wraps_the_network_and_checkpoints_the_bare_model(tmp_path):
+    trainer = make(tmp_path, compile=True)
+    assert trainer.network is not trainer.model and trainer.network._orig_mod is trainer.model
+    plain = make(tmp_path)
+    assert plain.network is plain.model
+
+
+def test_grad_clip_rescales_the_gradient_to_the_clip_norm(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0, grad_clip=0.01)
+    start = Tiny()
+    steps = gradient_steps(trainer)
+    trainer._train_epoch(1, 0)
+    raw = plain_gradient(start, *trainer.train_loader.batches[0])
+    assert raw.norm() > 0.1
+    assert steps[0].norm().item() == pytest.approx(0.01, rel=1e-4)
+    assert torch.nn.functional.cosine_similarity(steps[0], raw, dim=0) > 0.999
+
+
+def test_the_optimiser_step_clears_the_gradients(tmp_path):
+    trainer = make(tmp_path, train=2, valid=0)
+    start = Tiny()
+    steps = gradient_steps(trainer)
+    trainer._train_epoch(1, 0)
+    # the second step's gradient is that of batch 2 alone (at the weights after step 1)
+    assert not torch.allclose(steps[1], steps[0] + plain_gradient(start, *trainer.train_loader.batches[1]), atol=1e-4)
+    after_one = Tiny()
+    with torch.no_grad():
+        for p, g in zip(after_one.parameters(), torch.split(steps[0], [p.numel() for p in after_one.parameters()])):
+            p -= 0.1 * g.view_as(p)
+    assert torch.allclose(steps[1], plain_gradient(after_one, *trainer.train_loader.batches[1]), atol=1e-5)
+
+
+def test_ema_follows_the_weights_with_its_decay_and_is_what_validation_scores(tmp_path):
+    trainer = make(tmp_path, train=3, valid=1, ema_decay=0.5)
+    after = []
+    trainer.optimizer.register_step_post_hook(lambda *_: after.append(weights(trainer.model)))
+    trainer._train_epoch(1, 0)
+    expected = after[0]
+    for w in after[1:]:
+        expected = 0.5 * expected + 0.5 * w
+    assert torch.allclose(weights(trainer.eval_model), expected, atol=1e-6)
+    assert not torch.allclose(expected, after[-1])
+    x, y = trainer.valid_loader[0]
+    ema_loss = float((trainer.eval_model(x) - y).pow(2).mean())
+    assert trainer._valid_epoch(1)["val_loss"] == pytest.approx(ema_loss, rel=1e-5)
+    assert make(tmp_path).eval_model is not None and make(tmp_path).ema is None
+
+
+def test_a_skipped_non_finite_step_drops_the_accumulated_gradient(tmp_path, caplog):
+    trainer = make(tmp_path, train=3, valid=0, accumulate_steps=3, nan_policy="skip")
+    start = Tiny()
+    x, y = trainer.train_loader.batches[1]
+    trainer.train_loader.batches[1] = (x, torch.full_like(y, float("nan")))
+    steps = gradient_steps(trainer)
+    with caplog.at_level(logging.WARNING):
+        log = trainer._train_epoch(1, 0)
+    assert trainer.skipped_steps == 1 and "step skipped (1 so far)" in caplog.text
+    assert "non-finite loss (nan) at epoch 1 batch 1" in caplog.text
+    assert torch.allclose(steps[0], plain_gradient(start, *trainer.train_loader.batches[2]) / 3, atol=1e-6)
+    assert math.isfinite(log["train_loss"])
+
+
+def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0)
+    x, y = trainer.train_loader.batches[0]
+    trainer.train_loader.batches[0] = (x, torch.full_like(y, float("inf")))
+    with pytest.raises(TrainingError, match=r"^non-finite loss \(inf\) at epoch 1 batch 0; training stopped") as error:
+        trainer._train_epoch(1, 0)
+    assert "last good" not in str(error.value)
+    trainer.run.last.write_bytes(b"")
+    with pytest.raises(TrainingError, match=f"checkpoint was written over the good ones \\(last good: {trainer.run.last}\\)"):
+        trainer._train_epoch(1, 0)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_validation_scores_in_eval_mode_with_metrics_reset(tmp_path):
+    modes = []
+    trainer = make(tmp_path, train=2, valid=2, metrics=[Seen()], loss=PartsLoss())
+    trainer.model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    trainer._train_epoch(1, 0)
+    log = trainer._valid_epoch(1)
+    assert modes == [True, True, False, False]
+    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.valid_loader]
+    assert log == {"val_loss": pytest.approx(sum(losses) / 2, rel=1e-5),
+                   "val_double": pytest.approx(sum(losses), rel=1e-5), "val_seen": 4.0}
+
+
+def test_no_validation_without_a_validation_loader(tmp_path):
+    assert make(tmp_path, valid=1)._should_validate(1)
+    assert not make(tmp_path, valid=0)._should_validate(1)
+
+
+def test_segmentation_padding_is_left_out_of_the_loss_and_zeroed_at_validation(tmp_path):
+    loss = SquaredError()
+    trainer = make(tmp_path, SegmentationTrainer, train=1, valid=0, loss=loss, lr=0.0)
+    images = torch.rand(1, 1, 4, 4)
+    masks = torch.randint(0, 2, (1, 2, 4, 4), dtype=torch.uint8)
+    padded = masks.clone()
+    padded[..., 2:] = PAD_LABEL
+    inputs, (clean, valid) = trainer._to_device(images, padded)
+    assert torch.equal(valid[0, 0, :, :2], torch.ones(4, 2, dtype=torch.bool)) and not valid[..., 2:].any()
+    assert valid.shape == (1, 1, 4, 4) and int(clean.max()) <= 1
+    assert torch.equal(clean[..., :2], masks[..., :2]) and not clean[..., 2:].any()
+    trainer.train_loader = Loader([(images, padded), (images, masks)])
+    log = trainer._train_epoch(1, 0)
+    assert loss.calls == [1, 0], "valid goes to the loss only when the batch is padded"
+    logits = trainer.model(images)
+    on_valid = float((logits - masks.float())[..., :2].pow(2).mean())
+    whole = float((logits - masks.float()).pow(2).mean())
+    assert log["train_loss"] == pytest.approx((on_valid + whole) / 2, rel=1e-5)
+
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    trainer.valid_loader = [(images, padded)]
+    trainer._valid_epoch(1)
+    assert torch.equal(seen[0][..., :2], images[..., :2]) and not seen[0][..., 2:].any()
+
+
+class Counting(Seen):
+    def update(self, outputs, masks, valid):
+        self.count += int(valid.sum())
+
+
+def test_segmentation_metrics_take_the_valid_mask(tmp_path):
+    trainer = make(tmp_path, SegmentationTrainer, train=1, valid=0, metrics=[Counting()])
+    masks = torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
+    masks[..., 3:] = PAD_LABEL
+    trainer.valid_loader = [(torch.rand(1, 1, 4, 4), masks)]
+    assert trainer._valid_epoch(1)["val_seen"] == 12.0
+
+
+def test_segmentation_visuals_show_truth_above_prediction_for_the_images_asked(tmp_path):
+    trainer = make(tmp_path, SegmentationTrainer, valid=0, vis_images=3)
+    trainer.writer = Recorder()
+    wide = torch.zeros(2, 2, 4, 4, dtype=torch.uint8)
+    wide[:, 0] = 1
+    narrow = wide.clone()
+    narrow[..., 3:] = PAD_LABEL
+    narrow[..., 2:, :] = PAD_LABEL
+    trainer.valid_loader = [(torch.rand(2, 1, 4, 4), wide), (torch.rand(2, 1, 4, 4), narrow)]
+    trainer._valid_epoch(5)
+    grid, step = trainer.writer.images["val/truth_above_prediction"]
+    assert step == 5 and grid.shape == (3, 8, 4, 3) and grid.dtype == np.uint8
+    assert grid[2, 4:, :].sum() == 0 and grid[2, :4, 3:].sum() == 0, "the padded third image: black outside 2x3"
+    assert grid[2, :2, :3].sum() > 0
+    truth = grid[0, :4]
+    assert not np.array_equal(truth[..., 0], truth[..., 1]), "the truth (class 1 everywhere) is coloured"
+    trainer.valid_loader = trainer.valid_loader[:1]
+    trainer._valid_epoch(6)
+    grid, step = trainer.writer.images["val/truth_above_prediction"]
+    assert step == 6 and grid.shape == (2, 8, 4, 3), "the visuals start afresh each validation"
+    quiet = make(tmp_path, SegmentationTrainer, valid=1)
+    quiet._valid_epoch(1)
+
+
+def test_prediction_overlay_follows_the_sigmoid_at_one_half(tmp_path):
+    trainer = make(tmp_path, SegmentationTrainer, valid=0, vis_images=1)
+    trainer.writer = Recorder()
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.zero_()
+        trainer.model.decoder.bias[0] = 0.01  # class 1 just above one half everywhere, class 2 at one half
+    masks = torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
+    trainer.valid_loader = [(torch.full((1, 1, 4, 4), 0.5), masks)]
+    trainer._valid_epoch(1)
+    grid, _ = trainer.writer.images["val/truth_above_prediction"]
+    truth, prediction = grid[0, :4], grid[0, 4:]
+    assert np.array_equal(truth[..., 0], truth[..., 1]), "no truth: grey"
+    assert not np.array_equal(prediction, truth), "class 1 predicted everywhere"
+    trainer.model.decoder.bias.data[0] = 0.0
+    trainer._valid_epoch(2)
+    grid, _ = trainer.writer.images["val/truth_above_prediction"]
+    assert np.array_equal(grid[0, 4:], grid[0, :4]), "a probability of exactly one half is not a prediction"
+
+
+def test_classification_visuals_are_a_pr_curve_per_class(tmp_path):
+    trainer = make(tmp_path, ClassificationTrainer, valid=0, model=Tiny(classes=3))
+    trainer.model = trainer.eval_model
+    trainer.writer = Recorder()
+    pooled = nn.Sequential(trainer.model, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    trainer.model = pooled
+    labels = [torch.tensor([[1.0, 0, 1], [0, 1, 0]]), torch.tensor([[0.0, 0, 1]])]
+    trainer.valid_loader = [(torch.rand(2, 1, 4, 4), labels[0]), (torch.rand(1, 1, 4, 4), labels[1])]
+    trainer._valid_epoch(4)
+    assert sorted(trainer.writer.curves) == ["val/pr_class_0", "val/pr_class_1", "val/pr_class_2"]
+    got_labels, probs, step = trainer.writer.curves["val/pr_class_2"]
+    assert step == 4 and torch.equal(got_labels, torch.tensor([1.0, 0, 1]))
+    images = torch.cat([x for x, _ in trainer.valid_loader])
+    assert torch.allclose(probs, torch.sigmoid(pooled(images))[:, 2], atol=1e-6)
+    trainer.valid_loader = trainer.valid_loader[1:]
+    trainer._valid_epoch(5)
+    assert trainer.writer.curves["val/pr_class_0"][0].shape == (1,), "the curves start afresh each validation"
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_train_runs_every_epoch_validates_and_saves_the_best(tmp_path):
+    trainer = make(tmp_path, train=2, valid=1, epochs=3, metrics=[Seen()])
+    trainer.writer = Recorder()
+    log = trainer.train()
+    assert log["epoch"] == 3 and "val_loss" in log and log["val_seen"] == 2.0
+    assert trainer.train_loader.batch_sampler.calls == [(1, 0), (2, 0), (3, 0)]
+    state = load_checkpoint(trainer.run.last)
+    assert state["epoch"] == 3 and state["step"] == 0 and state["best_epoch"] == trainer.best_epoch
+    assert [s for s, _ in trainer.writer.scalars["epoch/val_loss"]] == [1, 2, 3]
+    assert trainer.writer.closed and len(trainer.writer.summaries) == 3, "hparams: experiment, start, end"
+    assert "trainer:" in trainer.writer.texts["config"] and trainer.writer.texts["config"].startswith("    ")
+    assert trainer.writer.scalars["lr/encoder"] == [(1, 0.1), (2, 0.1), (3, 0.1)]
+    best = trainer.writer.scalars["hparam/best_val_loss"]
+    assert best[-1] == (3, pytest.approx(trainer.monitor_best))
+    assert sorted(trainer.run.saved_epochs()) == [1, 2, 3]
+
+
+def test_the_epoch_log_names_per_class_values_by_class(tmp_path):
+    trainer = make(tmp_path, class_names=["pits", "scratches"])
+    tags = trainer._tags(["val_dice_0", "val_dice_1", "val_dice_mean", "val_mar_1", "val_mar_10", "val_mar_100",
+                          "val_loss"])
+    assert tags == {"val_dice_0": "val_dice_pits", "val_dice_1": "val_dice_scratches",
+                    "val_dice_mean": "val_dice_mean", "val_mar_1": "val_mar_1", "val_mar_10": "val_mar_10",
+                    "val_mar_100": "val_mar_100", "val_loss": "val_loss"}
+    assert make(tmp_path)._tags(["val_dice_0"]) == {"val_dice_0": "val_dice_0"}
+
+
+def test_learning_rates_are_logged_as_they_were_during_the_epoch(tmp_path):
+    trainer = make(tmp_path, train=1, valid=1, epochs=2,
+                   scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    trainer.writer = Recorder()
+    trainer.train()
+    assert trainer.writer.scalars["lr/decoder"] == [(1, 0.1), (2, 0.05)]
+    assert load_checkpoint(trainer.run.last)["lr_scheduler"]["last_epoch"] == 2
+
+
+def test_validation_period_and_start_epoch(tmp_path):
+    def validated(**options):
+        trainer = make(tmp_path, train=1, valid=1, **options)
+        return [e for e in range(1, trainer.epochs + 1) if trainer._should_validate(e)]
+
+    assert validated(epochs=5, val_period=2) == [2, 4, 5]
+    assert validated(epochs=6, val_period=4, start_val_epoch=5) == [4, 5, 6]
+    assert validated(epochs=3, val_period=1) == [1, 2, 3]
+
+
+def test_epochs_without_validation_leave_the_monitor_alone(tmp_path):
+    trainer = make(tmp_path, train=1, valid=1, epochs=3, val_period=2, early_stop=1)
+    log = trainer.train()
+    assert log["epoch"] == 3 and trainer.best_epoch in (2, 3)
+    state = load_checkpoint(trainer.run.last)
+    assert state["not_improved"] <= 1
+
+
+def test_early_stopping_after_the_validations_without_improvement(tmp_path, caplog):
+    trainer = make(tmp_path, train=1, valid=1, epochs=6, early_stop=2, lr=0.0)
+    with caplog.at_level(logging.INFO):
+        log = trainer.train()
+    assert log["epoch"] == 3 and trainer.best_epoch == 1 and trainer.not_improved == 2
+    assert "early stopping: val_loss has not improved for 2 validations" in caplog.text
+    assert f"finished: best val_loss {trainer.monitor_best:.5f} at epoch 1 ({trainer.run.best.name})" in caplog.text
+    assert load_checkpoint(trainer.run.best)["epoch"] == 1
+
+
+def test_monitor_max_and_off(tmp_path):
+    trainer = make(tmp_path, monitor="max val_seen")
+    assert trainer.monitor_best == -math.inf
+    assert trainer._update_monitor({"epoch": 1, "val_seen": 1.0}) and trainer.best_epoch == 1
+    assert not trainer._update_monitor({"epoch": 2, "val_seen": 1.0}) and trainer.not_improved == 1
+    assert trainer._update_monitor({"epoch": 3, "val_seen": 2.0}) and trainer.not_improved == 0
+    assert not trainer._update_monitor({"epoch": 4, "train_loss": 2.0}), "no validation this epoch"
+    assert trainer.not_improved == 0 and trainer.monitor_best == 2.0 and trainer.best_epoch == 3
+    minimum = make(tmp_path)
+    assert minimum.monitor_best == math.inf
+    assert minimum._update_monitor({"epoch": 1, "val_loss": 1.0})
+    assert not minimum._update_monitor({"epoch": 2, "val_loss": 2.0})
+    off = make(tmp_path, monitor="off")
+    assert off.monitor_metric is None and off.monitor_best == 0.0
+    assert not off._update_monitor({"epoch": 1, "val_loss": 0.5}) and off.best_epoch is None
+
+
+def test_a_monitored_metric_that_validation_does_not_produce_is_a_config_error(tmp_path):
+    trainer = make(tmp_path, train=1, valid=1, monitor="max val_dice_mean")
+    with pytest.raises(ConfigError, match=r"trainer.monitor: metric 'val_dice_mean' is not produced; "
+                                          r"available: train_images_per_s, train_loss, val_loss$"):
+        trainer.train()
+
+
+def test_a_run_without_a_monitor_says_where_it_finished(tmp_path, caplog):
+    trainer = make(tmp_path, train=1, valid=1, monitor="off")
+    trainer.writer = Recorder()
+    with caplog.at_level(logging.INFO):
+        trainer.train()
+    assert f"finished: run folder {trainer.run.root}" in caplog.text
+    assert not trainer.run.best.exists()
+    assert not any(tag.startswith("hparam/") for tag in trainer.writer.scalars)
+
+
+def test_save_period_links_the_epoch_checkpoints(tmp_path):
+    trainer = make(tmp_path, train=1, valid=1, epochs=4, save_period=2)
+    trainer.train()
+    assert trainer.run.saved_epochs() == [2, 4]
+    assert load_checkpoint(trainer.run.epoch_checkpoint(2))["epoch"] == 2
+    none = make(tmp_path / "none", train=1, valid=1, epochs=2, save_period=0)
+    none.train()
+    assert none.run.saved_epochs() == []
+
+
+def test_encoder_frozen_for_the_first_epochs(tmp_path, caplog):
+    trainer = make(tmp_path, train=1, valid=0, epochs=3, freeze_encoder_epochs=2)
+    frozen = []
+    trainer.optimizer.register_step_pre_hook(lambda *_: frozen.append(trainer.model.encoder_frozen))
+    encoder = weights(trainer.model.encoder)
+    with caplog.at_level(logging.INFO):
+        trainer.train()
+    assert frozen == [True, True, False] and not trainer.model.encoder_frozen
+    assert not torch.equal(encoder, weights(trainer.model.encoder))
+    assert "encoder frozen for epochs 1-2" in caplog.text and "encoder unfrozen from epoch 3" in caplog.text
+
+
+def test_weights_gone_non_finite_are_never_saved(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0, epochs=1)
+    with torch.no_grad():
+        trainer.model.decoder.bias[1] = float("nan")
+    with pytest.raises(TrainingError, match=r"NaN or infinite values \(decoder.bias\) at epoch 1"):
+        trainer._save_epoch(1, improved=True)
+    assert not trainer.run.last.exists()
+
+
+def test_run_eta_extrapolates_from_the_progress(tmp_path, monkeypatch):
+    trainer = make(tmp_path, epochs=5)
+    trainer._started = (100.0, 2)  # began at epoch 2 at t=100
+    monkeypatch.setattr("sever.trainer.base.time.monotonic", lambda: 160.0)
+    # at t=160, half of epoch 3 done: 1.5 epochs took 60 s, 2.5 of the 4 epochs 2..5 are left
+    assert trainer.run_eta(3, 0.5) == "0:01:40"
+    assert make(tmp_path).run_eta(1, 0.0) == "?"
+
+
+# ---------------------------------------------------------------- stopping, checkpoints, resume
+
+
+def test_an_interrupted_epoch_saves_the_batches_done_and_resumes_after_them(tmp_path):
+    trainer = make(tmp_path, train=3, valid=1, epochs=2, accumulate_steps=2)
+    trainer.writer = Recorder()
+    trainer._stop_signal = signal.SIGINT
+    with pytest.raises(TrainingInterrupted, match=r"^SIGINT received: stopped at epoch 1 after 2 batches and saved "
+                                                  rf"{trainer.run.last}\. Resume with: sever train -r") as stop:
+        trainer.train()
+    assert stop.value.signal_number == signal.SIGINT and stop.value.checkpoint == str(trainer.run.last)
+    assert trainer.writer.closed
+    state = load_checkpoint(trainer.run.last)
+    assert (state["epoch"], state["step"]) == (0, 2)
+    resumed = make(tmp_path, train=3, valid=1, epochs=2, accumulate_steps=2)
+    resumed.resume(state)
+    assert (resumed.start_epoch, resumed.start_step) == (1, 2)
+    resumed.train()
+    assert resumed.train_loader.batch_sampler.calls == [(1, 2), (2, 0)]
+
+
+def test_a_stop_between_epochs_saves_the_epoch_and_stops(tmp_path):
+    trainer = make(tmp_path, train=1, valid=1, epochs=3)
+    trainer._stop_signal = signal.SIGTERM
+    with pytest.raises(TrainingInterrupted, match=r"^SIGTERM received: stopped after epoch 1 and saved"):
+        trainer.train()
+    assert load_checkpoint(trainer.run.last)["epoch"] == 1
+
+
+def test_the_signal_handler_asks_for_a_stop_then_stops_at_once(tmp_path):
+    trainer = make(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    with trainer._stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert trainer.stop_requested and trainer._stop_signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_resume_restores_the_whole_trainer_state(tmp_path):
+    trainer = make(tmp_path, train=2, valid=1, epochs=2, ema_decay=0.5, momentum=0.9,
+                   scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    trainer.train()
+    state = load_checkpoint(trainer.run.last)
+    state.update(monitor_best=0.25, best_epoch=2, not_improved=3, epoch=2, step=1)
+    resumed = make(tmp_path, train=2, valid=1, epochs=4, ema_decay=0.5, momentum=0.9,
+                   scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+    after_save = (random.random(), np.random.rand(), torch.rand(1))  # the draws that followed the checkpoint
+    resumed.resume(state)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == after_save
+    assert (resumed.monitor_best, resumed.best_epoch, resumed.not_improved) == (0.25, 2, 3)
+    assert (resumed.start_epoch, resumed.start_step) == (3, 1)
+    assert torch.equal(weights(resumed.model), weights(trainer.model))
+    assert torch.equal(weights(resumed.eval_model), weights(trainer.eval_model))
+    assert resumed.lr_scheduler.state_dict() == trainer.lr_scheduler.state_dict()
+    assert resumed.optimizer.state_dict()["param_groups"] == trainer.optimizer.state_dict()["param_groups"]
+    for index, moments in trainer.optimizer.state_dict()["state"].items():
+        assert torch.equal(moments["momentum_buffer"], resumed.optimizer.state_dict()["state"][index]["momentum_buffer"])
+    assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
+
+
+def test_resume_refuses_weights_only_and_mismatched_checkpoints(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0)
+    trainer.train()
+    state = load_checkpoint(trainer.run.last)
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        make(tmp_path).resume({**state, "optimizer": None})
+    without_rng = {k: v for k, v in state.items() if k != "rng"}
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        make(tmp_path).resume(without_rng)
+    with pytest.raises(CheckpointError, match=r"^checkpoint does not match the model: Error"):
+        make(tmp_path, model=Tiny(classes=3)).resume(state)
+    with pytest.raises(CheckpointError, match="optimizer or lr_scheduler state does not fit"):
+        make(tmp_path).resume({**state, "optimizer": {"state": {}, "param_groups": []}})
+    old = {k: v for k, v in state.items() if k not in ("best_epoch", "step")}
+    resumed = make(tmp_path)
+    resumed.resume(old)
+    assert resumed.best_epoch is None and resumed.start_step == 0
+
+
+def test_a_time_budget_spent_ends_the_run_after_a_validated_epoch(tmp_path, caplog):
+    trainer = make(tmp_path, train=1, valid=1, epochs=5, time_budget="0.001s")
+    with caplog.at_level(logging.INFO):
+        log = trainer.train()
+    assert log["epoch"] == 1 and "val_loss" in log
+    assert "training ends after epoch 1" in caplog.text
+    state = load_checkpoint(trainer.run.last)
+    assert state["time_budget"]["final_epoch"] == 1
+    resumed = make(tmp_path, train=1, valid=1, epochs=5, time_budget="0.001s")
+    resumed.resume(state)
+    assert resumed.train() == {} and resumed.train_loader.batch_sampler.calls == []
+
+
+def test_flatten_config_for_the_hparams():
+    assert flatten_config({"trainer": {"epochs": 4, "clip": None}, "metrics": ["Dice"], "empty": {}, "on": True}) == {
+        "trainer.epochs": 4, "trainer.clip": "None", "metrics": "['Dice']", "empty": "{}", "on": True}
