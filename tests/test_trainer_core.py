@@ -706,14 +706,14 @@ def test_resume_refuses_weights_only_and_mismatched_checkpoints(tmp_path):
 
 
 def test_a_time_budget_spent_ends_the_run_after_a_validated_epoch(tmp_path, caplog):
-    trainer = make(tmp_path, train=1, valid=1, epochs=5, time_budget="0.001s")
+    trainer = make(tmp_path, train=1, valid=1, epochs=5, val_period=5, time_budget="0.001s")
     with caplog.at_level(logging.INFO):
         log = trainer.train()
     assert log["epoch"] == 1 and "val_loss" in log
-    assert "training ends after epoch 1" in caplog.text
+    assert "training ends after epoch 1" in caplog.text and "time budget: 0 s of 0 s spent" in caplog.text
     state = load_checkpoint(trainer.run.last)
     assert state["time_budget"]["final_epoch"] == 1
-    resumed = make(tmp_path, train=1, valid=1, epochs=5, time_budget="0.001s")
+    resumed = make(tmp_path, train=1, valid=1, epochs=5, val_period=5, time_budget="0.001s")
     resumed.resume(state)
     assert resumed.train() == {} and resumed.train_loader.batch_sampler.calls == []
 
@@ -721,3 +721,90 @@ def test_a_time_budget_spent_ends_the_run_after_a_validated_epoch(tmp_path, capl
 def test_flatten_config_for_the_hparams():
     assert flatten_config({"trainer": {"epochs": 4, "clip": None}, "metrics": ["Dice"], "empty": {}, "on": True}) == {
         "trainer.epochs": 4, "trainer.clip": "None", "metrics": "['Dice']", "empty": "{}", "on": True}
+
+
+def test_tensorboard_is_written_only_when_asked(tmp_path):
+    quiet = make(tmp_path / "quiet", train=1, valid=1)
+    assert quiet.writer is None
+    quiet.train()
+    assert not quiet.run.tensorboard.exists() or not any(quiet.run.tensorboard.iterdir())
+    logged = make(tmp_path / "logged", train=1, valid=1, tensorboard=True)
+    logged.train()
+    assert list(logged.run.tensorboard.glob("events.out.tfevents.*"))
+
+
+def test_the_run_description_holds_the_config_in_its_own_order_and_the_monitored_metric(tmp_path):
+    trainer = make(tmp_path, train=1, valid=1)
+    trainer.writer = Recorder()
+    trainer.train()
+    lines = trainer.writer.texts["config"].splitlines()
+    assert all(line.startswith("    ") for line in lines), "a markdown code block"
+    assert lines.index("      epochs: 1") < lines.index("      accumulate_steps: 1"), "the config's order, not sorted"
+    experiment = trainer.writer.summaries[0].SerializeToString()
+    assert b"hparam/best_val_loss" in experiment and b"trainer.epochs" in experiment
+    off = make(tmp_path, train=1, valid=1, monitor="off")
+    off.writer = Recorder()
+    off.train()
+    assert b"hparam/" not in off.writer.summaries[0].SerializeToString()
+
+
+def test_each_epoch_is_logged_with_the_run_eta_until_the_last(tmp_path, caplog):
+    trainer = make(tmp_path, train=1, valid=1, epochs=2)
+    with caplog.at_level(logging.INFO, logger="sever.trainer.base"):
+        trainer.train()
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 2
+    assert epochs[0].startswith("epoch 1/2  train_loss ") and "  val_loss " in epochs[0]
+    assert epochs[0].endswith(")") and "  (run ETA " in epochs[0]
+    assert "ETA" not in epochs[1] and epochs[1].startswith("epoch 2/2  ")
+    best = [r.getMessage() for r in caplog.records if r.getMessage().startswith("new best")]
+    assert best[-1] == f"new best val_loss {trainer.monitor_best:.5f}: saved {trainer.run.best}"
+
+
+def test_checkpoints_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr("sever.trainer.base.os.link", no_links)
+    trainer = make(tmp_path, train=1, valid=1, epochs=1)
+    trainer.train()
+    assert load_checkpoint(trainer.run.best)["epoch"] == 1
+    assert trainer.run.best.read_bytes() == trainer.run.last.read_bytes()
+    assert not list(trainer.run.checkpoints.glob(".*.tmp"))
+
+
+def test_checkpoints_are_hard_links_of_the_last_one(tmp_path):
+    trainer = make(tmp_path, train=1, valid=1, epochs=1)
+    stale = trainer.run.best.with_name(f".{trainer.run.best.name}.{os.getpid()}.tmp")
+    stale.write_bytes(b"left by a crash")
+    trainer.train()
+    assert os.path.samefile(trainer.run.best, trainer.run.last)
+    assert os.path.samefile(trainer.run.epoch_checkpoint(1), trainer.run.last)
+    assert not stale.exists()
+
+
+def flat_cosine(optimizer):
+    from sever.model.scheduler import FlatCosineAnnealing
+
+    return FlatCosineAnnealing(optimizer, start_anneal=1, n_epochs=10)
+
+
+def test_a_time_budget_lays_the_schedule_over_the_epochs_the_run_can_take(tmp_path):
+    budgeted = make(tmp_path / "budgeted", train=1, valid=0, epochs=3, time_budget="10h", scheduler=flat_cosine)
+    budgeted.writer = Recorder()
+    budgeted.train()
+    plain = make(tmp_path / "plain", train=1, valid=0, epochs=3, scheduler=flat_cosine)
+    plain.writer = Recorder()
+    plain.train()
+    # the 10-epoch cosine ends at epoch 3 under the budget (trainer.epochs bounds the plan)
+    assert budgeted.writer.scalars["lr/decoder"][-1][1] < 0.5 * plain.writer.scalars["lr/decoder"][-1][1]
+    assert budgeted.lr_scheduler.n_epochs == 3
+    assert load_checkpoint(budgeted.run.last)["time_budget"]["final_epoch"] is None
+
+
+def test_a_budget_spent_in_the_last_epoch_leaves_the_end_as_planned(tmp_path, caplog):
+    trainer = make(tmp_path, train=1, valid=1, epochs=1, time_budget="0.001s")
+    with caplog.at_level(logging.INFO):
+        trainer.train()
+    assert load_checkpoint(trainer.run.last)["time_budget"]["final_epoch"] is None
+    assert "time budget" not in caplog.text
