@@ -6,11 +6,15 @@ the loader is a list of batches whose batch sampler starts an epoch at a given b
 sever's loaders do. TensorBoard is replaced by a recorder of what the trainer writes.
 """
 
+import io
 import logging
 import math
 import os
 import random
+import re
 import signal
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,15 +28,18 @@ from sever.trainer.base import flatten_config
 from sever.trainer.trainer import ClassificationTrainer, SegmentationTrainer, Trainer
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import TRAINER_SCHEMA, validate_section
+from sever.utils.distributed import Distributed
 from sever.utils.run import RunPaths
 
 
 class Tiny(BaseModel):
-    """``decoder(encoder(x))``: two 1x1 convolutions, one input channel, ``classes`` outputs."""
+    """``decoder(encoder(x))``: two 1x1 convolutions, one input channel, ``classes`` outputs
+    (with ``norm``, a BatchNorm after the encoder's convolution)."""
 
-    def __init__(self, classes=2, seed=0):
+    def __init__(self, classes=2, seed=0, norm=False):
         torch.manual_seed(seed)
-        super().__init__(nn.Conv2d(1, 2, 1), nn.Conv2d(2, classes, 1))
+        encoder = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)) if norm else nn.Conv2d(1, 2, 1)
+        super().__init__(encoder, nn.Conv2d(2, classes, 1))
 
     def forward(self, x):
         return self.decoder(self.encoder(x))
@@ -66,12 +73,19 @@ class Seen:
 
     def __init__(self):
         self.reset()
+        self.reductions = 0
 
     def reset(self):
         self.count = 0
 
     def update(self, outputs, *targets):
         self.count += len(outputs)
+
+    def reduce_(self, fn):
+        """The sum over the ranks, as sever's metrics do it."""
+        total = torch.tensor([float(self.count)])
+        fn(total)
+        self.count, self.reductions = int(total.item()), self.reductions + 1
 
     @property
     def empty(self):
@@ -144,7 +158,8 @@ def batches(n, seed=0, size=2, classes=2):
 
 
 def make(tmp_path, trainer_class=Trainer, train=3, valid=1, loss=None, metrics=(), scheduler=None,
-         model=None, lr=0.1, momentum=0.0, class_names=None, **options):
+         model=None, lr=0.1, momentum=0.0, class_names=None, amp="off", distributed=Distributed(), normalization=None,
+         **options):
     model = model or Tiny()
     config = {"arch": {"type": "Tiny"}, "class_names": class_names,
               "trainer": validate_section({"epochs": 1, "tensorboard": False, "monitor": "min val_loss", **options},
@@ -156,7 +171,8 @@ def make(tmp_path, trainer_class=Trainer, train=3, valid=1, loss=None, metrics=(
     run = RunPaths(tmp_path / "run")
     run.make_dirs()
     trainer = trainer_class(model, loss or SquaredError(), list(metrics), optimizer, scheduler, config, run,
-                            Loader(batches(train)), batches(valid, seed=9) if valid else None, torch.device("cpu"))
+                            Loader(batches(train)), batches(valid, seed=9) if valid else None, torch.device("cpu"),
+                            amp, distributed, normalization)
     trainer.steps_done, trainer.interrupted = 0, False  # as train() sets them before each epoch
     return trainer
 
@@ -215,22 +231,23 @@ def test_an_epoch_resumed_mid_way_trains_the_batches_left_and_averages_over_them
 
 
 def test_max_steps_per_epoch_limits_the_batches(tmp_path):
-    trainer = make(tmp_path, train=4, valid=0, max_steps_per_epoch=2)
+    trainer = make(tmp_path, train=4, valid=0, max_steps_per_epoch=2, lr=0.0)
+    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.train_loader.batches]
     steps = gradient_steps(trainer)
-    trainer._train_epoch(1, 0)
+    log = trainer._train_epoch(1, 0)
     assert len(steps) == 2 and trainer.steps_done == 2
+    assert log["train_loss"] == pytest.approx((losses[0] + losses[1]) / 2, rel=1e-5)
     assert trainer._batches_per_epoch() == 2
     assert make(tmp_path, train=4, max_steps_per_epoch=9)._batches_per_epoch() == 4
 
 
 def test_accumulation_steps_at_each_boundary_and_at_the_epoch_end(tmp_path):
-    trainer = make(tmp_path, train=3, valid=0, accumulate_steps=2)
+    trainer = make(tmp_path, train=4, valid=0, accumulate_steps=3)
     start = Tiny()
     steps = gradient_steps(trainer)
     trainer._train_epoch(1, 0)
-    assert len(steps) == 2, "after batch 2, then the last batch alone"
-    (x0, y0), (x1, y1), _ = trainer.train_loader.batches
-    mean = (plain_gradient(start, x0, y0) + plain_gradient(start, x1, y1)) / 2
+    assert len(steps) == 2, "after batch 3, then the last batch alone"
+    mean = sum(plain_gradient(start, x, y) for x, y in trainer.train_loader.batches[:3]) / 3
     assert torch.allclose(steps[0], mean, atol=1e-6)
 
 
@@ -275,8 +292,7 @@ def test_a_stop_request_at_the_last_batch_is_not_an_interrupted_epoch(tmp_path):
 
 def test_normalization_and_channels_last_shape_the_model_input(tmp_path):
     seen = []
-    trainer = make(tmp_path, train=1, valid=0, channels_last=True)
-    trainer.normalization = lambda images: images * 10 - 1
+    trainer = make(tmp_path, train=1, valid=0, channels_last=True, normalization=lambda images: images * 10 - 1)
     trainer.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     trainer._train_epoch(1, 0)
     images = trainer.train_loader.batches[0][0]
@@ -338,13 +354,16 @@ def test_ema_follows_the_weights_with_its_decay_and_is_what_validation_scores(tm
 def test_a_skipped_non_finite_step_drops_the_accumulated_gradient(tmp_path, caplog):
     trainer = make(tmp_path, train=3, valid=0, accumulate_steps=3, nan_policy="skip")
     start = Tiny()
-    x, y = trainer.train_loader.batches[1]
-    trainer.train_loader.batches[1] = (x, torch.full_like(y, float("nan")))
+    for index in (0, 1):
+        x, y = trainer.train_loader.batches[index]
+        trainer.train_loader.batches[index] = (x, torch.full_like(y, float("nan")))
     steps = gradient_steps(trainer)
     with caplog.at_level(logging.WARNING):
         log = trainer._train_epoch(1, 0)
-    assert trainer.skipped_steps == 1 and "step skipped (1 so far)" in caplog.text
-    assert "non-finite loss (nan) at epoch 1 batch 1" in caplog.text
+    assert trainer.skipped_steps == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "non-finite loss (nan) at epoch 1 batch 0: step skipped (1 so far)",
+        "non-finite loss (nan) at epoch 1 batch 1: step skipped (2 so far)"]
     assert torch.allclose(steps[0], plain_gradient(start, *trainer.train_loader.batches[2]) / 3, atol=1e-6)
     assert math.isfinite(log["train_loss"])
 
@@ -353,12 +372,15 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
     trainer = make(tmp_path, train=1, valid=0)
     x, y = trainer.train_loader.batches[0]
     trainer.train_loader.batches[0] = (x, torch.full_like(y, float("inf")))
-    with pytest.raises(TrainingError, match=r"^non-finite loss \(inf\) at epoch 1 batch 0; training stopped") as error:
+    advice = ". Lower the learning rate, check the data, or set trainer.nan_policy: skip."
+    with pytest.raises(TrainingError) as error:
         trainer._train_epoch(1, 0)
-    assert "last good" not in str(error.value)
+    assert str(error.value) == ("non-finite loss (inf) at epoch 1 batch 0; training stopped and no checkpoint was "
+                                "written over the good ones" + advice)
     trainer.run.last.write_bytes(b"")
-    with pytest.raises(TrainingError, match=f"checkpoint was written over the good ones \\(last good: {trainer.run.last}\\)"):
+    with pytest.raises(TrainingError) as error:
         trainer._train_epoch(1, 0)
+    assert str(error.value).endswith(f"over the good ones (last good: {trainer.run.last})" + advice)
 
 
 # ---------------------------------------------------------------- validation
@@ -408,16 +430,20 @@ def test_segmentation_padding_is_left_out_of_the_loss_and_zeroed_at_validation(t
 
 
 class Counting(Seen):
+    """Counts the valid pixels of every class's logits."""
+
     def update(self, outputs, masks, valid):
-        self.count += int(valid.sum())
+        self.count += int(valid.expand_as(outputs).sum())
 
 
-def test_segmentation_metrics_take_the_valid_mask(tmp_path):
+def test_segmentation_metrics_take_the_logits_and_the_valid_mask(tmp_path):
     trainer = make(tmp_path, SegmentationTrainer, train=1, valid=0, metrics=[Counting()])
     masks = torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
     masks[..., 3:] = PAD_LABEL
     trainer.valid_loader = [(torch.rand(1, 1, 4, 4), masks)]
-    assert trainer._valid_epoch(1)["val_seen"] == 12.0
+    assert trainer._valid_epoch(1)["val_seen"] == 24.0
+    trainer.train_loader = Loader(trainer.valid_loader * 2)
+    assert trainer._train_epoch(1, 0)["train_seen"] == 48.0
 
 
 def test_segmentation_visuals_show_truth_above_prediction_for_the_images_asked(tmp_path):
@@ -428,20 +454,24 @@ def test_segmentation_visuals_show_truth_above_prediction_for_the_images_asked(t
     narrow = wide.clone()
     narrow[..., 3:] = PAD_LABEL
     narrow[..., 2:, :] = PAD_LABEL
-    trainer.valid_loader = [(torch.rand(2, 1, 4, 4), wide), (torch.rand(2, 1, 4, 4), narrow)]
+    trainer.valid_loader = [(torch.rand(2, 1, 4, 4), wide), (torch.rand(2, 1, 4, 4), narrow),
+                            (torch.rand(2, 1, 4, 4), wide)]
     trainer._valid_epoch(5)
     grid, step = trainer.writer.images["val/truth_above_prediction"]
     assert step == 5 and grid.shape == (3, 8, 4, 3) and grid.dtype == np.uint8
     assert grid[2, 4:, :].sum() == 0 and grid[2, :4, 3:].sum() == 0, "the padded third image: black outside 2x3"
-    assert grid[2, :2, :3].sum() > 0
+    assert (grid[2, :2, :3].sum(axis=(0, 2)) > 0).all(), "the image's own 3 columns are shown"
     truth = grid[0, :4]
     assert not np.array_equal(truth[..., 0], truth[..., 1]), "the truth (class 1 everywhere) is coloured"
     trainer.valid_loader = trainer.valid_loader[:1]
     trainer._valid_epoch(6)
     grid, step = trainer.writer.images["val/truth_above_prediction"]
     assert step == 6 and grid.shape == (2, 8, 4, 3), "the visuals start afresh each validation"
-    quiet = make(tmp_path, SegmentationTrainer, valid=1)
-    quiet._valid_epoch(1)
+    for visuals, loader in [(0, trainer.valid_loader), (3, [])]:  # nothing to show: nothing written
+        shown = make(tmp_path, SegmentationTrainer, valid=0, vis_images=visuals)
+        shown.writer, shown.valid_loader = Recorder(), loader
+        shown._valid_epoch(1)
+        assert shown.writer.images == {}
 
 
 def test_prediction_overlay_follows_the_sigmoid_at_one_half(tmp_path):
@@ -481,6 +511,10 @@ def test_classification_visuals_are_a_pr_curve_per_class(tmp_path):
     trainer.valid_loader = trainer.valid_loader[1:]
     trainer._valid_epoch(5)
     assert trainer.writer.curves["val/pr_class_0"][0].shape == (1,), "the curves start afresh each validation"
+    empty = make(tmp_path, ClassificationTrainer, valid=0)
+    empty.writer, empty.valid_loader = Recorder(), []
+    empty._valid_epoch(1)
+    assert empty.writer.curves == {}, "no validation batch: no curve"
 
 
 # ---------------------------------------------------------------- the loop
@@ -618,7 +652,7 @@ def test_weights_gone_non_finite_are_never_saved(tmp_path):
 def test_run_eta_extrapolates_from_the_progress(tmp_path, monkeypatch):
     trainer = make(tmp_path, epochs=5)
     trainer._started = (100.0, 2)  # began at epoch 2 at t=100
-    monkeypatch.setattr("sever.trainer.base.time.monotonic", lambda: 160.0)
+    monkeypatch.setattr("sever.trainer.base.time", SimpleNamespace(monotonic=lambda: 160.0))
     # at t=160, half of epoch 3 done: 1.5 epochs took 60 s, 2.5 of the 4 epochs 2..5 are left
     assert trainer.run_eta(3, 0.5) == "0:01:40"
     assert make(tmp_path).run_eta(1, 0.0) == "?"
@@ -808,3 +842,110 @@ def test_a_budget_spent_in_the_last_epoch_leaves_the_end_as_planned(tmp_path, ca
         trainer.train()
     assert load_checkpoint(trainer.run.last)["time_budget"]["final_epoch"] is None
     assert "time budget" not in caplog.text
+
+
+# ---------------------------------------------------------------- AMP, EMA buffers, progress, distributed
+
+
+def test_fp16_scales_the_loss_and_the_scaler_state_is_checkpointed_and_restored(tmp_path):
+    trainer = make(tmp_path, train=2, valid=1, amp="fp16", grad_clip=0.01)
+    scaled = []
+    trainer.model.decoder.weight.register_hook(lambda grad: scaled.append(grad.abs().max().item()))
+    steps = gradient_steps(trainer)
+    trainer.train()
+    assert scaled[0] > 1000 * steps[0].abs().max().item(), "backward runs on the scaled loss"
+    assert steps[0].norm().item() == pytest.approx(0.01, rel=1e-3), "unscaled before clipping"
+    state = load_checkpoint(trainer.run.last)
+    assert state["scaler"]["scale"] == 65536.0
+    state["scaler"]["scale"] = 1024.0
+    resumed = make(tmp_path, train=2, valid=1, amp="fp16")
+    resumed.resume(state)
+    assert resumed.scaler.get_scale() == 1024.0
+    assert make(tmp_path).scaler.is_enabled() is False
+
+
+def test_ema_averages_the_batchnorm_statistics_too(tmp_path):
+    trainer = make(tmp_path, train=3, valid=0, ema_decay=0.5, model=Tiny(norm=True))
+    after = []
+    trainer.optimizer.register_step_post_hook(lambda *_: after.append(trainer.model.encoder[1].running_mean.clone()))
+    trainer._train_epoch(1, 0)
+    expected = after[0]
+    for mean in after[1:]:
+        expected = 0.5 * expected + 0.5 * mean
+    assert torch.allclose(trainer.eval_model.encoder[1].running_mean, expected, atol=1e-6)
+    assert not torch.allclose(expected, after[-1])
+
+
+def test_a_run_without_ema_resumes_from_a_checkpoint_with_one(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0, ema_decay=0.5)
+    trainer.train()
+    resumed = make(tmp_path, train=1, valid=0)
+    resumed.resume(load_checkpoint(trainer.run.last))
+    assert resumed.ema is None and torch.equal(weights(resumed.model), weights(trainer.model))
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so tqdm draws its bars."""
+
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bars_show_the_epoch_the_loss_the_rate_and_the_run_eta(tmp_path, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    clock = iter(range(1000))  # the training clock: 0.5 s per reading, one reading per image rate
+    monkeypatch.setattr("sever.trainer.trainer.time", SimpleNamespace(perf_counter=lambda: 0.5 * next(clock)))
+    monotonic = iter(range(0, 10000, 10))  # the run clock: 10 s per reading
+    monkeypatch.setattr("sever.trainer.base.time", SimpleNamespace(monotonic=lambda: float(next(monotonic))))
+    trainer = make(tmp_path, train=2, valid=1, epochs=2, lr=0.0)
+    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.train_loader.batches]
+    log = trainer.train()
+    screen = terminal.getvalue()
+    first = re.search(r"epoch 1/2: +50%[^\r]*? 1/2 [^\r]*?loss=[^\r]*", screen).group(0)
+    # 2 images in 0.5 s; half of epoch 1 of 2 done after 10 s of the run: 30 s left
+    assert first.endswith(f"img_s=4.0, loss={losses[0]:.4f}, run_eta=0:00:30]")
+    assert "validation" in screen
+    lines = screen.split("\r")
+    assert lines[-1].strip() == "", "the bars are cleared when done"
+    assert log["train_images_per_s"] == 4 / 1.5, "4 images from the clock's start to the epoch's end"
+
+    quiet = io.StringIO()  # not a terminal: no bars
+    monkeypatch.setattr(sys, "stderr", quiet)
+    make(tmp_path / "quiet", train=1, valid=1).train()
+    assert quiet.getvalue() == ""
+
+
+def test_a_resumed_epochs_bar_starts_at_the_batches_done(tmp_path, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    trainer = make(tmp_path, train=3, valid=0)
+    trainer._train_epoch(1, start_step=2)
+    assert re.search(r" 3/3 ", terminal.getvalue()) and not re.search(r" 1/3 ", terminal.getvalue())
+
+
+@pytest.fixture
+def one_rank_job(tmp_path):
+    """Rank 0 of a job, on a one-process gloo group: the distributed code paths, every sum over this rank."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield Distributed(rank=0, world_size=2)
+    dist.destroy_process_group()
+
+
+def test_distributed_training_wraps_the_network_and_reduces_the_logs(tmp_path, one_rank_job):
+    from torch.nn.parallel import DistributedDataParallel
+
+    metric = Seen()
+    trainer = make(tmp_path / "ddp", train=3, valid=1, epochs=2, freeze_encoder_epochs=1, metrics=[metric],
+                   model=Tiny(norm=True), distributed=one_rank_job)
+    alone = make(tmp_path / "alone", train=3, valid=1, epochs=2, freeze_encoder_epochs=1, metrics=[Seen()],
+                 model=Tiny(norm=True))
+    assert isinstance(trainer.network, DistributedDataParallel) and trainer.network.module is trainer.model
+    first = trainer.network
+    log = trainer.train()
+    assert trainer.network is not first, "wrapped again when the encoder's parameters became trainable"
+    assert log == {**alone.train(), "train_images_per_s": log["train_images_per_s"]}, "sums over one rank"
+    assert metric.reductions == 4, "the metric is reduced at every training and validation epoch"
+    assert torch.equal(weights(trainer.model), weights(alone.model))
