@@ -177,6 +177,11 @@ def make(tmp_path, trainer_class=Trainer, train=3, valid=1, loss=None, metrics=(
     return trainer
 
 
+def said(caplog) -> list[str]:
+    """The log messages, whole (a test of a message must fail when words are added to it)."""
+    return [record.getMessage() for record in caplog.records]
+
+
 def weights(model):
     return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
 
@@ -579,8 +584,10 @@ def test_early_stopping_after_the_validations_without_improvement(tmp_path, capl
     with caplog.at_level(logging.INFO):
         log = trainer.train()
     assert log["epoch"] == 3 and trainer.best_epoch == 1 and trainer.not_improved == 2
-    assert "early stopping: val_loss has not improved for 2 validations" in caplog.text
-    assert f"finished: best val_loss {trainer.monitor_best:.5f} at epoch 1 ({trainer.run.best.name})" in caplog.text
+    assert (f"early stopping: val_loss has not improved for 2 validations (best {trainer.monitor_best:.5f})"
+            in said(caplog))
+    assert (f"finished: best val_loss {trainer.monitor_best:.5f} at epoch 1 ({trainer.run.best.name}); "
+            f"run folder {trainer.run.root}") in said(caplog)
     assert load_checkpoint(trainer.run.best)["epoch"] == 1
 
 
@@ -613,7 +620,7 @@ def test_a_run_without_a_monitor_says_where_it_finished(tmp_path, caplog):
     trainer.writer = Recorder()
     with caplog.at_level(logging.INFO):
         trainer.train()
-    assert f"finished: run folder {trainer.run.root}" in caplog.text
+    assert f"finished: run folder {trainer.run.root}" in said(caplog)
     assert not trainer.run.best.exists()
     assert not any(tag.startswith("hparam/") for tag in trainer.writer.scalars)
 
@@ -637,15 +644,19 @@ def test_encoder_frozen_for_the_first_epochs(tmp_path, caplog):
         trainer.train()
     assert frozen == [True, True, False] and not trainer.model.encoder_frozen
     assert not torch.equal(encoder, weights(trainer.model.encoder))
-    assert "encoder frozen for epochs 1-2" in caplog.text and "encoder unfrozen from epoch 3" in caplog.text
+    assert "encoder frozen for epochs 1-2" in said(caplog) and "encoder unfrozen from epoch 3" in said(caplog)
 
 
 def test_weights_gone_non_finite_are_never_saved(tmp_path):
     trainer = make(tmp_path, train=1, valid=0, epochs=1)
     with torch.no_grad():
         trainer.model.decoder.bias[1] = float("nan")
-    with pytest.raises(TrainingError, match=r"NaN or infinite values \(decoder.bias\) at epoch 1"):
+    with pytest.raises(TrainingError) as error:
         trainer._save_epoch(1, improved=True)
+    assert str(error.value) == (
+        f"the model's weights hold NaN or infinite values (decoder.bias) at epoch 1; training stopped without "
+        f"saving them, {trainer.run.last} keeps the last good weights. Lower the learning rate, set "
+        f"trainer.grad_clip, or check the data.")
     assert not trainer.run.last.exists()
 
 
@@ -682,20 +693,44 @@ def test_an_interrupted_epoch_saves_the_batches_done_and_resumes_after_them(tmp_
 def test_a_stop_between_epochs_saves_the_epoch_and_stops(tmp_path):
     trainer = make(tmp_path, train=1, valid=1, epochs=3)
     trainer._stop_signal = signal.SIGTERM
-    with pytest.raises(TrainingInterrupted, match=r"^SIGTERM received: stopped after epoch 1 and saved"):
+    with pytest.raises(TrainingInterrupted) as stop:
         trainer.train()
+    assert str(stop.value) == (f"SIGTERM received: stopped after epoch 1 and saved {trainer.run.last}. "
+                               f"Resume with: sever train -r {trainer.run.root}")
     assert load_checkpoint(trainer.run.last)["epoch"] == 1
 
 
-def test_the_signal_handler_asks_for_a_stop_then_stops_at_once(tmp_path):
+def test_the_signal_handler_asks_for_a_stop_then_stops_at_once(tmp_path, caplog):
     trainer = make(tmp_path)
-    before = signal.getsignal(signal.SIGTERM)
-    with trainer._stop_on_signals():
-        os.kill(os.getpid(), signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with caplog.at_level(logging.WARNING), trainer._stop_on_signals():
+        signal.raise_signal(signal.SIGTERM)
         assert trainer.stop_requested and trainer._stop_signal == signal.SIGTERM
+        assert said(caplog) == ["SIGTERM received: finishing the current step, then saving"]
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is before
+            signal.raise_signal(signal.SIGINT)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_forked_loader_worker_leaves_the_stop_to_the_main_process(tmp_path, monkeypatch):
+    trainer = make(tmp_path)
+    with trainer._stop_on_signals():
+        monkeypatch.setattr("sever.trainer.base.os", SimpleNamespace(getpid=lambda: 0))  # as seen in a worker
+        signal.raise_signal(signal.SIGINT)
+        monkeypatch.undo()
+    assert not trainer.stop_requested
+
+
+def test_training_in_another_thread_leaves_the_signal_handlers_alone(tmp_path):
+    import threading
+
+    trainer = make(tmp_path, train=1, valid=1)
+    before = signal.getsignal(signal.SIGTERM)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(trainer.train()))
+    worker.start()
+    worker.join()
+    assert done and done[0]["epoch"] == 1 and signal.getsignal(signal.SIGTERM) is before
 
 
 def test_resume_restores_the_whole_trainer_state(tmp_path):
@@ -724,14 +759,19 @@ def test_resume_refuses_weights_only_and_mismatched_checkpoints(tmp_path):
     trainer = make(tmp_path, train=1, valid=0)
     trainer.train()
     state = load_checkpoint(trainer.run.last)
-    with pytest.raises(CheckpointError, match="holds weights only"):
+    weights_only = ("this checkpoint holds weights only (e.g. from sever upload --weights-only): it can be used "
+                    "for prediction or as encoder_weights, but training cannot resume from it")
+    with pytest.raises(CheckpointError) as error:
         make(tmp_path).resume({**state, "optimizer": None})
+    assert str(error.value) == weights_only
     without_rng = {k: v for k, v in state.items() if k != "rng"}
-    with pytest.raises(CheckpointError, match="holds weights only"):
+    with pytest.raises(CheckpointError) as error:
         make(tmp_path).resume(without_rng)
+    assert str(error.value) == weights_only
     with pytest.raises(CheckpointError, match=r"^checkpoint does not match the model: Error"):
         make(tmp_path, model=Tiny(classes=3)).resume(state)
-    with pytest.raises(CheckpointError, match="optimizer or lr_scheduler state does not fit"):
+    with pytest.raises(CheckpointError, match=r"^the checkpoint's optimizer or lr_scheduler state does not fit the "
+                                              r"config's \(were optimizer or lr_scheduler changed with --set\?\): "):
         make(tmp_path).resume({**state, "optimizer": {"state": {}, "param_groups": []}})
     old = {k: v for k, v in state.items() if k not in ("best_epoch", "step")}
     resumed = make(tmp_path)
@@ -744,7 +784,7 @@ def test_a_time_budget_spent_ends_the_run_after_a_validated_epoch(tmp_path, capl
     with caplog.at_level(logging.INFO):
         log = trainer.train()
     assert log["epoch"] == 1 and "val_loss" in log
-    assert "training ends after epoch 1" in caplog.text and "time budget: 0 s of 0 s spent" in caplog.text
+    assert any(re.fullmatch(r"time budget: \d+ s of 0 s spent; training ends after epoch 1", m) for m in said(caplog))
     state = load_checkpoint(trainer.run.last)
     assert state["time_budget"]["final_epoch"] == 1
     resumed = make(tmp_path, train=1, valid=1, epochs=5, val_period=5, time_budget="0.001s")
@@ -823,10 +863,12 @@ def flat_cosine(optimizer):
     return FlatCosineAnnealing(optimizer, start_anneal=1, n_epochs=10)
 
 
-def test_a_time_budget_lays_the_schedule_over_the_epochs_the_run_can_take(tmp_path):
+def test_a_time_budget_lays_the_schedule_over_the_epochs_the_run_can_take(tmp_path, caplog):
     budgeted = make(tmp_path / "budgeted", train=1, valid=0, epochs=3, time_budget="10h", scheduler=flat_cosine)
     budgeted.writer = Recorder()
-    budgeted.train()
+    with caplog.at_level(logging.DEBUG, logger="sever.trainer.base"):
+        budgeted.train()
+    assert "time budget: the learning-rate schedule now ends at epoch 3" in said(caplog)
     plain = make(tmp_path / "plain", train=1, valid=0, epochs=3, scheduler=flat_cosine)
     plain.writer = Recorder()
     plain.train()
@@ -949,3 +991,87 @@ def test_distributed_training_wraps_the_network_and_reduces_the_logs(tmp_path, o
     assert log == {**alone.train(), "train_images_per_s": log["train_images_per_s"]}, "sums over one rank"
     assert metric.reductions == 4, "the metric is reduced at every training and validation epoch"
     assert torch.equal(weights(trainer.model), weights(alone.model))
+
+
+def test_a_checkpoint_holds_what_a_resume_and_a_reader_need(tmp_path):
+    from sever import __version__
+
+    trainer = make(tmp_path, train=1, valid=1)
+    trainer.train()
+    state = load_checkpoint(trainer.run.last)
+    assert (state["sever_version"], state["arch"], state["config"]) == (__version__, "Tiny", trainer.config)
+    assert state["lr_scheduler"] is None and state["time_budget"] is None and "ema_state_dict" not in state
+    bare = make(tmp_path / "bare", train=1, valid=1)
+    bare.config["arch"] = "Tiny"  # a bare name is allowed in configs
+    bare.train()
+    assert load_checkpoint(bare.run.last)["arch"] == "Tiny"
+
+
+def test_resume_across_a_scheduler_added_or_removed(tmp_path, caplog):
+    with_scheduler = make(tmp_path / "with", train=1, valid=0, scheduler=flat_cosine)
+    with_scheduler.train()
+    without = make(tmp_path / "without", train=1, valid=0)
+    without.train()
+    plain = make(tmp_path, train=1, valid=0)
+    plain.resume(load_checkpoint(with_scheduler.run.last))
+    scheduled = make(tmp_path, train=1, valid=0, scheduler=flat_cosine)
+    with caplog.at_level(logging.INFO):
+        scheduled.resume(load_checkpoint(without.run.last))
+    assert scheduled.lr_scheduler.last_epoch == 0, "a fresh schedule"
+    assert "resumed at epoch 2, batch 0" in said(caplog)
+
+
+def test_a_budget_resumed_carries_the_time_spent(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0, epochs=2, time_budget="10h")
+    trainer.train()
+    state = load_checkpoint(trainer.run.last)
+    state["time_budget"]["spent"] = 1234.0
+    resumed = make(tmp_path, train=1, valid=0, epochs=3, time_budget="10h")
+    resumed.resume(state)
+    assert resumed.budget.spent >= 1234.0
+
+
+def test_a_malformed_time_budget_names_its_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^trainer.time_budget: expected a duration such as 2h30m"):
+        make(tmp_path, time_budget="soon")
+
+
+def test_the_epoch_line_lists_every_value_with_four_decimals(tmp_path, caplog):
+    trainer = make(tmp_path, train=1, valid=1, epochs=2)
+    with caplog.at_level(logging.INFO):
+        trainer.train()
+    lines = [m for m in said(caplog) if m.startswith("epoch ")]
+    number = r"\d+\.\d{4}"
+    assert re.fullmatch(rf"epoch 1/2  train_loss {number}  train_images_per_s {number}  val_loss {number}"
+                        rf"  \(run ETA \d+:\d\d:\d\d\)", lines[0]), lines[0]
+    assert f"new best val_loss {trainer.monitor_best:.5f}: saved {trainer.run.best}" in said(caplog)
+
+
+def test_an_equal_score_is_no_improvement(tmp_path):
+    trainer = make(tmp_path)
+    assert trainer._update_monitor({"epoch": 1, "val_loss": 1.0})
+    assert not trainer._update_monitor({"epoch": 2, "val_loss": 1.0}) and trainer.best_epoch == 1
+
+
+def test_unnamed_parameter_groups_log_their_rate_as_all(tmp_path):
+    trainer = make(tmp_path, train=1, valid=0)
+    for group in trainer.optimizer.param_groups:
+        del group["name"]
+    trainer.writer = Recorder()
+    trainer.train()
+    assert trainer.writer.scalars["lr/all"] == [(1, 0.1)]
+
+
+def test_other_ranks_write_no_checkpoint_and_no_tensorboard(tmp_path, one_rank_job):
+    other = Distributed(rank=1, world_size=2)
+    trainer = make(tmp_path, train=2, valid=1, tensorboard=True, distributed=other)
+    assert trainer.writer is None
+    trainer.train()
+    assert not trainer.run.last.exists() and not trainer.run.best.exists()
+    trainer._stop_signal = signal.SIGTERM
+    trainer.train_loader = Loader(batches(3))
+    trainer.accumulate = 1
+    trainer.epochs, trainer.start_epoch = 2, 2
+    with pytest.raises(TrainingInterrupted):
+        trainer.train()
+    assert not trainer.run.last.exists()
