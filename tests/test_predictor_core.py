@@ -5,7 +5,10 @@ The models depend on where a pixel is and on its class, so a view flipped the wr
 a class swapped or a model left out changes the answer.
 """
 
+import io
 import logging
+import re
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from sever.data_loader.augmentation import Normalization
-from sever.exceptions import ConfigError, DataError
+from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.inference.checkpoints import LoadedModel
 from sever.inference.predictor import (Predictor, average_probabilities, build_predictor, class_labels, load_settings,
                                        quantize, resolve_amp, run_settings, tta_probabilities)
@@ -283,11 +286,15 @@ TINY_ARCH = {"type": "FPN", "args": {"encoder_name": "resnet18", "encoder_weight
                                                       "decoder_segmentation_channels": 32}}}
 
 
-def write_checkpoint(path: Path, classes=2, seed=0) -> Path:
+CLASSIFIER_ARCH = {"type": "Classifier", "args": {"encoder_name": "resnet18", "encoder_weights": None}}
+
+
+def write_checkpoint(path: Path, classes=2, seed=0, task="segmentation") -> Path:
     from sever.model.model import build_model
 
     torch.manual_seed(seed)
-    config = {"arch": TINY_ARCH, "classes": classes, "task": "segmentation", "class_names": None,
+    config = {"arch": TINY_ARCH if task == "segmentation" else CLASSIFIER_ARCH, "classes": classes, "task": task,
+              "class_names": None,
               "augmentation": {"type": "LightTransforms", "args": {}}}
     model = build_model(config["arch"], classes)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +369,8 @@ def test_a_classifier_gates_with_the_write_ups_factor_unless_set(tmp_path, caplo
     given.write_text("threshold: 0.5\nmin_pixels: 0\nclassifier: {c_factor: 2, veto: null}\n")
     with caplog.at_level(logging.WARNING):
         assert load_settings(given, 4, classifier=True).c_factor == (2.0,) * 4
-    assert "the classifier changes nothing" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "classifier given but min_pixels are all 0 and no veto: the classifier changes nothing"]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         load_settings("default", 4, classifier=True)
@@ -375,9 +383,85 @@ def test_a_classifier_gates_with_the_write_ups_factor_unless_set(tmp_path, caplo
 def test_gated_settings_without_a_classifier_are_refused_naming_their_source(tmp_path):
     given = tmp_path / "gated.yml"
     given.write_text("threshold: 0.5\nclassifier: {c_factor: 2}\n")
-    with pytest.raises(ConfigError, match=f"^{given}: classifier: settings for a classifier, but no --classifier"):
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(given))}: classifier: settings for a classifier, but no"):
         load_settings(given, 4, classifier=False)
     tuned = run_with_checkpoint(tmp_path, {"threshold": 0.3, "classifier": {"c_factor": 2}})
-    with pytest.raises(ConfigError, match=f"^{tuned.source}: classifier: settings for a classifier"):
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tuned.source))}: classifier: settings for a classifier"):
         run_settings(None, [tuned], classifier=False)
     assert load_settings(None, 4, classifier=False) == PostProcessing.default(4)
+
+
+def test_every_source_of_settings_gates_with_a_classifier(tmp_path):
+    model = run_with_checkpoint(tmp_path, {"threshold": 0.3}, "threshold: 0.4\n")
+    given = tmp_path / "given.yml"
+    given.write_text("threshold: 0.7\n")
+    for option in (str(given), "default", None):  # the option, the run folder's file
+        settings, _ = run_settings(option, [model], classifier=True)
+        assert settings.c_factor == (5.0,) * 4, option
+    settings, _ = run_settings(None, [model, model], classifier=True)  # the defaults of an ensemble
+    assert settings.c_factor == (5.0,) * 4
+
+
+def test_bad_settings_tuned_into_a_checkpoint_name_it(tmp_path):
+    model = run_with_checkpoint(tmp_path, {"threshold": 2.0})
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(model.source))}: postprocess"):
+        run_settings(None, [model], classifier=False)
+
+
+def test_build_predictor_loads_classifiers_and_names_the_option_of_a_misplaced_run(tmp_path):
+    segmenter = write_checkpoint(tmp_path / "s.pth", seed=1)
+    classifier = write_checkpoint(tmp_path / "c.pth", seed=2, task="classification")
+    predictor = build_predictor([segmenter], [classifier])
+    assert predictor.device.type == ("cuda" if torch.cuda.is_available() else "cpu"), "device auto"
+    assert [m.source for m in predictor.classifiers] == [classifier]
+    _, class_probs = predictor.predict(images(b=1, h=64, w=64))
+    assert class_probs.shape == (1, 2)
+    with pytest.raises(CheckpointError, match=f"^-m {re.escape(str(classifier))}: a classification run; "
+                                              "give it with --classifier$"):
+        build_predictor([classifier], device="cpu")
+    with pytest.raises(CheckpointError, match=f"^--classifier {re.escape(str(segmenter))}: a segmentation run; "
+                                              "give it with -m$"):
+        build_predictor([segmenter], [segmenter], device="cpu")
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so tqdm draws its bar."""
+
+    def isatty(self):
+        return True
+
+
+def test_files_are_read_eight_at_a_time_by_default_under_a_progress_bar(tmp_path, monkeypatch):
+    paths = write_images(tmp_path / "images", [(4, 6)] * 10)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    got = list(Predictor([loaded(Ramp())]).predict_files(paths, num_workers=0))
+    assert [len(b.names) for b in got] == [8, 2]
+    assert re.search(r"predict: 100%[^\r]* 10/10 [^\r]*img/s\]", terminal.getvalue())
+    quiet = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    list(Predictor([loaded(Ramp())]).predict_files(paths, num_workers=0, description="tune"))
+    assert quiet.getvalue() == "", "no bar off a terminal"
+
+
+def test_file_batches_carry_the_classifier_probabilities(tmp_path):
+    paths = write_images(tmp_path, [(4, 6), (4, 6)])
+    predictor = Predictor([loaded(Ramp())], [loaded(Presence(), task="classification")])
+    (batch,) = predictor.predict_files(paths, batch_size=2, num_workers=0)
+    assert torch.equal(batch.class_probs, predictor.predict(batch.images)[1])
+
+
+def test_opencv_threads_are_switched_off_only_for_loader_processes(tmp_path):
+    paths = write_images(tmp_path, [(4, 6)])
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        list(Predictor([loaded(Ramp())]).predict_files(paths, num_workers=0))
+        assert cv2.getNumThreads() == 2, "reading in this process keeps OpenCV's threads"
+        cv2.setNumThreads(0)
+        off = cv2.getNumThreads()
+        cv2.setNumThreads(2)
+        list(Predictor([loaded(Ramp())]).predict_files(paths, num_workers=1))
+        assert cv2.getNumThreads() == off, "its thread pool does not survive fork()"
+    finally:
+        cv2.setNumThreads(before)

@@ -83,6 +83,10 @@ def write_selection(root: Path, module: str, tests: list[str]) -> None:
     # mutmut copies sever/ whole (the tests import all of it) and mutates only ``module``.
     section = ["", "[mutmut]", "source_paths = sever/", f"only_mutate = {module}",
                "also_copy =", *(f"    {p}" for p in SUPPORT_FILES),
+               # mutmut's limit is (estimated test time + 1 s) x 15 x 2 CPU seconds, the estimate from one
+               # clean run: on a loaded machine a mutant that every test passes ran past it and was
+               # reported as a timeout (counted as killed); 50 leaves room and still ends real hangs.
+               "timeout_multiplier = 50",
                "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests)]
     setup_cfg = (REPO / "setup.cfg").read_text().rstrip("\n") + "\n" + "\n".join(section) + "\n"
     for folder in (root, root / "mutants"):
