@@ -92,9 +92,9 @@ def test_averages_of_maps_weight_each_model_per_pixel():
 
 def test_averaging_keeps_the_precision_of_its_inputs():
     a, b = torch.tensor([0.1, 0.7], dtype=torch.float64), torch.tensor([0.3, 0.2], dtype=torch.float64)
-    mean = average_probabilities([a, b], "mean", [1, 2])
+    mean = average_probabilities([a, b], "mean", [0.1, 0.3])  # weights not exact in float32
     assert mean.dtype == torch.float64
-    assert mean.tolist() == [(0.1 + 2 * 0.3) / 3, (0.7 + 2 * 0.2) / 3]
+    assert torch.equal(mean, (0.1 * a + 0.3 * b) / (0.1 + 0.3))
 
 
 @pytest.mark.parametrize("mode, weights, count, message", [
@@ -109,6 +109,11 @@ def test_bad_averages_and_weights_are_refused_before_predicting(mode, weights, c
         average_probabilities([torch.zeros(1)] * count, mode, weights)
     with pytest.raises(ConfigError, match=message):
         Predictor([loaded(Ramp())] * count, average=mode, weights=weights)
+
+
+def test_weights_summing_to_less_than_one_are_fine():
+    a, b = torch.tensor([0.2]), torch.tensor([0.9])
+    assert average_probabilities([a, b], "mean", [0.25, 0.5]).item() == pytest.approx((0.05 + 0.45) / 0.75)
 
 
 def test_a_zero_weight_leaves_its_model_out():
