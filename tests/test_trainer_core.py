@@ -534,6 +534,7 @@ def test_train_runs_every_epoch_validates_and_saves_the_best(tmp_path):
     state = load_checkpoint(trainer.run.last)
     assert state["epoch"] == 3 and state["step"] == 0 and state["best_epoch"] == trainer.best_epoch
     assert [s for s, _ in trainer.writer.scalars["epoch/val_loss"]] == [1, 2, 3]
+    assert "epoch/epoch" not in trainer.writer.scalars
     assert trainer.writer.closed and len(trainer.writer.summaries) == 3, "hparams: experiment, start, end"
     assert "trainer:" in trainer.writer.texts["config"] and trainer.writer.texts["config"].startswith("    ")
     assert trainer.writer.scalars["lr/encoder"] == [(1, 0.1), (2, 0.1), (3, 0.1)]
@@ -625,9 +626,11 @@ def test_a_run_without_a_monitor_says_where_it_finished(tmp_path, caplog):
     assert not any(tag.startswith("hparam/") for tag in trainer.writer.scalars)
 
 
-def test_save_period_links_the_epoch_checkpoints(tmp_path):
+def test_save_period_links_the_epoch_checkpoints(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=4, save_period=2)
-    trainer.train()
+    with caplog.at_level(logging.DEBUG, logger="sever.trainer.base"):
+        trainer.train()
+    assert f"saved {trainer.run.epoch_checkpoint(2)}" in said(caplog)
     assert trainer.run.saved_epochs() == [2, 4]
     assert load_checkpoint(trainer.run.epoch_checkpoint(2))["epoch"] == 2
     none = make(tmp_path / "none", train=1, valid=1, epochs=2, save_period=0)
@@ -814,6 +817,8 @@ def test_the_run_description_holds_the_config_in_its_own_order_and_the_monitored
     lines = trainer.writer.texts["config"].splitlines()
     assert all(line.startswith("    ") for line in lines), "a markdown code block"
     assert lines.index("      epochs: 1") < lines.index("      accumulate_steps: 1"), "the config's order, not sorted"
+    start, end = (summary.SerializeToString() for summary in trainer.writer.summaries[1:])
+    assert b"session_start_info" in start and b"trainer.epochs" in start and b"session_end_info" in end
     experiment = trainer.writer.summaries[0].SerializeToString()
     assert b"hparam/best_val_loss" in experiment and b"trainer.epochs" in experiment
     off = make(tmp_path, train=1, valid=1, monitor="off")
@@ -830,7 +835,8 @@ def test_each_epoch_is_logged_with_the_run_eta_until_the_last(tmp_path, caplog):
     assert len(epochs) == 2
     assert epochs[0].startswith("epoch 1/2  train_loss ") and "  val_loss " in epochs[0]
     assert epochs[0].endswith(")") and "  (run ETA " in epochs[0]
-    assert "ETA" not in epochs[1] and epochs[1].startswith("epoch 2/2  ")
+    assert re.fullmatch(r"epoch 2/2  train_loss \d\.\d{4}  train_images_per_s \d+\.\d{4}  val_loss \d\.\d{4}",
+                        epochs[1]), epochs[1]
     best = [r.getMessage() for r in caplog.records if r.getMessage().startswith("new best")]
     assert best[-1] == f"new best val_loss {trainer.monitor_best:.5f}: saved {trainer.run.best}"
 
@@ -951,6 +957,7 @@ def test_the_progress_bars_show_the_epoch_the_loss_the_rate_and_the_run_eta(tmp_
     lines = screen.split("\r")
     assert lines[-1].strip() == "", "the bars are cleared when done"
     assert log["train_images_per_s"] == 4 / 1.5, "4 images from the clock's start to the epoch's end"
+    assert screen.count("run_eta=0:00:00]") >= 1, "nothing left at the run's last batch"
 
     quiet = io.StringIO()  # not a terminal: no bars
     monkeypatch.setattr(sys, "stderr", quiet)
@@ -1029,6 +1036,9 @@ def test_a_budget_resumed_carries_the_time_spent(tmp_path):
     resumed = make(tmp_path, train=1, valid=0, epochs=3, time_budget="10h")
     resumed.resume(state)
     assert resumed.budget.spent >= 1234.0
+    unbudgeted = make(tmp_path, train=1, valid=0, epochs=3)
+    unbudgeted.resume(state)
+    assert unbudgeted.budget is None and unbudgeted.start_epoch == 3
 
 
 def test_a_malformed_time_budget_names_its_key(tmp_path):
@@ -1075,3 +1085,28 @@ def test_other_ranks_write_no_checkpoint_and_no_tensorboard(tmp_path, one_rank_j
     with pytest.raises(TrainingInterrupted):
         trainer.train()
     assert not trainer.run.last.exists()
+
+
+def test_weights_gone_non_finite_are_not_saved_at_an_interruption_either(tmp_path):
+    trainer = make(tmp_path, train=2, valid=0, epochs=1, nan_policy="skip")
+    with torch.no_grad():
+        trainer.model.decoder.bias[0] = float("nan")
+    trainer._stop_signal = signal.SIGTERM
+    with pytest.raises(TrainingError, match=r"NaN or infinite values \(decoder.bias\) at epoch 1;"):
+        trainer.train()
+    assert not trainer.run.last.exists()
+
+
+def test_validation_visuals_are_logged_at_their_epoch(tmp_path):
+    trainer = make(tmp_path, SegmentationTrainer, train=1, valid=1, epochs=2, vis_images=1)
+    trainer.writer = Recorder()
+    trainer.train()
+    assert trainer.writer.images["val/truth_above_prediction"][1] == 2
+
+
+def test_reduce_on_plateau_steps_with_the_monitored_metric(tmp_path):
+    trainer = make(tmp_path, train=1, valid=1, epochs=3, scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=0.5, patience=0, threshold=10.0))  # no epoch improves by 1000 %: halved each time
+    trainer.writer = Recorder()
+    trainer.train()
+    assert trainer.writer.scalars["lr/decoder"] == [(1, 0.1), (2, 0.05), (3, 0.025)]
