@@ -117,7 +117,6 @@ class Trainer(BaseTrainer):
         progress = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch}/{self.epochs}", leave=False,
                         dynamic_ncols=True, disable=None)
         self.optimizer.zero_grad(set_to_none=True)
-        step = start_step
         for step, (images, targets) in enumerate(self.train_loader, start=start_step):
             if step >= n_batches:
                 break
