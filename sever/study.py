@@ -27,13 +27,16 @@ trains the K folds again into ``round<r>/fold<k>/`` with those labels added thro
 pseudo-label sampler (``WeightedFixedBatchSampler``, ``share`` of every batch). Each
 fold still validates on its labelled out-of-fold images only, so the rounds' out-of-fold
 scores compare. ``sever predict -m STUDY`` uses the finished round with the best
-out-of-fold score (:meth:`~sever.utils.study.StudyPaths.chosen_round`).
+out-of-fold score (:meth:`~sever.utils.study.StudyPaths.chosen_round`). A round whose
+rule keeps no image ends the study with the rounds before it, with a warning.
 
 **Time budget.** ``trainer.time_budget`` of a study is the whole study's: each fold,
 when it starts, gets an equal share of what is left of it (``budget * parallel`` slot
 seconds, less what finished folds and pseudo-labelling took and what folds in training
-reserved) among the folds still to train in this and the later rounds, as its own
-``trainer.time_budget`` (:meth:`~sever.utils.study.StudyPaths.reserve`). A fold that ends
+reserved) among the folds still to train in this and the later rounds. A fold's wall time
+is charged, but its run's clock counts training only, so the run's ``trainer.time_budget``
+is the share less the mean overhead (set-up, self-tuning, report, out-of-fold maps) of the
+folds that finished (:meth:`~sever.utils.study.StudyPaths.reserve`). A fold that ends
 early leaves its saving to the next ones; the study file keeps the seconds spent, so a
 resumed study shares what is left. Time is measured with :data:`CLOCK`.
 """
@@ -72,6 +75,10 @@ class StudyFailed(SeverError):
 
 class BudgetSpent(SeverError):
     """The study's time budget is spent before all its folds trained."""
+
+
+class NothingConfident(StudyFailed):
+    """A pseudo-label round found no image confident enough to label."""
 
 
 # ----------------------------------------------------------------------------- pseudo-label rounds
@@ -229,8 +236,10 @@ def budget_overrides(study: StudyPaths, fold: int, overrides: Sequence[str]) -> 
         raise BudgetSpent(f"{study.root}: the study's trainer.time_budget is spent ({study.spent():.0f} s) with "
                           f"fold {fold} of round {study.round_number} still to train; give more with sever train "
                           f"-r {study.root} --set trainer.time_budget=DURATION")
-    logger.info("fold %d of round %d: %.0f s of the study's time budget", fold, study.round_number, seconds)
-    return [*overrides, f"trainer.time_budget={max(round(seconds, 1), 1.0):g}s"]
+    training = max(seconds - study.overhead(), 1.0)  # the fold's wall time is charged, its run counts training
+    logger.info("fold %d of round %d: %.0f s of the study's time budget, %.0f s of it training", fold,
+                study.round_number, seconds, training)
+    return [*overrides, f"trainer.time_budget={round(training, 1):g}s"]
 
 
 def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> RunPaths:
@@ -246,6 +255,7 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
     is_main = from_environment().is_main
     run = RunPaths(study.fold_dir(fold))
     overrides = budget_overrides(study, fold, overrides)
+    given = _given_budget(overrides)
     started = CLOCK()
     if is_main:
         study.set_status(fold, "running")
@@ -265,10 +275,19 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
         raise
     finally:
         if is_main:
-            study.charge(fold_key(study, fold), CLOCK() - started)
+            elapsed = CLOCK() - started
+            study.charge(fold_key(study, fold), elapsed)
     if is_main:
         study.set_status(fold, "done")
+        if given is not None:
+            study.note_overhead(fold_key(study, fold), elapsed - given)
     return run
+
+
+def _given_budget(overrides: Sequence[str]) -> float | None:
+    """The seconds of the last ``trainer.time_budget=`` override, or None without one."""
+    values = [item.split("=", 1)[1] for item in overrides if item.startswith("trainer.time_budget=")]
+    return parse_duration(values[-1], "trainer.time_budget") if values else None
 
 
 def write_oof(study: StudyPaths, fold: int) -> Path | None:
@@ -380,7 +399,11 @@ def run_study(study: StudyPaths, folds: Sequence[int] | None = None, overrides: 
         prepare_round(current, config)
         return train_folds(current, folds, overrides, parallel, nproc, debug)
     for number in range(study.rounds + 1):
-        run_round(study.at_round(number), config, overrides, parallel, nproc, debug)
+        try:
+            run_round(study.at_round(number), config, overrides, parallel, nproc, debug)
+        except NothingConfident as error:  # the earlier rounds stand; predict uses the best of them
+            logger.warning("%s; the study ends with round %d", error, number - 1)
+            break
     return study
 
 
@@ -475,7 +498,8 @@ def write_pseudo_labels(study: StudyPaths, config: dict) -> None:
     """Round r's ``pseudo.csv``: round r-1's fold ensemble and tuned post-processing over ``pseudo.images``.
 
     Raises:
-        StudyFailed: no image was confident enough (the rule in the study's config.yaml is to loosen).
+        NothingConfident: no image was confident enough (the rule in the study's config.yaml is to loosen);
+            :func:`run_study` then ends the study with the rounds before.
     """
     from sever.inference.predictor import build_predictor, load_settings
     from sever.inference.pseudo_label import pseudo_label
@@ -494,9 +518,9 @@ def write_pseudo_labels(study: StudyPaths, config: dict) -> None:
     study.charge(f"round{study.round_number}/pseudo-label", CLOCK() - started)
     if result.kept == 0:
         temporary.unlink(missing_ok=True)
-        raise StudyFailed(f"{study.root}: round {study.round_number}: no image of {plan.images} was confident enough "
-                          f"to pseudo-label; loosen pseudo.max_uncertain, low or high in {study.config}, then sever "
-                          f"train -r {study.root}")
+        raise NothingConfident(f"{study.root}: round {study.round_number}: no image of {plan.images} was confident "
+                               f"enough to pseudo-label; loosen pseudo.max_uncertain, low or high in {study.config}, "
+                               f"then sever train -r {study.root}")
     os.replace(temporary, study.pseudo_csv)
     study.record(pseudo_images=result.kept, pseudo_dropped=result.dropped,
                  pseudo_class_images=[int(v) for v in result.class_images])

@@ -31,6 +31,14 @@ def test_each_fold_gets_its_share_of_what_is_left(make_config, clock):
     assert paths.spent() == 3 * FOLD_SECONDS
 
 
+def test_later_folds_train_for_their_share_less_the_overhead_measured_on_the_folds_before(make_config, clock):
+    paths = study.train_study(make_config(epochs=1, time_budget="6m", tune_postprocess=False), folds=3)
+    # fold 0: 120 s of 360, took 150 (30 s overhead); fold 1: 105 s left each, less 30; it took 150 (75 s
+    # overhead); fold 2: the 60 s left, less the mean overhead 52.5
+    assert fold_budgets(paths) == ["120s", "75s", "7.5s"]
+    assert paths.overhead() == pytest.approx((30 + 75 + 142.5) / 3)
+
+
 def test_a_resumed_study_gives_the_remaining_folds_the_remaining_time(make_config, clock):
     first = study.train_study(make_config(epochs=1, time_budget="10m", tune_postprocess=False), folds=3, only=0)
     assert fold_budgets(first) == ["200s"] and first.spent() == FOLD_SECONDS

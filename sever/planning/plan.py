@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import os
 import textwrap
 import time
@@ -391,7 +392,8 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
     monitor, reasons["trainer.monitor"] = plan_monitor(fp)
     amp = choose_amp(target.caps)
     epoch = epoch_estimate(fp, sizing.folds, sizing.batch, crop, sizing.step)
-    epochs = max(1, int(sizing.per_fold // epoch))
+    rounds = 0 if unlabelled is None else 1
+    epochs = max(1, int(sizing.per_fold / (rounds + 1) // epoch))
     valid_batch = max(1, sizing.batch * crop[0] * crop[1] // (fp.heights[2] * fp.widths[2]))
     config = {
         "name": name,
@@ -420,18 +422,18 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
                       "decoder": {"lr": 3.0e-3, "weight_decay": 3.0e-4}},
         "lr_scheduler": {"type": "FlatCosineAnnealing",
                          "args": {"start_anneal": max(1, epochs // 2), "n_epochs": max(2, epochs)}},
-        "trainer": {"epochs": 2 * epochs + 2, "time_budget": f"{max(1, int(sizing.per_fold))}s",
+        "trainer": {"epochs": 2 * epochs + 2, "time_budget": f"{max(1, int(budget * (1 - RESERVE)))}s",
                     "save_period": max(1, epochs // 4), "monitor": monitor, "tensorboard": True},
     }
     if unlabelled is not None:
         config["pseudo"] = {"images": str(Path(unlabelled).resolve()), "rounds": 1}
         reasons["pseudo"] = "unlabelled images given: one pseudo-label round on them"
-    reasons.update(_settled_reasons(fp, target, amp, budget, sizing, epochs, epoch))
+    reasons.update(_settled_reasons(fp, target, amp, budget, sizing, epochs, epoch, rounds))
     return Plan(config, reasons, fp, sizing.notes)
 
 
 def _settled_reasons(fp: Fingerprint, target: Target, amp: str, budget: float, sizing: Sizing, epochs: int,
-                     epoch: float) -> dict[str, str]:
+                     epoch: float, rounds: int) -> dict[str, str]:
     """The reasons of the values that follow from the fingerprint, the device and the sizing."""
     return {
         "device": f"training device ({target.caps.name})",
@@ -449,9 +451,12 @@ def _settled_reasons(fp: Fingerprint, target: Target, amp: str, budget: float, s
         "lr_scheduler": f"flat then cosine over the {epochs} epochs estimated to fit; trainer.time_budget re-lays "
                         "it over the epochs that really fit",
         "trainer.epochs": f"an upper bound, twice the {epochs} estimated: the time budget ends training",
-        "trainer.time_budget": (f"{budget:.0f} s less {RESERVE:.0%} for the study's tuning, over {sizing.folds} "
-                                f"folds, less each fold's set-up, self-tuning, report and out-of-fold prediction; "
-                                f"one epoch estimated at {epoch:.0f} s ({sizing.step:.2f} s per measured step of "
+        "trainer.time_budget": (f"{budget:.0f} s less {RESERVE:.0%} for the study's tuning: the study shares it "
+                                f"between its {sizing.folds * (rounds + 1)} fold runs"
+                                + (" (2 rounds)" if rounds else "")
+                                + f", each fold's set-up, self-tuning, report and out-of-fold prediction included "
+                                f"(about {sizing.per_fold / (rounds + 1):.0f} s of training each); one epoch "
+                                f"estimated at {epoch:.0f} s ({sizing.step:.2f} s per measured step of "
                                 f"{sizing.batch})"),
         "trainer.save_period": "about four checkpoints over the estimated epochs, for resuming",
     }
@@ -469,7 +474,8 @@ def _trial_step(arch: dict, classes: int, crop: tuple[int, int], batch: int, dev
                 amp: str) -> tuple[float, int]:
     """One forward/backward step on random ``(batch, 1, h, w)`` input: ``(seconds, peak CUDA bytes)``.
 
-    The first of two steps warms up (cuDNN algorithm choice, allocation); the second is timed.
+    The first step warms up (cuDNN algorithm choice, allocation); the median of the next three is
+    the step time, so one step slowed by other work on a shared machine does not set the plan.
     """
     model = build_model(arch, classes).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -477,8 +483,8 @@ def _trial_step(arch: dict, classes: int, crop: tuple[int, int], batch: int, dev
     target = torch.rand(batch, classes, *crop, device=device).round()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = 0.0
-    for _ in range(2):
+    seconds = []
+    for _ in range(4):
         started = time.perf_counter()
         with autocast(amp, device):
             logits = model(images)
@@ -488,9 +494,9 @@ def _trial_step(arch: dict, classes: int, crop: tuple[int, int], batch: int, dev
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
+        seconds.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return seconds, peak
+    return statistics.median(seconds[1:]), peak
 
 
 def device_target(device: str, classes: int) -> Target:

@@ -224,6 +224,23 @@ class StudyPaths:
             budget["reserved"].pop(key, None)
             self._write(data)
 
+    def note_overhead(self, key: str, seconds: float) -> None:
+        """Record that fold ``key`` took ``seconds`` beyond the training time its run was given
+        (set-up, self-tuning, report, out-of-fold maps: what a run's own clock does not count)."""
+        with self._locked():
+            data = self._read()
+            budget = data.get("budget")
+            if budget is None:
+                return
+            budget.setdefault("overhead", {})[key] = max(0.0, float(seconds))
+            self._write(data)
+
+    def overhead(self) -> float:
+        """The mean of the recorded per-fold overheads in seconds (0 before any fold finished)."""
+        budget = self._read().get("budget") or {}
+        noted = list((budget.get("overhead") or {}).values())
+        return sum(noted) / len(noted) if noted else 0.0
+
     def spent(self) -> float:
         """Seconds the study has spent so far (0 without a budget)."""
         budget = self._read().get("budget")
