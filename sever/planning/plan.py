@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import os
+import statistics
 import textwrap
 import time
 from dataclasses import dataclass, field
