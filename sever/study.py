@@ -122,7 +122,8 @@ class PseudoPlan:
         if unknown:
             raise ConfigError(f"pseudo.{unknown[0]}: unknown key; valid: {', '.join(cls.KEYS)}")
         if not isinstance(block.get("images"), str):
-            raise ConfigError(f"pseudo.images: the folder of unlabelled images is required, got {block.get('images')!r}")
+            raise ConfigError(f"pseudo.images: the folder of unlabelled images is required, "
+                              f"got {block.get('images')!r}")
         rounds = block.get("rounds", 1)
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
             raise ConfigError(f"pseudo.rounds: an integer >= 1, got {rounds!r}")

@@ -37,7 +37,8 @@ MODULES: dict[str, list[str]] = {
     "sever/utils/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_mutation_kills.py"],
     # The predictor's and the trainer's own fast files (tiny models in memory): the files that train
     # or load real runs (test_predict.py, test_trainer.py, ...) take minutes per mutant.
-    "sever/inference/predictor.py": ["tests/test_predictor_core.py", "tests/test_blind_spots.py", "tests/test_compose.py"],
+    "sever/inference/predictor.py": ["tests/test_predictor_core.py", "tests/test_blind_spots.py",
+                                     "tests/test_compose.py"],
     "sever/inference/compose.py": ["tests/test_compose.py"],
     "sever/trainer/trainer.py": ["tests/test_trainer_core.py", "tests/test_train_step.py"],
     "sever/trainer/base.py": ["tests/test_trainer_core.py", "tests/test_train_step.py"],
