@@ -221,7 +221,7 @@ def test_an_epoch_trains_on_every_batch_and_logs_the_mean_loss(tmp_path):
 
 def test_the_epoch_loss_is_the_mean_of_the_batch_losses(tmp_path):
     trainer = make(tmp_path, train=3, valid=0, lr=0.0)
-    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.train_loader.batches]
+    losses = [float((trainer.model(x) - y).pow(2).mean().detach()) for x, y in trainer.train_loader.batches]
     assert trainer._train_epoch(1, 0)["train_loss"] == pytest.approx(sum(losses) / 3, rel=1e-5)
 
 
