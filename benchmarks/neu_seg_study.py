@@ -132,11 +132,14 @@ def main_(argv=None) -> None:
         ("study + 1 pseudo-label round", *round_runs(paths, 1), f"{study_cpu:.0f} (both rounds)",
          f"{round_seconds(paths, 0) + round_seconds(paths, 1):.0f}"),
     ]
+    pseudo = record["rounds"][0]
+    if "score" not in pseudo:  # the rule kept no image: the study ended with round 0
+        rows.pop()
     print(f"NEU-Seg: {args.pool} labelled, {args.unlabelled} unlabelled, {args.test} test images; single run budget "
           f"{args.budget}, study 2 x {args.budget} over {2 * args.folds} fold runs; pseudo-labels kept "
-          f"{record['rounds'][0]['pseudo_images']} of {args.unlabelled} (per class "
-          f"{record['rounds'][0]['pseudo_class_images']}); out-of-fold scores: round 0 {record['score']:.4f}, "
-          f"round 1 {record['rounds'][0]['score']:.4f}")
+          f"{pseudo.get('pseudo_images', 0)} of {args.unlabelled} (per class "
+          f"{pseudo.get('pseudo_class_images', '-')}); out-of-fold scores: round 0 {record['score']:.4f}, "
+          f"round 1 {pseudo['score'] if 'score' in pseudo else 'none'}")
     header = f"{'':<40} {'test metric':>11}  {'Dice per class':<24} {'CPU s':>18} {'wall s':>7}"
     print(header)
     for index, (name, models, postprocess, cpu_seconds, wall_seconds) in enumerate(rows):
