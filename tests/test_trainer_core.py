@@ -227,7 +227,7 @@ def test_the_epoch_loss_is_the_mean_of_the_batch_losses(tmp_path):
 
 def test_an_epoch_resumed_mid_way_trains_the_batches_left_and_averages_over_them(tmp_path):
     trainer = make(tmp_path, train=3, valid=0, lr=0.0)
-    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.train_loader.batches]
+    losses = [float((trainer.model(x) - y).pow(2).mean().detach()) for x, y in trainer.train_loader.batches]
     steps = gradient_steps(trainer)
     log = trainer._train_epoch(1, start_step=1)
     assert trainer.train_loader.batch_sampler.calls == [(1, 1)]
