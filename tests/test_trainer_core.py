@@ -237,7 +237,7 @@ def test_an_epoch_resumed_mid_way_trains_the_batches_left_and_averages_over_them
 
 def test_max_steps_per_epoch_limits_the_batches(tmp_path):
     trainer = make(tmp_path, train=4, valid=0, max_steps_per_epoch=2, lr=0.0)
-    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.train_loader.batches]
+    losses = [float((trainer.model(x) - y).pow(2).mean().detach()) for x, y in trainer.train_loader.batches]
     steps = gradient_steps(trainer)
     log = trainer._train_epoch(1, 0)
     assert len(steps) == 2 and trainer.steps_done == 2
@@ -398,7 +398,7 @@ def test_validation_scores_in_eval_mode_with_metrics_reset(tmp_path):
     trainer._train_epoch(1, 0)
     log = trainer._valid_epoch(1)
     assert modes == [True, True, False, False]
-    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.valid_loader]
+    losses = [float((trainer.model(x) - y).pow(2).mean().detach()) for x, y in trainer.valid_loader]
     assert log == {"val_loss": pytest.approx(sum(losses) / 2, rel=1e-5),
                    "val_double": pytest.approx(sum(losses), rel=1e-5), "val_seen": 4.0}
 
@@ -947,7 +947,7 @@ def test_the_progress_bars_show_the_epoch_the_loss_the_rate_and_the_run_eta(tmp_
     monotonic = iter(range(0, 10000, 10))  # the run clock: 10 s per reading
     monkeypatch.setattr("sever.trainer.base.time", SimpleNamespace(monotonic=lambda: float(next(monotonic))))
     trainer = make(tmp_path, train=2, valid=1, epochs=2, lr=0.0)
-    losses = [float((trainer.model(x) - y).pow(2).mean()) for x, y in trainer.train_loader.batches]
+    losses = [float((trainer.model(x) - y).pow(2).mean().detach()) for x, y in trainer.train_loader.batches]
     log = trainer.train()
     screen = terminal.getvalue()
     first = re.search(r"epoch 1/2: +50%[^\r]*? 1/2 [^\r]*?loss=[^\r]*", screen).group(0)
