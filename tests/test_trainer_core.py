@@ -351,7 +351,7 @@ def test_ema_follows_the_weights_with_its_decay_and_is_what_validation_scores(tm
     assert torch.allclose(weights(trainer.eval_model), expected, atol=1e-6)
     assert not torch.allclose(expected, after[-1])
     x, y = trainer.valid_loader[0]
-    ema_loss = float((trainer.eval_model(x) - y).pow(2).mean())
+    ema_loss = float((trainer.eval_model(x) - y).pow(2).mean().detach())
     assert trainer._valid_epoch(1)["val_loss"] == pytest.approx(ema_loss, rel=1e-5)
     assert make(tmp_path).eval_model is not None and make(tmp_path).ema is None
 
