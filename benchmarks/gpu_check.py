@@ -20,6 +20,7 @@ On CPU, or with ``--dry``, the same code runs a tiny version in seconds: an FPN 
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from sever.utils.device import autocast
 from sever.utils.run import RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
+WARM_UP_STEPS = 3  # untimed steps before each timed epoch
 DICE_TOLERANCE = 1e-6  # the metric thresholds float32 probabilities either way: only summation order may differ
 
 
@@ -68,8 +70,10 @@ def scale_for(args: argparse.Namespace, dry: bool) -> Scale:
                      "arch.args.decoder_args={decoder_pyramid_channels: 32, decoder_segmentation_channels: 32}"]
         return Scale(steps=2, batch_size=2, image=(64, 128), crop=(64, 64), tile=(64, 64), large=(64, 192),
                      images=8, workers=0, overrides=tiny_arch)
+    # enough images for ``steps`` full batches after the 25% validation split
+    images = max(64, math.ceil(args.steps * args.batch_size / 0.75) + args.batch_size)
     return Scale(steps=args.steps, batch_size=args.batch_size, image=(256, 1600), crop=(256, 384),
-                 tile=(256, 384), large=(1024, 3200), images=max(64, args.batch_size * 4), workers=args.workers)
+                 tile=(256, 384), large=(1024, 3200), images=images, workers=args.workers)
 
 
 class UtilisationSampler:
@@ -144,9 +148,13 @@ def train_phase(config: dict, scale: Scale, save_dir: Path) -> tuple:
     experiment = sever_main.build_experiment(config)
     run = RunPaths.create(save_dir, f"gpu-check-{config['amp']}")
     trainer = sever_main.make_trainer(experiment, run)
+    # untimed warm-up: the loader's workers start and cuDNN autotunes each shape on the first steps
+    trainer.max_steps = WARM_UP_STEPS
+    trainer._train_epoch(1, 0)
+    trainer.max_steps = scale.steps
     steps = min(scale.steps, len(experiment.data.train_loader))
     with measured(experiment.device, f"train {config['amp']:>4}, channels_last", steps * scale.batch_size):
-        log = trainer._train_epoch(1, 0)
+        log = trainer._train_epoch(2, 0)
     if not all(torch.isfinite(torch.tensor(value)) for value in log.values()):
         raise SystemExit(f"FAILED: non-finite training figures under amp {config['amp']}: {log}")
     return experiment, trainer
@@ -192,6 +200,7 @@ def predict_phase(experiment, config: dict, scale: Scale, data_dir: Path) -> Non
     size = f"{scale.large[0]}x{scale.large[1]}"
     for name, predictor in (("whole", whole), (f"tiled {scale.tile[0]}x{scale.tile[1]}", tiled)):
         try:
+            predictor.predict(large)  # untimed: cuDNN autotunes the new shapes (its workspace is not kept)
             with measured(device, f"predict {amp:>4}, {size} {name}", 1):
                 predictor.predict(large)
         except torch.OutOfMemoryError:

@@ -6,6 +6,7 @@ terminal summary says how many ran and how many skipped, so a skip is never sile
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,27 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_line(
         f"shared-data tests: {outcomes.count('ran')} ran, {outcomes.count('skipped')} skipped ({where})"
     )
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """``module_tmp(name)`` -> a new folder for this module's shared fixtures.
+
+    The folders are deleted when the module's last test ends, unless a test failed meanwhile:
+    pytest would keep them to the end of the session, and the trained runs of every module
+    together would fill a small disk (``tmp_path_retention_policy`` only covers ``tmp_path``).
+    """
+    made = []
+    failures_before = request.session.testsfailed
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == failures_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

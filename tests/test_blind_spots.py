@@ -190,8 +190,8 @@ def test_each_experiment_file_matches_its_row_of_the_write_up_table(row):
 
 
 @pytest.fixture(scope="module")
-def skewed_dir(tmp_path_factory) -> Path:
-    return make_demo_data(tmp_path_factory.mktemp("skewed"), n_train=40, n_test=1, height=32, width=128, seed=5)
+def skewed_dir(module_tmp) -> Path:
+    return make_demo_data(module_tmp("skewed"), n_train=40, n_test=1, height=32, width=128, seed=5)
 
 
 def rarest_class_groups(has_defect: np.ndarray) -> np.ndarray:

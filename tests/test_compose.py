@@ -220,8 +220,8 @@ def write_run(root: Path, data_dir: Path, name: str, train_classes, seed: int) -
 
 
 @pytest.fixture(scope="module")
-def halves(demo_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("halves")
+def halves(demo_dir, module_tmp):
+    root = module_tmp("halves")
     return write_run(root, demo_dir, "low", [1, 2], 1), write_run(root, demo_dir, "high", [3, 4], 2)
 
 

@@ -24,9 +24,9 @@ def snapshot(root):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(module_tmp):
     """A 40 + 12 image dataset of 64 x 256, made once for the read-only tests."""
-    return make_demo_data(tmp_path_factory.mktemp("demo"), n_train=40, n_test=12, height=64, width=256)
+    return make_demo_data(module_tmp("demo"), n_train=40, n_test=12, height=64, width=256)
 
 
 def test_layout_is_the_kaggle_one(tmp_path):

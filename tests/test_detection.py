@@ -42,8 +42,8 @@ def detection_config(data_dir, save_dir, **trainer):
 
 
 @pytest.fixture(scope="module")
-def voc_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("voc")
+def voc_dir(module_tmp):
+    root = module_tmp("voc")
     make_voc(root, n=6)
     return root
 

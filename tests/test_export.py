@@ -30,9 +30,9 @@ def tiny_model(seed: int) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(module_tmp):
     """A checkpoint whose config asks for ImageNet weights: export must not download them."""
-    path = tmp_path_factory.mktemp("export") / "model.pth"
+    path = module_tmp("export") / "model.pth"
     model = tiny_model(0)
     atomic_torch_save({"state_dict": model.state_dict(), "config": {"arch": ARCH, "classes": CLASSES}, "epoch": 3},
                       path)

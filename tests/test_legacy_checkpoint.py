@@ -24,8 +24,8 @@ DEMO = {"n_train": 8, "n_test": 2, "height": 64, "width": 256, "seed": 3}  # as 
 
 
 @pytest.fixture(scope="module")
-def legacy_demo(tmp_path_factory) -> Path:
-    return make_demo_data(tmp_path_factory.mktemp("legacy_demo"), **DEMO)
+def legacy_demo(module_tmp) -> Path:
+    return make_demo_data(module_tmp("legacy_demo"), **DEMO)
 
 
 def test_legacy_checkpoint_loads_into_the_model_its_config_describes():

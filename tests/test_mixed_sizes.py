@@ -20,12 +20,12 @@ from sever.utils.run import RunPaths
 
 
 @pytest.fixture(scope="module")
-def mixed_dir(tmp_path_factory):
+def mixed_dir(module_tmp):
     """24 train and 6 test images, each side between a third of 64x128 and all of it (crop: 32x64).
 
     (Not narrower: the tiny FPN's GroupNorm needs more than a 1x1 map at stride 32.)
     """
-    return make_demo_data(tmp_path_factory.mktemp("mixed"), n_train=24, n_test=6, height=64, width=128, seed=5,
+    return make_demo_data(module_tmp("mixed"), n_train=24, n_test=6, height=64, width=128, seed=5,
                           mixed_sizes=True)
 
 

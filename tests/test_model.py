@@ -41,10 +41,10 @@ def rgb_encoder(name="resnet18"):
 
 
 @pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory):
+def resnet18_file(module_tmp):
     """(path, state dict) of a random resnet18 encoder saved with torch.save."""
     state = rgb_encoder().state_dict()
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    path = module_tmp("weights") / "resnet18.pth"
     torch.save(state, path)
     return path, state
 

@@ -72,8 +72,8 @@ def test_fingerprint_measures_sizes_grey_classes_and_defects(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def demo_fp(tmp_path_factory):
-    return fingerprint(make_demo_data(tmp_path_factory.mktemp("demo"), n_train=24, n_test=4, height=64, width=256,
+def demo_fp(module_tmp):
+    return fingerprint(make_demo_data(module_tmp("demo"), n_train=24, n_test=4, height=64, width=256,
                                       seed=3))
 
 

@@ -28,9 +28,9 @@ def test_the_shards_are_the_single_process_batches_dealt_in_turn(images, batch_s
 
 
 @pytest.fixture(scope="module")
-def mixed_runs(tmp_path_factory):
+def mixed_runs(module_tmp):
     """11 test images of mixed sizes, a segmentation run and a classifier (random weights)."""
-    root = tmp_path_factory.mktemp("sharding")
+    root = module_tmp("sharding")
     data = make_demo_data(root / "data", n_train=8, n_test=11, height=64, width=128, seed=11, mixed_sizes=True)
     return data, make_run(root / "runs", data, "fpn", seed=1), make_run(root / "runs", data, "cls", seed=4,
                                                                           **classifier_changes())

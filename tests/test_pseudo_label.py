@@ -157,13 +157,13 @@ def test_cli_names_an_empty_folder_and_mismatched_models(runs, tmp_path):  # noq
 
 
 @pytest.fixture(scope="module")
-def round_study(demo_dir, tmp_path_factory):
+def round_study(demo_dir, module_tmp):
     """A 2-fold study of the tiny config with one pseudo-label round over the demo test images."""
     from conftest import tiny_config
 
     from sever import study
 
-    config = tiny_config(demo_dir, tmp_path_factory.mktemp("rounds"), epochs=1, tune_postprocess=True)
+    config = tiny_config(demo_dir, module_tmp("rounds"), epochs=1, tune_postprocess=True)
     config["pseudo"] = {"images": str(demo_dir / "test_images"), "rounds": 1, "share": 0.25, "max_uncertain": 1.0}
     return study.train_study(config, folds=2).root
 

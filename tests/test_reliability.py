@@ -321,9 +321,9 @@ def test_stale_temporaries_of_killed_saves_are_removed(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(demo_dir, tmp_path_factory):
+def trained(demo_dir, module_tmp):
     """A run trained for one step; the tests using it must leave its checkpoints as they are."""
-    config = tiny_config(demo_dir, tmp_path_factory.mktemp("saved"), epochs=1, max_steps_per_epoch=1)
+    config = tiny_config(demo_dir, module_tmp("saved"), epochs=1, max_steps_per_epoch=1)
     config["data_loader"]["args"].update(batch_size=2, validation_split=2)
     return main.train(config)
 

@@ -143,11 +143,11 @@ def test_two_slots_take_folds_from_the_queue_as_two_processes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_study(demo_dir, tmp_path_factory):
+def trained_study(demo_dir, module_tmp):
     """A 2-fold study of the tiny config, one epoch per fold."""
     from conftest import tiny_config
 
-    config = tiny_config(demo_dir, tmp_path_factory.mktemp("study"), epochs=1)
+    config = tiny_config(demo_dir, module_tmp("study"), epochs=1)
     return study.train_study(config, folds=2).root
 
 

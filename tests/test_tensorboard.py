@@ -13,11 +13,11 @@ NAMES = ["pits", "inclusions", "scratches", "patches"]
 
 
 @pytest.fixture(scope="module")
-def trained(demo_dir, tmp_path_factory):
+def trained(demo_dir, module_tmp):
     """A three-epoch run with class names whose learning rate changes every epoch."""
     from conftest import tiny_config
 
-    config = tiny_config(demo_dir, tmp_path_factory.mktemp("saved"), epochs=3, tensorboard=True, log_step=1)
+    config = tiny_config(demo_dir, module_tmp("saved"), epochs=3, tensorboard=True, log_step=1)
     config["class_names"] = NAMES
     logger = logging.getLogger("sever")
     records = []

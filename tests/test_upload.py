@@ -63,9 +63,9 @@ print("Upload successful. Your private Dataset is being created.")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> RunPaths:
+def run(module_tmp) -> RunPaths:
     """A real two-epoch run (EMA on) with checkpoint-epoch1/2.pth and model_best.pth, trained once."""
-    root = tmp_path_factory.mktemp("upload")
+    root = module_tmp("upload")
     data = make_demo_data(root / "data", n_train=8, n_test=1, height=32, width=64, seed=1)
     config = tiny_config(data, root / "saved", ema_decay=0.9, max_steps_per_epoch=1)
     config["arch"]["args"]["encoder_name"] = "mobilenet_v2"
