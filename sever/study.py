@@ -311,7 +311,8 @@ def write_oof(study: StudyPaths, fold: int) -> Path | None:
     shutil.rmtree(oof, ignore_errors=True)  # a retried fold rewrites all of it
     batches = predictor.predict_files(paths, args.get("valid_batch_size") or args.get("batch_size", 8),
                                       args.get("num_workers", 2), description=f"fold {fold} out-of-fold")
-    write_predictions(batches, load_settings(None, predictor.classes, False), run / "oof.csv", save_probs=oof)
+    write_predictions(batches, load_settings(None, predictor.classes, False), run / "oof.csv", save_probs=oof,
+                      outputs=predictor.outputs)
     logger.info("fold %d: out-of-fold probabilities of %d images in %s", fold, len(paths), oof)
     return oof
 

@@ -18,7 +18,7 @@ from sever.data_loader.datasets import read_grey
 from sever.data_loader.rle import decode_masks
 from sever.exceptions import CheckpointError, ConfigError
 from sever.inference.checkpoints import LoadedModel, load_model
-from sever.inference.outputs import save_probabilities
+from sever.inference.outputs import predict_directory, save_probabilities
 from sever.inference.predictor import Predictor
 from sever.model.model import build_model
 from sever.model.postprocess import PostProcessing
@@ -262,6 +262,23 @@ def test_predict_composes_a_submission_and_refuses_one_with_classes_missing(halv
         assert (probs.int() - alone.int()).abs().max() <= 1  # batches of other sizes round differently
         masks = settings.apply(probs[None])[0].numpy()
         np.testing.assert_array_equal(decode_masks(written.encodings[position], probs.shape[1:]).transpose(2, 0, 1),
+                                      masks)
+
+
+def test_the_rows_of_a_run_of_some_classes_carry_the_dataset_class_ids(halves, demo_dir, tmp_path):
+    """Out-of-fold CSVs and pseudo-labels of a ``train_classes: [3, 4]`` run: its channels are ClassIds 3 and 4."""
+    _, high = halves
+    images = demo_dir / "test_images"
+    predictor = Predictor([load_model(high)])
+    settings = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0}, 2)
+    summary = predict_directory(predictor, settings, images, tmp_path / "high.csv", save_probs=tmp_path / "probs",
+                                num_workers=0)
+    written = read_rle_csv(summary.output, 4)
+    assert written.has_defect()[:, 2:].any() and not written.has_defect()[:, :2].any()
+    for position, name in enumerate(written.image_ids):
+        probs = torch.from_numpy(np.load(tmp_path / "probs" / f"{name}.npz")["probs"])
+        masks = settings.apply(probs[None])[0].numpy()
+        np.testing.assert_array_equal(decode_masks(written.encodings[position][2:], probs.shape[1:]).transpose(2, 0, 1),
                                       masks)
 
 

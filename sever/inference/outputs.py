@@ -41,6 +41,7 @@ from sever.inference.predictor import (
     quantize,
 )
 from sever.model.postprocess import PROB_SCALE, PostProcessing
+from sever.utils.config import OutputClasses
 from sever.utils.visualization import class_colour, outline_masks, overlay_masks
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,19 @@ PIPELINE_DEPTH = 2  # predicted batches waiting for the writer thread; bounds th
 
 
 class Submission:
-    """Collects the RLE strings of predicted masks, image by image, then writes the CSV."""
+    """Collects the RLE strings of predicted masks, image by image, then writes the CSV.
 
-    def __init__(self, classes: int):
+    Args:
+        classes: channels of the masks added.
+        outputs: which dataset classes those channels are. A run of some classes
+            (``train_classes: [3]``) writes every class of its dataset, empty where it predicts
+            none, so its ClassIds are the dataset's; None (or every class, or one any-defect
+            channel): channel k is ClassId k + 1.
+    """
+
+    def __init__(self, classes: int, outputs: OutputClasses | None = None):
         self.classes = classes
+        self.columns = None if outputs is None or outputs.any_defect or outputs.complete else outputs
         self.image_ids: list[str] = []
         self.encodings: list[list[str]] = []
 
@@ -66,6 +76,10 @@ class Submission:
 
     def annotations(self) -> Annotations:
         encodings = np.array(self.encodings, dtype=object).reshape(len(self.image_ids), self.classes)
+        if self.columns is not None:
+            every_class = np.full((len(self.image_ids), self.columns.dataset), "", dtype=object)
+            every_class[:, list(self.columns.ids)] = encodings
+            encodings = every_class
         return Annotations(tuple(self.image_ids), encodings, np.zeros(encodings.shape, np.int64), "prediction")
 
     def write(self, path: str | Path, fmt: str = "current") -> Path:
@@ -225,7 +239,7 @@ def _make_dir(path: str | Path | None) -> Path | None:
 def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessing, output: str | Path,
                       fmt: str = "current", save_probs: str | Path | None = None,
                       overlays: Overlays | None = None, depth: int = PIPELINE_DEPTH,
-                      write_csv: bool = True) -> PredictionSummary:
+                      write_csv: bool = True, outputs: OutputClasses | None = None) -> PredictionSummary:
     """Post-process ``batches`` and write the submission (and probabilities, overlays).
 
     While the calling thread computes the next batches (the forward passes), one writer
@@ -242,11 +256,12 @@ def write_predictions(batches: Iterable[PredictionBatch], settings: PostProcessi
             meanwhile); 0 writes each batch in the calling thread before the next is computed.
         write_csv: False keeps the rows in the summary's ``submission`` instead of writing
             ``output`` (a shard of a multi-process prediction, :mod:`~sever.inference.sharding`).
+        outputs: the dataset classes of the predicted channels (:class:`Submission`), or None.
     """
     started = time.perf_counter()
     _make_dir(Path(output).parent)
     probs_dir = _make_dir(save_probs)
-    submission = Submission(settings.classes)
+    submission = Submission(settings.classes, outputs)
     class_images = np.zeros(settings.classes, np.int64)
 
     def write(batch: PredictionBatch) -> None:
@@ -306,7 +321,7 @@ def predict_directory(predictor: Predictor, settings: PostProcessing, image_dir:
     names = list_images(image_dir) if names is None else list(names)
     overlays = Overlays(visualize, predictor.class_names, names, labels) if visualize is not None else None
     return write_predictions(predictor.predict_files([image_dir / name for name in names], batch_size, num_workers),
-                             settings, output, fmt, save_probs, overlays, depth, write_csv)
+                             settings, output, fmt, save_probs, overlays, depth, write_csv, predictor.outputs)
 
 
 class SavedProbabilities:

@@ -163,7 +163,7 @@ def pseudo_label(predictor: Predictor, settings: PostProcessing, image_dir: str 
                           f"{predictor.classes}")
     batches = _Confident(predictor.predict_files([image_dir / name for name in names], batch_size, num_workers,
                                                  description="pseudo-label"), rule)
-    summary = write_predictions(batches, settings, output, PSEUDO_FORMAT)
+    summary = write_predictions(batches, settings, output, PSEUDO_FORMAT, outputs=predictor.outputs)
     result = PseudoLabels(summary.images, batches.dropped, summary.class_images, summary.output, summary.seconds)
     logger.info("%s", result.describe(predictor.class_names))
     if result.kept == 0:

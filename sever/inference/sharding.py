@@ -34,6 +34,7 @@ from sever.inference.predictor import Predictor
 from sever.model.postprocess import PostProcessing
 from sever.utils import distributed
 from sever.utils.device import resolve_device
+from sever.utils.config import OutputClasses
 from sever.utils.distributed import Distributed
 
 logger = logging.getLogger(__name__)
@@ -116,14 +117,16 @@ def predict_sharded(context: Distributed, predictor: Predictor, settings: PostPr
         kept = " (the one there is unchanged)" if Path(output).exists() else ""
         raise DistributedError(f"{len(failed)} of {context.world_size} processes failed, so {output} was not "
                                f"written{kept}: {errors}") from failure
-    submission = merge_rows(shards, names, settings.classes)
+    submission = merge_rows(shards, names, settings.classes, predictor.outputs)
     path = submission.write(output, fmt)
     class_images = np.sum([shard.class_images for shard in shards], axis=0)
     return PredictionSummary(len(names), class_images, time.perf_counter() - started, path)
 
 
-def merge_rows(shards: Sequence[ShardRows], names: Sequence[str], classes: int) -> Submission:
-    """One submission of every shard's rows in the order of ``names`` (the single-process order).
+def merge_rows(shards: Sequence[ShardRows], names: Sequence[str], classes: int,
+               outputs: OutputClasses | None = None) -> Submission:
+    """One submission of every shard's rows in the order of ``names`` (the single-process order);
+    ``outputs``: the dataset classes of the rows' channels (:class:`~sever.inference.outputs.Submission`).
 
     Raises:
         DistributedError: an image of ``names`` that no shard predicted, or one predicted twice.
@@ -138,7 +141,7 @@ def merge_rows(shards: Sequence[ShardRows], names: Sequence[str], classes: int) 
     if missing:  # the ranks listed different folders (several machines, each with its own copy)
         raise DistributedError(f"{len(missing)} image(s) were predicted by no process, e.g. {missing[0]}: does "
                                f"every machine hold the same images?")
-    submission = Submission(classes)
+    submission = Submission(classes, outputs)
     submission.image_ids = list(names)
     submission.encodings = [rows[name] for name in names]
     return submission
