@@ -9,10 +9,13 @@ A part of the dataset is held out from everything (the plan never sees it). On t
 
 Both predict the held-out images with their tuned post-processing and are scored there:
 competition metric (mean Dice over image-class pairs) and per-class Dice. Wall seconds of each
-are printed beside. Kaggle-layout datasets (``sever convert`` turns a mask folder into one).
+are printed beside. Kaggle-layout datasets (``sever convert`` turns a mask folder into one);
+``--format mask_folder`` converts the training part back to a mask folder for both.
 
     python benchmarks/plan_auto.py --data ../shared/data/neu-seg --held-out 400
     python benchmarks/plan_auto.py --data ../shared/data/neu-seg --pool 120 --held-out 40 --time 4m   # smoke
+    python benchmarks/plan_auto.py --data data/demo --experiment experiments/demo.yml --held-out 64 --time 6m
+    python benchmarks/plan_auto.py ... --format mask_folder   # both train from a mask folder
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
-from neu_seg_study import subset  # the held-out split, by symlink (benchmarks/ is on sys.path when run)
+from neu_seg_study import split  # disjoint parts by symlink (benchmarks/ is on sys.path when run)
 
 from sever import main
 from sever.cli import cli
@@ -41,11 +44,20 @@ def sever(*args) -> str:
     return result.output
 
 
-def hand_written(experiment: Path, train_dir: Path, save_dir: Path, device: str, budget: str | None):
+def as_mask_folder(train_dir: Path, classes: int) -> None:
+    """Rewrite ``train_dir``'s masks as a mask folder (``train_masks/``) and drop its CSV."""
+    sever("convert", "--from", "kaggle", "--to", "mask-folder", "--images", train_dir / "train_images",
+          "--masks", train_dir / "train_masks", "--csv", train_dir / "train.csv", "--classes", classes)
+    (train_dir / "train.csv").unlink()
+
+
+def hand_written(experiment: Path, train_dir: Path, save_dir: Path, device: str, budget: str | None, fmt: str):
     """Train the experiment file on ``train_dir``; returns its run folder and wall seconds."""
     config = load_config(experiment)
     config["save_dir"], config["device"] = str(save_dir), device
     config["data_loader"]["args"]["data_dir"] = str(train_dir)
+    config["data_loader"]["args"]["format"] = fmt
+    config["data_loader"]["args"]["generate_demo"] = False  # experiments/demo.yml would write its own data there
     if budget is not None:
         config["trainer"]["time_budget"] = budget
     started = time.perf_counter()
@@ -69,15 +81,25 @@ def main_(argv=None) -> None:
     parser.add_argument("--time", default=None, help="budget of both; default: the hand-written run's wall time")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=["kaggle", "mask_folder"], default="kaggle",
+                        help="what both read their training masks from (mask_folder: converted from the CSV)")
     args = parser.parse_args(argv)
     out = Path(tempfile.mkdtemp(prefix="plan-auto-"))
-    train_dir, held_out = subset(args.data, out, args.pool, args.held_out, seed=args.seed)
+    available = sum(1 for _ in (args.data / "train_images").iterdir())
+    if args.held_out >= available:
+        raise SystemExit(f"--held-out {args.held_out}: {args.data} has only {available} images")
+    parts = split(args.data, out, {"held_out": args.held_out, "train": min(args.pool, available - args.held_out)},
+                  seed=args.seed)
+    train_dir, held_out = parts["train"], parts["held_out"]
     classes = load_config(args.experiment)["classes"]
+    if args.format == "mask_folder":
+        as_mask_folder(train_dir, classes)
 
-    run, hand_seconds = hand_written(args.experiment, train_dir, out / "saved", args.device, args.time)
+    run, hand_seconds = hand_written(args.experiment, train_dir, out / "saved", args.device, args.time, args.format)
     budget = args.time or f"{int(hand_seconds)}s"
     started = time.perf_counter()
-    output = sever("auto", train_dir, "--time", budget, "--device", args.device, "-o", out / "auto", "--name", "auto")
+    output = sever("auto", train_dir, "--format", args.format, "--time", budget, "--device", args.device,
+                   "-o", out / "auto", "--name", "auto")
     auto_seconds = time.perf_counter() - started
     study = Path(re.search(r"^study saved in (.+)$", output, re.M).group(1))
 
