@@ -13,10 +13,12 @@ from sever.utils.device import Capabilities
 CPU = Capabilities("cpu")
 
 
-def fake_target(step: float = 0.01, caps: Capabilities = CPU, fits=None) -> Target:
-    """A device whose steps take ``step`` seconds whatever they hold (and ``fits(batch)`` on CUDA)."""
+def fake_target(step: float = 0.01, caps: Capabilities = CPU, fits=None, image_seconds: float | None = None) -> Target:
+    """A device whose steps take ``step`` seconds whatever they hold (and ``fits(batch)`` on CUDA),
+    fed by loader processes taking ``image_seconds`` per image (None: loading not measured)."""
     return Target(caps.kind, caps, lambda arch, crop, batch: step,
-                  None if fits is None else lambda arch, crop, batch: fits(batch))
+                  None if fits is None else lambda arch, crop, batch: fits(batch),
+                  None if image_seconds is None else lambda crop: image_seconds)
 
 
 def squares_dataset(root: Path, images: int = 8, size=(48, 80)) -> Path:

@@ -13,7 +13,8 @@ from sever.data_loader.demo import make_demo_data
 from sever.exceptions import DataError
 from sever.main import prepare_config
 from sever.planning.fingerprint import Layout, fingerprint
-from sever.planning.plan import MEMORY_MARGIN, PlanError, Target, make_plan
+import sever.planning.plan as plan_module
+from sever.planning.plan import MEMORY_MARGIN, PlanError, Target, loading_seconds, make_plan
 from sever.utils.config import load_config
 from sever.utils.device import Capabilities, choose_amp, cpu_batch_size, largest_batch
 
@@ -237,6 +238,33 @@ def test_batch_never_exceeds_the_training_images_of_a_fold(demo_fp):
     assert plan.config["data_loader"]["args"]["batch_size"] == demo_fp.images // 2
     assert plan.config["amp"] == "bf16"
     assert "lowered to 12" in plan.reasons["data_loader.args.batch_size"]
+
+
+def test_a_loader_slower_than_the_device_sets_the_planned_step(demo_fp, monkeypatch):
+    """A fast GPU fed by slow loaders: the epochs are sized to the loading, and the plan says so."""
+    monkeypatch.setattr(plan_module.os, "cpu_count", lambda: 6)  # 4 loader processes on CUDA
+    caps = Capabilities("cuda", bf16=True, memory=80 << 30, name="fast GPU")
+    fast = make_plan(demo_fp, fake_target(step=0.01, caps=caps, fits=lambda batch: batch <= 8), 3600, "demo")
+    fed = make_plan(demo_fp, fake_target(step=0.01, caps=caps, fits=lambda batch: batch <= 8, image_seconds=0.05),
+                    3600, "demo")
+    assert fed.config["data_loader"]["args"]["num_workers"] == 4
+    assert any("loading sets the pace: 4 loader process(es) need 0.10 s per batch of 8" in note for note in fed.notes)
+    assert "(0.10 s per measured step of 8)" in fed.reasons["trainer.time_budget"]
+    assert fed.config["trainer"]["epochs"] < fast.config["trainer"]["epochs"]
+    quick_loader = make_plan(demo_fp, fake_target(step=0.01, caps=caps, fits=lambda batch: batch <= 8,
+                                                  image_seconds=0.001), 3600, "demo")
+    assert quick_loader.config["trainer"]["epochs"] == fast.config["trainer"]["epochs"] and not any(
+        "loading" in note for note in quick_loader.notes)
+
+
+def test_loading_is_timed_on_the_datasets_own_images_with_the_planned_augmentation(tmp_path):
+    fp = fingerprint(squares_dataset(tmp_path / "squares", images=16, size=(48, 80)), Layout("mask_folder"))
+    seconds = loading_seconds(fp)
+    first = seconds((32, 64))
+    assert 0 < first < 1.0 and seconds((32, 64)) == first  # measured once per crop
+    shutil.rmtree(tmp_path / "squares" / "train_images")
+    with pytest.raises(DataError, match="train_images"):
+        loading_seconds(fp)
 
 
 def test_larger_model_on_cuda_only_when_its_measured_steps_fit_the_budget(demo_fp):

@@ -56,7 +56,7 @@ def plan_dataset(data_dir: str | Path, time: str, name: str, layout: Layout = La
     if unlabelled is not None and not Path(unlabelled).is_dir():
         raise DataError(f"--unlabelled: folder not found: {unlabelled}")
     fp = fingerprint(data_dir, layout, format)
-    return make_plan(fp, device_target(device, len(fp.classes)), budget, name, unlabelled=unlabelled)
+    return make_plan(fp, device_target(device, len(fp.classes), fp), budget, name, unlabelled=unlabelled)
 
 
 def tune_study(root: Path, batch_size: int = 8) -> str:
