@@ -126,19 +126,21 @@ class Scoreboard:
 
     class_names: list[str]
     image_ids: list[str] = field(default_factory=list)
-    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    rows: list[tuple[list, list, list]] = field(default_factory=list)  # per image: Dice, predicted, present
 
     def update(self, names: Sequence[str], pred: Tensor, truth: Tensor) -> None:
         """Score a batch: ``names`` (B,), masks ``pred`` and ``truth`` ``(B, C, H, W)`` (nonzero = defect)."""
-        dice = dice_per_image(pred, truth).cpu().numpy()
-        present = (pred.flatten(2) != 0).any(-1).cpu().numpy(), (truth.flatten(2) != 0).any(-1).cpu().numpy()
+        # Python lists, not small arrays: see TuneStatistics (small long-lived allocations fragment the heap)
+        dice = dice_per_image(pred, truth).tolist()
+        predicted, actual = (pred.flatten(2) != 0).any(-1).tolist(), (truth.flatten(2) != 0).any(-1).tolist()
         self.image_ids += list(names)
-        self.rows.append((dice, *present))
+        self.rows += zip(dice, predicted, actual)
 
     def result(self) -> Evaluation:
         if not self.rows:
             raise DataError("nothing to evaluate: no images")
-        dice, predicted, actual = (np.concatenate(parts) for parts in zip(*self.rows))
+        dice, predicted, actual = (np.array(parts, dtype=dtype) for parts, dtype in
+                                   zip(zip(*self.rows), (np.float64, bool, bool)))
         return Evaluation(list(self.image_ids), dice, predicted, actual, list(self.class_names))
 
 
