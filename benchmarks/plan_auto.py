@@ -101,7 +101,7 @@ def main_(argv=None) -> None:
     output = sever("auto", train_dir, "--format", args.format, "--time", budget, "--device", args.device,
                    "-o", out / "auto", "--name", "auto")
     auto_seconds = time.perf_counter() - started
-    study = Path(re.search(r"^study saved in (.+)$", output, re.M).group(1))
+    study = Path(re.search(r"^(?:study|run) saved in (.+)$", output, re.M).group(1))
 
     scores = {"hand-written": held_out_score(run, held_out, out, "hand", classes, args.device),
               "sever auto": held_out_score(study, held_out, out, "auto", classes, args.device)}

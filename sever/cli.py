@@ -824,8 +824,8 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
     for note in planned.notes:
         click.echo(f"note: {note}")
     click.echo(f"wrote {planned.write(output)} and {Path(output).parent / 'fingerprint.json'}")
-    click.echo(f"next: sever train -c {output} --folds {planned.folds}   (or sever auto {data_dir} --time "
-               f"{time_budget})")
+    folds = f" --folds {planned.folds}" if planned.folds > 1 else ""
+    click.echo(f"next: sever train -c {output}{folds}   (or sever auto {data_dir} --time {time_budget})")
 
 
 @cli.command()
@@ -851,5 +851,5 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
     click.echo(result.tuning)
     for report in result.reports:
         click.echo(f"report: {report}")
-    click.echo(f"study saved in {result.study}")
+    click.echo(f"{result.kind} saved in {result.saved}")
     click.echo(f"next: {result.predict_command}")

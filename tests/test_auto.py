@@ -32,6 +32,16 @@ def run_auto(data, out, *options):
     return result.output, StudyPaths(Path(study))
 
 
+def run_predict_command(output, images, submission):
+    """Run the ``next: sever predict ...`` line auto printed last; returns the CLI result."""
+    command = output.strip().splitlines()[-1].split()[2:]  # after "next: sever"
+    command = [str(images) if part == "IMAGES" else part for part in command]
+    command[command.index("submission.csv")] = str(submission)
+    predicted = CliRunner().invoke(cli, command)
+    assert predicted.exit_code == 0, predicted.output
+    return predicted
+
+
 def check_study(output, study, planned_folds=None):
     """Every fold trained, the study tuned out-of-fold, and the last line the command that predicts."""
     assert all(entry.status == "done" for entry in study.entries())
@@ -48,14 +58,28 @@ def test_auto_on_the_demo_data_ends_with_a_working_predict_command(tmp_path):
     assert (tmp_path / "out" / "fingerprint.json").is_file()
     assert experiment["pseudo"] == {"images": str((data / "test_images").resolve()), "rounds": 1}
     check_study(output, study, experiment["data_loader"]["args"]["folds"])
-    command = output.strip().splitlines()[-1].split()[2:]  # after "next: sever"
-    command = [str(data / "test_images") if part == "IMAGES" else part for part in command]
-    command[command.index("submission.csv")] = str(tmp_path / "submission.csv")
-    predicted = CliRunner().invoke(cli, command)
-    assert predicted.exit_code == 0, predicted.output
+    predicted = run_predict_command(output, data / "test_images", tmp_path / "submission.csv")
     assert "the study's, tuned out-of-fold" in predicted.output
     rows = (tmp_path / "submission.csv").read_text().splitlines()
     assert rows[0].startswith("ImageId") and len({row.split(",")[0] for row in rows[1:]}) <= 3
+
+
+def test_a_budget_too_short_for_two_folds_trains_one_self_tuned_run(tmp_path, monkeypatch):
+    monkeypatch.setattr("sever.planning.auto.device_target", lambda device, classes, fp: fake_target(step=2.0))
+    data = make_demo_data(tmp_path / "demo", n_train=16, n_test=3, height=64, width=256, seed=11)
+    result = CliRunner().invoke(cli, ["auto", str(data), "--device", "cpu", "--time", "1m", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    run = Path(re.search(r"^run saved in (.+)$", result.output, re.M).group(1))
+    assert load_config(tmp_path / "out" / "demo.yml")["data_loader"]["args"]["validation_split"] == 0.15
+    assert (run / "postprocess.yml").is_file() and (run / "checkpoints" / "model_best.pth").is_file()
+    assert f"post-processing tuned on the run's validation split: {run / 'postprocess.yml'}" in result.output
+    run_predict_command(result.output, data / "test_images", tmp_path / "submission.csv")
+    rows = (tmp_path / "submission.csv").read_text().splitlines()
+    assert rows[0].startswith("ImageId") and len({row.split(",")[0] for row in rows[1:]}) <= 3
+    explicit = CliRunner().invoke(cli, ["predict", "-m", str(run), "-i", str(data / "test_images"), "-o",
+                                        str(tmp_path / "explicit.csv"), "--postprocess", str(run / "postprocess.yml")])
+    assert explicit.exit_code == 0, explicit.output
+    assert (tmp_path / "explicit.csv").read_text() == (tmp_path / "submission.csv").read_text()
 
 
 def test_auto_on_a_mask_folder(tmp_path):

@@ -118,6 +118,20 @@ def test_budget_sets_epochs_and_the_studys_time(demo_fp):
     assert pseudo.config["trainer"]["epochs"] < long.config["trainer"]["epochs"]  # two rounds share the time
 
 
+def test_a_budget_too_short_for_two_trained_folds_plans_one_run(demo_fp):
+    single = make_plan(demo_fp, fake_target(step=2.0), 60, "demo")
+    args = single.config["data_loader"]["args"]
+    assert single.folds == 1 and "folds" not in args and args["validation_split"] == 0.15
+    assert "one run validated on 15% of the images" in single.reasons["data_loader.args.validation_split"]
+    assert int(single.config["trainer"]["time_budget"][:-1]) < 0.85 * 60  # the run's training only
+    assert "the training time of the single run" in single.reasons["trainer.time_budget"]
+    assert "#   sever train -c THIS_FILE    # or: sever auto" in single.text()
+    prepare_config(single.config)
+    study = make_plan(demo_fp, fake_target(step=2.0), 90, "demo")
+    assert study.folds == 2 and "validation_split" not in study.config["data_loader"]["args"]
+    assert make_plan(demo_fp, fake_target(step=2.0), 60, "demo", unlabelled=str(demo_fp.data_dir)).folds == 2
+
+
 def test_a_budget_too_short_for_one_epoch_is_refused_naming_the_time_needed(demo_fp):
     with pytest.raises(PlanError, match=r"--time 30 s: too short.*give at least --time \d+s"):
         make_plan(demo_fp, fake_target(step=2.0), 30, "demo")

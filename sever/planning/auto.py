@@ -11,6 +11,10 @@ The steps, each refusing bad input before the next starts:
    image scored by a model that never saw it) into the study's ``postprocess.yml``, which
    ``sever predict -m STUDY`` uses.
 
+A budget too short for two folds plans one run with a validation split instead
+(:func:`sever.planning.plan.plan_folds`): it trains, tunes itself on that split and writes
+its report, and ``sever predict -m RUN`` uses its tuned settings.
+
 With unlabelled images, the plan carries ``pseudo: {images: DIR, rounds: 1}``, which a
 study that runs pseudo-label rounds reads.
 """
@@ -21,9 +25,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sever import study
+from sever import main, study
 from sever.exceptions import DataError
 from sever.planning.fingerprint import Layout, fingerprint
+from sever.inference.predictor import TUNED_FILE
 from sever.planning.plan import Plan, device_target, make_plan, parse_budget
 from sever.utils.study import StudyPaths
 
@@ -32,17 +37,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class AutoResult:
-    """What ``sever auto`` made: the plan and its file, the study, the tuning summary, the fold reports."""
+    """What ``sever auto`` made: the plan and its file, the study (or single run) folder, the tuning
+    summary, the reports."""
 
     plan: Plan
     experiment: Path
-    study: Path
+    saved: Path
     tuning: str
     reports: list[Path]
 
     @property
+    def kind(self) -> str:
+        """``study`` or ``run``."""
+        return "study" if self.plan.folds > 1 else "run"
+
+    @property
     def predict_command(self) -> str:
-        return f"sever predict -m {self.study} -i IMAGES -o submission.csv"
+        return f"sever predict -m {self.saved} -i IMAGES -o submission.csv"
 
 
 def plan_dataset(data_dir: str | Path, time: str, name: str, layout: Layout = Layout(), format: str | None = None,
@@ -82,6 +93,13 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
     plan.reasons["save_dir"] = "sever auto's output folder: the study is made here"
     experiment = plan.write(out / f"{config['name']}.yml")
     logger.info("experiment planned: %s", experiment)
+    if plan.folds == 1:
+        run = main.train(config)
+        tuned = run.root / TUNED_FILE
+        tuning = (f"post-processing tuned on the run's validation split: {tuned}" if tuned.is_file() else
+                  "post-processing not tuned (see the run's log): sever predict uses the defaults")
+        report = run.root / "report" / "index.html"
+        return AutoResult(plan, experiment, run.root, tuning, [report] if report.is_file() else [])
     paths = study.train_study(config, plan.folds)
     summary = tune_study(paths.root, config["data_loader"]["args"]["valid_batch_size"])
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
