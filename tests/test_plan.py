@@ -14,7 +14,7 @@ from sever.exceptions import DataError
 from sever.main import prepare_config
 from sever.planning.fingerprint import Layout, fingerprint
 import sever.planning.plan as plan_module
-from sever.planning.plan import MEMORY_MARGIN, PlanError, Target, loading_seconds, make_plan
+from sever.planning.plan import MEMORY_MARGIN, PlanError, Target, loading_seconds, make_plan, plan_augmentation
 from sever.utils.config import load_config
 from sever.utils.device import Capabilities, choose_amp, cpu_batch_size, largest_batch
 
@@ -116,6 +116,16 @@ def test_budget_sets_epochs_and_the_studys_time(demo_fp):
     assert seconds == [510, 5100]  # the study's whole budget less the 15% kept for its out-of-fold tuning
     pseudo = make_plan(demo_fp, fake_target(step=0.5), 6000, "demo", unlabelled=str(demo_fp.data_dir))
     assert pseudo.config["trainer"]["epochs"] < long.config["trainer"]["epochs"]  # two rounds share the time
+
+
+def test_defect_seeking_crops_only_when_a_crop_covers_under_half_an_image(demo_fp):
+    sides = {"images": 3000, "heights": [200, 200, 200], "widths": [200, 200, 200]}
+    sparse = type(demo_fp)(**{**demo_fp.__dict__, **sides, "empty_pairs": 0.8})
+    assert plan_augmentation(sparse, (192, 192))[0] == "LightTransforms"  # the crop is 92% of the image
+    seeking, why = plan_augmentation(sparse, (96, 96))
+    assert seeking == "HeavyCropTransforms" and "crops cover 23% of a median image" in why
+    dense = type(demo_fp)(**{**demo_fp.__dict__, **sides, "empty_pairs": 0.3})
+    assert plan_augmentation(dense, (96, 96))[0] == "LightTransforms"
 
 
 def test_a_budget_too_short_for_two_trained_folds_plans_one_run(demo_fp):

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 MAX_FOLDS = 5
 MIN_EPOCHS_PER_FOLD = 3  # fewer folds when a fold could not train this many epochs; one run below 2 folds
+SEEKING_COVER = 0.5  # crops covering less of a median image than this are sent onto defects half the time
 SINGLE_VALIDATION = 0.15  # share of the images validating a single planned run
 RESERVE = 0.15  # share of the budget left for out-of-fold prediction, tuning and the report
 MEMORY_MARGIN = 0.8  # a CUDA batch fits when its trial step peaks below this share of the memory
@@ -182,11 +183,11 @@ def plan_architecture(fp: Fingerprint, kind: str, per_fold: float, allow_large: 
 
 
 def plan_augmentation(fp: Fingerprint, crop: tuple[int, int]) -> tuple[str, str]:
-    """The transform set and why: defect-seeking crops when crops are smaller than the images and most
+    """The transform set and why: defect-seeking crops when crops cover under half of an image and most
     pairs are empty; stronger photometric/geometric augmentation on small data; flips otherwise."""
-    crops_images = crop[0] < fp.heights[1] or crop[1] < fp.widths[1]
-    if crops_images and fp.empty_pairs >= EMPTY_PAIRS_MONITOR:
-        return "HeavyCropTransforms", (f"HeavyCropTransforms: crops are smaller than the images and "
+    covered = min(1.0, crop[0] * crop[1] / (fp.heights[1] * fp.widths[1]))
+    if covered < SEEKING_COVER and fp.empty_pairs >= EMPTY_PAIRS_MONITOR:
+        return "HeavyCropTransforms", (f"HeavyCropTransforms: crops cover {covered:.0%} of a median image and "
                                        f"{fp.empty_pairs:.0%} of image-class pairs are empty, so half the crops are "
                                        f"taken onto a defect (plus CLAHE/blur/sharpen and flips)")
     if fp.images < SMALL_DATA:
@@ -329,18 +330,21 @@ def epoch_estimate(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int
 
 
 def fold_overhead(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
-    """Seconds a fold spends outside its training budget: set-up and the passes after training."""
-    return FOLD_SETUP + FOLD_PASSES * validation_seconds(fp, folds, batch, crop, step)
+    """Seconds a fold spends outside its training budget: set-up and the passes after training
+    (a single run has no out-of-fold pass)."""
+    passes = FOLD_PASSES - (folds == 1)
+    return FOLD_SETUP + passes * validation_seconds(fp, folds, batch, crop, step)
 
 
 def fold_budget(budget: float, fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
     """The training seconds of each of ``folds`` folds in ``budget`` seconds for the whole study
     (``folds`` 1: of the single run).
 
-    :data:`RESERVE` of the budget is kept for the study's out-of-fold tuning; each fold's
-    :func:`fold_overhead` comes out of its share.
+    :data:`RESERVE` of the budget is kept for a study's out-of-fold tuning (a single run has
+    none); each fold's :func:`fold_overhead` comes out of its share.
     """
-    return budget * (1 - RESERVE) / folds - fold_overhead(fp, folds, batch, crop, step)
+    reserve = 0.0 if folds == 1 else RESERVE
+    return budget * (1 - reserve) / folds - fold_overhead(fp, folds, batch, crop, step)
 
 
 @dataclass(frozen=True)
@@ -519,8 +523,8 @@ def run_budget(budget: float, sizing: Sizing) -> float:
 
 def _budget_reason(budget: float, sizing: Sizing, rounds: int) -> str:
     if sizing.folds == 1:
-        return (f"{budget:.0f} s less {RESERVE:.0%} and the run's estimated set-up, self-tuning and report: "
-                "the training time of the single run")
+        return (f"{budget:.0f} s less the run's estimated set-up, self-tuning and report: the training time of "
+                "the single run")
     return (f"{budget:.0f} s less {RESERVE:.0%} for the study's tuning: the study shares it between its "
             f"{sizing.folds * (rounds + 1)} fold runs" + (" (2 rounds)" if rounds else "")
             + f", each fold's set-up, self-tuning, report and out-of-fold prediction included (about "
