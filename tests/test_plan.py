@@ -143,8 +143,13 @@ def test_a_budget_too_short_for_two_trained_folds_plans_one_run(demo_fp):
 
 
 def test_a_budget_too_short_for_one_epoch_is_refused_naming_the_time_needed(demo_fp):
-    with pytest.raises(PlanError, match=r"--time 30 s: too short.*give at least --time \d+s"):
-        make_plan(demo_fp, fake_target(step=2.0), 30, "demo")
+    with pytest.raises(PlanError, match=r"--time 20 s: too short.* on cpu, and about \d+ s more go to reading the "
+                                        r"data, self-tuning and the report: give at least --time \d+s") as caught:
+        make_plan(demo_fp, fake_target(step=2.0), 20, "demo")
+    needed = int(str(caught.value).rsplit("--time ", 1)[1].rstrip("s"))
+    assert make_plan(demo_fp, fake_target(step=2.0), needed, "demo").folds == 1  # the time it names suffices
+    with pytest.raises(PlanError, match=r"--time 30 s: too short.*a study trains at least 2 folds.*give at least"):
+        make_plan(demo_fp, fake_target(step=2.0), 30, "demo", unlabelled=str(demo_fp.data_dir))
 
 
 def test_cuda_batch_is_the_largest_that_fits_and_amp_fp16_without_bf16(demo_fp):

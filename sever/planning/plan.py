@@ -362,16 +362,25 @@ class Sizing:
     notes: list[str]
 
 
-def check_budget(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int], step: float, kind: str) -> None:
-    """PlanError unless two folds of the smallest plan (``batch``, ``step`` seconds) fit one epoch each."""
-    smallest_epoch = epoch_estimate(fp, 2, batch, crop, step)
-    if fold_budget(budget, fp, 2, batch, crop, step) >= smallest_epoch:
+def check_budget(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int], step: float, kind: str,
+                 study_needed: bool = False) -> None:
+    """PlanError unless the smallest plan (``batch``, ``step`` seconds) fits one epoch: of a single run, or of
+    each of two folds when a study is needed."""
+    folds = 2 if study_needed else 1
+    smallest_epoch = epoch_estimate(fp, folds, batch, crop, step)
+    if fold_budget(budget, fp, folds, batch, crop, step) >= smallest_epoch:
         return
-    needed = 2 * (smallest_epoch + fold_overhead(fp, 2, batch, crop, step)) / (1 - RESERVE)
+    overhead = fold_overhead(fp, folds, batch, crop, step)
+    if study_needed:
+        needed = 2 * (smallest_epoch + overhead) / (1 - RESERVE)
+        what = f"per fold on {kind}, a study trains at least 2 folds, and {RESERVE:.0%} is kept for tuning"
+    else:
+        needed = smallest_epoch + overhead
+        what = f"on {kind}, and about {overhead:.0f} s more go to reading the data, self-tuning and the report"
     raise PlanError(
         f"--time {budget:.0f} s: too short; one epoch of the smallest plan (FPN over resnet18, batch {batch} of "
-        f"{crop[0]}x{crop[1]} crops) takes about {smallest_epoch:.0f} s per fold on {kind}, a study trains at "
-        f"least 2 folds, and {RESERVE:.0%} is kept for tuning: give at least --time {math.ceil(needed)}s")
+        f"{crop[0]}x{crop[1]} crops) takes about {smallest_epoch:.0f} s {what}: give at least --time "
+        f"{math.ceil(needed)}s")
 
 
 def loader_workers(kind: str) -> int:
@@ -410,7 +419,7 @@ def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, i
     small, _ = plan_architecture(fp, kind, 0.0, allow_large=False)
     batch, batch_reason = plan_batch(target, small, crop, fp.images)
     step, notes = training_step(target, small, crop, batch)
-    check_budget(fp, budget, batch, crop, step, kind)
+    check_budget(fp, budget, batch, crop, step, kind, study_needed)
     folds, folds_reason, fold_notes = plan_folds(
         fp, lambda k: fold_budget(budget, fp, k, batch, crop, step) / epoch_estimate(fp, k, batch, crop, step),
         study_needed)
