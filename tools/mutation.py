@@ -45,9 +45,22 @@ MODULES: dict[str, list[str]] = {
 }
 
 # What the tests read besides sever/ and tests/ (copied into the scratch checkout).
-SUPPORT_FILES = ["experiments", "README.rst", "DEVELOPERS.md", "CHANGELOG.rst", "setup.py", "pyproject.toml", "LICENSE"]
+SUPPORT_FILES = ["experiments", "README.rst", "DEVELOPERS.md", "CHANGELOG.rst", "setup.py", "pyproject.toml", "LICENSE",
+                 "conftest.py"]
+
+# The scratch checkout's top conftest.py. mutmut forks one process per mutant, and tqdm's class-wide
+# write lock is a multiprocessing lock, shared by every fork: a mutant killed at its time limit while
+# holding it left each later mutant that opens a progress bar waiting forever (measured: every
+# ``predict_files`` mutant hung at 0% CPU). A lock of each process's own ends that.
+FORK_SAFE_CONFTEST = '''"""Written by tools/mutation.py for mutmut's forked mutant processes (not part of sever)."""
+import threading
+
+from tqdm import tqdm
 
 
+def pytest_configure(config):
+    tqdm.set_lock(threading.RLock())
+'''
 
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", ".pytest_cache")
 
@@ -68,6 +81,7 @@ def scratch_checkout(module: str, tests: list[str], workdir: Path) -> Path:
             shutil.copytree(source, root / name, ignore=IGNORE)
         elif source.is_file():
             shutil.copy(source, root / name)
+    (root / "conftest.py").write_text(FORK_SAFE_CONFTEST)
     write_selection(root, module, tests)
     return root
 
