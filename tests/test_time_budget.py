@@ -8,6 +8,7 @@ import torch
 from sever import main
 from sever.exceptions import ConfigError
 from sever.model.scheduler import FlatCosineAnnealing, set_horizon
+from sever.trainer import budget as budget_module
 from sever.trainer.budget import TimeBudget
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import parse_duration
@@ -26,14 +27,64 @@ def test_anything_but_a_duration_is_refused_naming_the_key(make_config, value):
         main.prepare_config(make_config(time_budget=value))
 
 
-def test_the_plan_counts_the_time_spent_before_a_resume():
+class Clock:
+    """A monotonic clock the test moves by hand (seconds)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(budget_module, "time", fake)
+    return fake
+
+
+def test_the_plan_counts_the_time_spent_before_a_resume(clock):
     budget = TimeBudget(3600)
-    budget.load({"seconds": 3600, "spent": 10.0, "durations": [5.0], "final_epoch": None})
-    assert budget.plan(2) > 100  # 3590 s left at about 5 s an epoch
-    budget.load({"seconds": 3600, "spent": 3599.0, "durations": [5.0], "final_epoch": None})
-    assert budget.plan(2) == 2  # no other epoch fits
-    budget.load({"seconds": 60, "spent": 30.0, "durations": [5.0], "final_epoch": 4})
+    budget.load({"seconds": 3600, "spent": 10.0, "durations": [5.0], "passes": [4.0], "final_epoch": None})
+    budget.start()
+    clock.now = 4.0
+    budget.end_pass()
+    assert budget.plan(2) == 2 + 717  # 3600 - 14 - 1 s left: 717 epochs of 5 s (4-s passes, 1-s tails)
+    budget.load({"seconds": 3600, "spent": 3596.0, "durations": [5.0], "passes": [4.0], "final_epoch": None})
+    assert budget.plan(2) == 2  # 3600 - 3596 - 4 s of this session: no other epoch, not even a short one
+    budget.load({"seconds": 60, "spent": 30.0, "durations": [5.0], "passes": [4.0], "final_epoch": 4})
     assert budget.final_epoch is None  # resumed with another budget: the end is planned anew
+
+
+def test_time_too_short_for_a_whole_epoch_buys_a_shorter_one_when_a_quarter_pass_fits(clock):
+    budget = TimeBudget(100)
+    budget.start()
+    clock.now = 30.0  # epoch 1: a 30-s pass ...
+    budget.end_pass()
+    clock.now = 35.0  # ... and a 5-s tail
+    budget.end_epoch()
+    assert budget.tail == 5.0
+    clock.now = 65.0
+    budget.end_pass()
+    assert budget.plan(2) == 3  # 30 s left beside epoch 2's tail: no 35-s epoch, but 25 s of pass
+    clock.now = 94.0
+    assert not budget.pass_over()
+    clock.now = 95.0
+    assert budget.pass_over()  # only the 5-s tail left
+    late = TimeBudget(100)
+    late.load({"seconds": 100, "spent": 0.0, "durations": [35.0], "passes": [30.0], "final_epoch": None})
+    late.start()
+    clock.now += 83.0
+    late.end_pass()
+    assert late.plan(2) == 2  # 12 s left: 7 s of pass beside the tail, under a quarter of 30 s
+
+
+def test_a_budget_cut_short_by_a_checkpoint_of_an_older_version_learns_its_tail_again(clock):
+    budget = TimeBudget(100)
+    budget.load({"seconds": 100, "spent": 20.0, "durations": [10.0, 10.0], "final_epoch": None})
+    assert (budget.durations, budget.passes, budget.tail) == ([], [], 0.0)
+    assert budget.spent == 20.0
 
 
 def test_a_re_laid_schedule_ends_at_its_new_horizon_and_resumes_exactly():
@@ -83,3 +134,4 @@ def test_a_budget_stops_a_long_run_ends_its_schedule_and_survives_resume(make_co
     assert longer["epoch"] == state["epoch"] + 1
     assert longer["time_budget"]["spent"] > spent
     assert len(longer["time_budget"]["durations"]) == len(state["time_budget"]["durations"]) + 1
+    assert len(longer["time_budget"]["passes"]) == len(longer["time_budget"]["durations"])

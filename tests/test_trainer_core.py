@@ -24,6 +24,7 @@ from torch import nn
 from sever.data_loader.augmentation import PAD_LABEL
 from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from sever.model.base import BaseModel
+from sever.trainer import budget as budget_module
 from sever.trainer.base import flatten_config
 from sever.trainer.trainer import ClassificationTrainer, SegmentationTrainer, Trainer
 from sever.utils.checkpoint import load_checkpoint
@@ -882,6 +883,60 @@ def test_a_time_budget_lays_the_schedule_over_the_epochs_the_run_can_take(tmp_pa
     assert budgeted.writer.scalars["lr/decoder"][-1][1] < 0.5 * plain.writer.scalars["lr/decoder"][-1][1]
     assert budgeted.lr_scheduler.n_epochs == 3
     assert load_checkpoint(budgeted.run.last)["time_budget"]["final_epoch"] is None
+
+
+class Clock:
+    """The budget's clock, moved by the test: 1 s per training step, 2 s per validation."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self, trainer) -> None:
+        step, validate = trainer._train_step, trainer._valid_epoch
+
+        def timed_step(*args):
+            self.now += 1.0
+            return step(*args)
+
+        def timed_validation(epoch):
+            self.now += 2.0
+            return validate(epoch)
+
+        trainer._train_step, trainer._valid_epoch = timed_step, timed_validation
+
+
+def test_time_for_part_of_an_epoch_trains_a_shorter_last_one(tmp_path, monkeypatch, caplog):
+    clock = Clock()
+    monkeypatch.setattr(budget_module, "time", clock)
+    trainer = make(tmp_path, train=10, valid=1, epochs=10, time_budget="32s")
+    clock.time(trainer)
+    with caplog.at_level(logging.INFO):
+        log = trainer.train()
+    # epochs of 10 + 2 s: after epoch 2 (24 s) no whole epoch fits, but 6 s of training beside validation do
+    assert "time budget: epoch 3 trains 6 of its 10 batches" in said(caplog)
+    assert log["epoch"] == 3 and "val_loss" in log
+    state = load_checkpoint(trainer.run.last)["time_budget"]
+    assert (state["final_epoch"], state["spent"], state["passes"]) == (3, 32.0, [10.0, 10.0, 6.0])
+
+
+def test_time_for_under_a_quarter_of_an_epoch_is_left_unused(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(budget_module, "time", clock)
+    trainer = make(tmp_path, train=10, valid=1, epochs=10, time_budget="27s")
+    clock.time(trainer)
+    assert trainer.train()["epoch"] == 2  # 3 s left after epoch 2: 1 s of training beside validation
+    assert load_checkpoint(trainer.run.last)["time_budget"]["passes"] == [10.0, 10.0]
+
+
+def test_a_first_epoch_longer_than_the_budget_stops_when_it_is_spent(tmp_path, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(budget_module, "time", clock)
+    trainer = make(tmp_path, train=10, valid=1, epochs=10, time_budget="4s")
+    clock.time(trainer)
+    assert trainer.train()["epoch"] == 1 and trainer.steps_done == 4 and not trainer.interrupted
 
 
 def test_a_budget_spent_in_the_last_epoch_leaves_the_end_as_planned(tmp_path, caplog):

@@ -126,6 +126,8 @@ class BaseTrainer(abc.ABC):
                 if self.interrupted:
                     self._save_interrupted(epoch)
                     self._raise_interrupted(f"stopped at epoch {epoch} after {self.steps_done} batches")
+                if self.budget is not None:
+                    self.budget.end_pass()
                 self._plan_budget(epoch)
                 if self._should_validate(epoch):
                     log.update(self._valid_epoch(epoch))
@@ -153,6 +155,10 @@ class BaseTrainer(abc.ABC):
             self.writer.file_writer.add_summary(self._hparams()[2])  # the session ended normally
             self.writer.close()
         return log
+
+    def _out_of_time(self) -> bool:
+        """During a training pass: whether the time budget leaves only this epoch's validation and checkpoint."""
+        return self.budget is not None and self.budget.pass_over()
 
     def _plan_budget(self, epoch: int) -> None:
         """With a time budget: fix the last epoch when no other fits, and lay the schedule up to the planned end.

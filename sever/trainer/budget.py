@@ -5,13 +5,19 @@ checkpoint writing) from the start of :meth:`BaseTrainer.train`, added to the ti
 spent before a resume, which every checkpoint carries. Building the model and
 reading the data are not counted, nor is the post-processing tuning after training.
 
-The budget is spent in whole epochs. At the end of each epoch's training pass the
-run predicts whether one more epoch fits (the mean duration of the epochs done so
-far, this one included, must fit in what is left): if not, this epoch is the last
-one, it is validated and checkpointed, and the run ends. The same prediction gives
-the number of epochs the run will take, over which the learning-rate schedule is
-re-laid (:func:`sever.model.scheduler.set_horizon`), so the schedule ends with the
-budget. ``trainer.epochs`` stays an upper bound.
+Each epoch is a training pass, then its tail: validation and the checkpoint. At the
+end of each training pass the run plans how many more epochs fit in what is left,
+expecting each to take the mean pass and the mean tail of the epochs so far (this
+epoch's tail still to come). When no whole epoch fits but a quarter of a pass or more
+does, one shorter epoch follows (:data:`PARTIAL_SHARE`): its training pass stops at
+the first optimiser step after which only a tail's time is left (:meth:`pass_over`),
+and it is validated and checkpointed like any other. So the run uses its budget
+rather than leaving up to an epoch of it unused, and every checkpoint still ends an
+epoch. The same guard stops any pass that runs out of time, the first epoch of a
+budget shorter than one epoch included. The planned end is also the number of epochs
+the learning-rate schedule is re-laid over
+(:func:`sever.model.scheduler.set_horizon`), so the schedule ends with the budget.
+``trainer.epochs`` stays an upper bound.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from __future__ import annotations
 import math
 import time
 from typing import Any
+
+
+PARTIAL_SHARE = 0.25  # the least share of a training pass worth a shorter last epoch (and its validation)
 
 
 class TimeBudget:
@@ -31,7 +40,8 @@ class TimeBudget:
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.spent_before = 0.0  # seconds of the sessions before this one (from the checkpoint)
-        self.durations: list[float] = []  # seconds of each finished epoch
+        self.durations: list[float] = []  # seconds of each finished epoch, tail included
+        self.passes: list[float] = []  # seconds of each epoch's training pass
         self.final_epoch: int | None = None  # the last epoch, once the budget has fixed it
         self._started = time.monotonic()
         self._epoch_started = self._started
@@ -45,16 +55,32 @@ class TimeBudget:
         """Seconds of training so far, every session of the run together."""
         return self.spent_before + time.monotonic() - self._started
 
-    def plan(self, epoch: int) -> int:
-        """At the end of ``epoch``'s training pass: the epoch the run will end with.
+    @property
+    def tail(self) -> float:
+        """Expected seconds of an epoch's validation and checkpoint (0 before any epoch has ended)."""
+        tails = [epoch - train for epoch, train in zip(self.durations, self.passes)]
+        return sum(tails) / len(tails) if tails else 0.0
 
-        One more epoch is expected to take the mean duration of the finished epochs and
-        of this one so far; as many as fit in the time left follow this one.
+    def pass_over(self) -> bool:
+        """During a training pass: whether only the time of its tail is left."""
+        return self.spent + self.tail >= self.seconds
+
+    def end_pass(self) -> None:
+        """Record the duration of the training pass that just ended."""
+        self.passes.append(time.monotonic() - self._epoch_started)
+
+    def plan(self, epoch: int) -> int:
+        """After :meth:`end_pass` of ``epoch``: the epoch the run will end with.
+
+        Whole epochs of the mean pass and tail follow as long as they fit, then a
+        shorter one when at least :data:`PARTIAL_SHARE` of a pass fits beside its tail.
         """
-        so_far = time.monotonic() - self._epoch_started
-        expected = (sum(self.durations) + so_far) / (len(self.durations) + 1)
-        left = self.seconds - self.spent
-        return epoch + max(0, math.floor(left / max(expected, 1e-9)))
+        mean_pass = sum(self.passes) / len(self.passes)
+        tail = self.tail
+        left = self.seconds - self.spent - tail  # this epoch's own tail is still to come
+        whole = max(0, math.floor(left / max(mean_pass + tail, 1e-9)))
+        spare = left - whole * (mean_pass + tail) - tail
+        return epoch + whole + int(spare >= PARTIAL_SHARE * mean_pass)
 
     def end_epoch(self) -> None:
         """Record the duration of the epoch that just finished (checkpoint included)."""
@@ -65,13 +91,18 @@ class TimeBudget:
     def state(self) -> dict[str, Any]:
         """Plain numbers for the checkpoint."""
         return {"seconds": self.seconds, "spent": self.spent, "durations": list(self.durations),
-                "final_epoch": self.final_epoch}
+                "passes": list(self.passes), "final_epoch": self.final_epoch}
 
     def load(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state` saved by an earlier session of the run.
 
         The time spent is kept; a run resumed with another budget plans its end anew.
+        Checkpoints from before passes were recorded carry none: the tail is then
+        learnt again from this session's epochs.
         """
         self.spent_before = float(state["spent"])
         self.durations = [float(d) for d in state["durations"]]
+        self.passes = [float(d) for d in state.get("passes", [])]
+        if len(self.passes) != len(self.durations):
+            self.durations, self.passes = [], []
         self.final_epoch = state["final_epoch"] if state["seconds"] == self.seconds else None

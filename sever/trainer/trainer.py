@@ -135,8 +135,10 @@ class Trainer(BaseTrainer):
                     self.writer.add_scalar(f"batch/{key}", value, global_step)
                 for name, lr in self._learning_rates().items():  # per step: warm-up and per-batch schedules
                     self.writer.add_scalar(f"batch/lr_{name}", lr, global_step)
-            if self._at_update_boundary(step, n_batches) and self._stop_agreed():
-                self.interrupted = self.steps_done < n_batches
+            if self._at_update_boundary(step, n_batches) and self.dist.any(self.stop_requested or self._out_of_time()):
+                self.interrupted = self._stop_agreed() and self.steps_done < n_batches
+                if not self.interrupted and self.steps_done < n_batches:
+                    logger.info("time budget: epoch %d trains %d of its %d batches", epoch, self.steps_done, n_batches)
                 break
         progress.close()
         self.dist.sync_buffers_(self.model)
