@@ -9,6 +9,7 @@ import io
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,9 @@ from torch import nn
 
 from sever.data_loader.augmentation import Normalization
 from sever.exceptions import CheckpointError, ConfigError, DataError
+from sever.inference import predictor as predictor_module
 from sever.inference.checkpoints import LoadedModel
+from sever.inference.compose import Gate
 from sever.inference.predictor import (Predictor, average_probabilities, build_predictor, class_labels, load_settings,
                                        quantize, resolve_amp, run_settings, tta_probabilities)
 from sever.inference.tiling import Tiling
@@ -275,6 +278,37 @@ def test_an_unreadable_image_is_a_data_error_naming_it(tmp_path):
         list(Predictor([loaded(Ramp())]).predict_files([*paths, broken], batch_size=1, num_workers=0))
 
 
+def test_images_are_read_a_bounded_number_of_batches_ahead(tmp_path, monkeypatch):
+    """With the first batch in hand, READ_AHEAD more have been read (instant reads, one thread)."""
+    paths = write_images(tmp_path, [(4, 6)] * 6)
+    read = []
+    monkeypatch.setattr(predictor_module, "read_grey", lambda path: read.append(Path(path).name) or np.zeros((4, 6)))
+    batches = predictor_module.read_images(paths, batch_size=1, num_workers=1)
+    assert [name for name, _ in next(batches)] == ["00.png"]
+    time.sleep(0.3)  # the thread's reads of what was asked of it
+    assert sorted(read) == [f"{k:02d}.png" for k in range(1 + predictor_module.READ_AHEAD)]
+    assert [name for batch in batches for name, _ in batch] == [f"{k:02d}.png" for k in range(1, 6)]
+
+
+def test_closing_the_reader_cancels_waiting_reads_and_waits_for_the_running_one(tmp_path, monkeypatch):
+    """One thread of 1-s reads: closed with the first batch in hand, the second is being read, the third waits."""
+    paths = write_images(tmp_path, [(4, 6)] * 5)
+    started, finished = [], []
+
+    def slow_read(path):
+        started.append(Path(path).name)
+        time.sleep(1.0)
+        finished.append(Path(path).name)
+        return np.zeros((4, 6), np.uint8)
+
+    monkeypatch.setattr(predictor_module, "read_grey", slow_read)
+    batches = predictor_module.read_images(paths, batch_size=1, num_workers=1)
+    next(batches)
+    batches.close()
+    assert finished == ["00.png", "01.png"]  # the running read ended before close returned
+    assert started == ["00.png", "01.png"]  # and the waiting ones never ran: one thread, the rest cancelled
+
+
 @pytest.mark.parametrize("batch_size, workers", [(0, 0), (1, -1)])
 def test_bad_batch_sizes_and_worker_counts_are_refused(tmp_path, batch_size, workers):
     paths = write_images(tmp_path, [(4, 6)])
@@ -294,14 +328,14 @@ TINY_ARCH = {"type": "FPN", "args": {"encoder_name": "resnet18", "encoder_weight
 CLASSIFIER_ARCH = {"type": "Classifier", "args": {"encoder_name": "resnet18", "encoder_weights": None}}
 
 
-def write_checkpoint(path: Path, classes=2, seed=0, task="segmentation") -> Path:
+def write_checkpoint(path: Path, classes=2, seed=0, task="segmentation", train_classes=None) -> Path:
     from sever.model.model import build_model
 
     torch.manual_seed(seed)
     config = {"arch": TINY_ARCH if task == "segmentation" else CLASSIFIER_ARCH, "classes": classes, "task": task,
-              "class_names": None,
+              "class_names": None, "data_loader": {"args": {"train_classes": train_classes}},
               "augmentation": {"type": "LightTransforms", "args": {}}}
-    model = build_model(config["arch"], classes)
+    model = build_model(config["arch"], len(train_classes) if train_classes else classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save({"config": config, "state_dict": model.state_dict(), "epoch": 1}, path)
     return path
@@ -322,6 +356,14 @@ def test_build_predictor_loads_the_checkpoints_with_the_options_given(tmp_path):
     with torch.inference_mode():
         expected = torch.sigmoid(plain.models[0].model(plain.models[0].normalization(batch.unsqueeze(1))))
     assert (probs.int() - quantize(expected).int()).abs().max() <= 1
+
+
+def test_a_run_of_some_classes_predicts_unless_every_class_is_required(tmp_path):
+    subset = write_checkpoint(tmp_path / "class2.pth", classes=3, train_classes=[2])
+    probs, _ = build_predictor([subset], device="cpu").predict(images(b=1, h=64, w=64))
+    assert probs.shape == (1, 1, 64, 64)  # the run's own channel (sever evaluate, tune of one class)
+    with pytest.raises(ConfigError, match="a submission needs every class of the dataset"):
+        build_predictor([subset], device="cpu", every_class=True)
 
 
 # ---------------------------------------------------------------- post-processing settings
@@ -466,3 +508,14 @@ def test_reading_threads_leave_opencvs_threads_alone(tmp_path):
             assert cv2.getNumThreads() == 2, workers
     finally:
         cv2.setNumThreads(before)
+
+
+def test_a_classifier_gates_its_channels_and_leaves_the_others_at_one():
+    """Per-class classifier probabilities ``(B, K_i)``: channel 0 gated by classifier 0's class 1, channel 1 by none."""
+    class_probs = [torch.tensor([[0.1, 0.8], [0.3, 0.6], [0.5, 0.4]])]
+    gated = predictor_module.gate_probabilities(class_probs, Gate(providers=(((0, 1),), ()), any_defect=()))
+    assert torch.equal(gated, torch.tensor([[0.8, 1.0], [0.6, 1.0], [0.4, 1.0]]))
+    any_defect = [torch.tensor([[0.5], [1.0], [0.0]])]
+    gated = predictor_module.gate_probabilities([*class_probs, *any_defect],
+                                                Gate(providers=(((0, 1),), ()), any_defect=(1,)))
+    assert torch.allclose(gated, torch.tensor([[0.4, 0.5], [0.6, 1.0], [0.0, 0.0]]))

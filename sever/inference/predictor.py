@@ -92,7 +92,7 @@ def check_average(mode: str, weights: Sequence[float] | None, count: int) -> Non
         raise ConfigError(f"weights: expected non-negative weights with a positive sum, got {list(weights)}")
 
 
-def compose_probabilities(probs: Sequence[Tensor], composition: Composition, mode: str = "mean",
+def compose_probabilities(probs: Sequence[Tensor], composition: Composition, mode: str,
                           weights: Sequence[float] | None = None) -> Tensor:
     """The prediction of M models whose classes may differ, class by class.
 
@@ -206,7 +206,7 @@ class Predictor:
         if tta not in TTA_VIEWS:
             raise ConfigError(f"tta: {tta!r} is not one of {', '.join(TTA_VIEWS)}")
         check_average(average, weights, len(models))
-        check_class_weights(self.composition, weights if average != "max" else None)
+        check_class_weights(self.composition, weights)  # max averaging has none (check_average)
         self.gate = gate(classifiers, self.composition, models[0])
         self.models = list(models)
         self.classifiers = list(classifiers)
