@@ -36,7 +36,8 @@ seconds, less what finished folds and pseudo-labelling took and what folds in tr
 reserved) among the folds still to train in this and the later rounds. A fold's wall time
 is charged, but its run's clock counts training only, so the run's ``trainer.time_budget``
 is the share less the mean overhead (set-up, self-tuning, report, out-of-fold maps) of the
-folds that finished (:meth:`~sever.utils.study.StudyPaths.reserve`). A fold that ends
+folds that finished, or before any has, the overhead the study was told to expect
+(``sever auto`` gives its plan's; :meth:`~sever.utils.study.StudyPaths.overhead`). A fold that ends
 early leaves its saving to the next ones; the study file keeps the seconds spent, so a
 resumed study shares what is left. Time is measured with :data:`CLOCK`.
 """
@@ -530,11 +531,19 @@ def write_pseudo_labels(study: StudyPaths, config: dict) -> None:
 
 
 def train_study(config: dict, folds: int, only: int | None = None, overrides: Sequence[str] = (),
-                parallel: int = 1, nproc: int = 1, debug: bool = False) -> StudyPaths:
-    """Make a study of ``config`` with ``folds`` folds and train them all (or only fold ``only``)."""
+                parallel: int = 1, nproc: int = 1, debug: bool = False,
+                expected_overhead: float | None = None) -> StudyPaths:
+    """Make a study of ``config`` with ``folds`` folds and train them all (or only fold ``only``).
+
+    ``expected_overhead``: seconds a fold is expected to take beyond its training (``sever
+    auto`` passes its plan's estimate), taken from the first folds' shares until one has
+    finished and measured it; without it the first folds train their whole share.
+    """
     if only is not None and not 0 <= only < folds:
         raise ConfigError(f"--fold {only}: must be one of 0..{folds - 1} (--folds {folds})")
     study = create_study(config, folds, overrides)
+    if expected_overhead is not None:
+        study.expect_overhead(expected_overhead)
     return run_study(study, None if only is None else [only], overrides, parallel, nproc, debug)
 
 

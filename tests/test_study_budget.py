@@ -39,6 +39,15 @@ def test_later_folds_train_for_their_share_less_the_overhead_measured_on_the_fol
     assert paths.overhead() == pytest.approx((30 + 75 + 142.5) / 3)
 
 
+def test_an_expected_overhead_comes_out_of_the_first_fold_until_one_is_measured(make_config, clock):
+    paths = study.train_study(make_config(epochs=1, time_budget="6m", tune_postprocess=False), folds=3,
+                              expected_overhead=40)
+    # fold 0: 120 s of 360 less the 40 expected; it took 150 (70 s over its 80); fold 1: 105 s left each,
+    # less the 70 measured; it took 150 (115 s over); fold 2: the 60 s left, less the mean 92.5: 1 s at least
+    assert fold_budgets(paths) == ["80s", "35s", "1s"]
+    assert paths.overhead() == pytest.approx((70 + 115 + 149) / 3)
+
+
 def test_a_resumed_study_gives_the_remaining_folds_the_remaining_time(make_config, clock):
     first = study.train_study(make_config(epochs=1, time_budget="10m", tune_postprocess=False), folds=3, only=0)
     assert fold_budgets(first) == ["200s"] and first.spent() == FOLD_SECONDS

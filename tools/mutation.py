@@ -42,6 +42,7 @@ MODULES: dict[str, list[str]] = {
     "sever/inference/compose.py": ["tests/test_compose.py"],
     "sever/trainer/trainer.py": ["tests/test_trainer_core.py", "tests/test_train_step.py"],
     "sever/trainer/base.py": ["tests/test_trainer_core.py", "tests/test_train_step.py"],
+    "sever/trainer/budget.py": ["tests/test_time_budget.py", "tests/test_trainer_core.py"],
 }
 
 # What the tests read besides sever/ and tests/ (copied into the scratch checkout).

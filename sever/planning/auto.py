@@ -100,7 +100,7 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
                   "post-processing not tuned (see the run's log): sever predict uses the defaults")
         report = run.root / "report" / "index.html"
         return AutoResult(plan, experiment, run.root, tuning, [report] if report.is_file() else [])
-    paths = study.train_study(config, plan.folds)
+    paths = study.train_study(config, plan.folds, expected_overhead=plan.fold_overhead)
     summary = tune_study(paths.root, config["data_loader"]["args"]["valid_batch_size"])
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
     return AutoResult(plan, experiment, paths.root, summary, reports)

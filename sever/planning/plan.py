@@ -67,6 +67,7 @@ class Plan:
     reasons: dict[str, str]
     fingerprint: Fingerprint
     notes: list[str] = field(default_factory=list)
+    fold_overhead: float = 0.0  # estimated seconds a fold takes beyond its training (set-up, tuning, report, OOF)
 
     @property
     def folds(self) -> int:
@@ -494,7 +495,7 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
         config["pseudo"] = {"images": str(Path(unlabelled).resolve()), "rounds": 1}
         reasons["pseudo"] = "unlabelled images given: one pseudo-label round on them"
     reasons.update(_settled_reasons(fp, target, amp, budget, sizing, epochs, epoch, rounds))
-    return Plan(config, reasons, fp, sizing.notes)
+    return Plan(config, reasons, fp, sizing.notes, fold_overhead(fp, sizing.folds, sizing.batch, crop, sizing.step))
 
 
 def _settled_reasons(fp: Fingerprint, target: Target, amp: str, budget: float, sizing: Sizing, epochs: int,

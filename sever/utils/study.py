@@ -235,11 +235,19 @@ class StudyPaths:
             budget.setdefault("overhead", {})[key] = max(0.0, float(seconds))
             self._write(data)
 
+    def expect_overhead(self, seconds: float) -> None:
+        """Record the overhead a fold is expected to have before any fold has measured one (seconds)."""
+        with self._locked():
+            data = self._read()
+            data["expected_overhead"] = max(0.0, float(seconds))
+            self._write(data)
+
     def overhead(self) -> float:
-        """The mean of the recorded per-fold overheads in seconds (0 before any fold finished)."""
-        budget = self._read().get("budget") or {}
-        noted = list((budget.get("overhead") or {}).values())
-        return sum(noted) / len(noted) if noted else 0.0
+        """The mean of the recorded per-fold overheads in seconds; before any fold finished, the
+        expected overhead (:meth:`expect_overhead`), else 0."""
+        data = self._read()
+        noted = list(((data.get("budget") or {}).get("overhead") or {}).values())
+        return sum(noted) / len(noted) if noted else float(data.get("expected_overhead", 0.0))
 
     def spent(self) -> float:
         """Seconds the study has spent so far (0 without a budget)."""
