@@ -80,6 +80,19 @@ def test_time_too_short_for_a_whole_epoch_buys_a_shorter_one_when_a_quarter_pass
     assert late.plan(2) == 2  # 12 s left: 7 s of pass beside the tail, under a quarter of 30 s
 
 
+def test_sub_second_epochs_and_a_spare_of_exactly_a_quarter_pass(clock):
+    quick = TimeBudget(1.0)
+    quick.start()
+    clock.now = 0.125
+    quick.end_pass()
+    assert quick.plan(1) == 1 + 7  # 0.875 s left: 7 more epochs of 0.125 s, nothing spare
+    exact = TimeBudget(18.0)
+    exact.start()
+    clock.now += 8.0
+    exact.end_pass()
+    assert exact.plan(1) == 3  # 10 s left: one 8-s epoch, and 2 s spare: a quarter of a pass, enough
+
+
 def test_a_budget_cut_short_by_a_checkpoint_of_an_older_version_learns_its_tail_again(clock):
     budget = TimeBudget(100)
     budget.load({"seconds": 100, "spent": 20.0, "durations": [10.0, 10.0], "final_epoch": None})

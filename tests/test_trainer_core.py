@@ -23,6 +23,7 @@ from torch import nn
 
 from sever.data_loader.augmentation import PAD_LABEL
 from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from sever.inference.tiling import Tiling
 from sever.model.base import BaseModel
 from sever.trainer import budget as budget_module
 from sever.trainer.base import flatten_config
@@ -942,6 +943,21 @@ def test_a_first_epoch_longer_than_the_budget_stops_when_it_is_spent(tmp_path, m
     assert trainer.train()["epoch"] == 1 and trainer.steps_done == 4 and not trainer.interrupted
 
 
+def test_only_a_pass_the_budget_cut_short_says_so(tmp_path, monkeypatch, caplog):
+    clock = Clock()
+    monkeypatch.setattr(budget_module, "time", clock)
+    whole = make(tmp_path / "whole", train=10, valid=1, epochs=10, time_budget="10s")
+    clock.time(whole)  # the budget runs out with the epoch's last batch: nothing was cut
+    with caplog.at_level(logging.INFO):
+        assert whole.train()["epoch"] == 1 and whole.steps_done == 10
+    signalled = make(tmp_path / "signalled", train=10, valid=1, epochs=10, time_budget="1h")
+    signalled._stop_signal = signal.SIGTERM
+    with caplog.at_level(logging.INFO), pytest.raises(TrainingInterrupted):
+        signalled.train()
+    assert signalled.steps_done == 1
+    assert not [m for m in said(caplog) if m.startswith("time budget: epoch")]
+
+
 def test_a_budget_spent_in_the_last_epoch_leaves_the_end_as_planned(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=1, time_budget="0.001s")
     with caplog.at_level(logging.INFO):
@@ -1000,8 +1016,8 @@ class Terminal(io.StringIO):
 def test_the_progress_bars_show_the_epoch_the_loss_the_rate_and_the_run_eta(tmp_path, monkeypatch):
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    clock = iter(range(1000))  # the training clock: 0.5 s per reading, one reading per image rate
-    monkeypatch.setattr("sever.trainer.trainer.time", SimpleNamespace(perf_counter=lambda: 0.5 * next(clock)))
+    clock = iter(range(100, 1000))  # the training clock: from 10 s, 0.1 s per reading, one reading per image rate
+    monkeypatch.setattr("sever.trainer.trainer.time", SimpleNamespace(perf_counter=lambda: 0.1 * next(clock)))
     monotonic = iter(range(0, 10000, 10))  # the run clock: 10 s per reading
     monkeypatch.setattr("sever.trainer.base.time", SimpleNamespace(monotonic=lambda: float(next(monotonic))))
     trainer = make(tmp_path, train=2, valid=1, epochs=2, lr=0.0)
@@ -1009,12 +1025,12 @@ def test_the_progress_bars_show_the_epoch_the_loss_the_rate_and_the_run_eta(tmp_
     log = trainer.train()
     screen = terminal.getvalue()
     first = re.search(r"epoch 1/2: +50%[^\r]*? 1/2 [^\r]*?loss=[^\r]*", screen).group(0)
-    # 2 images in 0.5 s; half of epoch 1 of 2 done after 10 s of the run: 30 s left
-    assert first.endswith(f"img_s=4.0, loss={losses[0]:.4f}, run_eta=0:00:30]")
+    # 2 images in 0.1 s; half of epoch 1 of 2 done after 10 s of the run: 30 s left
+    assert first.endswith(f"img_s=20.0, loss={losses[0]:.4f}, run_eta=0:00:30]")
     assert "validation" in screen
     lines = screen.split("\r")
     assert lines[-1].strip() == "", "the bars are cleared when done"
-    assert log["train_images_per_s"] == 4 / 1.5, "4 images from the clock's start to the epoch's end"
+    assert log["train_images_per_s"] == 4 / (0.1 * 103 - 0.1 * 100), "4 images from the clock's start to the epoch's end"
     assert screen.count("run_eta=0:00:00]") >= 1, "nothing left at the run's last batch"
 
     quiet = io.StringIO()  # not a terminal: no bars
@@ -1153,6 +1169,20 @@ def test_weights_gone_non_finite_are_not_saved_at_an_interruption_either(tmp_pat
     with pytest.raises(TrainingError, match=r"NaN or infinite values \(decoder.bias\) at epoch 1;"):
         trainer.train()
     assert not trainer.run.last.exists()
+
+
+def test_validation_in_tiles_of_a_saturated_model_scores_clamped_logits(tmp_path):
+    """Probabilities that round to 1.0 become logit(1 - 1e-6), not infinity, for the loss and the metrics."""
+    model = Tiny()
+    with torch.no_grad():
+        model.decoder.bias.fill_(1.0e4)
+    trainer = make(tmp_path, SegmentationTrainer, train=1, valid=1, model=model, lr=0.0)
+    trainer.tiling = Tiling(32, 32)  # the 4x4 images are one (padded) tile
+    trainer.config["classes"] = 2
+    log = trainer.train()
+    (_, masks), = trainer.valid_loader
+    clamped = torch.logit(torch.tensor(1.0), eps=1e-6)  # in float32, as the probabilities are
+    assert log["val_loss"] == pytest.approx(float((clamped - masks).pow(2).mean()), rel=1e-5)
 
 
 def test_validation_visuals_are_logged_at_their_epoch(tmp_path):

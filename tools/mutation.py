@@ -40,7 +40,7 @@ MODULES: dict[str, list[str]] = {
     "sever/inference/predictor.py": ["tests/test_predictor_core.py", "tests/test_blind_spots.py",
                                      "tests/test_compose.py"],
     "sever/inference/compose.py": ["tests/test_compose.py"],
-    "sever/trainer/trainer.py": ["tests/test_trainer_core.py", "tests/test_train_step.py"],
+    "sever/trainer/trainer.py": ["tests/test_trainer_core.py", "tests/test_train_step.py", "tests/test_valid_tiling.py"],
     "sever/trainer/base.py": ["tests/test_trainer_core.py", "tests/test_train_step.py"],
     "sever/trainer/budget.py": ["tests/test_time_budget.py", "tests/test_trainer_core.py"],
 }
