@@ -958,6 +958,17 @@ def test_only_a_pass_the_budget_cut_short_says_so(tmp_path, monkeypatch, caplog)
     assert not [m for m in said(caplog) if m.startswith("time budget: epoch")]
 
 
+def test_the_epoch_line_extrapolates_the_run_eta_from_the_session_so_far(tmp_path, monkeypatch, caplog):
+    clock = Clock()
+    monkeypatch.setattr("sever.trainer.base.time", clock)
+    trainer = make(tmp_path, train=2, valid=1, epochs=3)
+    clock.time(trainer)  # epochs of 2 one-second steps and a 2-s validation
+    with caplog.at_level(logging.INFO):
+        trainer.train()
+    etas = [re.search(r"\(run ETA (\S+)\)", m) for m in said(caplog) if m.startswith("epoch ")]
+    assert [eta.group(1) if eta else None for eta in etas] == ["0:00:08", "0:00:04", None]  # 2 then 1 epochs of 4 s
+
+
 def test_a_budget_spent_in_the_last_epoch_leaves_the_end_as_planned(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=1, time_budget="0.001s")
     with caplog.at_level(logging.INFO):
