@@ -13,10 +13,12 @@ from sever.utils.device import Capabilities
 CPU = Capabilities("cpu")
 
 
-def fake_target(step: float = 0.01, caps: Capabilities = CPU, fits=None, image_seconds: float | None = None) -> Target:
-    """A device whose steps take ``step`` seconds whatever they hold (and ``fits(batch)`` on CUDA),
-    fed by loader processes taking ``image_seconds`` per image (None: loading not measured)."""
-    return Target(caps.kind, caps, lambda arch, crop, batch: step,
+def fake_target(step: float = 0.01, caps: Capabilities = CPU, fits=None, image_seconds: float | None = None,
+                per_image: bool = False) -> Target:
+    """A device whose steps take ``step`` seconds whatever they hold (``per_image``: ``step`` per 8 images,
+    as a CPU's), ``fits(batch)`` on CUDA, fed by loader processes taking ``image_seconds`` per image
+    (None: loading not measured)."""
+    return Target(caps.kind, caps, lambda arch, crop, batch: step * batch / 8 if per_image else step,
                   None if fits is None else lambda arch, crop, batch: fits(batch),
                   None if image_seconds is None else lambda crop: image_seconds)
 

@@ -21,7 +21,8 @@ from sever.utils.study import StudyPaths
 
 @pytest.fixture(autouse=True)
 def one_second_steps(monkeypatch):
-    monkeypatch.setattr("sever.planning.auto.device_target", lambda device, classes, fp: fake_target(step=1.0))
+    monkeypatch.setattr("sever.planning.auto.device_target",
+                        lambda device, classes, fp: fake_target(step=1.0, per_image=True))
 
 
 def run_auto(data, out, *options):

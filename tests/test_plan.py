@@ -1,6 +1,7 @@
 """``sever plan``: the fingerprint, the planned values by their reasons, device decisions, bad input."""
 
 import json
+import re
 import shutil
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from sever.exceptions import DataError
 from sever.main import prepare_config
 from sever.planning.fingerprint import Layout, fingerprint
 import sever.planning.plan as plan_module
-from sever.planning.plan import MEMORY_MARGIN, PlanError, Target, loading_seconds, make_plan, plan_augmentation
+from sever.planning.plan import (MEMORY_MARGIN, MIN_CPU_BATCH, MIN_UPDATES, PlanError, Target, loading_seconds, make_plan,
+                                 plan_augmentation, single_run_updates)
 from sever.utils.config import load_config
 from sever.utils.device import Capabilities, choose_amp, cpu_batch_size, largest_batch
 
@@ -137,9 +139,26 @@ def test_a_budget_too_short_for_two_trained_folds_plans_one_run(demo_fp):
     assert "the training time of the single run" in single.reasons["trainer.time_budget"]
     assert "#   sever train -c THIS_FILE    # or: sever auto" in single.text()
     prepare_config(single.config)
-    study = make_plan(demo_fp, fake_target(step=2.0), 90, "demo")
+    study = make_plan(demo_fp, fake_target(step=2.0, per_image=True), 90, "demo")
     assert study.folds == 2 and "validation_split" not in study.config["data_loader"]["args"]
-    assert make_plan(demo_fp, fake_target(step=2.0), 60, "demo", unlabelled=str(demo_fp.data_dir)).folds == 2
+    assert make_plan(demo_fp, fake_target(step=2.0, per_image=True), 75, "demo").folds == 1
+    assert make_plan(demo_fp, fake_target(step=2.0, per_image=True), 75, "demo",
+                     unlabelled=str(demo_fp.data_dir)).folds == 2  # pseudo-label rounds are a study's
+
+
+def test_a_short_cpu_budget_lowers_the_batch_for_more_optimiser_steps(demo_fp):
+    many = type(demo_fp)(**{**demo_fp.__dict__, "images": 400})  # 340 training images of a single run
+    short = make_plan(many, fake_target(step=0.4, per_image=True), 120, "demo")  # 0.05 s per image
+    long = make_plan(many, fake_target(step=0.4, per_image=True), 3600, "demo")
+    assert long.config["data_loader"]["args"]["batch_size"] == 16  # thousands of steps: the CPU rule's batch
+    assert short.config["data_loader"]["args"]["batch_size"] == MIN_CPU_BATCH  # 16, 8, then 4
+    assert re.search(rf"lowered to 4 for more optimiser steps: the budget gives about \d+, under {MIN_UPDATES}",
+                     short.reasons["data_loader.args.batch_size"])
+    assert single_run_updates(many, 120, 4, (256, 256), 0.2) == pytest.approx(
+        2 * single_run_updates(many, 120, 8, (256, 256), 0.4), rel=0.05)  # half the batch: about twice the steps
+    gpu = Capabilities("cuda", bf16=True, memory=16 << 30, name="fake GPU")
+    cuda = make_plan(many, fake_target(step=0.4, caps=gpu, fits=lambda batch: batch <= 16), 120, "demo")
+    assert cuda.config["data_loader"]["args"]["batch_size"] == 16  # a GPU's step is not per image: kept
 
 
 def test_a_budget_too_short_for_one_epoch_is_refused_naming_the_time_needed(demo_fp):

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 # moves only needs its line changed.
 MODULES: dict[str, list[str]] = {
     "sever/data_loader/rle.py": ["tests/test_rle.py"],
-    "sever/model/metric.py": ["tests/test_metric.py", "tests/test_mutation_kills.py"],
+    "sever/model/metric.py": ["tests/test_metric.py", "tests/test_defect_metrics.py", "tests/test_mutation_kills.py"],
     "sever/model/postprocess.py": ["tests/test_postprocess.py", "tests/test_metric.py", "tests/test_mutation_kills.py"],
     "sever/data_loader/sampling.py": ["tests/test_sampling.py", "tests/test_mutation_kills.py"],
     "sever/utils/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_mutation_kills.py"],

@@ -46,6 +46,8 @@ MAX_FOLDS = 5
 MIN_EPOCHS_PER_FOLD = 3  # fewer folds when a fold could not train this many epochs; one run below 2 folds
 SEEKING_COVER = 0.5  # crops covering less of a median image than this are sent onto defects half the time
 SINGLE_VALIDATION = 0.15  # share of the images validating a single planned run
+MIN_UPDATES = 400  # optimiser steps a CPU plan aims for; a shorter budget halves the CPU batch for more of them
+MIN_CPU_BATCH = 4  # the CPU batch is not halved below this (batch-norm statistics of fewer images are noisy)
 RESERVE = 0.15  # share of the budget left for out-of-fold prediction, tuning and the report
 MEMORY_MARGIN = 0.8  # a CUDA batch fits when its trial step peaks below this share of the memory
 VALID_COST = 1 / 3  # a validation image costs about a third of a training one per pixel (forward only)
@@ -409,6 +411,33 @@ def training_step(target: Target, arch: dict, crop: tuple[int, int], batch: int)
                      f"{batch} {crop[0]}x{crop[1]} crops, the device {step:.2f} s"]
 
 
+def single_run_updates(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int], step: float) -> float:
+    """Optimiser steps one run would take in ``budget`` seconds at ``batch`` and ``step`` seconds a step."""
+    epochs = fold_budget(budget, fp, 1, batch, crop, step) / epoch_estimate(fp, 1, batch, crop, step)
+    return max(0.0, epochs) * math.ceil(fp.images * (1 - validation_share(1)) / batch)
+
+
+def cpu_batch_for_budget(fp: Fingerprint, target: Target, arch: dict, crop: tuple[int, int], budget: float,
+                         sized: tuple[int, str, float, list[str]]) -> tuple[int, str, float, list[str]]:
+    """``sized`` (batch, its reason, step seconds, notes), the batch halved while one run would take
+    fewer than :data:`MIN_UPDATES` optimiser steps, down to :data:`MIN_CPU_BATCH`.
+
+    A CPU step costs about the same per image whatever the batch, so half the batch is about
+    twice the updates in the same time: what a short budget on a small dataset lacks most
+    (on demo-sized data a one-minute budget gave 8-crop batches about 50 updates).
+    """
+    batch, why, step, notes = sized
+    halved = False
+    while batch > MIN_CPU_BATCH and single_run_updates(fp, budget, batch, crop, step) < MIN_UPDATES:
+        batch = max(MIN_CPU_BATCH, batch // 2)
+        step, notes = training_step(target, arch, crop, batch)
+        halved = True
+    if halved:
+        why += (f", lowered to {batch} for more optimiser steps: the budget gives about "
+                f"{single_run_updates(fp, budget, batch, crop, step):.0f}, under {MIN_UPDATES} at larger batches")
+    return batch, why, step, notes
+
+
 def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, int],
               study_needed: bool = False) -> Sizing:
     """Measure the smallest plan, refuse a budget too short for it, choose the folds, then the model.
@@ -420,6 +449,9 @@ def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, i
     small, _ = plan_architecture(fp, kind, 0.0, allow_large=False)
     batch, batch_reason = plan_batch(target, small, crop, fp.images)
     step, notes = training_step(target, small, crop, batch)
+    if kind == "cpu":
+        batch, batch_reason, step, notes = cpu_batch_for_budget(fp, target, small, crop, budget,
+                                                                (batch, batch_reason, step, notes))
     check_budget(fp, budget, batch, crop, step, kind, study_needed)
     folds, folds_reason, fold_notes = plan_folds(
         fp, lambda k: fold_budget(budget, fp, k, batch, crop, step) / epoch_estimate(fp, k, batch, crop, step),
