@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from sever.exceptions import ConfigError
+from sever.model import postprocess as postprocess_module
 from sever.model.postprocess import (
     PostProcessing,
     dominate_components,
     gated_min_pixels,
     keep_highest_class,
+    pixel_counts,
     remove_small_components,
     threshold_probabilities,
     wipe_small_masks,
@@ -155,3 +157,27 @@ def test_yaml_round_trip(tmp_path):
     assert PostProcessing.load(path, 4) == settings
     with pytest.raises(ConfigError, match="4 values given for 3 classes"):
         PostProcessing.load(path, 3)
+
+
+@pytest.mark.parametrize("domination, one_class", [(False, True), (True, False)])
+def test_the_torch_steps_give_the_masks_of_the_numpy_steps(monkeypatch, domination, one_class):
+    """Off the CPU (CUDA tensors) every step runs in torch; forced on CPU tensors, they must give the
+    numpy steps' masks, pixel for pixel (noise probabilities hit every threshold level exactly)."""
+    probs = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (3, 4, 24, 40), dtype=np.uint8))
+    settings = PostProcessing(threshold=(0.5, 0.3, 0.6, 0.2), min_pixels=(0, 150, 240, 400),
+                              one_class_per_pixel=one_class, min_component=(0, 3, 0, 2),
+                              component_domination=domination, c_factor=(1.0, 0.5, 2.0, 1.0),
+                              veto=(0.0, 0.2, 0.0, 0.6))
+    class_probs = torch.tensor([[0.9, 0.1, 0.5, 0.7], [0.2, 0.8, 0.9, 0.5], [0.6, 0.6, 0.1, 0.9]])
+    expected = settings.apply(probs, class_probs)
+    kept = pixel_counts(expected) > 0
+    assert 0 < int(kept.sum()) < kept.numel()  # some class masks wiped, some kept
+    monkeypatch.setattr(postprocess_module, "_on_cpu", lambda tensor: False)
+    assert torch.equal(settings.apply(probs, class_probs), expected)
+
+
+def test_a_probability_exactly_at_the_threshold_is_not_above_it():
+    """``q / 255 > t``: with t = 0.2 (51 / 255), q = 51 is out and q = 52 in; with t = 0.5, 127 out and 128 in."""
+    probs = torch.tensor([51, 52, 127, 128], dtype=torch.uint8).reshape(1, 1, 1, 4).repeat(1, 2, 1, 1)
+    masks = threshold_probabilities(probs, [0.2, 0.5])
+    assert masks[0, :, 0].tolist() == [[False, True, True, True], [False, False, False, True]]

@@ -290,3 +290,14 @@ def test_the_smallest_masks_and_windows_work():
     assert rle_decode("1 1", (1, 2), columns=(1, 2)).tolist() == [[0]]
     assert rle_decode("2 1", (1, 2), columns=(1, 2)).tolist() == [[1]]
     assert decode_masks(["1 1", ""], (1, 1)).tolist() == [[[1, 0]]]
+
+
+def test_a_mask_of_more_runs_than_the_cached_zero_one_pattern_decodes_exactly():
+    """3,000 one-pixel runs: more than the 2,047 the precomputed 0/1 values cover, so they are made anew."""
+    height, width = 100, 100
+    flat = np.zeros(height * width, np.uint8)
+    flat[0:6000:2] = 1
+    rle = " ".join(f"{start + 1} 1" for start in range(0, 6000, 2))
+    expected = flat.reshape(width, height).T  # the pixels are numbered down the columns
+    assert np.array_equal(rle_decode(rle, (height, width)), expected)
+    assert rle_encode(expected) == rle
