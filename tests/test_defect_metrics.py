@@ -83,3 +83,17 @@ def test_registered_and_reduced_like_the_other_metrics():
     assert halves[0].compute() == scores(DefectDice(), logits, target)
     assert isinstance(METRICS.build({"type": "DefectDice", "args": {"min_pixels": 10}}, "metrics.0"), DefectDice)
     assert isinstance(METRICS.build("Presence", "metrics.1"), Presence)
+
+
+@pytest.mark.parametrize("metric_class", [DefectDice, Presence])
+def test_batches_of_different_sizes_score_as_one_pass(metric_class):
+    """A validation split whose last batch is smaller: the accumulated state scores as all the images at once."""
+    target = mostly_empty(images=7)
+    logits = torch.where(target.bool(), 5.0, EMPTY_LOGITS)
+    logits[3, 1, :4, :4] = 5.0  # a false positive on an empty pair
+    logits[5, 2, 4:8, 1:5] = EMPTY_LOGITS  # half of a defect missed
+    whole = scores(metric_class(), logits, target)
+    batched = metric_class()
+    for part in (slice(0, 3), slice(3, 6), slice(6, 7)):  # 3 images, 3, then 1: never as many as the 4 classes
+        batched.update(logits[part], target[part])
+    assert batched.compute() == pytest.approx(whole)
