@@ -33,8 +33,8 @@ from sever.inference.outputs import PredictionSummary, Submission, predict_direc
 from sever.inference.predictor import Predictor
 from sever.model.postprocess import PostProcessing
 from sever.utils import distributed
-from sever.utils.device import resolve_device
 from sever.utils.config import OutputClasses
+from sever.utils.device import resolve_device
 from sever.utils.distributed import Distributed
 
 logger = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from sever import main, study
 from sever.exceptions import DataError
-from sever.planning.fingerprint import Layout, fingerprint
 from sever.inference.predictor import TUNED_FILE
+from sever.planning.fingerprint import Layout, fingerprint
 from sever.planning.plan import Plan, device_target, make_plan, parse_budget
 from sever.utils.study import StudyPaths
 

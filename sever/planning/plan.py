@@ -418,24 +418,23 @@ def single_run_updates(fp: Fingerprint, budget: float, batch: int, crop: tuple[i
 
 
 def cpu_batch_for_budget(fp: Fingerprint, target: Target, arch: dict, crop: tuple[int, int], budget: float,
-                         sized: tuple[int, str, float, list[str]]) -> tuple[int, str, float, list[str]]:
-    """``sized`` (batch, its reason, step seconds, notes), the batch halved while one run would take
-    fewer than :data:`MIN_UPDATES` optimiser steps, down to :data:`MIN_CPU_BATCH`.
+                         batch: int, why: str) -> tuple[int, str]:
+    """``batch`` and ``why``, the batch halved while one run would take fewer than :data:`MIN_UPDATES`
+    optimiser steps, down to :data:`MIN_CPU_BATCH` (each step measured; the target caches them).
 
     A CPU step costs about the same per image whatever the batch, so half the batch is about
     twice the updates in the same time: what a short budget on a small dataset lacks most
     (on demo-sized data a one-minute budget gave 8-crop batches about 50 updates).
     """
-    batch, why, step, notes = sized
-    halved = False
-    while batch > MIN_CPU_BATCH and single_run_updates(fp, budget, batch, crop, step) < MIN_UPDATES:
+    planned = batch
+    updates = single_run_updates(fp, budget, batch, crop, training_step(target, arch, crop, batch)[0])
+    while batch > MIN_CPU_BATCH and updates < MIN_UPDATES:
         batch = max(MIN_CPU_BATCH, batch // 2)
-        step, notes = training_step(target, arch, crop, batch)
-        halved = True
-    if halved:
-        why += (f", lowered to {batch} for more optimiser steps: the budget gives about "
-                f"{single_run_updates(fp, budget, batch, crop, step):.0f}, under {MIN_UPDATES} at larger batches")
-    return batch, why, step, notes
+        updates = single_run_updates(fp, budget, batch, crop, training_step(target, arch, crop, batch)[0])
+    if batch == planned:
+        return batch, why
+    return batch, (why + f", lowered to {batch} for more optimiser steps: the budget gives about {updates:.0f}, "
+                         f"under {MIN_UPDATES} at larger batches")
 
 
 def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, int],
@@ -448,10 +447,9 @@ def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, i
     kind = target.caps.kind
     small, _ = plan_architecture(fp, kind, 0.0, allow_large=False)
     batch, batch_reason = plan_batch(target, small, crop, fp.images)
-    step, notes = training_step(target, small, crop, batch)
     if kind == "cpu":
-        batch, batch_reason, step, notes = cpu_batch_for_budget(fp, target, small, crop, budget,
-                                                                (batch, batch_reason, step, notes))
+        batch, batch_reason = cpu_batch_for_budget(fp, target, small, crop, budget, batch, batch_reason)
+    step, notes = training_step(target, small, crop, batch)
     check_budget(fp, budget, batch, crop, step, kind, study_needed)
     folds, folds_reason, fold_notes = plan_folds(
         fp, lambda k: fold_budget(budget, fp, k, batch, crop, step) / epoch_estimate(fp, k, batch, crop, step),
