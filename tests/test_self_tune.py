@@ -18,10 +18,10 @@ from sever.utils.checkpoint import load_checkpoint
 from sever.utils.run import RunPaths
 
 
-def gradient_stats(thresholds):
-    """One class whose truth is every pixel above p = 0.85 of a 0..255 ramp: the best threshold is 0.85."""
+def gradient_stats(thresholds, best=0.85):
+    """One class whose truth is every pixel above p = ``best`` of a 0..255 ramp: the best threshold is ``best``."""
     probs = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).repeat(4, 1, 1, 1)
-    truth = (probs > 216).to(torch.uint8)  # 216 = floor(0.85 * 255)
+    truth = (probs > int(best * 255)).to(torch.uint8)
     base = PostProcessing.from_mapping({"threshold": 0.4, "min_pixels": 0}, 1)
     stats = TuneStatistics(base, thresholds, ["class 1"])
     stats.update([f"{i}.jpg" for i in range(4)], probs, truth)
@@ -31,11 +31,24 @@ def gradient_stats(thresholds):
 def test_a_best_threshold_on_the_edge_widens_the_grid_past_it(caplog):
     stats = gradient_stats([0.3, 0.4, 0.5])
     assert stats.search([0]).best.threshold == (0.5,)  # the plain search stops at the old edge
-    with caplog.at_level(logging.WARNING, logger="sever.inference.tune"):
+    with caplog.at_level(logging.INFO, logger="sever.inference.tune"):
         result = search_widening(stats, [0])
-    assert result.best.threshold[0] > 0.5  # moved past the old edge
+    # widened three times, a step each: 0.2..0.6, 0.1..0.7, then 0.8 (0.0 is no threshold)
+    assert result.thresholds == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert result.best.threshold == (0.8,)
     assert "threshold, 0.5, is on the edge" in caplog.text
-    assert "still on the edge" in caplog.text  # 0.85 is beyond one widening too
+    assert "still on the edge of the grid widened 3 times" in caplog.text  # 0.85 lies beyond
+
+
+def test_widening_stops_once_the_best_threshold_is_inside_the_grid(caplog):
+    stats = gradient_stats([0.3, 0.4, 0.5], best=0.65)
+    with caplog.at_level(logging.INFO, logger="sever.inference.tune"):
+        result = search_widening(stats, [0])
+    # the first widening reaches 0.6, on the new edge; the second adds 0.7, which scores lower
+    assert result.thresholds == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    assert result.best.threshold == (0.6,)
+    assert "threshold, 0.6, is on the edge" in caplog.text
+    assert "still on the edge" not in caplog.text
 
 
 def test_a_best_min_pixels_on_the_edge_widens_the_grid_past_it():
@@ -47,8 +60,9 @@ def test_a_best_min_pixels_on_the_edge_widens_the_grid_past_it():
     stats.update(["a.jpg", "b.jpg"], probs, torch.zeros_like(probs))
     assert stats.search([0, 100, 200]).best.min_pixels == (200,)  # wipes one image: the edge of the grid
     result = search_widening(stats, [0, 100, 200])
-    assert result.min_pixels == [0, 100, 200, 300]  # widened by one step of 100
-    assert result.best.min_pixels == (300,) and result.best_scores[0] == 1.0  # the only value above 250
+    # widened by a step of 100 to 300, the first value above 250, then once more: 300 is no longer the edge
+    assert result.min_pixels == [0, 100, 200, 300, 400]
+    assert result.best.min_pixels == (300,) and result.best_scores[0] == 1.0
 
 
 def test_widening_stays_inside_each_axis_limits():

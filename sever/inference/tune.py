@@ -18,10 +18,11 @@ the base score on the split it was tuned on.
 
 A chosen value on the edge of its grid (a threshold at either end, the largest
 min_pixels or c_factor, or the smallest when above 0 or 1) hints that the best one
-lies beyond it: :func:`search_widening` warns and searches once more with that
-grid widened past its edge by a quarter as many steps again (at least one). The statistics of the
-widened thresholds are gathered in the same single pass over the images
-(:attr:`TuneStatistics.reserve`), so widening never predicts the images twice.
+lies beyond it: :func:`search_widening` warns and searches again with that grid widened
+past its edge by a quarter as many steps again (at least one), up to :data:`WIDENINGS` times
+while a chosen value stays on an edge. The statistics of every threshold those widenings can
+reach are gathered in the same single pass over the images (:attr:`TuneStatistics.reserve`),
+so widening never predicts the images twice.
 
 :func:`tune_run` is the tuning every segmentation run does on its own validation
 split at the end of training (``trainer.tune_postprocess``): it writes
@@ -59,6 +60,9 @@ DEFAULT_MIN_PIXELS = (0, 200, 400, 600, 800, 1000, 1500, 2000, 3000, 4000)
 DEFAULT_C_FACTORS = (1.0, 2.0, 5.0, 10.0, 20.0)
 # How far each grid may be widened: (lowest, highest) value, and whether its values are whole numbers.
 AXES = {"threshold": (0.05, 0.95, False), "min_pixels": (0, None, True), "c_factor": (1.0, None, False)}
+# Times a grid is widened while its chosen value stays on an edge: the default thresholds reach
+# 0.05..0.95 in two; min_pixels 0..4000 reaches 0..7000 in three.
+WIDENINGS = 3
 
 
 def widening(values: Sequence, axis: str) -> tuple[list, list]:
@@ -103,8 +107,10 @@ class TuneStatistics:
                               "tune without it")
         self.base = base
         self.grid = _candidates(thresholds, base.threshold, "thresholds", lambda t: 0 < t < 1)
-        below, above = widening(self.grid, "threshold")
-        self.reserve = below + above  # gathered now, searched only when the grid is widened
+        widest = self.grid
+        for _ in range(WIDENINGS):
+            widest = sorted(set(widest).union(*widening(widest, "threshold")))
+        self.reserve = sorted(set(widest) - set(self.grid))  # gathered now, searched only when widened
         self.thresholds = sorted(set(self.grid) | set(self.reserve))
         self.class_names = list(class_names)
         self.image_ids: list[str] = []
@@ -277,23 +283,25 @@ class TuneResult:
 
 def search_widening(stats: TuneStatistics, min_pixels: Sequence[int] = DEFAULT_MIN_PIXELS,
                     c_factors: Sequence[float] = DEFAULT_C_FACTORS) -> TuneResult:
-    """Search the grids; when a chosen value is on an edge, warn and search once more with that grid widened."""
+    """Search the grids; while a chosen value is on an edge, warn and search again with that grid
+    widened, up to :data:`WIDENINGS` times."""
     result = stats.search(min_pixels, c_factors)
-    edges = result.edges()
-    if not edges:
-        return result
-    for name, axis, value in edges:
-        logger.warning("%s: the best %s, %g, is on the edge of its grid; widening the %s grid once",
-                       name, axis, value, axis)
-    axes = {axis for _, axis, _ in edges}
-    wider = {axis: sorted(set(grid).union(*widening(grid, axis))) if axis in axes else list(grid)
-             for axis, grid in (("threshold", stats.grid), ("min_pixels", result.min_pixels),
-                                ("c_factor", result.c_factors if stats.base.gated else []))}
-    result = stats.search(wider["min_pixels"], wider["c_factor"] or c_factors, wider["threshold"])
+    for _ in range(WIDENINGS):
+        edges = result.edges()
+        if not edges:
+            return result
+        for name, axis, value in edges:
+            logger.info("%s: the best %s, %g, is on the edge of its grid; widening the %s grid", name, axis, value,
+                        axis)
+        axes = {axis for _, axis, _ in edges}
+        wider = {axis: sorted(set(grid).union(*widening(grid, axis))) if axis in axes else list(grid)
+                 for axis, grid in (("threshold", result.thresholds), ("min_pixels", result.min_pixels),
+                                    ("c_factor", result.c_factors if stats.base.gated else []))}
+        result = stats.search(wider["min_pixels"], wider["c_factor"] or c_factors, wider["threshold"])
     for name, axis, value in result.edges():
-        logger.warning("%s: the best %s, %g, is still on the edge of the widened grid; search further with "
-                       "--%s", name, axis, value, {"threshold": "thresholds", "min_pixels": "min-pixels",
-                                                   "c_factor": "c-factors"}[axis])
+        logger.warning("%s: the best %s, %g, is still on the edge of the grid widened %d times; search further "
+                       "with --%s", name, axis, value, WIDENINGS,
+                       {"threshold": "thresholds", "min_pixels": "min-pixels", "c_factor": "c-factors"}[axis])
     return result
 
 
