@@ -118,6 +118,11 @@ def test_budget_sets_epochs_and_the_studys_time(demo_fp):
     assert seconds == [510, 5100]  # the study's whole budget less the 15% kept for its out-of-fold tuning
     pseudo = make_plan(demo_fp, fake_target(step=0.5), 6000, "demo", unlabelled=str(demo_fp.data_dir))
     assert pseudo.config["trainer"]["epochs"] < long.config["trainer"]["epochs"]  # two rounds share the time
+    estimated = (long.config["trainer"]["epochs"] - 2) // 2  # trainer.epochs is twice the estimate, plus 2
+    assert estimated >= 4
+    # a flat quarter, then a cosine moved at every step, so the rate reaches 0 as the budget ends
+    assert long.config["lr_scheduler"]["args"] == {"start_anneal": estimated // 4, "n_epochs": estimated,
+                                                   "per_step": True}
 
 
 def test_defect_seeking_crops_only_when_a_crop_covers_under_half_an_image(demo_fp):

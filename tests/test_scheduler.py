@@ -14,7 +14,9 @@ from sever.model.scheduler import (
     NOT_CONFIGURABLE,
     SCHEDULERS,
     build_scheduler,
+    set_horizon,
     step_scheduler,
+    step_within_epoch,
     torch_scheduler_names,
 )
 
@@ -74,6 +76,47 @@ def test_warmup_cosine_peaks_after_warm_up_then_anneals():
     assert decoder[:5] == pytest.approx([DECODER_LR * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)])
     assert decoder[8] == pytest.approx(DECODER_LR / 2)
     assert decoder[12] == decoder[13] == 0.0
+
+
+def lrs_within_epochs(scheduler, epochs, steps):
+    """Decoder LR before each of ``steps`` steps of each epoch, as the trainer moves it."""
+    seen = []
+    for _ in range(epochs):
+        for step in range(steps):
+            step_within_epoch(scheduler, step / steps)
+            seen.append(group_lrs(scheduler.optimizer)["decoder"])
+            scheduler.optimizer.step()
+        step_scheduler(scheduler, {}, None)
+    return seen
+
+
+def test_a_per_step_schedule_follows_the_closed_form_at_every_step():
+    args = {"start_anneal": 1, "n_epochs": 3, "eta_min": 1e-5}
+    per_step = build_scheduler(make_optimizer(), {"type": "FlatCosineAnnealing", "args": {**args, "per_step": True}})
+    seen = lrs_within_epochs(per_step, 3, 4)
+    position = [e + s / 4 for e in range(3) for s in range(4)]
+    expected = [DECODER_LR if x < 1 else 1e-5 + (DECODER_LR - 1e-5) * (1 + math.cos(math.pi * (x - 1) / 2)) / 2
+                for x in position]
+    assert seen == pytest.approx(expected)
+    assert seen[-1] < DECODER_LR * 0.05  # the last step trains near the floor
+    epoch_wise = build_scheduler(make_optimizer(), {"type": "FlatCosineAnnealing", "args": args})
+    stepped = lrs_within_epochs(epoch_wise, 3, 4)
+    assert stepped[-4:] == pytest.approx([expected[8]] * 4)  # the whole last epoch at half the base rate
+    assert per_step.optimizer.param_groups[0]["lr"] == epoch_wise.optimizer.param_groups[0]["lr"] == 1e-5
+
+
+def test_a_per_step_schedule_ends_at_a_fractional_horizon():
+    scheduler = build_scheduler(make_optimizer(), {"type": "FlatCosineAnnealing",
+                                                   "args": {"start_anneal": 2, "n_epochs": 8, "per_step": True}})
+    assert set_horizon(scheduler, 3.4)
+    assert (scheduler.start_anneal, scheduler.n_epochs) == (pytest.approx(0.85), 3.4)  # flat for a quarter
+    seen = lrs_within_epochs(scheduler, 4, 10)
+    assert seen[33] == pytest.approx(DECODER_LR * (1 + math.cos(math.pi * (3.3 - 0.85) / 2.55)) / 2)
+    assert seen[34:] == [0.0] * 6  # past the horizon: the floor
+    epoch_wise = build_scheduler(make_optimizer(), {"type": "FlatCosineAnnealing",
+                                                    "args": {"start_anneal": 2, "n_epochs": 8}})
+    set_horizon(epoch_wise, 3.4)
+    assert (epoch_wise.start_anneal, epoch_wise.n_epochs) == (1, 4)  # the epochs that hold it
 
 
 def test_flat_cosine_resumes_exactly_from_a_weights_only_state_dict():
@@ -139,6 +182,8 @@ def test_no_block_means_no_scheduler_and_stepping_none_is_harmless():
          r"lr_scheduler\.args\.eta_min: must not exceed the lowest base LR \(7e-05\)"),
         ({"type": "FlatCosineAnnealing", "args": {"start_anneal": 3, "n_epochs": 9.5}},
          r"lr_scheduler\.args\.n_epochs: expected an integer number of epochs >= 1"),
+        ({"type": "WarmupCosine", "args": {"warmup_epochs": 1, "n_epochs": 3, "per_step": "yes"}},
+         r"lr_scheduler\.args\.per_step: expected true or false, got 'yes'"),
         ({"type": "WarmupCosine", "args": {"warmup_epochs": 10, "n_epochs": 5}},
          r"lr_scheduler\.args\.warmup_epochs: must be <= n_epochs \(5\)"),
         ({"type": "FlatCosineAnnealing", "args": {"start_anneal": 3, "n_epoch": 9}},

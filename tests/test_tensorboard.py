@@ -1,6 +1,7 @@
 """What a run shows in TensorBoard, read back from its event files."""
 
 import logging
+import math
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -47,6 +48,23 @@ def test_the_learning_rate_of_an_epoch_is_the_one_its_steps_used(trained):
     for epoch, lr in per_epoch.items():
         used = {per_step[step] for step in per_step if (step // steps_per_epoch) + 1 == epoch}
         assert used == {lr}, epoch  # both stored as float32
+
+
+def test_a_per_step_schedule_shows_its_rate_falling_at_every_step(demo_dir, tmp_path):
+    from conftest import tiny_config
+
+    config = tiny_config(demo_dir, tmp_path / "saved", epochs=2, tensorboard=True, log_step=1)
+    config["lr_scheduler"] = {"type": "FlatCosineAnnealing",
+                              "args": {"start_anneal": 0, "n_epochs": 2, "per_step": True}}
+    run = main.train(config)
+    events = EventAccumulator(str(run.tensorboard), size_guidance={"scalars": 0})
+    events.Reload()
+    per_step = scalars(events, "batch/lr_encoder")
+    steps = sorted(per_step)
+    assert len(steps) >= 4 and steps == list(range(len(steps)))
+    # one cosine over both epochs' steps: the rate falls within each epoch too, towards 0
+    expected = [1e-3 * (1 + math.cos(math.pi * step / len(steps))) / 2 for step in steps]
+    assert [per_step[step] for step in steps] == pytest.approx(expected, rel=1e-5)
 
 
 def test_per_class_tags_use_the_class_names(trained):

@@ -68,6 +68,7 @@ def test_time_too_short_for_a_whole_epoch_buys_a_shorter_one_when_a_quarter_pass
     clock.now = 65.0
     budget.end_pass()
     assert budget.plan(2) == 3  # 30 s left beside epoch 2's tail: no 35-s epoch, but 25 s of pass
+    assert budget.horizon(2) == pytest.approx(2 + 25 / 30)  # where a per-step schedule ends
     clock.now = 94.0
     assert not budget.pass_over()
     clock.now = 95.0
@@ -78,6 +79,7 @@ def test_time_too_short_for_a_whole_epoch_buys_a_shorter_one_when_a_quarter_pass
     clock.now += 83.0
     late.end_pass()
     assert late.plan(2) == 2  # 12 s left: 7 s of pass beside the tail, under a quarter of 30 s
+    assert late.horizon(2) == 2.0
 
 
 def test_sub_second_epochs_and_a_spare_of_exactly_a_quarter_pass(clock):

@@ -1,4 +1,4 @@
-"""Learning-rate schedules, stepped once per epoch.
+"""Learning-rate schedules, stepped once per epoch (sever's own can also move within one).
 
 A config block names a scheduler and its arguments; the optimizer is supplied::
 
@@ -17,6 +17,14 @@ The trainer calls :func:`step_scheduler` once at the end of every epoch, so ever
 count in a scheduler's arguments (``step_size``, ``T_max``, ``total_steps``,
 ``n_epochs``, ...) is in epochs. Each scheduler acts on every param group from
 that group's own base LR, so the encoder and decoder keep their ratio.
+
+:class:`FlatCosineAnnealing` and :class:`WarmupCosine` with ``per_step: true`` also
+move within each epoch: before every training step the trainer calls
+:func:`step_within_epoch`, and the LR follows the same closed form at the fractional
+epoch (epoch 3, half its batches done: 2.5). Without it the last epoch of a cosine
+trains at the LR of its start, which over four epochs is half the base LR; with it the
+LR reaches ``eta_min`` as training ends, also at the end of a shorter last epoch of a
+``trainer.time_budget`` (:func:`set_horizon` takes the fractional end).
 """
 
 from __future__ import annotations
@@ -102,6 +110,7 @@ class FlatCosineAnnealing(lr_scheduler.LRScheduler):
         eta_min: final LR, at most every group's base LR.
         warmup_epochs: epochs of linear warm-up, at most ``start_anneal``.
         last_epoch: index of the last epoch, for torch's resume protocol.
+        per_step: the LR also moves within each epoch (:func:`step_within_epoch`).
     """
 
     def __init__(
@@ -112,9 +121,12 @@ class FlatCosineAnnealing(lr_scheduler.LRScheduler):
         eta_min: float = 0.0,
         warmup_epochs: int = 0,
         last_epoch: int = -1,
+        per_step: bool = False,
     ):
         _check_epochs("n_epochs", n_epochs, minimum=1)
         _check_epochs("start_anneal", start_anneal)
+        if not isinstance(per_step, bool):
+            raise _BadArgument("per_step", f"expected true or false, got {per_step!r}")
         _check_epochs("warmup_epochs", warmup_epochs)
         if start_anneal > n_epochs:
             raise _BadArgument("start_anneal", f"must be <= n_epochs ({n_epochs}), got {start_anneal}")
@@ -125,20 +137,33 @@ class FlatCosineAnnealing(lr_scheduler.LRScheduler):
         self.n_epochs = n_epochs
         self.eta_min = eta_min
         self.warmup_epochs = warmup_epochs
+        self.per_step = per_step
         self.configured = (warmup_epochs, start_anneal, n_epochs)  # set_horizon scales from these
         super().__init__(optimizer, last_epoch)
 
-    def set_horizon(self, n_epochs: int) -> None:
+    def set_horizon(self, n_epochs: float) -> None:
         """Lay the schedule over ``n_epochs`` epochs instead of the configured ``n_epochs``.
 
         The flat part keeps its configured share of the schedule (warm-up keeps its
         epochs, up to the flat part's end); the LR of the epochs to come follows the new
         horizon. Used by ``trainer.time_budget``, which re-lays it after every epoch.
+        A per-step schedule ends at a fractional horizon (3.4: four-tenths into the
+        fourth epoch); an epoch-wise one at the whole epochs that hold it (4).
         """
         warmup_epochs, start_anneal, configured = self.configured
-        self.n_epochs = max(1, n_epochs)
-        self.start_anneal = min(self.n_epochs, round(start_anneal * self.n_epochs / configured))
+        if self.per_step:
+            self.n_epochs = max(1e-3, float(n_epochs))
+            self.start_anneal = start_anneal * self.n_epochs / configured
+        else:
+            self.n_epochs = max(1, math.ceil(n_epochs))
+            self.start_anneal = min(self.n_epochs, round(start_anneal * self.n_epochs / configured))
         self.warmup_epochs = min(warmup_epochs, self.start_anneal)
+
+    def set_position(self, position: float) -> None:
+        """Give every param group the LR of ``position`` epochs (0-based, fractional), without stepping."""
+        self._last_lr = [self._lr_at(base, position) for base in self.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
 
     def get_lr(self) -> list[float]:
         """The LR of every param group for epoch ``last_epoch``."""
@@ -174,12 +199,13 @@ class WarmupCosine(FlatCosineAnnealing):
         n_epochs: int,
         eta_min: float = 0.0,
         last_epoch: int = -1,
+        per_step: bool = False,
     ):
         _check_epochs("n_epochs", n_epochs, minimum=1)
         _check_epochs("warmup_epochs", warmup_epochs)
         if warmup_epochs > n_epochs:
             raise _BadArgument("warmup_epochs", f"must be <= n_epochs ({n_epochs}), got {warmup_epochs}")
-        super().__init__(optimizer, warmup_epochs, n_epochs, eta_min, warmup_epochs, last_epoch)
+        super().__init__(optimizer, warmup_epochs, n_epochs, eta_min, warmup_epochs, last_epoch, per_step)
 
 
 def _check_eta_min(optimizer: torch.optim.Optimizer, eta_min: Any) -> None:
@@ -236,8 +262,9 @@ def _check_torch_epoch_args(args: Mapping[str, Any]) -> None:
         _check_epochs("milestones", milestone)
 
 
-def set_horizon(scheduler: lr_scheduler.LRScheduler | None, epochs: int) -> bool:
-    """Re-lay ``scheduler`` to end after ``epochs`` epochs; False when it has no horizon to move.
+def set_horizon(scheduler: lr_scheduler.LRScheduler | None, epochs: float) -> bool:
+    """Re-lay ``scheduler`` to end after ``epochs`` epochs (fractional: see
+    :meth:`FlatCosineAnnealing.set_horizon`); False when it has no horizon to move.
 
     Only sever's closed-form schedules (:class:`FlatCosineAnnealing`, :class:`WarmupCosine`)
     can move their end mid-run and still resume exactly; others keep their epoch counts.
@@ -246,6 +273,13 @@ def set_horizon(scheduler: lr_scheduler.LRScheduler | None, epochs: int) -> bool
         return False
     scheduler.set_horizon(epochs)
     return True
+
+
+def step_within_epoch(scheduler: lr_scheduler.LRScheduler | None, fraction: float) -> None:
+    """Before a training step, ``fraction`` (0-1) of the way through the epoch's batches: a per-step
+    schedule sets the LR of that point; every other scheduler keeps its epoch's LR."""
+    if isinstance(scheduler, FlatCosineAnnealing) and scheduler.per_step:
+        scheduler.set_position(scheduler.last_epoch + fraction)
 
 
 def step_scheduler(

@@ -517,7 +517,7 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
         "optimizer": {"type": "RAdam", "encoder": {"lr": 1.0e-3, "weight_decay": 3.0e-5},
                       "decoder": {"lr": 3.0e-3, "weight_decay": 3.0e-4}},
         "lr_scheduler": {"type": "FlatCosineAnnealing",
-                         "args": {"start_anneal": max(1, epochs // 2), "n_epochs": max(2, epochs)}},
+                         "args": {"start_anneal": epochs // 4, "n_epochs": max(1, epochs), "per_step": True}},
         "trainer": {"epochs": 2 * epochs + 2, "time_budget": f"{max(1, int(run_budget(budget, sizing)))}s",
                     "save_period": max(1, epochs // 4), "monitor": monitor, "tensorboard": True},
     }
@@ -546,8 +546,10 @@ def _settled_reasons(fp: Fingerprint, target: Target, amp: str, budget: float, s
         "loss": "BCE + Dice (0.6/0.4, the write-up's): the Dice term keeps pulling towards small defects",
         "optimizer": "RAdam with the decoder at 3x the encoder's rate, as the shipped experiments without "
                      "pretrained weights",
-        "lr_scheduler": f"flat then cosine over the {epochs} epochs estimated to fit; trainer.time_budget re-lays "
-                        "it over the epochs that really fit",
+        "lr_scheduler": (f"flat for a quarter, then cosine over the {epochs} epochs estimated to fit, moved at "
+                         "every step so the rate reaches 0 as training ends (epoch by epoch, the last epoch of a "
+                         "short run would train at half the rate); trainer.time_budget re-lays it over the "
+                         "epochs that really fit"),
         "trainer.epochs": f"an upper bound, twice the {epochs} estimated: the time budget ends training",
         "trainer.time_budget": (_budget_reason(budget, sizing, rounds) + f"; one epoch estimated at {epoch:.0f} s "
                                 f"({sizing.step:.2f} s per measured step of {sizing.batch})"),

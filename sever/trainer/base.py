@@ -171,8 +171,12 @@ class BaseTrainer(abc.ABC):
         planned = min(self.budget.plan(epoch), self.epochs)
         if self.dist.any(planned == epoch) and epoch < self.epochs:
             self.budget.final_epoch = planned = epoch
-        if set_horizon(self.lr_scheduler, planned):
-            logger.debug("time budget: the learning-rate schedule now ends at epoch %d", planned)
+        # every rank agrees on planned == epoch; otherwise rank 0's expected end, so all train at one rate
+        horizon = float(planned) if planned == epoch else min(self.dist.broadcast(self.budget.horizon(epoch)),
+                                                              float(self.epochs))
+        if set_horizon(self.lr_scheduler, horizon):
+            logger.debug("time budget: the learning-rate schedule now ends at epoch %s",
+                         f"{horizon:.2f}".rstrip("0").rstrip("."))
 
     def _learning_rates(self) -> dict[str, float]:
         """The optimiser's current learning rate per parameter group (``encoder``, ``decoder``, ...)."""

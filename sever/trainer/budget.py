@@ -14,9 +14,10 @@ the first optimiser step after which only a tail's time is left (:meth:`pass_ove
 and it is validated and checkpointed like any other. So the run uses its budget
 rather than leaving up to an epoch of it unused, and every checkpoint still ends an
 epoch. The same guard stops any pass that runs out of time, the first epoch of a
-budget shorter than one epoch included. The planned end is also the number of epochs
-the learning-rate schedule is re-laid over
-(:func:`sever.model.scheduler.set_horizon`), so the schedule ends with the budget.
+budget shorter than one epoch included. The planned end is also where the
+learning-rate schedule is re-laid to end (:func:`sever.model.scheduler.set_horizon`),
+so the schedule ends with the budget: a per-step schedule at the expected end of a
+shorter last epoch (:meth:`TimeBudget.horizon`), an epoch-wise one at its start.
 ``trainer.epochs`` stays an upper bound.
 """
 
@@ -69,18 +70,23 @@ class TimeBudget:
         """Record the duration of the training pass that just ended."""
         self.passes.append(time.monotonic() - self._epoch_started)
 
-    def plan(self, epoch: int) -> int:
-        """After :meth:`end_pass` of ``epoch``: the epoch the run will end with.
+    def horizon(self, epoch: int) -> float:
+        """After :meth:`end_pass` of ``epoch``: where training will end, in epochs.
 
         Whole epochs of the mean pass and tail follow as long as they fit, then a
-        shorter one when at least :data:`PARTIAL_SHARE` of a pass fits beside its tail.
+        shorter one when at least :data:`PARTIAL_SHARE` of a pass fits beside its tail,
+        counted as the share of a pass it trains (3.4: three epochs, then four-tenths of one).
         """
-        mean_pass = sum(self.passes) / len(self.passes)
+        mean_pass = max(sum(self.passes) / len(self.passes), 1e-9)
         tail = self.tail
         left = self.seconds - self.spent - tail  # this epoch's own tail is still to come
-        whole = max(0, math.floor(left / max(mean_pass + tail, 1e-9)))
+        whole = max(0, math.floor(left / (mean_pass + tail)))
         spare = left - whole * (mean_pass + tail) - tail
-        return epoch + whole + int(spare >= PARTIAL_SHARE * mean_pass)
+        return epoch + whole + (spare / mean_pass if spare >= PARTIAL_SHARE * mean_pass else 0.0)
+
+    def plan(self, epoch: int) -> int:
+        """After :meth:`end_pass` of ``epoch``: the epoch the run will end with (a shorter one included)."""
+        return math.ceil(self.horizon(epoch))
 
     def end_epoch(self) -> None:
         """Record the duration of the epoch that just finished (checkpoint included)."""

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from sever.data_loader.augmentation import PAD_LABEL
 from sever.trainer.base import BaseTrainer
 from sever.exceptions import TrainingError
+from sever.model.scheduler import step_within_epoch
 from sever.registries import TRAINERS
 from sever.utils.device import autocast
 from sever.utils.distributed import Distributed
@@ -120,6 +121,7 @@ class Trainer(BaseTrainer):
         for step, (images, targets) in enumerate(self.train_loader, start=start_step):
             if step >= n_batches:
                 break
+            step_within_epoch(self.lr_scheduler, step / n_batches)
             parts = self._train_step(images, targets, step, n_batches, epoch)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
