@@ -13,6 +13,7 @@ are printed beside. Kaggle-layout datasets (``sever convert`` turns a mask folde
 ``--format mask_folder`` converts the training part back to a mask folder for both.
 
     python benchmarks/plan_auto.py --data ../shared/data/neu-seg --held-out 400
+    python benchmarks/plan_auto.py --data ../shared/data/neu-seg --held-out 400 --train-seed 7   # another seed
     python benchmarks/plan_auto.py --data ../shared/data/neu-seg --pool 120 --held-out 40 --time 4m   # smoke
     python benchmarks/plan_auto.py --data data/demo --experiment experiments/demo.yml --held-out 64 --time 6m
     python benchmarks/plan_auto.py ... --format mask_folder   # both train from a mask folder
@@ -51,9 +52,13 @@ def as_mask_folder(train_dir: Path, classes: int) -> None:
     (train_dir / "train.csv").unlink()
 
 
-def hand_written(experiment: Path, train_dir: Path, save_dir: Path, device: str, budget: str | None, fmt: str):
-    """Train the experiment file on ``train_dir``; returns its run folder and wall seconds."""
+def hand_written(experiment: Path, train_dir: Path, save_dir: Path, device: str, budget: str | None, fmt: str,
+                 seed: int | None = None):
+    """Train the experiment file on ``train_dir`` (with ``seed`` instead of its own); returns its run folder
+    and wall seconds."""
     config = load_config(experiment)
+    if seed is not None:
+        config["seed"] = seed
     config["save_dir"], config["device"] = str(save_dir), device
     config["data_loader"]["args"]["data_dir"] = str(train_dir)
     config["data_loader"]["args"]["format"] = fmt
@@ -80,7 +85,9 @@ def main_(argv=None) -> None:
     parser.add_argument("--pool", type=int, default=10**9, help="training images (default: all the rest)")
     parser.add_argument("--time", default=None, help="budget of both; default: the hand-written run's wall time")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seed of both trainings (default: the experiment file's, and sever plan's 42)")
     parser.add_argument("--format", choices=["kaggle", "mask_folder"], default="kaggle",
                         help="what both read their training masks from (mask_folder: converted from the CSV)")
     args = parser.parse_args(argv)
@@ -95,11 +102,13 @@ def main_(argv=None) -> None:
     if args.format == "mask_folder":
         as_mask_folder(train_dir, classes)
 
-    run, hand_seconds = hand_written(args.experiment, train_dir, out / "saved", args.device, args.time, args.format)
+    run, hand_seconds = hand_written(args.experiment, train_dir, out / "saved", args.device, args.time, args.format,
+                                     args.train_seed)
     budget = args.time or f"{int(hand_seconds)}s"
     started = time.perf_counter()
+    seed = [] if args.train_seed is None else ["--seed", args.train_seed]
     output = sever("auto", train_dir, "--format", args.format, "--time", budget, "--device", args.device,
-                   "-o", out / "auto", "--name", "auto")
+                   "-o", out / "auto", "--name", "auto", *seed)
     auto_seconds = time.perf_counter() - started
     study = Path(re.search(r"^(?:study|run) saved in (.+)$", output, re.M).group(1))
 

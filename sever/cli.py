@@ -794,6 +794,8 @@ def _plan_options(command):
         click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                      help="The device the plan is measured on and trains on."),
         click.option("--name", default=None, help="Experiment name [default: the file name / DATA_DIR's name]."),
+        click.option("--seed", default=42, show_default=True, type=int,
+                     help="Random seed of the planned experiment (its split, weights and batches)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -813,12 +815,12 @@ def _layout(fmt: str | None, images: str, csv: str, masks: str):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Experiment file to write (fingerprint.json goes beside it), e.g. experiments/mine.yml.")
 def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
-         time_budget: str, output: str) -> None:
+         seed: int, time_budget: str, output: str) -> None:
     """Read a dataset's fingerprint and write an experiment planned from it, each value with its reason."""
     from sever.planning.auto import plan_dataset
 
     planned = plan_dataset(data_dir, time_budget, name or Path(output).stem, _layout(fmt, images, csv, masks), fmt,
-                           device)
+                           device, seed=seed)
     for line in planned.fingerprint.table():
         click.echo(line)
     for note in planned.notes:
@@ -836,12 +838,12 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
 @click.option("-o", "--out", "out_dir", default="saved/auto", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the experiment file, the fingerprint and the study.")
 def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
-         time_budget: str, unlabelled: str | None, out_dir: str) -> None:
+         seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
     """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
     from sever.planning.auto import plan_dataset, run_auto
 
     planned = plan_dataset(data_dir, time_budget, name or Path(data_dir).resolve().name,
-                           _layout(fmt, images, csv, masks), fmt, device, unlabelled)
+                           _layout(fmt, images, csv, masks), fmt, device, unlabelled, seed)
     for line in planned.fingerprint.table():
         click.echo(line)
     for note in planned.notes:

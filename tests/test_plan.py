@@ -273,8 +273,13 @@ def test_cli_plan_prints_the_fingerprint_and_writes_the_file(tmp_path):
     assert "class2" in result.output and "defect-free" in result.output
     assert "note: folds reduced to 2: class2 is in only 1 image(s); some folds validate without it" in result.output
     config = load_config(out)
-    assert config["data_loader"]["args"]["folds"] == 2
+    assert config["data_loader"]["args"]["folds"] == 2 and config["seed"] == 42
     prepare_config(config)
+    seeded = CliRunner().invoke(cli, ["plan", str(data), "--device", "cpu", "--time", "2h", "--seed", "7", "-o",
+                                      str(tmp_path / "seeded.yml")])
+    assert seeded.exit_code == 0, seeded.output
+    seeded_config = load_config(tmp_path / "seeded.yml")  # the epochs follow a step timed again
+    assert seeded_config["seed"] == 7 and seeded_config["augmentation"] == config["augmentation"]
 
 
 def test_cli_plan_refuses_a_budget_too_short(tmp_path):

@@ -57,8 +57,8 @@ class AutoResult:
 
 
 def plan_dataset(data_dir: str | Path, time: str, name: str, layout: Layout = Layout(), format: str | None = None,
-                 device: str = "auto", unlabelled: str | None = None) -> Plan:
-    """Fingerprint ``data_dir`` and plan its experiment for ``device`` and ``time`` (e.g. ``2h``).
+                 device: str = "auto", unlabelled: str | None = None, seed: int = 42) -> Plan:
+    """Fingerprint ``data_dir`` and plan its experiment (with ``seed``) for ``device`` and ``time`` (e.g. ``2h``).
 
     Raises:
         DataError: the data is missing or wrong; PlanError: no plan fits the budget.
@@ -67,7 +67,7 @@ def plan_dataset(data_dir: str | Path, time: str, name: str, layout: Layout = La
     if unlabelled is not None and not Path(unlabelled).is_dir():
         raise DataError(f"--unlabelled: folder not found: {unlabelled}")
     fp = fingerprint(data_dir, layout, format)
-    return make_plan(fp, device_target(device, len(fp.classes), fp), budget, name, unlabelled=unlabelled)
+    return make_plan(fp, device_target(device, len(fp.classes), fp), budget, name, seed, unlabelled)
 
 
 def tune_study(root: Path, batch_size: int = 8) -> str:
