@@ -16,7 +16,7 @@ from sever.main import prepare_config
 from sever.planning.fingerprint import Layout, fingerprint
 import sever.planning.plan as plan_module
 from sever.planning.plan import (MEMORY_MARGIN, MIN_CPU_BATCH, MIN_UPDATES, PlanError, Target, loading_seconds, make_plan,
-                                 plan_augmentation, single_run_updates)
+                                 plan_augmentation, plan_schedule, single_run_updates)
 from sever.utils.config import load_config
 from sever.utils.device import Capabilities, choose_amp, cpu_batch_size, largest_batch
 
@@ -120,9 +120,17 @@ def test_budget_sets_epochs_and_the_studys_time(demo_fp):
     assert pseudo.config["trainer"]["epochs"] < long.config["trainer"]["epochs"]  # two rounds share the time
     estimated = (long.config["trainer"]["epochs"] - 2) // 2  # trainer.epochs is twice the estimate, plus 2
     assert estimated >= 4
-    # a flat quarter, then a cosine moved at every step, so the rate reaches 0 as the budget ends
+    # enough steps: a flat quarter, then a cosine moved at every step, so the rate reaches 0 as the budget ends
     assert long.config["lr_scheduler"]["args"] == {"start_anneal": estimated // 4, "n_epochs": estimated,
                                                    "per_step": True}
+    assert "moved at every step" in long.reasons["lr_scheduler"]
+
+
+def test_a_run_of_few_steps_keeps_its_rate_up_epoch_by_epoch():
+    schedule, why = plan_schedule(3, MIN_UPDATES - 1)
+    assert schedule["args"] == {"start_anneal": 1, "n_epochs": 3} and "under 400" in why
+    schedule, why = plan_schedule(8, MIN_UPDATES)
+    assert schedule["args"] == {"start_anneal": 2, "n_epochs": 8, "per_step": True}
 
 
 def test_defect_seeking_crops_only_when_a_crop_covers_under_half_an_image(demo_fp):

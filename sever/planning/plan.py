@@ -46,7 +46,7 @@ MAX_FOLDS = 5
 MIN_EPOCHS_PER_FOLD = 3  # fewer folds when a fold could not train this many epochs; one run below 2 folds
 SEEKING_COVER = 0.5  # crops covering less of a median image than this are sent onto defects half the time
 SINGLE_VALIDATION = 0.15  # share of the images validating a single planned run
-MIN_UPDATES = 400  # optimiser steps a CPU plan aims for; a shorter budget halves the CPU batch for more of them
+MIN_UPDATES = 400  # optimiser steps a plan aims for: below, a CPU batch is halved and the rate kept up epoch by epoch
 MIN_CPU_BATCH = 4  # the CPU batch is not halved below this (batch-norm statistics of fewer images are noisy)
 RESERVE = 0.15  # share of the budget left for out-of-fold prediction, tuning and the report
 MEMORY_MARGIN = 0.8  # a CUDA batch fits when its trial step peaks below this share of the memory
@@ -491,6 +491,8 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
     rounds = 0 if unlabelled is None else 1
     epochs = max(1, int(sizing.per_fold / (rounds + 1) // epoch))
     valid_batch = max(1, sizing.batch * crop[0] * crop[1] // (fp.heights[2] * fp.widths[2]))
+    steps = math.ceil(fp.images * (1 - validation_share(sizing.folds)) / sizing.batch)
+    schedule, reasons["lr_scheduler"] = plan_schedule(epochs, epochs * steps)
     config = {
         "name": name,
         "seed": seed,
@@ -516,8 +518,7 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
                                                                                           "Presence")],
         "optimizer": {"type": "RAdam", "encoder": {"lr": 1.0e-3, "weight_decay": 3.0e-5},
                       "decoder": {"lr": 3.0e-3, "weight_decay": 3.0e-4}},
-        "lr_scheduler": {"type": "FlatCosineAnnealing",
-                         "args": {"start_anneal": epochs // 4, "n_epochs": max(1, epochs), "per_step": True}},
+        "lr_scheduler": schedule,
         "trainer": {"epochs": 2 * epochs + 2, "time_budget": f"{max(1, int(run_budget(budget, sizing)))}s",
                     "save_period": max(1, epochs // 4), "monitor": monitor, "tensorboard": True},
     }
@@ -546,15 +547,33 @@ def _settled_reasons(fp: Fingerprint, target: Target, amp: str, budget: float, s
         "loss": "BCE + Dice (0.6/0.4, the write-up's): the Dice term keeps pulling towards small defects",
         "optimizer": "RAdam with the decoder at 3x the encoder's rate, as the shipped experiments without "
                      "pretrained weights",
-        "lr_scheduler": (f"flat for a quarter, then cosine over the {epochs} epochs estimated to fit, moved at "
-                         "every step so the rate reaches 0 as training ends (epoch by epoch, the last epoch of a "
-                         "short run would train at half the rate); trainer.time_budget re-lays it over the "
-                         "epochs that really fit"),
         "trainer.epochs": f"an upper bound, twice the {epochs} estimated: the time budget ends training",
         "trainer.time_budget": (_budget_reason(budget, sizing, rounds) + f"; one epoch estimated at {epoch:.0f} s "
                                 f"({sizing.step:.2f} s per measured step of {sizing.batch})"),
         "trainer.save_period": "about four checkpoints over the estimated epochs, for resuming",
     }
+
+
+def plan_schedule(epochs: int, updates: int) -> tuple[dict, str]:
+    """The learning-rate schedule of ``epochs`` estimated epochs of ``updates`` optimiser steps, and why.
+
+    From :data:`MIN_UPDATES` steps on, a flat quarter then a cosine moved at every step, which
+    ends at a zero rate with the budget (NEU-Seg, about 1,200 steps: held-out Dice 0.829-0.837
+    over three seeds, 0.80 epoch by epoch). Below, the model is far from settled when the budget
+    ends, and keeping the rate up pays more: a flat half, epoch by epoch (demo data, about 100
+    steps: 0.80 that way, 0.66 per step).
+    """
+    if updates >= MIN_UPDATES:
+        return ({"type": "FlatCosineAnnealing", "args": {"start_anneal": epochs // 4, "n_epochs": max(1, epochs),
+                                                         "per_step": True}},
+                f"flat for a quarter, then cosine over the {epochs} epochs estimated to fit (about {updates} "
+                "steps), moved at every step so the rate reaches 0 as training ends (epoch by epoch, the last "
+                "epoch of a short run would train at half the rate); trainer.time_budget re-lays it over the "
+                "epochs that really fit")
+    return ({"type": "FlatCosineAnnealing", "args": {"start_anneal": max(1, epochs // 2), "n_epochs": max(2, epochs)}},
+            f"flat for half, then cosine epoch by epoch over the {epochs} epochs estimated to fit: about {updates} "
+            f"steps, under {MIN_UPDATES}, leave the model far from settled, and a high rate for longer pays more "
+            "than annealing; trainer.time_budget re-lays it over the epochs that really fit")
 
 
 def run_budget(budget: float, sizing: Sizing) -> float:
