@@ -326,10 +326,14 @@ def validation_seconds(fp: Fingerprint, folds: int, batch: int, crop: tuple[int,
     return fp.images * validation_share(folds) / batch * step * VALID_COST * image_pixels / (crop[0] * crop[1])
 
 
+def epoch_steps(fp: Fingerprint, folds: int, batch: int) -> int:
+    """Optimiser steps of one epoch of one fold (``folds`` 1: of the single run)."""
+    return math.ceil(fp.images * (1 - validation_share(folds)) / batch)
+
+
 def epoch_estimate(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
     """Seconds of one epoch of one fold: its training steps plus validation on whole images."""
-    train_images = fp.images * (1 - validation_share(folds))
-    return math.ceil(train_images / batch) * step + validation_seconds(fp, folds, batch, crop, step)
+    return epoch_steps(fp, folds, batch) * step + validation_seconds(fp, folds, batch, crop, step)
 
 
 def fold_overhead(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float) -> float:
@@ -414,7 +418,7 @@ def training_step(target: Target, arch: dict, crop: tuple[int, int], batch: int)
 def single_run_updates(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int], step: float) -> float:
     """Optimiser steps one run would take in ``budget`` seconds at ``batch`` and ``step`` seconds a step."""
     epochs = fold_budget(budget, fp, 1, batch, crop, step) / epoch_estimate(fp, 1, batch, crop, step)
-    return max(0.0, epochs) * math.ceil(fp.images * (1 - validation_share(1)) / batch)
+    return max(0.0, epochs) * epoch_steps(fp, 1, batch)
 
 
 def cpu_batch_for_budget(fp: Fingerprint, target: Target, arch: dict, crop: tuple[int, int], budget: float,
@@ -491,8 +495,7 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
     rounds = 0 if unlabelled is None else 1
     epochs = max(1, int(sizing.per_fold / (rounds + 1) // epoch))
     valid_batch = max(1, sizing.batch * crop[0] * crop[1] // (fp.heights[2] * fp.widths[2]))
-    steps = math.ceil(fp.images * (1 - validation_share(sizing.folds)) / sizing.batch)
-    schedule, reasons["lr_scheduler"] = plan_schedule(epochs, epochs * steps)
+    schedule, reasons["lr_scheduler"] = plan_schedule(epochs, epochs * epoch_steps(fp, sizing.folds, sizing.batch))
     config = {
         "name": name,
         "seed": seed,
