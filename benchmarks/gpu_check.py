@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from sever import main as sever_main
+from sever import experiment as sever_main
 from sever.data_loader.demo import make_demo_data
 from sever.data_loader.datasets import list_images, read_grey
 from sever.inference.checkpoints import as_loaded_model

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sever import main, study
+from sever import experiment, study
 from sever.inference.evaluate import evaluate_csv
 from sever.inference.outputs import predict_directory
 from sever.inference.predictor import build_predictor, load_settings
@@ -111,7 +111,7 @@ def main_(argv=None) -> None:
     parts = split(args.data, out, {"pool": args.pool, "unlabelled": args.unlabelled, "test": args.test}, seed=0)
 
     cpu, wall = time.process_time(), time.monotonic()
-    run = main.train(config(parts["pool"], out / "saved", args.budget, 1 / args.folds, args.max_epochs))
+    run = experiment.train(config(parts["pool"], out / "saved", args.budget, 1 / args.folds, args.max_epochs))
     run_cpu, run_wall = time.process_time() - cpu, time.monotonic() - wall
 
     study_config = config(parts["pool"], out / "saved", f"{2 * seconds:g}s", 0.1, args.max_epochs)

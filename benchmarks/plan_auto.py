@@ -30,8 +30,8 @@ from pathlib import Path
 from click.testing import CliRunner
 from neu_seg_study import split  # disjoint parts by symlink (benchmarks/ is on sys.path when run)
 
-from sever import main
-from sever.cli import cli
+from sever import experiment
+from sever.cli.app import cli
 from sever.inference.evaluate import evaluate_csv
 from sever.utils.config import load_config
 
@@ -66,7 +66,7 @@ def hand_written(experiment: Path, train_dir: Path, save_dir: Path, device: str,
     if budget is not None:
         config["trainer"]["time_budget"] = budget
     started = time.perf_counter()
-    run = main.train(config)
+    run = experiment.train(config)
     return run.root, time.perf_counter() - started
 
 

@@ -63,7 +63,7 @@ from sever.inference.checkpoints import LoadedModel, as_loaded_model, build_eval
 from sever.inference.outputs import PIPELINE_DEPTH, predict_directory
 from sever.inference.predictor import TTA_VIEWS, Predictor, resolve_amp
 from sever.inference.tiling import Tiling, parse_tile
-from sever.main import prepare_config
+from sever.experiment import prepare_config
 from sever.model.postprocess import PostProcessing
 from sever.utils.config import load_config
 from sever.utils.device import autocast, resolve_device

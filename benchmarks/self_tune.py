@@ -2,7 +2,7 @@
 
 Trains the test suite's tiny config (24 demo images of 64x256, 2 epochs, CPU) with
 ``trainer.tune_postprocess: false``, then runs the tuning that a finished run does
-(:func:`sever.main.tune_postprocess`) on that run folder, and prints both times and
+(:func:`sever.experiment.tune_postprocess`) on that run folder, and prints both times and
 their ratio, measured in the same process one after the other. Wall time and this
 process's CPU time are both given: on a shared machine the CPU time is distorted
 less by other processes' load. Run from the repository root::
@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import tiny_config  # noqa: E402  (the test suite's tiny run)
 
-from sever import main  # noqa: E402
+from sever import experiment  # noqa: E402
 from sever.data_loader.demo import make_demo_data  # noqa: E402
 
 
@@ -36,11 +36,11 @@ def timed(work) -> tuple[float, float]:
 def main_() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         demo = make_demo_data(Path(tmp) / "demo", n_train=24, n_test=6, height=64, width=256, seed=3)
-        config = main.prepare_config(tiny_config(demo, Path(tmp) / "saved", tune_postprocess=False))
+        config = experiment.prepare_config(tiny_config(demo, Path(tmp) / "saved", tune_postprocess=False))
         runs = []
-        train = timed(lambda: runs.append(main.train(config)))
+        train = timed(lambda: runs.append(experiment.train(config)))
         config["trainer"]["tune_postprocess"] = True
-        tune = timed(lambda: main.tune_postprocess(config, runs[0], torch.device("cpu")))
+        tune = timed(lambda: experiment.tune_postprocess(config, runs[0], torch.device("cpu")))
     print(f"training (2 epochs): {train[0]:.1f} s wall, {train[1]:.1f} s CPU")
     print(f"tuning after it:     {tune[0]:.1f} s wall, {tune[1]:.1f} s CPU")
     print(f"tuning / training:   {tune[0] / train[0]:.2f} wall, {tune[1] / train[1]:.2f} CPU")

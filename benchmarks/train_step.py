@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from sever.data_loader.augmentation import GRAY_MEAN, GRAY_STD, Normalization
-from sever.main import prepare_config
+from sever.experiment import prepare_config
 from sever.model.loss import LOSSES
 from sever.model.metric import METRICS
 from sever.model.model import build_model

@@ -1,5 +1,5 @@
 """``python -m sever`` runs the command line."""
 
-from sever.cli import cli
+from sever.cli.app import cli
 
 cli(prog_name="sever")

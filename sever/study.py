@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from sever import main
+from sever import experiment
 from sever.exceptions import CheckpointError, ConfigError, SeverError, TrainingInterrupted
 from sever.tasks import task_of
 from sever.utils.config import apply_overrides, dump_config, load_config, parse_duration, validate_config
@@ -179,7 +179,7 @@ def create_study(config: dict, folds: int, overrides: Sequence[str] = ()) -> Stu
     Raises:
         ConfigError: a bad config, a data loader without folds, more folds than images, a bad ``pseudo`` block.
     """
-    config = main.prepare_config(_with_fold(config, folds, 0), overrides)
+    config = experiment.prepare_config(_with_fold(config, folds, 0), overrides)
     plan = PseudoPlan.from_config(config["pseudo"])
     check_split(config)
     study = StudyPaths(new_folder(config["save_dir"], config["name"]))
@@ -264,9 +264,9 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
     try:
         if run.last.is_file() or run.saved_epochs():
             logger.info("fold %d: resuming %s", fold, run.root)
-            main.resume(run.root, overrides)
+            experiment.resume(run.root, overrides)
         else:
-            main.train(config, overrides, run_dir=run.root)
+            experiment.train(config, overrides, run_dir=run.root)
         if is_main:
             write_oof(study, fold)
     except TrainingInterrupted:

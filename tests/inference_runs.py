@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_config
 
-from sever import main
-from sever.cli import cli
+from sever import experiment
+from sever.cli.app import cli
 from sever.model.model import build_model
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.run import RunPaths
@@ -24,7 +24,7 @@ CLASSIFIER = {"type": "Classifier", "args": {"encoder_name": "resnet18", "encode
 
 def make_run(root: Path, data_dir: Path, name: str, seed: int = 0, **changes) -> Path:
     """Write a run folder for ``tiny_config`` with ``changes`` (top-level keys) and random weights."""
-    config = main.prepare_config({**tiny_config(data_dir, root), "name": name, **changes})
+    config = experiment.prepare_config({**tiny_config(data_dir, root), "name": name, **changes})
     torch.manual_seed(seed)
     model = build_model(config["arch"], config["classes"])
     run = RunPaths.create(root, name)

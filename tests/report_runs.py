@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from sever import main
+from sever import experiment
 
 CLASS_NAMES = ["pits", "inclusion", "scratches", "patches"]
 _TRAINED: dict[str, Path] = {}
@@ -17,5 +17,5 @@ def trained(demo_dir, tmp_path_factory) -> Path:
     if not _TRAINED:
         config = tiny_config(demo_dir, tmp_path_factory.mktemp("report-runs"), tensorboard=True,
                              max_steps_per_epoch=2, report_images=16)
-        _TRAINED["run"] = main.train({**config, "class_names": CLASS_NAMES}).root
+        _TRAINED["run"] = experiment.train({**config, "class_names": CLASS_NAMES}).root
     return _TRAINED["run"]

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from plan_datasets import fake_target, neu_subset
 
-from sever.cli import cli
+from sever.cli.app import cli
 from sever.data_loader.convert import csv_to_mask_folder
 from sever.data_loader.demo import make_demo_data
 from sever.utils.config import load_config

@@ -21,7 +21,7 @@ from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.demo import make_demo_data
 from sever.inference.checkpoints import LoadedModel
 from sever.inference.predictor import Predictor, average_probabilities, tta_probabilities
-from sever.main import prepare_config
+from sever.experiment import prepare_config
 from sever.utils.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

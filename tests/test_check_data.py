@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sever.cli import cli
+from sever.cli.app import cli
 from sever.data_loader.augmentation import MIN_IMAGE_SIDE, HeavyCropTransforms
 from sever.data_loader.checks import DataReport, check_dataset, image_header_size
 from sever.data_loader.data_loaders import SteelDataLoader

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
-from sever.cli import cli
+from sever.cli.app import cli
 
 
 def invoke(*args):

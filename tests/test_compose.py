@@ -10,7 +10,7 @@ from conftest import tiny_config
 from inference_runs import invoke
 from torch import nn
 
-from sever import main
+from sever import experiment
 from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.data_loader.augmentation import Normalization
 from sever.data_loader.data_loaders import SteelDataLoader
@@ -157,14 +157,14 @@ def test_bad_train_classes_are_refused_before_anything_is_built(demo_dir, tmp_pa
     config = tiny_config(demo_dir, tmp_path)
     config["data_loader"]["args"]["train_classes"] = value
     with pytest.raises(ConfigError, match=problem):
-        main.prepare_config(config)
+        experiment.prepare_config(config)
 
 
 def test_resuming_with_other_train_classes_is_refused(demo_dir, tmp_path):
     config = tiny_config(demo_dir, tmp_path)
-    old, new = (main.prepare_config(config, [f"data_loader.args.train_classes={value}"]) for value in ("[2]", "[3]"))
+    old, new = (experiment.prepare_config(config, [f"data_loader.args.train_classes={value}"]) for value in ("[2]", "[3]"))
     with pytest.raises(CheckpointError, match="train_classes is 'class 2' in the checkpoint but 'class 3'"):
-        main.check_compatible(old, new)
+        experiment.check_compatible(old, new)
 
 
 def test_annotations_for_outputs_select_or_unite_classes():
@@ -199,7 +199,7 @@ def test_the_loader_gives_masks_of_the_chosen_classes_only(demo_dir):
 def test_a_train_classes_run_trains_one_output_per_class_and_tunes_itself(demo_dir, tmp_path):
     config = tiny_config(demo_dir, tmp_path / "saved", epochs=1)
     config["data_loader"]["args"]["train_classes"] = [3]
-    run = main.train(config)
+    run = experiment.train(config)
     model = load_model(run.root)
     assert model.classes == 1 and model.outputs.ids == (2,)
     assert model.model(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
@@ -211,7 +211,7 @@ def write_run(root: Path, data_dir: Path, name: str, train_classes, seed: int) -
     """A run folder of ``tiny_config`` predicting ``train_classes``, with random weights of that many outputs."""
     config = tiny_config(data_dir, root)
     config["data_loader"]["args"]["train_classes"] = train_classes
-    config = main.prepare_config({**config, "name": name})
+    config = experiment.prepare_config({**config, "name": name})
     torch.manual_seed(seed)
     run = RunPaths.create(root, name)
     model = build_model(config["arch"], output_classes(config).outputs)

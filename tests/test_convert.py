@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sever.cli import cli
+from sever.cli.app import cli
 from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.convert import csv_to_mask_folder, mask_folder_to_csv
 from sever.data_loader.datasets import list_images

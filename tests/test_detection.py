@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sever import main
+from sever import experiment
 from sever.detection.data import DetectionDataset, DetectionTransforms, VOCDataLoader, mosaic
 from sever.detection.from_masks import evaluate_segmentation_as_detector, masks_to_boxes
 from sever.detection.metric import MeanAP, map_table
@@ -188,7 +188,7 @@ def constant_segmenter(config, path, class_logits):
 
 
 def test_segmentation_checkpoint_evaluated_as_a_detector(make_config, tmp_path):
-    config = main.prepare_config(make_config())
+    config = experiment.prepare_config(make_config())
     # class 1 everywhere, the others nowhere: one whole-image box of class 1 per image, score 1
     checkpoint = constant_segmenter(config, tmp_path / "seg.pth", [20.0, -20.0, -20.0, -20.0])
     images = tmp_path / "images"
@@ -223,12 +223,12 @@ def test_segmentation_checkpoint_evaluated_as_a_detector(make_config, tmp_path):
 def test_config_errors(voc_dir, tmp_path, monkeypatch):
     config = detection_config(voc_dir, tmp_path)
     with pytest.raises(ConfigError, match="arch.type: task detection needs FasterRCNN, got FPN"):
-        main.prepare_config({**config, "arch": {"type": "FPN"}})
+        experiment.prepare_config({**config, "arch": {"type": "FPN"}})
     with pytest.raises(ConfigError, match="loss.type: task segmentation needs anything but DetectionLoss"):
-        main.prepare_config({**config, "task": "segmentation", "arch": {"type": "FPN"}, "augmentation": "LightTransforms",
+        experiment.prepare_config({**config, "task": "segmentation", "arch": {"type": "FPN"}, "augmentation": "LightTransforms",
                              "data_loader": {"type": "SteelDataLoader", "args": {"data_dir": "x"}}})
     with pytest.raises(ConfigError, match="class_names: task detection needs the class names"):
-        main.build_experiment(main.prepare_config({**config, "class_names": None}))
+        experiment.build_experiment(experiment.prepare_config({**config, "class_names": None}))
     with pytest.raises(ConfigError, match=r"detector_args.min_size: set by sever \(image_size\)"):
         build_model({"type": "FasterRCNN", "args": {"detector_args": {"min_size": 3}}}, 2)
     with pytest.raises(ConfigError, match="unknown backbone 'resnet50'. Did you mean 'resnet50_fpn'"):
@@ -243,14 +243,14 @@ def test_config_errors(voc_dir, tmp_path, monkeypatch):
 
 
 def test_training_steps_checkpoints_resume_and_prediction(voc_dir, tmp_path):
-    run = main.train(detection_config(voc_dir, tmp_path))
+    run = experiment.train(detection_config(voc_dir, tmp_path))
     finished = load_checkpoint(run.last)
     log = run.log_file.read_text()
     assert "val_map " in log and "val_ap_0" in log and "train_box_reg" in log
     first = build_model(finished["config"]["arch"], 2).state_dict()
     assert any(not torch.equal(first[key], value) for key, value in finished["state_dict"].items())
     # Resuming from the end of epoch 1 retrains epoch 2 exactly.
-    main.resume(run.checkpoints / "checkpoint-epoch1.pth")
+    experiment.resume(run.checkpoints / "checkpoint-epoch1.pth")
     resumed = load_checkpoint(run.last)
     assert resumed["epoch"] == finished["epoch"] == 2
     assert all(torch.equal(resumed["state_dict"][key], value) for key, value in finished["state_dict"].items())

@@ -24,7 +24,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_layout_promised_by_the_design_card():
-    for path in ("sever/cli.py", "sever/main.py", "sever/model/base.py", "sever/trainer/base.py", "sever/data_loader",
+    for path in ("sever/cli/app.py", "sever/experiment.py", "sever/model/base.py", "sever/trainer/base.py", "sever/data_loader",
                  "sever/model", "sever/trainer", "sever/utils", "experiments/config.yml", "experiments/demo.yml",
                  "data/README.md", "saved", "tests", "environment.yml", "setup.py", "pyproject.toml", "LICENSE",
                  "download.sh", "README.rst", "benchmarks"):

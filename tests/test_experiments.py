@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sever.main import build_experiment, prepare_config, with_block_defaults
+from sever.experiment import build_experiment, prepare_config, with_block_defaults
 from sever.utils.config import dump_config, load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

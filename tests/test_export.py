@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sever import main
-from sever.cli import cli
+from sever import experiment
+from sever.cli.app import cli
 from sever.exceptions import CheckpointError, ConfigError
 from sever import export as exporting
 from sever.export import ExportCheckError, export_model, load_trained_model
@@ -81,7 +81,7 @@ def test_ema_weights_are_exported_when_the_run_kept_them(tmp_path):
 
 
 def test_cli_exports_the_ema_weights_of_a_trained_run_at_a_fixed_size(make_config, tmp_path):
-    run = main.train(make_config(epochs=1, ema_decay=0.9))
+    run = experiment.train(make_config(epochs=1, ema_decay=0.9))
     out = tmp_path / "run.onnx"
     result = CliRunner().invoke(cli, ["export", "-m", str(run.root), "--format", "onnx", "-o", str(out),
                                       "--height", "64", "--width", "96"])

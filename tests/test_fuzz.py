@@ -17,7 +17,7 @@ from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.checks import image_header_size
 from sever.data_loader.rle import rle_decode, rle_parse
 from sever.exceptions import CheckpointError, ConfigError, DataError, RLEError
-from sever.main import prepare_config
+from sever.experiment import prepare_config
 from sever.utils.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 from sever.utils.config import apply_overrides, load_config, parse_yaml, validate_config
 

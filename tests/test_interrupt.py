@@ -24,8 +24,8 @@ import yaml
 from click.testing import CliRunner
 from conftest import REPO, tiny_config
 
-from sever import main
-from sever.cli import cli
+from sever import experiment
+from sever.cli.app import cli
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import load_config
 
@@ -146,7 +146,7 @@ def test_interrupted_and_killed_training_resumes_to_the_same_weights(setup):
 
     with single_threaded():
         result = CliRunner().invoke(cli, ["train", "-r", str(run_dir)])
-        expected = load_checkpoint(main.train(load_config(path)).last)["state_dict"]  # uninterrupted
+        expected = load_checkpoint(experiment.train(load_config(path)).last)["state_dict"]  # uninterrupted
     assert result.exit_code == 0, result.output
     assert not list(checkpoints.glob(".*.tmp")), "the killed save's leftover is cleared"
     resumed = load_checkpoint(checkpoints / "last.pth")

@@ -17,7 +17,7 @@ PACKAGE = REPO / "sever"
 # Highest layer first; units in one layer are siblings that must not import each other.
 LAYERS = (
     ("cli",),
-    ("main",),
+    ("experiment",),
     ("export", "upload", "report"),
     ("trainer", "inference", "planning"),
     ("model", "data_loader"),
@@ -25,13 +25,13 @@ LAYERS = (
 )
 # Each module's unit is that of its longest listed prefix.
 UNIT_OF = {
-    **{f"sever.{unit}": unit for unit in ("cli", "main", "export", "upload", "report", "trainer", "inference", "model",
+    **{f"sever.{unit}": unit for unit in ("cli", "experiment", "export", "upload", "report", "trainer", "inference", "model",
                                           "data_loader")},
     "sever": "foundation",
     "sever.__main__": "cli",
-    "sever.study": "main",
+    "sever.study": "experiment",
     "sever.planning": "planning",
-    "sever.planning.auto": "main",
+    "sever.planning.auto": "experiment",
     "sever.exceptions": "foundation",
     "sever.registries": "foundation",
     "sever.tasks": "foundation",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from inference_runs import invoke
 
-from sever import main
+from sever import experiment
 from sever.data_loader.demo import make_demo_data
 from sever.inference.checkpoints import load_model
 from sever.utils.checkpoint import load_checkpoint
@@ -53,7 +53,7 @@ def test_legacy_run_resumes_for_one_more_epoch(legacy_demo, tmp_path):
     run = tmp_path / "legacy_run"
     shutil.copytree(LEGACY_RUN, run)
     before = load_checkpoint(run / "checkpoints" / "last.pth")
-    main.resume(run, ["trainer.epochs=2", f"data_loader.args.data_dir={legacy_demo}", f"save_dir={tmp_path}"])
+    experiment.resume(run, ["trainer.epochs=2", f"data_loader.args.data_dir={legacy_demo}", f"save_dir={tmp_path}"])
     after = load_checkpoint(run / "checkpoints" / "last.pth")
     assert (before["epoch"], after["epoch"]) == (1, 2)
     changed = [name for name, tensor in after["state_dict"].items()

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from packaging.requirements import Requirement
 
-from sever.cli import cli
+from sever.cli.app import cli
 from sever.exceptions import ConfigError
 from sever.utils.config import builtin_experiments, resolve_experiment
 

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 from plan_datasets import CPU, fake_target, neu_subset, squares_dataset
 
-from sever.cli import cli
+from sever.cli.app import cli
 from sever.data_loader.convert import csv_to_mask_folder
 from sever.data_loader.demo import make_demo_data
 from sever.exceptions import DataError
-from sever.main import prepare_config
+from sever.experiment import prepare_config
 from sever.planning.fingerprint import Layout, fingerprint
 import sever.planning.plan as plan_module
 from sever.planning.plan import (MEMORY_MARGIN, MIN_CPU_BATCH, MIN_UPDATES, PlanError, Target, loading_seconds, make_plan,

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from inference_runs import invoke, runs  # noqa: F401 (fixture)
 
-from sever import main
+from sever import experiment
 from sever.exceptions import ConfigError
 from sever.inference import checkpoints
 from sever.registries import TASKS, TRAINERS
@@ -66,10 +66,10 @@ def test_each_task_names_parts_that_exist():
 
 
 def test_the_default_metrics_come_from_the_task(make_config):
-    config = main.prepare_config({**make_config(), "metrics": None})
-    assert main.metric_specs(config) == list(task_of(config).default_metrics) == ["Dice"]
+    config = experiment.prepare_config({**make_config(), "metrics": None})
+    assert experiment.metric_specs(config) == list(task_of(config).default_metrics) == ["Dice"]
     with pytest.raises(ConfigError, match="task: 'tracking' is not one of classification, detection, segmentation"):
-        main.prepare_config({**make_config(), "task": "tracking"})
+        experiment.prepare_config({**make_config(), "task": "tracking"})
 
 
 def test_predict_reads_each_checkpoint_once(runs, demo_dir, tmp_path, monkeypatch):

@@ -16,10 +16,10 @@ import yaml
 from click.testing import CliRunner
 from conftest import tiny_config
 
-from sever import main
-from sever.cli import cli
+from sever import experiment
+from sever.cli.app import cli
 from sever.exceptions import CheckpointError, TrainingError
-from sever.main import check_compatible, prepare_config
+from sever.experiment import check_compatible, prepare_config
 from sever.trainer.trainer import Trainer
 from sever.utils.checkpoint import atomic_torch_save, load_checkpoint, remove_stale_temporaries
 from sever.utils.run import RunPaths
@@ -325,7 +325,7 @@ def trained(demo_dir, module_tmp):
     """A run trained for one step; the tests using it must leave its checkpoints as they are."""
     config = tiny_config(demo_dir, module_tmp("saved"), epochs=1, max_steps_per_epoch=1)
     config["data_loader"]["args"].update(batch_size=2, validation_split=2)
-    return main.train(config)
+    return experiment.train(config)
 
 
 def test_nan_weights_are_never_saved_over_good_ones(trained, monkeypatch):
@@ -340,7 +340,7 @@ def test_nan_weights_are_never_saved_over_good_ones(trained, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_optimizer_step", poisoning_step)
     with pytest.raises(TrainingError, match="NaN or infinite values .* without saving them"):
-        main.resume(run.root, ["trainer.epochs=2", "trainer.nan_policy=skip"])
+        experiment.resume(run.root, ["trainer.epochs=2", "trainer.nan_policy=skip"])
     after = load_checkpoint(run.last)
     assert after["epoch"] == 1 and all(torch.equal(good[k], after["state_dict"][k]) for k in good)
 
@@ -348,5 +348,5 @@ def test_nan_weights_are_never_saved_over_good_ones(trained, monkeypatch):
 def test_optimizer_state_that_does_not_fit_is_a_checkpoint_error(trained):
     before = trained.last.read_bytes()
     with pytest.raises(CheckpointError, match="optimizer or lr_scheduler state does not fit"):
-        main.resume(trained.root, ["trainer.epochs=2", "optimizer={type: SGD, args: {lr: 0.1}}"])
+        experiment.resume(trained.root, ["trainer.epochs=2", "optimizer={type: SGD, args: {lr: 0.1}}"])
     assert trained.last.read_bytes() == before

@@ -12,7 +12,7 @@ from conftest import tiny_config
 from inference_runs import invoke, make_run
 from report_runs import trained  # noqa: F401 (fixture)
 
-from sever import main
+from sever import experiment
 from sever.trainer.base import BaseTrainer
 from sever.exceptions import TrainingInterrupted
 from sever.inference.evaluate import evaluate_predictions, predictor_split
@@ -65,7 +65,7 @@ def test_training_writes_the_report_with_every_figure(trained):  # noqa: F811 (f
 
 
 def test_report_images_zero_trains_without_a_report(make_config):
-    run = main.train(make_config(epochs=1, max_steps_per_epoch=1, report_images=0))
+    run = experiment.train(make_config(epochs=1, max_steps_per_epoch=1, report_images=0))
     assert run.best.exists() and not (run.root / "report").exists()
 
 
@@ -128,7 +128,7 @@ def test_a_run_stopped_before_its_first_validation_gets_a_training_only_report(m
 
     monkeypatch.setattr(BaseTrainer, "_save_epoch", save_then_sigterm)
     with pytest.raises(TrainingInterrupted):
-        main.train(make_config(epochs=3, val_period=3, max_steps_per_epoch=1))
+        experiment.train(make_config(epochs=3, val_period=3, max_steps_per_epoch=1))
     run = next((tmp_path / "saved" / "tiny").iterdir())
     assert not (run / "report").exists()  # an interrupted training writes none
     result = invoke("report", run, "--max-images", 2, "--examples", 1)
@@ -149,7 +149,7 @@ def test_a_run_that_held_out_no_images_says_so(demo_dir, tmp_path):
 
 
 def test_a_run_with_no_epoch_and_no_checkpoint_says_what_is_missing(tmp_path):
-    (tmp_path / "train.log").write_text("2026-11-30 10:00:00,000 INFO    sever.main: run folder: x\n")
+    (tmp_path / "train.log").write_text("2026-11-30 10:00:00,000 INFO    sever.experiment: run folder: x\n")
     result = invoke("report", tmp_path)
     assert result.exit_code == 0, result.output
     box = missing_box(tmp_path / "report" / "index.html")

@@ -8,7 +8,7 @@ import yaml
 from conftest import tiny_config
 from inference_runs import invoke, make_run
 
-from sever import main
+from sever import experiment
 from sever.exceptions import ConfigError
 from sever.inference.checkpoints import load_model
 from sever.inference.predictor import run_settings
@@ -115,19 +115,19 @@ def test_the_switch_and_a_run_without_validation_skip_tuning(demo_dir, tmp_path,
     config = load_checkpoint(RunPaths(root).best)["config"]
     loader = {**config["data_loader"], "args": {**config["data_loader"]["args"], "validation_split": 0}}
     unsplit = make_run(tmp_path, demo_dir, "unsplit", seed=7, data_loader=loader)
-    with caplog.at_level(logging.INFO, logger="sever.main"):
-        main.tune_postprocess({**config, "trainer": {**config["trainer"], "tune_postprocess": False}},
+    with caplog.at_level(logging.INFO, logger="sever.experiment"):
+        experiment.tune_postprocess({**config, "trainer": {**config["trainer"], "tune_postprocess": False}},
                               RunPaths(root), torch.device("cpu"))
-        main.tune_postprocess({**config, "data_loader": loader}, RunPaths(unsplit), torch.device("cpu"))
+        experiment.tune_postprocess({**config, "data_loader": loader}, RunPaths(unsplit), torch.device("cpu"))
     assert not (root / "postprocess.yml").exists() and not (unsplit / "postprocess.yml").exists()
     assert "trainer.tune_postprocess is false" in caplog.text
     assert "held out no validation images" in caplog.text
 
 
 def test_a_config_switches_tuning_off_and_on(tmp_path):
-    on = main.prepare_config(tiny_config(tmp_path, tmp_path))
-    off = main.prepare_config(tiny_config(tmp_path, tmp_path, tune_postprocess=False))
+    on = experiment.prepare_config(tiny_config(tmp_path, tmp_path))
+    off = experiment.prepare_config(tiny_config(tmp_path, tmp_path, tune_postprocess=False))
     assert on["trainer"]["tune_postprocess"] is True and off["trainer"]["tune_postprocess"] is False
     with pytest.raises(ConfigError, match="trainer.tune_postprocess"):
-        main.prepare_config(tiny_config(tmp_path, tmp_path, tune_postprocess="yes"))
+        experiment.prepare_config(tiny_config(tmp_path, tmp_path, tune_postprocess="yes"))
 

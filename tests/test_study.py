@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from sever import study
-from sever.cli import cli
+from sever.cli.app import cli
 from sever.data_loader.data_loaders import SteelDataLoader, fold_assignment, fold_split, read_split
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.inference.outputs import SavedProbabilities, load_probabilities, probability_files, save_probabilities

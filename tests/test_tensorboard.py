@@ -7,7 +7,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from sever import main
+from sever import experiment
 from sever.utils.checkpoint import load_checkpoint
 
 NAMES = ["pits", "inclusions", "scratches", "patches"]
@@ -26,7 +26,7 @@ def trained(demo_dir, module_tmp):
     handler.emit = records.append
     logger.addHandler(handler)
     try:
-        run = main.train(config)
+        run = experiment.train(config)
     finally:
         logger.removeHandler(handler)
     events = EventAccumulator(str(run.tensorboard), size_guidance={"scalars": 0, "tensors": 0})
@@ -56,7 +56,7 @@ def test_a_per_step_schedule_shows_its_rate_falling_at_every_step(demo_dir, tmp_
     config = tiny_config(demo_dir, tmp_path / "saved", epochs=2, tensorboard=True, log_step=1)
     config["lr_scheduler"] = {"type": "FlatCosineAnnealing",
                               "args": {"start_anneal": 0, "n_epochs": 2, "per_step": True}}
-    run = main.train(config)
+    run = experiment.train(config)
     events = EventAccumulator(str(run.tensorboard), size_guidance={"scalars": 0})
     events.Reload()
     per_step = scalars(events, "batch/lr_encoder")

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from sever import main
+from sever import experiment
 from sever.exceptions import ConfigError
 from sever.model.scheduler import FlatCosineAnnealing, set_horizon
 from sever.trainer import budget as budget_module
@@ -24,7 +24,7 @@ def test_durations_are_read_in_seconds(text, seconds):
 @pytest.mark.parametrize("value", ["90", 90, "soon", "2h30", "0s", "", "m"])
 def test_anything_but_a_duration_is_refused_naming_the_key(make_config, value):
     with pytest.raises(ConfigError, match="trainer.time_budget"):
-        main.prepare_config(make_config(time_budget=value))
+        experiment.prepare_config(make_config(time_budget=value))
 
 
 class Clock:
@@ -128,7 +128,7 @@ def test_a_budget_stops_a_long_run_ends_its_schedule_and_survives_resume(make_co
     config = make_config(epochs=50, time_budget="1s", max_steps_per_epoch=1, val_period=100)
     config["lr_scheduler"] = {"type": "FlatCosineAnnealing", "args": {"start_anneal": 10, "n_epochs": 50}}
     with caplog.at_level(logging.INFO, logger="sever"):
-        run = main.train(config)
+        run = experiment.train(config)
     state = load_checkpoint(run.last)
     assert state["epoch"] == state["time_budget"]["final_epoch"] < 50  # stopped by the budget
     assert state["lr_scheduler"]["n_epochs"] == state["epoch"]  # the schedule was laid over the budget
@@ -138,13 +138,13 @@ def test_a_budget_stops_a_long_run_ends_its_schedule_and_survives_resume(make_co
     spent = state["time_budget"]["spent"]
 
     (run.root / "postprocess.yml").unlink()
-    main.resume(run.root)  # the budget is spent: nothing more to train, but the resumed run still tunes
+    experiment.resume(run.root)  # the budget is spent: nothing more to train, but the resumed run still tunes
     resumed = load_checkpoint(run.last)
     assert resumed["epoch"] == state["epoch"] and (run.root / "postprocess.yml").is_file()
 
     # Another budget, smaller than the time already spent (which still counts): planned anew, the
     # session's first epoch runs and is the last.
-    main.resume(run.root, [f"trainer.time_budget={spent / 2:.3f}s"])
+    experiment.resume(run.root, [f"trainer.time_budget={spent / 2:.3f}s"])
     longer = load_checkpoint(RunPaths(run.root).last)
     assert longer["epoch"] == state["epoch"] + 1
     assert longer["time_budget"]["spent"] > spent

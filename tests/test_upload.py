@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 from conftest import tiny_config
 
-from sever.cli import cli
+from sever.cli.app import cli
 from sever.data_loader.demo import make_demo_data
 from sever.exceptions import SeverError
-from sever.main import train
+from sever.experiment import train
 from sever.upload import (
     INFERENCE_KEYS,
     MAX_NAME,

@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sever import main, study
+from sever import experiment, study
 from sever.exceptions import DataError
 from sever.inference.predictor import TUNED_FILE
 from sever.planning.fingerprint import Layout, fingerprint
@@ -94,7 +94,7 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
     experiment = plan.write(out / f"{config['name']}.yml")
     logger.info("experiment planned: %s", experiment)
     if plan.folds == 1:
-        run = main.train(config)
+        run = experiment.train(config)
         tuned = run.root / TUNED_FILE
         tuning = (f"post-processing tuned on the run's validation split: {tuned}" if tuned.is_file() else
                   "post-processing not tuned (see the run's log): sever predict uses the defaults")

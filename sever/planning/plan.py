@@ -4,7 +4,7 @@
 device and a time budget into a complete segmentation experiment (the config dict) and
 one reason per planned value (dotted config keys); :meth:`Plan.write` writes it as YAML
 with each reason as a comment above its key, and ``fingerprint.json`` beside it. The
-written file validates like any experiment (:func:`sever.main.prepare_config`) and
+written file validates like any experiment (:func:`sever.experiment.prepare_config`) and
 trains as it is: ``sever train -c FILE`` trains fold 0, ``--folds K`` (K from
 ``data_loader.args.folds``) all of them, ``sever auto`` the study. When the budget is too
 short for two folds to train :data:`MIN_EPOCHS_PER_FOLD` epochs each, the plan is one run

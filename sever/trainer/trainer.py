@@ -50,7 +50,7 @@ class Trainer(BaseTrainer):
             model's input (the augmentation's :class:`~sever.data_loader.augmentation.Normalization`);
             None feeds the images as they come.
         tiling: validates images larger than its tile tile by tile (``trainer.valid_tile``: a
-            :class:`~sever.inference.tiling.Tiling`, handed in by ``sever.main``), or None.
+            :class:`~sever.inference.tiling.Tiling`, handed in by ``sever.experiment``), or None.
     """
 
     def __init__(self, model, loss, metrics, optimizer, lr_scheduler, config, run, train_loader,

@@ -2,7 +2,7 @@
 
 Validation here covers the keys sever reads itself (top level, ``trainer``);
 the ``type``/``args`` blocks are checked against their registries by
-:mod:`sever.main` before anything is built.
+:mod:`sever.experiment` before anything is built.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from sever import main
-from sever.cli import cli
+from sever import experiment
+from sever.cli.app import cli
 from sever.data_loader.demo import make_demo_data
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +50,7 @@ def legacy_config(data_dir: Path, save_dir: Path) -> dict:
 if __name__ == "__main__":
     work = Path(tempfile.mkdtemp())
     data = make_demo_data(work / "demo", **DEMO)
-    run = main.train(legacy_config(data, work / "saved"))
+    run = experiment.train(legacy_config(data, work / "saved"))
     shutil.copytree(run.root, HERE / "legacy_run", copy_function=shutil.copy2)
     result = CliRunner().invoke(cli, ["predict", "-m", str(HERE / "legacy_run"), "-i", str(data / "test_images"),
                                       "-o", str(work / "submission.csv"), "--device", "cpu", "--num-workers", "0",

@@ -1,204 +1,12 @@
-"""The ``sever`` command line.
-
-User errors (bad config, data or checkpoints) print one clear message and exit
-with status 1; ``--debug`` shows the traceback. Heavy imports happen inside the
-commands so ``sever --help`` answers at once.
-"""
+"""``sever predict``, ``pseudo-label``, ``evaluate`` and ``tune``: the commands that run models over images."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
-from sever import __version__
-from sever.exceptions import ConfigError, SeverError, TrainingInterrupted
-
-logger = logging.getLogger("sever")
-
-EXIT_USER_ERROR = 1
-
-
-def _debug_after_the_command(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    """``sever train --debug`` means the same as ``sever --debug train``."""
-    if value:
-        from sever.utils.logger import setup_logging
-
-        ctx.find_root().obj["debug"] = True
-        setup_logging(verbose=True)
-
-
-class SeverGroup(click.Group):
-    """A click group that turns :class:`SeverError` into a message and an exit code.
-
-    Every command also takes ``--debug`` itself, so it may follow the command name.
-    """
-
-    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        cmd.params.append(click.Option(["--debug"], is_flag=True, expose_value=False,
-                                       callback=_debug_after_the_command,
-                                       help="Show full tracebacks for errors (as sever --debug)."))
-        super().add_command(cmd, name)
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except TrainingInterrupted as exc:
-            click.echo(str(exc), err=True)
-            ctx.exit(128 + exc.signal_number)
-        except SeverError as exc:
-            if (ctx.obj or {}).get("debug"):
-                raise
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(EXIT_USER_ERROR)
-
-
-@click.group(cls=SeverGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages to the console.")
-@click.version_option(__version__, prog_name="sever")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
-    """sever: steel-surface defect segmentation (Severstal's recipe as a framework)."""
-    from sever.utils.logger import setup_logging
-
-    setup_logging(verbose or debug)
-    ctx.obj = {"debug": debug}
-
-
-@cli.command()
-@click.option("-c", "--config", "configs", multiple=True, type=click.Path(dir_okay=False),
-              help="Experiment YAML, or the name of a built-in one (e.g. demo); repeat to train several "
-                   "one after another.")
-@click.option("-r", "--resume", type=click.Path(), default=None,
-              help="Checkpoint file or run folder to continue (its newest valid checkpoint).")
-@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value by dotted path, e.g. --set trainer.epochs=5 (repeatable).")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes on this machine (DistributedDataParallel, one per GPU); "
-                   "the same as launching with torchrun --standalone --nproc_per_node N.")
-@click.option("--folds", type=click.IntRange(min=2), default=None,
-              help="Train a K-fold study of the config: fold0..fold{K-1} runs in one study folder.")
-@click.option("--fold", type=click.IntRange(min=0), default=None,
-              help="With --folds or -r STUDY: train only this fold (0..K-1).")
-@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Study folds trained at once, each in its own process on its own GPU(s).")
-@click.pass_context
-def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...],
-          nproc: int, folds: int | None, fold: int | None, parallel: int) -> None:
-    """Train models from experiment files, or resume a run or a study."""
-    if bool(configs) == bool(resume):
-        raise click.UsageError("give either -c CONFIG (one or more) or -r CHECKPOINT_OR_RUN_DIR")
-    from sever.utils.config import resolve_experiment
-    from sever.utils.study import is_study
-
-    configs = tuple(str(resolve_experiment(config)) for config in configs)
-    if folds is not None or (resume and is_study(resume)):
-        _train_study(ctx, configs, resume, overrides, nproc, folds, fold, parallel)
-        return
-    if fold is not None or parallel > 1:
-        raise click.UsageError("--fold and --parallel are for studies: give --folds K with -c, or -r STUDY_DIR")
-    if nproc > 1:
-        ctx.exit(_launch_distributed(ctx, nproc))
-    from sever import main
-    from sever.utils.distributed import from_environment
-
-    runs = [main.resume(resume, overrides)] if resume else main.train_from_files(configs, overrides)
-    if from_environment().is_main:
-        for run in runs:
-            click.echo(f"run saved in {run.root}")
-        click.echo(f"next: {_next_command(runs[-1])}")
-
-
-def _next_command(run) -> str:
-    """The command that uses a finished run: predict with it (a classifier gates a segmentation run)."""
-    from sever.utils.config import load_config
-
-    if load_config(run.config)["task"] == "classification":
-        return f"sever predict -m SEGMENTATION_RUN --classifier {run.root} -i IMAGE_DIR -o submission.csv"
-    return f"sever predict -m {run.root} -i IMAGE_DIR -o submission.csv"
-
-
-def _train_study(ctx: click.Context, configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...],
-                 nproc: int, folds: int | None, fold: int | None, parallel: int) -> None:
-    """``sever train --folds K -c X`` or ``-r STUDY``: train a study's folds."""
-    from sever import study
-    from sever.utils.config import load_config
-    from sever.utils.distributed import from_environment
-    from sever.utils.study import StudyPaths
-
-    if resume and folds is not None:
-        raise click.UsageError("-r STUDY_DIR trains the study's own folds; drop --folds")
-    if len(configs) > 1:
-        raise click.UsageError("--folds trains one -c CONFIG")
-    options = dict(only=fold, overrides=overrides, parallel=parallel, nproc=nproc, debug=ctx.obj["debug"])
-    if configs:
-        paths = study.train_study(load_config(configs[0]), folds, **options)
-    else:
-        paths = study.resume_study(resume, **options)
-    if from_environment().is_main:
-        whole = StudyPaths(paths.root)
-        for number in range(whole.rounds + 1):
-            at = whole.at_round(number)
-            if whole.rounds:
-                score = at.round_record().get("score")
-                click.echo(f"round {number}: out-of-fold score "
-                           f"{'not yet tuned' if score is None else format(score, '.4f')}")
-            for entry in at.entries():
-                click.echo(f"fold {entry.fold}: {entry.status:<8} {entry.run}")
-        if whole.rounds:
-            click.echo(f"sever predict -m {paths.root} uses round {whole.chosen_round()} (the finished round with the "
-                       f"best out-of-fold score)")
-        click.echo(f"study saved in {paths.root}")
-
-
-def _launch_distributed(ctx: click.Context, nproc: int) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes on this machine; returns its exit code.
-
-    The command line is rebuilt from the options the user gave (defaults stay defaults), less ``--nproc``.
-    """
-    import subprocess
-    import sys
-
-    args = ["--debug"] if ctx.obj["debug"] else []
-    if ctx.find_root().params.get("verbose"):
-        args.append("--verbose")
-    args.append(ctx.info_name)
-    for param in ctx.command.params:
-        if param.name == "nproc" or param.name not in ctx.params:
-            continue
-        if ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT:
-            continue
-        values = ctx.params[param.name] if param.multiple else (ctx.params[param.name],)
-        option = max(param.opts, key=len)
-        for value in values:
-            if getattr(param, "is_flag", False):
-                args.append(option if value else param.secondary_opts[0])
-            else:
-                args.append(f"{option}={value}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "sever", *args]
-    logger.info("launching %d processes: %s", nproc, " ".join(command))
-    return subprocess.run(command, check=False).returncode
-
-
-@cli.command("demo-data")
-@click.option("-o", "--out", "out_dir", default="data/demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder to write the synthetic dataset to.")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same data.")
-@click.option("--overwrite", is_flag=True, help="Regenerate even if a complete demo dataset is there.")
-@click.option("--mixed-sizes", is_flag=True,
-              help="Give every image its own size, each side between a third of 256x1600 and all of it.")
-def demo_data(out_dir: str, seed: int, overwrite: bool, mixed_sizes: bool) -> None:
-    """Write the synthetic demo dataset (Kaggle competition layout)."""
-    from sever.data_loader.demo import make_demo_data
-
-    path = make_demo_data(out_dir, seed=seed, overwrite=overwrite, mixed_sizes=mixed_sizes)
-    click.echo(f"demo data in {path}")
-
-
-# ----------------------------------------------------------------------------- predict, evaluate, tune
+from sever.cli.common import launch_distributed
 
 
 def _prediction_options(command):
@@ -342,7 +150,7 @@ def _box_runs(options: dict) -> bool:
     return True
 
 
-@cli.command()
+@click.command()
 @_prediction_options
 @click.option("-i", "--images", "image_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of images to predict (with -m); with --from-probs and --visualize, the images to draw on.")
@@ -398,7 +206,7 @@ def predict(ctx: click.Context, image_dir: str | None, probs_dirs: tuple[str, ..
         raise click.UsageError("-m needs -i IMAGE_DIR")
     list_images(image_dir)  # an empty or missing folder fails before the models load
     if nproc > 1 and not from_environment().enabled:
-        ctx.exit(_launch_distributed(ctx, nproc))
+        ctx.exit(launch_distributed(ctx, nproc))
     with sharding.process_group(options["device"]) as (context, device):
         options["device"] = device  # cuda:LOCAL_RANK in a multi-GPU job
         _expand_studies(options)
@@ -428,7 +236,7 @@ def _predict_boxes(options: dict, image_dir: str, output: str, save_probs: str |
                + (f"; drawings in {visualize}" if visualize else ""))
 
 
-@cli.command("pseudo-label")
+@click.command("pseudo-label")
 @_prediction_options
 @click.option("-i", "--images", "image_dir", required=True, type=click.Path(file_okay=False),
               help="Folder of unlabelled images to predict.")
@@ -465,7 +273,7 @@ def pseudo_label(image_dir: str, output: str, low: float, high: float, max_uncer
                f"pseudo_images: {Path(image_dir).resolve()}")
 
 
-@cli.command()
+@click.command()
 @_prediction_options
 @click.option("--split", type=click.Choice(["val"]), default=None,
               help="With -m: score the run's own validation split.")
@@ -560,7 +368,7 @@ def _evaluate_boxes(options: dict, image_dir: str | None, annotation_dir: str | 
     click.echo(map_table(results, class_names))
 
 
-@cli.command()
+@click.command()
 @_prediction_options
 @click.option("--split", type=click.Choice(["val"]), default=None, help="With -m: tune on the run's validation split.")
 @click.option("--probs", "probs_dir", type=click.Path(file_okay=False), default=None,
@@ -618,240 +426,3 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
     click.echo("")
     click.echo(result.summary())
     click.echo(f"wrote {result.write(output, source)}")
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path())
-@click.option("--max-images", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Validation images predicted on the CPU for the scores, threshold curves and mosaics "
-                   "(spread evenly over the split).")
-@click.option("--examples", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Best and worst validation images shown in the mosaics.")
-@click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
-              help="Post-processing YAML to score with [default: RUN/postprocess.yml when there, else the defaults].")
-def report(run_dir: str, max_images: int, examples: int, postprocess: str | None) -> None:
-    """Write RUN/report/: training curves, validation scores and examples as figures and an offline index.html."""
-    from sever.report import write_report
-
-    written = write_report(run_dir, max_images=max_images, examples=examples, postprocess=postprocess)
-    for line in written.missing:
-        click.echo(f"missing: {line}")
-    click.echo(f"wrote {written.index}")
-
-
-@cli.command()
-@click.option("-r", "--run", "run_dir", required=True, type=click.Path(),
-              help="Run folder, e.g. saved/sever-unet-b5/1026_140000.")
-@click.option("-e", "--epoch", "epochs", multiple=True, type=int,
-              help="Send checkpoint-epoch{N}.pth of this epoch (repeatable).")
-@click.option("--best", is_flag=True, help="Send model_best.pth.")
-@click.option("--weights-only", is_flag=True,
-              help="Send only what inference needs (weights, EMA weights, config): no optimiser state.")
-@click.option("--dataset-id", default=None, metavar="USER/SLUG",
-              help="Kaggle dataset to create or add a version to [default: your user name from the Kaggle "
-                   "credentials / sever-<name>-<run stamp>].")
-@click.option("--title", default=None, help="Dataset title, 6-50 characters, used on creation "
-                                            "[default: sever-<name> <run stamp>].")
-@click.option("--license", "license_name", default="CC0-1.0", show_default=True, help="Kaggle licence name.")
-@click.option("-m", "--message", default=None, help="Notes for a new version [default: the files sent].")
-@click.option("--staging", type=click.Path(file_okay=False), default=None,
-              help="Empty folder to stage the files in, kept afterwards [default: a temporary folder].")
-@click.option("--dry-run", is_flag=True, help="Stage and show what would be sent, then stop.")
-def upload(run_dir: str, epochs: tuple[int, ...], best: bool, weights_only: bool, dataset_id: str | None,
-           title: str | None, license_name: str, message: str | None, staging: str | None, dry_run: bool) -> None:
-    """Publish chosen checkpoints of a run as a Kaggle dataset (for offline Kaggle kernels)."""
-    import shlex
-
-    from sever import upload as kaggle_upload
-
-    plan = kaggle_upload.plan_upload(run_dir, epochs, best, dataset_id=dataset_id, title=title,
-                                     license_name=license_name, weights_only=weights_only, staging=staging,
-                                     sending=not dry_run)
-    message = message or kaggle_upload.default_message(plan)
-    action = None if dry_run else kaggle_upload.remote_action(plan.dataset_id)
-    with kaggle_upload.staging_folder(plan, keep=dry_run) as folder:
-        staged = kaggle_upload.stage(plan, folder)
-        click.echo(kaggle_upload.describe(staged))
-        if dry_run:
-            commands = kaggle_upload.kaggle_commands(staged, message)
-            click.echo(f"dry run: nothing sent; the staged files stay in {folder}. Sending runs\n"
-                       f"  kaggle {shlex.join(commands['create'])}\n"
-                       f"or, when {plan.dataset_id} exists,\n  kaggle {shlex.join(commands['version'])}")
-            return
-        published = kaggle_upload.publish(staged, action, message)
-    click.echo(published.output)
-    click.echo(f"{'created' if published.action == 'create' else 'new version of'} "
-               f"https://www.kaggle.com/datasets/{plan.dataset_id}")
-
-
-@cli.command()
-@click.option("--from", "source", required=True, type=click.Choice(["kaggle", "mask-folder"]),
-              help="Format to read.")
-@click.option("--to", "target", required=True, type=click.Choice(["kaggle", "mask-folder"]),
-              help="Format to write.")
-@click.option("--images", required=True, type=click.Path(file_okay=False), help="Image folder (both formats).")
-@click.option("--masks", required=True, type=click.Path(file_okay=False),
-              help="Mask folder: read with --from mask-folder, written with --to mask-folder.")
-@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False),
-              help="Kaggle CSV: read with --from kaggle (either format), written with --to kaggle.")
-@click.option("--classes", required=True, type=click.IntRange(min=1), help="Number of defect classes.")
-@click.option("--class-names", default=None, metavar="A,B,...",
-              help="Comma-separated class names: the per-class mask folder names (default 1..classes).")
-@click.option("--layout", default="labels", show_default=True, type=click.Choice(["labels", "per-class"]),
-              help="Mask folder written: one label map per image, or one binary mask per class.")
-@click.option("--csv-format", default="train", show_default=True,
-              type=click.Choice(["train", "original", "submission"]),
-              help="CSV written: ImageId,ClassId,EncodedPixels (train), ImageId_ClassId (original), ...")
-def convert(source: str, target: str, images: str, masks: str, csv_path: str, classes: int,
-            class_names: str | None, layout: str, csv_format: str) -> None:
-    """Convert masks between a Kaggle CSV and a mask folder (images/ + masks/)."""
-    from sever.data_loader.convert import csv_to_mask_folder, mask_folder_to_csv
-
-    if source == target:
-        raise click.UsageError("--from and --to are the same format: nothing to convert")
-    names = [name.strip() for name in class_names.split(",")] if class_names else None
-    if names is not None and len(names) != classes:
-        raise click.BadParameter(f"{len(names)} names for {classes} classes", param_hint="--class-names")
-    if source == "mask-folder":
-        annotations = mask_folder_to_csv(images, masks, csv_path, classes, names, csv_format)
-        click.echo(f"wrote {int(annotations.has_defect().sum())} masks of {len(annotations)} images to {csv_path}")
-    else:
-        annotations = csv_to_mask_folder(images, csv_path, masks, classes, names, layout)
-        click.echo(f"wrote {layout} masks of {len(annotations)} images to {masks}")
-
-@cli.command()
-@click.option("-m", "--model", "checkpoint", required=True, type=click.Path(),
-              help="Checkpoint file, or run folder (its model_best.pth, else its newest checkpoint).")
-@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript"]), help="Export format.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
-@click.option("--height", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Height of the example input, pixels.")
-@click.option("--width", default=1600, show_default=True, type=click.IntRange(min=1),
-              help="Width of the example input, pixels.")
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset version.")
-@click.option("--dynamic", is_flag=True,
-              help="ONNX: accept any height and width, not only the example's (the batch size is always free).")
-@click.option("--atol", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Largest difference from PyTorch's probabilities (sigmoid of the logits) accepted.")
-def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: int, dynamic: bool,
-           atol: float) -> None:
-    """Export a trained model to ONNX or TorchScript and check it against PyTorch."""
-    from sever.export import export_model
-
-    result = export_model(checkpoint, fmt, out, height=height, width=width, opset=opset, dynamic=dynamic, atol=atol)
-    shapes = ", ".join("x".join(map(str, shape)) for shape in result.checked_shapes)
-    click.echo(f"exported the {result.weights} weights of {result.checkpoint} to {result.path} ({fmt})")
-    click.echo(f"checked against PyTorch on random inputs {shapes}: probabilities differ by up to "
-               f"{result.max_prob_diff:.2e} (--atol {atol:g}), logits by up to {result.max_abs_diff:.2e}")
-
-def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    """An ``HxW`` option as ``(height, width)`` pixels, or None when not given."""
-    if value is None:
-        return None
-    from sever.inference.evaluate import parse_size
-
-    try:
-        return parse_size(value)
-    except ConfigError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 256x1600, got {value!r}") from None
-
-
-@cli.command("check-data")
-@click.argument("data_dir", type=click.Path())
-@click.option("--csv", default="train.csv", show_default=True, help="Masks CSV (either Kaggle format), relative to DATA_DIR.")
-@click.option("--images", default="train_images", show_default=True, help="Image folder, relative to DATA_DIR.")
-@click.option("--classes", default=4, show_default=True, type=click.IntRange(min=1), help="Number of defect classes.")
-@click.option("--full", is_flag=True, help="Also decode every image (slower; finds corrupt data inside files).")
-@click.option("--crop", default=None, metavar="HxW", callback=_size_option,
-              help="Training crop: say how many images are smaller than it (training pads them).")
-@click.option("--tile", default=None, metavar="HxW", callback=_size_option,
-              help="Prediction tile: say how many images are larger than it (prediction tiles them).")
-@click.pass_context
-def check_data(ctx: click.Context, data_dir: str, csv: str, images: str, classes: int, full: bool,
-               crop: tuple[int, int] | None, tile: tuple[int, int] | None) -> None:
-    """Check every image and mask of a dataset without training; exit 1 if anything is wrong."""
-    from sever.data_loader.checks import check_dataset
-
-    report = check_dataset(data_dir, csv=csv, images=images, classes=classes, full=full)
-    click.echo(f"{data_dir}: {images}/ and {csv} ({'full' if full else 'quick'} check)")
-    for line in report.summary(crop, tile):
-        click.echo(line)
-    if report.problems:
-        click.echo(f"Error: {len(report.problems)} problem(s) found in {data_dir}", err=True)
-        ctx.exit(EXIT_USER_ERROR)
-
-
-def _plan_options(command):
-    """The options ``sever plan`` and ``sever auto`` share: where the data is, the device, the budget."""
-    options = [
-        click.argument("data_dir", type=click.Path()),
-        click.option("--format", "fmt", type=click.Choice(["kaggle", "mask_folder"]), default=None,
-                     help="Label format [default: kaggle when the CSV is there, else mask_folder]."),
-        click.option("--images", default="train_images", show_default=True, help="Image folder, relative to DATA_DIR."),
-        click.option("--csv", default="train.csv", show_default=True, help="Masks CSV (kaggle), relative to DATA_DIR."),
-        click.option("--masks", default="train_masks", show_default=True,
-                     help="Mask folder (mask_folder), relative to DATA_DIR."),
-        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-                     help="The device the plan is measured on and trains on."),
-        click.option("--name", default=None, help="Experiment name [default: the file name / DATA_DIR's name]."),
-        click.option("--seed", default=42, show_default=True, type=int,
-                     help="Random seed of the planned experiment (its split, weights and batches)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _layout(fmt: str | None, images: str, csv: str, masks: str):
-    from sever.planning.fingerprint import Layout
-
-    return Layout(fmt or "kaggle", images, csv, masks)
-
-
-@cli.command()
-@_plan_options
-@click.option("--time", "time_budget", default="1h", show_default=True,
-              help="Time the whole study may take (e.g. 2h30m): folds, epochs and the model are sized to it.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Experiment file to write (fingerprint.json goes beside it), e.g. experiments/mine.yml.")
-def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
-         seed: int, time_budget: str, output: str) -> None:
-    """Read a dataset's fingerprint and write an experiment planned from it, each value with its reason."""
-    from sever.planning.auto import plan_dataset
-
-    planned = plan_dataset(data_dir, time_budget, name or Path(output).stem, _layout(fmt, images, csv, masks), fmt,
-                           device, seed=seed)
-    for line in planned.fingerprint.table():
-        click.echo(line)
-    for note in planned.notes:
-        click.echo(f"note: {note}")
-    click.echo(f"wrote {planned.write(output)} and {Path(output).parent / 'fingerprint.json'}")
-    folds = f" --folds {planned.folds}" if planned.folds > 1 else ""
-    click.echo(f"next: sever train -c {output}{folds}   (or sever auto {data_dir} --time {time_budget})")
-
-
-@cli.command()
-@_plan_options
-@click.option("--time", "time_budget", required=True, help="Time the whole run may take, e.g. 2h.")
-@click.option("--unlabelled", type=click.Path(file_okay=False), default=None,
-              help="Folder of unlabelled images for a pseudo-label round.")
-@click.option("-o", "--out", "out_dir", default="saved/auto", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the experiment file, the fingerprint and the study.")
-def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
-         seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
-    """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
-    from sever.planning.auto import plan_dataset, run_auto
-
-    planned = plan_dataset(data_dir, time_budget, name or Path(data_dir).resolve().name,
-                           _layout(fmt, images, csv, masks), fmt, device, unlabelled, seed)
-    for line in planned.fingerprint.table():
-        click.echo(line)
-    for note in planned.notes:
-        click.echo(f"note: {note}")
-    result = run_auto(planned, out_dir)
-    click.echo(f"experiment: {result.experiment}")
-    click.echo(result.tuning)
-    for report in result.reports:
-        click.echo(f"report: {report}")
-    click.echo(f"{result.kind} saved in {result.saved}")
-    click.echo(f"next: {result.predict_command}")

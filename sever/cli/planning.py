@@ -1,0 +1,83 @@
+"""``sever plan`` and ``sever auto``: an experiment planned from a dataset, and a study trained from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _plan_options(command):
+    """The options ``sever plan`` and ``sever auto`` share: where the data is, the device, the budget."""
+    options = [
+        click.argument("data_dir", type=click.Path()),
+        click.option("--format", "fmt", type=click.Choice(["kaggle", "mask_folder"]), default=None,
+                     help="Label format [default: kaggle when the CSV is there, else mask_folder]."),
+        click.option("--images", default="train_images", show_default=True, help="Image folder, relative to DATA_DIR."),
+        click.option("--csv", default="train.csv", show_default=True, help="Masks CSV (kaggle), relative to DATA_DIR."),
+        click.option("--masks", default="train_masks", show_default=True,
+                     help="Mask folder (mask_folder), relative to DATA_DIR."),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="The device the plan is measured on and trains on."),
+        click.option("--name", default=None, help="Experiment name [default: the file name / DATA_DIR's name]."),
+        click.option("--seed", default=42, show_default=True, type=int,
+                     help="Random seed of the planned experiment (its split, weights and batches)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _layout(fmt: str | None, images: str, csv: str, masks: str):
+    from sever.planning.fingerprint import Layout
+
+    return Layout(fmt or "kaggle", images, csv, masks)
+
+
+@click.command()
+@_plan_options
+@click.option("--time", "time_budget", default="1h", show_default=True,
+              help="Time the whole study may take (e.g. 2h30m): folds, epochs and the model are sized to it.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Experiment file to write (fingerprint.json goes beside it), e.g. experiments/mine.yml.")
+def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
+         seed: int, time_budget: str, output: str) -> None:
+    """Read a dataset's fingerprint and write an experiment planned from it, each value with its reason."""
+    from sever.planning.auto import plan_dataset
+
+    planned = plan_dataset(data_dir, time_budget, name or Path(output).stem, _layout(fmt, images, csv, masks), fmt,
+                           device, seed=seed)
+    for line in planned.fingerprint.table():
+        click.echo(line)
+    for note in planned.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {planned.write(output)} and {Path(output).parent / 'fingerprint.json'}")
+    folds = f" --folds {planned.folds}" if planned.folds > 1 else ""
+    click.echo(f"next: sever train -c {output}{folds}   (or sever auto {data_dir} --time {time_budget})")
+
+
+@click.command()
+@_plan_options
+@click.option("--time", "time_budget", required=True, help="Time the whole run may take, e.g. 2h.")
+@click.option("--unlabelled", type=click.Path(file_okay=False), default=None,
+              help="Folder of unlabelled images for a pseudo-label round.")
+@click.option("-o", "--out", "out_dir", default="saved/auto", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the experiment file, the fingerprint and the study.")
+def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
+         seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
+    """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
+    from sever.planning.auto import plan_dataset, run_auto
+
+    planned = plan_dataset(data_dir, time_budget, name or Path(data_dir).resolve().name,
+                           _layout(fmt, images, csv, masks), fmt, device, unlabelled, seed)
+    for line in planned.fingerprint.table():
+        click.echo(line)
+    for note in planned.notes:
+        click.echo(f"note: {note}")
+    result = run_auto(planned, out_dir)
+    click.echo(f"experiment: {result.experiment}")
+    click.echo(result.tuning)
+    for report in result.reports:
+        click.echo(f"report: {report}")
+    click.echo(f"{result.kind} saved in {result.saved}")
+    click.echo(f"next: {result.predict_command}")
