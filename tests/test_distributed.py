@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from sever import experiment
+from sever import experiment as sever_experiment
 from sever.utils.run import RunPaths
 
 
@@ -27,7 +27,7 @@ def _rank_worker(rank: int, world_size: int, port: int, config: dict, out_dir: s
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
+    experiment = sever_experiment.build_experiment(sever_experiment.prepare_config(config))
     sampler = experiment.data.train_loader.batch_sampler
     seen = []
     for epoch in (1, 2):
@@ -36,14 +36,14 @@ def _rank_worker(rank: int, world_size: int, port: int, config: dict, out_dir: s
     context = experiment.distributed
     root = RunPaths.create(config["save_dir"], config["name"]).root if context.is_main else None
     run = RunPaths(Path(context.broadcast(str(root) if root else None)))
-    experiment.make_trainer(experiment, run).train()
+    sever_experiment.make_trainer(experiment, run).train()
     torch.save({"seen": seen, "run": str(run.root), "weights": experiment.model.state_dict()},
                Path(out_dir) / f"rank{rank}.pt")
-    experiment.distributed.teardown(context)
+    sever_experiment.distributed.teardown(context)
 
 
 def test_two_gloo_ranks_train_disjoint_shards_to_identical_weights(make_config, tmp_path):
-    config = experiment.prepare_config(make_config(epochs=2))
+    config = sever_experiment.prepare_config(make_config(epochs=2))
     config["data_loader"]["args"]["batch_size"] = 2
     mp.start_processes(_rank_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2,
                        start_method="spawn", join=True)
@@ -81,15 +81,15 @@ def _mixed_worker(rank: int, world_size: int, port: int, config: dict, out_dir: 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
+    experiment = sever_experiment.build_experiment(sever_experiment.prepare_config(config))
     context = experiment.distributed
     root = RunPaths.create(config["save_dir"], config["name"]).root if context.is_main else None
     run = RunPaths(Path(context.broadcast(str(root) if root else None)))
-    log = experiment.make_trainer(experiment, run).train()
+    log = sever_experiment.make_trainer(experiment, run).train()
     shard = [index for batch in experiment.data.valid_loader.batch_sampler for index in batch]
     torch.save({"log": log, "weights": experiment.model.state_dict(), "shard": shard,
                 "counted": float(experiment.metrics[0].images)}, Path(out_dir) / f"rank{rank}.pt")
-    experiment.distributed.teardown(context)
+    sever_experiment.distributed.teardown(context)
 
 
 def test_two_ranks_validate_mixed_sizes_as_one_process_does(tmp_path):
@@ -98,16 +98,16 @@ def test_two_ranks_validate_mixed_sizes_as_one_process_does(tmp_path):
     from test_mixed_sizes import mixed_config
 
     data = make_demo_data(tmp_path / "mixed", n_train=24, n_test=2, height=64, width=128, seed=5, mixed_sizes=True)
-    config = experiment.prepare_config(mixed_config(data, tmp_path / "saved", batch_size=2, valid_batch_size=3))
+    config = sever_experiment.prepare_config(mixed_config(data, tmp_path / "saved", batch_size=2, valid_batch_size=3))
     mp.start_processes(_mixed_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2,
                        start_method="spawn", join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    experiment = experiment.build_experiment(config)
+    experiment = sever_experiment.build_experiment(config)
     n_valid = len(experiment.data.valid_dataset)
     assert sorted(ranks[0]["shard"] + ranks[1]["shard"]) == list(range(n_valid)), "every image on one rank"
     assert ranks[0]["counted"] == ranks[1]["counted"] == n_valid, "the reduced metric counts each image once"
     experiment.model.load_state_dict(ranks[0]["weights"])
-    alone = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "alone"))._valid_epoch(1)
+    alone = sever_experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "alone"))._valid_epoch(1)
     dice = [key for key in alone if re.fullmatch(r"val_dice_(\d+|mean)", key)]
     assert len(dice) == 5
     for rank in ranks:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from inference_runs import invoke, runs  # noqa: F401 (fixture)
 
-from sever import experiment
+from sever import experiment as sever_experiment
 from sever.exceptions import ConfigError
 from sever.inference.evaluate import evaluate_csv, evaluate_predictions, parse_size, validation_split
 from sever.inference.predictor import build_predictor
@@ -82,7 +82,7 @@ def test_cli_usage_errors(csvs):
 def test_a_runs_split_scores_as_its_training_metric(runs):
     """``evaluate -m RUN --split val`` and the trainer's Dice see the same images and agree."""
     state = load_checkpoint(runs["fpn"] / "checkpoints" / "model_best.pth")
-    experiment = experiment.build_experiment({**state["config"], "data_loader": {
+    experiment = sever_experiment.build_experiment({**state["config"], "data_loader": {
         **state["config"]["data_loader"], "args": {**state["config"]["data_loader"]["args"], "num_workers": 0}}})
     experiment.model.load_state_dict(state["state_dict"])
     experiment.model.eval()

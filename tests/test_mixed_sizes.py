@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_config
 from inference_runs import invoke, make_run
 
-from sever import experiment
+from sever import experiment as sever_experiment
 from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.augmentation import PAD_LABEL
 from sever.data_loader.datasets import list_images, read_grey
@@ -52,9 +52,9 @@ def test_the_demo_generator_makes_mixed_sizes_some_smaller_than_the_crop(mixed_d
 def test_batched_and_unbatched_validation_give_the_same_scores(mixed_dir, tmp_path):
     scores, mixed_batches = [], 0
     for batch_size in (4, 1):
-        config = experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved", valid_batch_size=batch_size))
-        experiment = experiment.build_experiment(config)
-        trainer = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", f"batch{batch_size}"))
+        config = sever_experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved", valid_batch_size=batch_size))
+        experiment = sever_experiment.build_experiment(config)
+        trainer = sever_experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", f"batch{batch_size}"))
         log = trainer._valid_epoch(1)  # the metric, not the loss: batch means of a loss weigh batches alike
         scores.append({k: v for k, v in log.items() if re.fullmatch(r"val_dice_(\d+|mean)", k)})
         mixed_batches += sum(len(set(own_sizes(masks))) > 1 for _, masks in experiment.data.valid_loader)
@@ -63,8 +63,8 @@ def test_batched_and_unbatched_validation_give_the_same_scores(mixed_dir, tmp_pa
 
 
 def test_training_batches_carry_the_padding_of_small_images(mixed_dir, tmp_path):
-    config = experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved"))
-    images, masks = next(iter(experiment.build_experiment(config).data.train_loader))
+    config = sever_experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved"))
+    images, masks = next(iter(sever_experiment.build_experiment(config).data.train_loader))
     assert images.shape[-2:] == (32, 64) and masks.shape[-2:] == (32, 64)
     assert (masks == PAD_LABEL).any(), "images narrower or lower than the crop are padded"
 
@@ -75,9 +75,9 @@ def test_evaluate_split_val_scores_as_the_trainers_validation(mixed_dir, tmp_pat
     root = make_run(tmp_path / "runs", mixed_dir, "fpn", seed=1, augmentation=config["augmentation"],
                     data_loader=config["data_loader"])
     state = load_checkpoint(root / "checkpoints" / "model_best.pth")
-    experiment = experiment.build_experiment(state["config"])
+    experiment = sever_experiment.build_experiment(state["config"])
     experiment.model.load_state_dict(state["state_dict"])
-    expected = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "again"))._valid_epoch(1)
+    expected = sever_experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "again"))._valid_epoch(1)
     predictor = build_predictor([root], device="cpu")
     paths, annotations = validation_split(predictor.models[0].config)
     settings = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0, "one_class_per_pixel": False}, 4)
@@ -93,7 +93,7 @@ def mean_dice(output):
 def test_train_tune_predict_evaluate_on_mixed_sizes(mixed_dir, tmp_path):
     config = mixed_config(mixed_dir, tmp_path / "saved")
     config["trainer"].update(tensorboard=True, vis_images=6)  # a grid of validation images of mixed sizes
-    run = experiment.train(experiment.prepare_config(config))
+    run = sever_experiment.train(sever_experiment.prepare_config(config))
     assert any(p.name.startswith("events.out.tfevents") for p in run.tensorboard.iterdir())
     tuned = tmp_path / "tuned.yml"
     result = invoke("tune", "-m", run.root, "--split", "val", "--num-workers", 0, "-o", tuned,
@@ -126,7 +126,7 @@ def test_a_mask_folder_dataset_of_mixed_sizes_converts_trains_and_evaluates(mixe
     names = list_images(mixed_dir / "train_images")
     assert read_rle_csv(back, 4, image_ids=names) == read_rle_csv(mixed_dir / "train.csv", 4, image_ids=names)
     config = mixed_config(mixed_dir, tmp_path / "saved", format="mask_folder", masks=str(tmp_path / "train_masks"))
-    run = experiment.train(experiment.prepare_config(config))
+    run = sever_experiment.train(sever_experiment.prepare_config(config))
     scored = invoke("evaluate", "-m", run.root, "--split", "val", "--num-workers", 0)
     assert scored.exit_code == 0, scored.output
     assert 0 <= mean_dice(scored.output) <= 1

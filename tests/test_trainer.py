@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sever import experiment
+from sever import experiment as sever_experiment
 from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from sever.trainer.trainer import Trainer
 from sever.utils.checkpoint import load_checkpoint
@@ -14,7 +14,7 @@ from sever.utils.run import RunPaths
 
 
 def run_of(config):
-    return experiment.train(config)
+    return sever_experiment.train(config)
 
 
 def weights(path):
@@ -42,9 +42,9 @@ def test_training_writes_checkpoints_config_and_tensorboard(make_config):
 
 
 def test_the_model_sees_the_loaders_images_normalised_by_the_augmentations_statistics(make_config, tmp_path):
-    config = experiment.prepare_config(make_config(), ["augmentation.args.mean=0.5", "augmentation.args.std=0.25"])
-    experiment = experiment.build_experiment(config)
-    trainer = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "normalised"))
+    config = sever_experiment.prepare_config(make_config(), ["augmentation.args.mean=0.5", "augmentation.args.std=0.25"])
+    experiment = sever_experiment.build_experiment(config)
+    trainer = sever_experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "normalised"))
     seen = []
     experiment.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     trainer._valid_epoch(1)
@@ -57,7 +57,7 @@ def test_the_model_sees_the_loaders_images_normalised_by_the_augmentations_stati
 def test_a_run_without_validation_images_trains_every_epoch(make_config):
     config = make_config(epochs=2, max_steps_per_epoch=1)
     config["data_loader"]["args"]["validation_split"] = 0
-    run = experiment.train(config)
+    run = sever_experiment.train(config)
     assert load_checkpoint(run.last)["epoch"] == 2
     assert "val_loss" not in run.log_file.read_text()
 
@@ -65,7 +65,7 @@ def test_a_run_without_validation_images_trains_every_epoch(make_config):
 def test_resume_after_an_epoch_gives_the_same_weights(make_config):
     straight = run_of(make_config(epochs=2))
     halted = run_of(make_config(epochs=1))
-    resumed = experiment.resume(halted.root, ["trainer.epochs=2"])
+    resumed = sever_experiment.resume(halted.root, ["trainer.epochs=2"])
     assert resumed == halted
     assert_same_weights(weights(straight.last), weights(halted.last))
     assert load_checkpoint(halted.last)["epoch"] == 2
@@ -90,7 +90,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(make_config, monkeypatch):
     interrupted = RunPaths(Path(caught.value.checkpoint).parent.parent)
     state = load_checkpoint(interrupted.last)
     assert (state["epoch"], state["step"]) == (1, 1)
-    experiment.resume(interrupted.root)
+    sever_experiment.resume(interrupted.root)
     assert_same_weights(weights(straight.last), weights(interrupted.last))
 
 
@@ -109,7 +109,7 @@ def test_unknown_monitored_metric_is_a_config_error(make_config):
 
 def test_encoder_frozen_for_the_first_epochs(make_config):
     config = make_config(epochs=1, freeze_encoder_epochs=1)
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
+    experiment = sever_experiment.build_experiment(sever_experiment.prepare_config(config))
     before = {k: v.clone() for k, v in experiment.model.state_dict().items()}
     run = run_of(config)
     after = weights(run.last)
@@ -117,7 +117,7 @@ def test_encoder_frozen_for_the_first_epochs(make_config):
     decoder = [k for k in before if k.startswith("decoder.") and "num_batches_tracked" not in k]
     assert all(torch.equal(before[k], after[k]) for k in encoder), "frozen encoder (and its BN stats) unchanged"
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
-    unfrozen = experiment.resume(run.root, ["trainer.epochs=2"])
+    unfrozen = sever_experiment.resume(run.root, ["trainer.epochs=2"])
     assert any(not torch.equal(after[k], weights(unfrozen.last)[k]) for k in encoder)
 
 
@@ -132,9 +132,9 @@ def test_non_finite_loss_stops_without_overwriting_checkpoints(make_config, monk
 
     monkeypatch.setattr(Trainer, "_loss_parts", poisoned)
     with pytest.raises(TrainingError, match="non-finite loss"):
-        experiment.resume(run.root, ["trainer.epochs=2"])
+        sever_experiment.resume(run.root, ["trainer.epochs=2"])
     assert_same_weights(good, weights(run.last))
-    skipped = experiment.resume(run.root, ["trainer.epochs=2", "trainer.nan_policy=skip"])
+    skipped = sever_experiment.resume(run.root, ["trainer.epochs=2", "trainer.nan_policy=skip"])
     assert load_checkpoint(skipped.last)["epoch"] == 2
     after = weights(skipped.last)
     learnt = [k for k in good if "running_" not in k and "num_batches" not in k]  # BN statistics still move
@@ -161,7 +161,7 @@ def test_checkpoint_of_another_architecture_is_refused(make_config):
     run = run_of(make_config(epochs=1))
     config_path = run.config
     with pytest.raises(CheckpointError, match="encoder_name is .resnet18. in the checkpoint but .resnet34."):
-        experiment.resume(run.root, ["arch.args.encoder_name=resnet34"])
+        sever_experiment.resume(run.root, ["arch.args.encoder_name=resnet34"])
     assert config_path.is_file()
 
 
@@ -173,7 +173,7 @@ def test_weights_only_checkpoint_cannot_resume(make_config):
     slim = run.checkpoints / "slim.pth"
     atomic_torch_save(inference_state(load_checkpoint(run.last)), slim)
     with pytest.raises(CheckpointError, match="weights only"):
-        experiment.resume(slim, ["trainer.epochs=2"])
+        sever_experiment.resume(slim, ["trainer.epochs=2"])
 
 
 def test_the_epoch_bar_counts_the_runs_epochs_and_shows_the_runs_eta(make_config, monkeypatch):

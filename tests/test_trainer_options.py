@@ -8,15 +8,15 @@ import shutil
 import pytest
 import torch
 
-from sever import experiment
+from sever import experiment as sever_experiment
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.run import RunPaths
 
 
 def build(config, tmp_path, name="options"):
     """The experiment and its trainer, as ``sever train`` builds them."""
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
-    return experiment, experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", name))
+    experiment = sever_experiment.build_experiment(sever_experiment.prepare_config(config))
+    return experiment, sever_experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", name))
 
 
 def float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -152,16 +152,16 @@ def stalling_config(make_config, epochs):
 
 
 def test_resumed_run_ends_in_the_state_of_an_uninterrupted_one(make_config):
-    straight = experiment.train(stalling_config(make_config, 4))
-    halted = experiment.train(stalling_config(make_config, 2))
+    straight = sever_experiment.train(stalling_config(make_config, 4))
+    halted = sever_experiment.train(stalling_config(make_config, 2))
     at_halt = load_checkpoint(halted.last)
     assert at_halt["not_improved"] >= 1 and at_halt["monitor_best"] < float("inf"), "resume must carry state"
-    experiment.resume(halted.root, ["trainer.epochs=4"])
+    sever_experiment.resume(halted.root, ["trainer.epochs=4"])
     assert_same_state(load_checkpoint(straight.last), load_checkpoint(halted.last))
 
 
 def test_resume_restores_every_counter_of_the_checkpoint(make_config, tmp_path):
-    run = experiment.train(stalling_config(make_config, 1))
+    run = sever_experiment.train(stalling_config(make_config, 1))
     state = load_checkpoint(run.last)
     # values no fresh trainer starts with
     state.update(epoch=3, step=2, monitor_best=0.123, not_improved=2)
@@ -178,9 +178,9 @@ def test_resume_restores_every_counter_of_the_checkpoint(make_config, tmp_path):
 def test_early_stopping_counts_across_a_resume(make_config):
     config = stalling_config(make_config, 2)
     config["trainer"]["early_stop"] = 2
-    run = experiment.train(config)
+    run = sever_experiment.train(config)
     assert load_checkpoint(run.last)["not_improved"] == 1
-    experiment.resume(run.root, ["trainer.epochs=6"])
+    sever_experiment.resume(run.root, ["trainer.epochs=6"])
     assert load_checkpoint(run.last)["epoch"] == 3, "epoch 3 is the second without improvement"
 
 
@@ -196,7 +196,7 @@ def every_checkpoint_loads(run: RunPaths) -> dict[str, int]:
 
 
 def test_a_kill_while_saving_leaves_the_previous_checkpoints_whole(make_config, monkeypatch):
-    run = experiment.train(make_config(epochs=1))
+    run = sever_experiment.train(make_config(epochs=1))
     before = every_checkpoint_loads(run)
     real_save = torch.save
 
@@ -208,13 +208,13 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoints_whole(make_config, 
 
     monkeypatch.setattr(torch, "save", save_half_then_die)
     with pytest.raises(Killed):
-        experiment.resume(run.root, ["trainer.epochs=2"])
+        sever_experiment.resume(run.root, ["trainer.epochs=2"])
     assert every_checkpoint_loads(run) == before
     assert not list(run.checkpoints.glob(".*.tmp")), "the partial file is removed"
 
 
 def test_a_kill_while_copying_a_checkpoint_leaves_no_partial_file(make_config, monkeypatch):
-    run = experiment.train(make_config(epochs=1, save_period=1))
+    run = sever_experiment.train(make_config(epochs=1, save_period=1))
     real_copy = shutil.copyfile
 
     def no_hard_links(source, target):
@@ -228,17 +228,17 @@ def test_a_kill_while_copying_a_checkpoint_leaves_no_partial_file(make_config, m
     monkeypatch.setattr(os, "link", no_hard_links)
     monkeypatch.setattr(shutil, "copyfile", copy_half_then_die)
     with pytest.raises(Killed):
-        experiment.resume(run.root, ["trainer.epochs=2"])
+        sever_experiment.resume(run.root, ["trainer.epochs=2"])
     loads = every_checkpoint_loads(run)
     assert loads["last.pth"] == 2 and loads["checkpoint-epoch1.pth"] == 1
     assert "checkpoint-epoch2.pth" not in loads, "the copy that was cut short never took the name"
     monkeypatch.undo()
-    experiment.resume(run.root, ["trainer.epochs=2"])  # the stale temporary is cleared and the run goes on
+    sever_experiment.resume(run.root, ["trainer.epochs=2"])  # the stale temporary is cleared and the run goes on
     assert not list(run.checkpoints.glob(".*.tmp"))
 
 
 def test_checkpoint_links_share_the_file_written_once(make_config):
-    run = experiment.train(make_config(epochs=1, save_period=1, tune_postprocess=False))  # tuning rewrites the best
+    run = sever_experiment.train(make_config(epochs=1, save_period=1, tune_postprocess=False))  # tuning rewrites the best
     last = run.last.stat()
     for name in ("model_best.pth", "checkpoint-epoch1.pth"):
         assert (run.checkpoints / name).stat().st_ino == last.st_ino, name

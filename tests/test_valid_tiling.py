@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_config
 from inference_runs import UNET, classifier_changes, invoke, make_run
 
-from sever import experiment
+from sever import experiment as sever_experiment
 from sever.exceptions import ConfigError
 from sever.inference.checkpoints import load_model, open_checkpoint
 from sever.inference.predictor import Predictor
@@ -28,13 +28,13 @@ from sever.utils.run import RunPaths
 ])
 def test_bad_validation_tiles_are_refused_before_anything_is_built(demo_dir, tmp_path, trainer, message):
     with pytest.raises(ConfigError, match=message):
-        experiment.prepare_config(tiny_config(demo_dir, tmp_path, **trainer))
+        sever_experiment.prepare_config(tiny_config(demo_dir, tmp_path, **trainer))
 
 
 def test_a_classifier_is_not_validated_in_tiles(demo_dir, tmp_path):
     config = {**tiny_config(demo_dir, tmp_path, valid_tile="64x64"), **classifier_changes()}
     with pytest.raises(ConfigError, match="trainer.valid_tile: a classification run is validated on whole images"):
-        experiment.prepare_config(config)
+        sever_experiment.prepare_config(config)
 
 
 def _validate(demo_dir, tmp_path, tile):
@@ -44,10 +44,10 @@ def _validate(demo_dir, tmp_path, tile):
     """
     config = tiny_config(demo_dir, tmp_path / "saved", valid_tile=tile, valid_overlap=0.5)
     config["arch"] = UNET
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
+    experiment = sever_experiment.build_experiment(sever_experiment.prepare_config(config))
     shapes = []
     experiment.model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[-2:])))
-    trainer = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", str(tile)))
+    trainer = sever_experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", str(tile)))
     log = trainer._valid_epoch(1)
     seen = set(shapes)
     images, masks = next(iter(experiment.data.valid_loader))
