@@ -330,7 +330,7 @@ def check_study_file(data: dict, source: Path) -> None:
     ``status`` (:data:`STATUSES`) and a ``run`` folder (a relative path).
 
     Raises:
-        CheckpointError: one line, e.g. ``study.yml: round 0, runs[1] (fold 1): 'run' is missing``.
+        CheckpointError: one line, e.g. ``STUDY/study.yml: round 0, fold 1: 'run' is missing ...``.
     """
     folds = data["folds"]
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 1:
@@ -347,7 +347,7 @@ def _check_runs(runs, folds: int, where: str) -> None:
     if not isinstance(runs, list):
         raise CheckpointError(f"{where}: runs: a list of fold entries, got {runs!r}")
     for index, run in enumerate(runs):
-        at = f"{where}, runs[{index}]"
+        at = f"{where}, fold {index}"  # entries are in fold order: the k-th names fold k
         if not isinstance(run, dict):
             raise CheckpointError(f"{at}: a fold entry (fold, status, run), got {run!r}")
         for key in ("fold", "status", "run"):
@@ -356,7 +356,6 @@ def _check_runs(runs, folds: int, where: str) -> None:
         fold = run["fold"]
         if not isinstance(fold, int) or isinstance(fold, bool) or fold != index:
             raise CheckpointError(f"{at}: fold: the integer {index} (entries are in fold order), got {fold!r}")
-        at = f"{where}, fold {fold}"
         if run["status"] not in STATUSES:
             raise CheckpointError(f"{at}: status: one of {', '.join(STATUSES)}, got {run['status']!r}")
         if not isinstance(run["run"], str) or not run["run"] or Path(run["run"]).is_absolute():
