@@ -120,3 +120,13 @@ def test_a_hand_edit_of_the_split_is_refused_before_anything_trains(own_data, tm
     assert paths.file.read_bytes() == before and not paths.fold_dir(0).exists()
     with pytest.raises(DataError, match="not in the data folder"):
         resume_study(paths.root)
+
+
+def test_assign_new_images_is_only_for_resuming_a_study(make_config, tmp_path):
+    path = tmp_path / "x.yml"
+    path.write_text(yaml.safe_dump(make_config()))
+    result = invoke("train", "-c", path, "--folds", 2, "--assign-new-images")
+    assert result.exit_code == 2 and "--assign-new-images is for -r STUDY_DIR" in result.output
+    result = invoke("train", "-c", path, "--assign-new-images")
+    assert result.exit_code == 2 and "--assign-new-images is for -r STUDY_DIR" in result.output
+    assert not (tmp_path / "saved").exists()
