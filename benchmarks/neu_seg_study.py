@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sever import experiment, study
+from sever import experiment
 from sever.inference.evaluate import evaluate_csv
 from sever.inference.outputs import predict_directory
 from sever.inference.predictor import build_predictor, load_settings
+from sever.study import train as study
+from sever.study.folder import StudyPaths
 from sever.utils.config import load_config, parse_duration
-from sever.utils.study import StudyPaths
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 3

@@ -305,7 +305,7 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
     if not config["trainer"]["tune_postprocess"]:
         logger.info("post-processing not tuned: trainer.tune_postprocess is false")
         return
-    if task_of(config).ensemble_option != "-m":
+    if not task_of(config).pixel_maps:
         logger.info("post-processing not tuned: a %s run has no segmentation post-processing", config["task"])
         return
     from sever.inference.predictor import TUNED_FILE

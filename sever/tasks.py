@@ -31,6 +31,9 @@ class Task:
         ensemble_option: the ``sever predict/evaluate/tune`` option that takes this task's runs
             into the pixel ensemble (``-m``, ``--classifier``); None when its runs are predicted
             apart from it.
+        pixel_maps: its runs predict per-pixel probability maps (the ``-m`` pixel ensemble): they
+            are tiled, have segmentation post-processing to tune, and a study of them keeps
+            out-of-fold maps.
         boxes: its networks predict scored boxes (``sever predict`` writes a box CSV for them
             and ``sever evaluate`` scores them with COCO mAP).
     """
@@ -41,10 +44,12 @@ class Task:
     parts: Mapping[str, str] = field(default_factory=dict)
     pretrained_arg: str = "encoder_weights"
     ensemble_option: str | None = None
+    pixel_maps: bool = False
     boxes: bool = False
 
 
-SEGMENTATION = Task("segmentation", trainer="SegmentationTrainer", default_metrics=("Dice",), ensemble_option="-m")
+SEGMENTATION = Task("segmentation", trainer="SegmentationTrainer", default_metrics=("Dice",), ensemble_option="-m",
+                    pixel_maps=True)
 CLASSIFICATION = Task("classification", trainer="ClassificationTrainer",
                       default_metrics=("Accuracy", "PrecisionRecall"), ensemble_option="--classifier")
 DETECTION = Task("detection", trainer="DetectionTrainer", default_metrics=("MeanAP",),

@@ -16,12 +16,12 @@ from sever.cli.app import cli
 from sever.data_loader.convert import csv_to_mask_folder
 from sever.data_loader.demo import make_demo_data
 from sever.utils.config import load_config
-from sever.utils.study import StudyPaths
+from sever.study.folder import StudyPaths
 
 
 @pytest.fixture(autouse=True)
 def one_second_steps(monkeypatch):
-    monkeypatch.setattr("sever.planning.auto.device_target",
+    monkeypatch.setattr("sever.study.auto.device_target",
                         lambda device, classes, fp: fake_target(step=1.0, per_image=True))
 
 
@@ -47,6 +47,7 @@ def check_study(output, study, planned_folds=None):
     """Every fold trained, the study tuned out-of-fold, and the last line the command that predicts."""
     assert all(entry.status == "done" for entry in study.entries())
     assert study.postprocess.read_text().startswith("# sever tune on the out-of-fold probabilities of")
+    assert f"out-of-fold score {study.round_record()['score']:.4f}" in output  # what the study recorded
     assert output.strip().splitlines()[-1] == f"next: sever predict -m {study.root} -i IMAGES -o submission.csv"
     if planned_folds is not None:
         assert study.folds == planned_folds
@@ -70,7 +71,7 @@ def test_auto_on_the_demo_data_ends_with_a_working_predict_command(tmp_path):
 
 
 def test_a_budget_too_short_for_two_folds_trains_one_self_tuned_run(tmp_path, monkeypatch):
-    monkeypatch.setattr("sever.planning.auto.device_target", lambda device, classes, fp: fake_target(step=2.0))
+    monkeypatch.setattr("sever.study.auto.device_target", lambda device, classes, fp: fake_target(step=2.0))
     data = make_demo_data(tmp_path / "demo", n_train=16, n_test=3, height=64, width=256, seed=11)
     result = CliRunner().invoke(cli, ["auto", str(data), "--device", "cpu", "--time", "1m", "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
@@ -87,13 +88,19 @@ def test_a_budget_too_short_for_two_folds_trains_one_self_tuned_run(tmp_path, mo
     assert (tmp_path / "explicit.csv").read_text() == (tmp_path / "submission.csv").read_text()
 
 
-def test_auto_on_a_mask_folder(tmp_path):
+def test_auto_on_a_mask_folder(tmp_path, monkeypatch):
+    from sever.study import tuning
+
+    tunings = []
+    gather = tuning.statistics_from_saved
+    monkeypatch.setattr(tuning, "statistics_from_saved", lambda *args, **kw: tunings.append(1) or gather(*args, **kw))
     data = make_demo_data(tmp_path / "demo", n_train=16, n_test=2, height=64, width=256, seed=12)
     csv_to_mask_folder(data / "train_images", data / "train.csv", data / "train_masks", 4)
     (data / "train.csv").unlink()
     output, study = run_auto(data, tmp_path / "out", "--name", "masks")
     assert load_config(tmp_path / "out" / "masks.yml")["data_loader"]["args"]["format"] == "mask_folder"
     check_study(output, study)
+    assert len(tunings) == 1  # the study tunes its one round out-of-fold, and auto does not again
 
 
 def test_auto_on_mixed_sizes(tmp_path):
@@ -104,7 +111,7 @@ def test_auto_on_mixed_sizes(tmp_path):
 
 def test_auto_on_a_neu_seg_subset(shared_data, tmp_path, monkeypatch):
     # quicker steps than the other sets': at 1 s its 18 images would plan a single run, not a study
-    monkeypatch.setattr("sever.planning.auto.device_target", lambda device, classes, fp: fake_target(step=0.3))
+    monkeypatch.setattr("sever.study.auto.device_target", lambda device, classes, fp: fake_target(step=0.3))
     data = neu_subset(shared_data, tmp_path / "neu", every=200)
     output, study = run_auto(data, tmp_path / "out")
     assert load_config(tmp_path / "out" / "neu.yml")["augmentation"]["args"]["height"] == 192

@@ -112,3 +112,12 @@ def test_two_ranks_validate_mixed_sizes_as_one_process_does(tmp_path):
     assert len(dice) == 5
     for rank in ranks:
         assert {k: rank["log"][k] for k in dice} == pytest.approx({k: alone[k] for k in dice}, abs=1e-9)
+
+
+def test_one_builder_makes_every_torchrun_command():
+    from sever.utils.distributed import torchrun_command
+
+    assert torchrun_command(2, ["train", "-c", "x.yml"]) == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sever",
+        "train", "-c", "x.yml"]
+    assert torchrun_command(1, ["train"]) == [sys.executable, "-m", "sever", "train"]  # one process: no torchrun

@@ -29,9 +29,15 @@ UNIT_OF = {
                                           "data_loader")},
     "sever": "foundation",
     "sever.__main__": "cli",
-    "sever.study": "experiment",
+    "sever.study": "foundation",  # the package's docstring only
+    "sever.study.folder": "foundation",
+    "sever.study.splits": "foundation",
+    "sever.study.tuning": "inference",
+    "sever.study.rounds": "experiment",
+    "sever.study.folds": "experiment",
+    "sever.study.train": "experiment",
+    "sever.study.auto": "experiment",
     "sever.planning": "planning",
-    "sever.planning.auto": "experiment",
     "sever.exceptions": "foundation",
     "sever.registries": "foundation",
     "sever.tasks": "foundation",
@@ -112,6 +118,10 @@ def test_no_import_points_up_or_sideways():
     ("sever.detection.trainer", "sever.detection.predict", False),
     ("sever.model.model", "sever.data_loader.datasets", False),
     ("sever.cli", "sever.detection.from_masks", True),
+    ("sever.inference.checkpoints", "sever.study.folder", True),
+    ("sever.data_loader.data_loaders", "sever.study.splits", True),
+    ("sever.study.tuning", "sever.study.folds", False),
+    ("sever.study.folder", "sever.study.tuning", False),
 ])
 def test_the_layer_order_judges_known_edges(importer, target, allowed):
     source, destination = unit_of(importer), unit_of(target)

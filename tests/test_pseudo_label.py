@@ -161,7 +161,7 @@ def round_study(demo_dir, module_tmp):
     """A 2-fold study of the tiny config with one pseudo-label round over the demo test images."""
     from conftest import tiny_config
 
-    from sever import study
+    from sever.study import train as study
 
     config = tiny_config(demo_dir, module_tmp("rounds"), epochs=1, tune_postprocess=True)
     config["pseudo"] = {"images": str(demo_dir / "test_images"), "rounds": 1, "share": 0.25, "max_uncertain": 1.0}
@@ -170,7 +170,7 @@ def round_study(demo_dir, module_tmp):
 
 def test_a_pseudo_round_trains_the_folds_again_with_the_previous_rounds_labels(round_study, demo_dir):
     from sever.inference.outputs import probability_files
-    from sever.utils.study import StudyPaths
+    from sever.study.folder import StudyPaths
 
     paths = StudyPaths(round_study)
     labels = read_rle_csv(paths.at_round(1).pseudo_csv, 4)
@@ -195,7 +195,7 @@ def test_a_pseudo_round_trains_the_folds_again_with_the_previous_rounds_labels(r
 
 
 def test_predict_uses_the_round_with_the_best_out_of_fold_score(round_study, demo_dir, tmp_path):
-    from sever.utils.study import StudyPaths
+    from sever.study.folder import StudyPaths
 
     paths = StudyPaths(round_study)
     original = paths.file.read_text()
@@ -214,8 +214,8 @@ def test_predict_uses_the_round_with_the_best_out_of_fold_score(round_study, dem
 
 
 def test_a_resumed_study_retrains_only_the_unfinished_fold_of_the_round(round_study):
-    from sever import study
-    from sever.utils.study import StudyPaths
+    from sever.study import train as study
+    from sever.study.folder import StudyPaths
 
     paths = StudyPaths(round_study)
     original = paths.file.read_text()
@@ -245,7 +245,7 @@ def test_a_resumed_study_retrains_only_the_unfinished_fold_of_the_round(round_st
 ])
 def test_a_bad_pseudo_block_is_refused_before_the_study_folder_exists(make_config, demo_dir, tmp_path, block,
                                                                       message):
-    from sever import study
+    from sever.study import train as study
     from sever.exceptions import SeverError
 
     (tmp_path / "empty").mkdir()

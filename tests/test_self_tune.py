@@ -65,6 +65,33 @@ def test_a_best_min_pixels_on_the_edge_widens_the_grid_past_it():
     assert result.best.min_pixels == (300,) and result.best_scores[0] == 1.0
 
 
+def test_an_uneven_grid_widens_by_the_spacing_at_each_of_its_ends():
+    assert widening([0.3, 0.5, 0.55], "threshold") == ([0.1], [0.6])
+    assert widening([0, 10, 100], "min_pixels") == ([], [190])
+    assert widening([1, 2, 5, 10, 20], "c_factor") == ([], [30])
+
+
+def test_an_uneven_min_pixels_grid_is_widened_from_its_top_spacing():
+    probs = torch.zeros(2, 1, 20, 20, dtype=torch.uint8)
+    probs[0, :, :10, :15] = 230  # 150 false pixels in one image, 250 in the other; the truth is empty
+    probs[1, :, :10, :] = probs[1, :, 10:15, :10] = 230
+    base = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0}, 1)
+    stats = TuneStatistics(base, [0.5], ["class 1"])
+    stats.update(["a.jpg", "b.jpg"], probs, torch.zeros_like(probs))
+    result = search_widening(stats, [0, 10, 160])
+    # 160 wipes one image, on the edge: a step of 150 (not 10, the bottom's) reaches 310, which wipes both;
+    # one more step (460) puts 310 inside the grid
+    assert result.min_pixels == [0, 10, 160, 310, 460]
+    assert result.best.min_pixels == (310,) and result.best_scores[0] == 1.0
+
+
+def test_an_uneven_threshold_grid_reaches_what_its_gathered_reserve_holds():
+    stats = gradient_stats([0.3, 0.6, 0.65], best=0.85)  # with the base 0.4: spacings 0.1 below, 0.05 above
+    result = search_widening(stats, [0])
+    assert result.thresholds == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85])
+    assert result.best.threshold == (0.85,) and result.best_scores[0] == 1.0
+
+
 def test_widening_stays_inside_each_axis_limits():
     assert widening([0.3, 0.5, 0.7, 0.9], "threshold") == ([0.1], [])  # 1.1 is no probability
     assert widening([0, 100], "min_pixels") == ([], [200])

@@ -9,13 +9,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sever import study
 from sever.cli.app import cli
 from sever.data_loader.data_loaders import SteelDataLoader, fold_assignment, fold_split, read_split
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.inference.outputs import SavedProbabilities, load_probabilities, probability_files, save_probabilities
 from sever.inference.tune import statistics_from_saved
-from sever.utils.study import StudyPaths
+from sever.study import folds as study_folds
+from sever.study import train as study
+from sever.study.folder import StudyPaths
 
 
 def invoke(*args):
@@ -103,10 +104,10 @@ def _transforms():
 
 
 def test_fold_slots_pin_each_slot_to_its_gpus():
-    assert study.fold_slots(2, 1, gpus=0) == [{}, {}]
-    assert study.fold_slots(2, 2, gpus=4) == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert study_folds.fold_slots(2, 1, gpus=0) == [{}, {}]
+    assert study_folds.fold_slots(2, 2, gpus=4) == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
     with pytest.raises(ConfigError, match="--parallel 3 x --nproc 1 needs 3 GPUs; this machine has 2"):
-        study.fold_slots(3, 1, gpus=2)
+        study_folds.fold_slots(3, 1, gpus=2)
 
 
 CHILD = """
@@ -133,7 +134,7 @@ def test_two_slots_take_folds_from_the_queue_as_two_processes(tmp_path):
         return subprocess.run([sys.executable, str(script), str(tmp_path), str(fold)],
                               env={**environment, "PATH": ""}, check=False).returncode
 
-    results = study.run_queue([0, 1, 2, 3], [{"SLOT": "a"}, {"SLOT": "b"}], launch)
+    results = study_folds.run_queue([0, 1, 2, 3], [{"SLOT": "a"}, {"SLOT": "b"}], launch)
     assert results == {0: 0, 1: 0, 2: 5, 3: 0}
     slots = {path.name: path.read_text() for path in tmp_path.glob("started-*")}
     assert len(slots) == 4 and set(slots.values()) == {"a", "b"}

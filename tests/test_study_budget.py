@@ -5,8 +5,9 @@ import itertools
 import pytest
 import yaml
 
-from sever import study
-from sever.utils.study import StudyPaths
+from sever.study import folder, folds
+from sever.study import train as study
+from sever.study.folder import BudgetSpent, StudyPaths
 
 FOLD_SECONDS = 150.0  # what each fold "takes" on the injected clock
 
@@ -15,7 +16,7 @@ FOLD_SECONDS = 150.0  # what each fold "takes" on the injected clock
 def clock(monkeypatch):
     """Every call moves the clock on by FOLD_SECONDS: a fold reads it when it starts and when it ends."""
     ticks = itertools.count()
-    monkeypatch.setattr(study, "CLOCK", lambda: FOLD_SECONDS * next(ticks))
+    monkeypatch.setattr(folder, "CLOCK", lambda: FOLD_SECONDS * next(ticks))
 
 
 def fold_budgets(paths: StudyPaths) -> list:
@@ -89,18 +90,18 @@ def test_later_rounds_count_among_the_folds_still_to_train(tmp_path):
     paths = StudyPaths(tmp_path)
     paths.initialise(2, rounds=1)
     paths.set_budget(800, 1)
-    assert study.still_to_train(paths.at_round(0)) == ["round0/fold0", "round0/fold1", "round1/fold0", "round1/fold1"]
-    assert study.budget_overrides(paths.at_round(0), 0, ["a=1"]) == ["a=1", "trainer.time_budget=200s"]
+    assert folds.still_to_train(paths.at_round(0)) == ["round0/fold0", "round0/fold1", "round1/fold0", "round1/fold1"]
+    assert folds.budget_overrides(paths.at_round(0), 0, ["a=1"]) == ["a=1", "trainer.time_budget=200s"]
 
 
 def test_a_spent_budget_stops_the_study_naming_the_fold(tmp_path):
     paths = ledger(tmp_path, 100, folds=2)
     paths.charge("round0/fold0", 150)
-    with pytest.raises(study.BudgetSpent, match="time_budget is spent .* fold 1 of round 0 still to train"):
-        study.budget_overrides(paths.at_round(0), 1, [])
+    with pytest.raises(BudgetSpent, match="time_budget is spent .* fold 1 of round 0 still to train"):
+        folds.budget_overrides(paths.at_round(0), 1, [])
 
 
 def test_a_study_without_budget_leaves_the_overrides_alone(tmp_path):
     paths = StudyPaths(tmp_path)
     paths.initialise(2)
-    assert study.budget_overrides(paths.at_round(0), 0, ["a=1"]) == ["a=1"]
+    assert folds.budget_overrides(paths.at_round(0), 0, ["a=1"]) == ["a=1"]

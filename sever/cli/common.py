@@ -19,7 +19,8 @@ def launch_distributed(ctx: click.Context, nproc: int) -> int:
     The command line is rebuilt from the options the user gave (defaults stay defaults), less ``--nproc``.
     """
     import subprocess
-    import sys
+
+    from sever.utils.distributed import torchrun_command
 
     args = ["--debug"] if ctx.obj["debug"] else []
     if ctx.find_root().params.get("verbose"):
@@ -37,8 +38,7 @@ def launch_distributed(ctx: click.Context, nproc: int) -> int:
                 args.append(option if value else param.secondary_opts[0])
             else:
                 args.append(f"{option}={value}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "sever", *args]
+    command = torchrun_command(nproc, args)
     logger.info("launching %d processes: %s", nproc, " ".join(command))
     return subprocess.run(command, check=False).returncode
 

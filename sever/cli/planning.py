@@ -43,7 +43,7 @@ def _layout(fmt: str | None, images: str, csv: str, masks: str):
 def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
          seed: int, time_budget: str, output: str) -> None:
     """Read a dataset's fingerprint and write an experiment planned from it, each value with its reason."""
-    from sever.planning.auto import plan_dataset
+    from sever.study.auto import plan_dataset
 
     planned = plan_dataset(data_dir, time_budget, name or Path(output).stem, _layout(fmt, images, csv, masks), fmt,
                            device, seed=seed)
@@ -66,7 +66,7 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
 def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
          seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
     """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
-    from sever.planning.auto import plan_dataset, run_auto
+    from sever.study.auto import plan_dataset, run_auto
 
     planned = plan_dataset(data_dir, time_budget, name or Path(data_dir).resolve().name,
                            _layout(fmt, images, csv, masks), fmt, device, unlabelled, seed)

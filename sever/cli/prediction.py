@@ -87,7 +87,7 @@ def _tiling(options: dict):
 
 def _single_study(options: dict) -> str | None:
     """The study folder when ``-m`` names one study and nothing else, else None."""
-    from sever.utils.study import is_study
+    from sever.study.folder import is_study
 
     models = options["models"]
     return models[0] if len(models) == 1 and is_study(models[0]) else None
@@ -95,7 +95,7 @@ def _single_study(options: dict) -> str | None:
 
 def _study_postprocess(options: dict) -> None:
     """``-m STUDY`` alone without ``--postprocess``: the study's tuned settings, when it has them (said so)."""
-    from sever.utils.study import StudyPaths
+    from sever.study.folder import StudyPaths
 
     study = _single_study(options)
     if study is None or options["postprocess"] is not None:
@@ -326,8 +326,8 @@ def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, ima
 
 def _evaluate_oof(options: dict) -> None:
     """``sever evaluate -m STUDY --oof``: the out-of-fold score per class."""
-    from sever import study
     from sever.inference.evaluate import evaluate_saved
+    from sever.study import tuning as study
     from sever.inference.predictor import class_labels, load_settings
 
     path = _single_study(options)
@@ -394,18 +394,9 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
         raise click.UsageError("give either -m RUN --split val, or --probs DIR --truth CSV")
     study_dir = _single_study(options) if options["models"] else None
     if study_dir is not None:
-        from sever import study
-        from sever.utils.study import StudyPaths
-
-        if options["classifiers"]:
-            raise click.UsageError("-m STUDY tunes on out-of-fold probabilities, which hold no classifier's; "
-                                   "drop --classifier")
-        stats = tuning.statistics_from_saved(study.oof_sources(study_dir), options["postprocess"], grid[0],
-                                             study.class_names(study_dir), options["batch_size"])
-        source = f"the out-of-fold probabilities of {study_dir}"
-        if click.get_current_context().get_parameter_source("output") is click.core.ParameterSource.DEFAULT:
-            output = str(StudyPaths(Path(study_dir)).postprocess)
-    elif probs_dir:
+        _tune_study(study_dir, grid, output, options)
+        return
+    if probs_dir:
         if not truth_csv:
             raise click.UsageError("--probs needs --truth LABELS_CSV")
         if options["tile"]:
@@ -426,3 +417,25 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
     click.echo("")
     click.echo(result.summary())
     click.echo(f"wrote {result.write(output, source)}")
+
+
+def _tune_study(study_dir: str, grid: tuple, output: str, options: dict) -> None:
+    """``sever tune -m STUDY``: the study's out-of-fold tuning (:func:`sever.study.tuning.tune_out_of_fold`).
+
+    Without ``-o`` the settings go to the study's ``postprocess.yml`` and its out-of-fold score is recorded.
+    """
+    from sever.study.folder import StudyPaths
+    from sever.study.tuning import tune_out_of_fold
+
+    if options["classifiers"]:
+        raise click.UsageError("-m STUDY tunes on out-of-fold probabilities, which hold no classifier's; "
+                               "drop --classifier")
+    study = StudyPaths(Path(study_dir))
+    study = study.at_round(study.round_number)  # the round it predicts with, before the new score is recorded
+    default = click.get_current_context().get_parameter_source("output") is click.core.ParameterSource.DEFAULT
+    result = tune_out_of_fold(study, *grid, postprocess=options["postprocess"], batch_size=options["batch_size"],
+                              output=None if default else output)
+    click.echo(result.tables())
+    click.echo("")
+    click.echo(result.summary())
+    click.echo(f"wrote {study.postprocess if default else output}")

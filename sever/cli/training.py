@@ -25,19 +25,24 @@ from sever.cli.common import launch_distributed
               help="With --folds or -r STUDY: train only this fold (0..K-1).")
 @click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
               help="Study folds trained at once, each in its own process on its own GPU(s).")
+@click.option("--assign-new-images", is_flag=True,
+              help="With -r STUDY: give each image added to the data folder since the study's split a fold "
+                   "(the smallest fold first) and save it in splits.json; without it such images are refused.")
 @click.pass_context
 def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...],
-          nproc: int, folds: int | None, fold: int | None, parallel: int) -> None:
+          nproc: int, folds: int | None, fold: int | None, parallel: int, assign_new_images: bool) -> None:
     """Train models from experiment files, or resume a run or a study."""
     if bool(configs) == bool(resume):
         raise click.UsageError("give either -c CONFIG (one or more) or -r CHECKPOINT_OR_RUN_DIR")
     from sever.utils.config import resolve_experiment
-    from sever.utils.study import is_study
+    from sever.study.folder import is_study
 
     configs = tuple(str(resolve_experiment(config)) for config in configs)
     if folds is not None or (resume and is_study(resume)):
-        _train_study(ctx, configs, resume, overrides, nproc, folds, fold, parallel)
+        _train_study(ctx, configs, resume, overrides, nproc, folds, fold, parallel, assign_new_images)
         return
+    if assign_new_images:
+        raise click.UsageError("--assign-new-images is for -r STUDY_DIR: a study's saved split")
     if fold is not None or parallel > 1:
         raise click.UsageError("--fold and --parallel are for studies: give --folds K with -c, or -r STUDY_DIR")
     if nproc > 1:
@@ -62,12 +67,12 @@ def _next_command(run) -> str:
 
 
 def _train_study(ctx: click.Context, configs: tuple[str, ...], resume: str | None, overrides: tuple[str, ...],
-                 nproc: int, folds: int | None, fold: int | None, parallel: int) -> None:
+                 nproc: int, folds: int | None, fold: int | None, parallel: int, assign_new_images: bool) -> None:
     """``sever train --folds K -c X`` or ``-r STUDY``: train a study's folds."""
-    from sever import study
+    from sever.study import train as study
+    from sever.study.folder import StudyPaths
     from sever.utils.config import load_config
     from sever.utils.distributed import from_environment
-    from sever.utils.study import StudyPaths
 
     if resume and folds is not None:
         raise click.UsageError("-r STUDY_DIR trains the study's own folds; drop --folds")
@@ -75,9 +80,11 @@ def _train_study(ctx: click.Context, configs: tuple[str, ...], resume: str | Non
         raise click.UsageError("--folds trains one -c CONFIG")
     options = dict(only=fold, overrides=overrides, parallel=parallel, nproc=nproc, debug=ctx.obj["debug"])
     if configs:
+        if assign_new_images:
+            raise click.UsageError("--assign-new-images is for -r STUDY_DIR: a new study splits all its images")
         paths = study.train_study(load_config(configs[0]), folds, **options)
     else:
-        paths = study.resume_study(resume, **options)
+        paths = study.resume_study(resume, **options, assign_new_images=assign_new_images)
     if from_environment().is_main:
         whole = StudyPaths(paths.root)
         for number in range(whole.rounds + 1):

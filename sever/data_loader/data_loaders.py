@@ -10,6 +10,7 @@
         validation_split: 0.2          # fraction (or a count) held out, stratified
         folds: 5                       # optional: K-fold split instead (validation_split is ignored)
         fold: 0                        # the fold validated on, 0..folds-1 (sever train --folds sets both)
+        split_file: STUDY/splits.json  # optional: the saved fold of every image (a study's folds set it)
         num_workers: 4
         check: quick                   # pre-flight data check: quick | full | off
         train_classes: [3]             # optional: train on these ClassIds only (or `any`: one union mask)
@@ -45,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 
 DATASETS = {"segmentation": SegmentationDataset, "classification": ClassificationDataset}
-SPLIT_KEYS = ("data_dir", "validation_split", "csv", "images", "format", "masks", "generate_demo", "folds", "fold")
+SPLIT_KEYS = ("data_dir", "validation_split", "csv", "images", "format", "masks", "generate_demo", "folds", "fold",
+              "split_file")
 """The ``data_loader.args`` of a SteelDataLoader that decide its training/validation split."""
 
 
@@ -142,10 +144,27 @@ def fold_split(has_defect: np.ndarray, folds: int, fold: int, seed: int,
     Raises:
         ConfigError: as :func:`fold_assignment`; ``fold`` outside ``0..folds-1``.
     """
-    assignment = fold_assignment(has_defect, folds, seed, class_names)
+    return _fold_indices(fold_assignment(has_defect, folds, seed, class_names), folds, fold)
+
+
+def _fold_indices(assignment: np.ndarray, folds: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_indices, valid_indices)`` of fold ``fold`` given each image's fold ``(N,)``."""
     if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < folds:
         raise ConfigError(f"data_loader.args.fold: must be one of 0..{folds - 1} (folds: {folds}), got {fold!r}")
     return np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
+
+
+def saved_fold_split(paths: list[Path], data_dir: Path, split_file: str | Path, folds: int,
+                     fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_indices, valid_indices)`` of fold ``fold`` of a study's saved split (``splits.json``).
+
+    Raises:
+        DataError: the file is invalid or does not match the images (:func:`sever.study.splits.fold_of_each`).
+    """
+    from sever.study.splits import fold_of_each, image_key
+
+    assignment = fold_of_each(Path(split_file), [image_key(path, data_dir) for path in paths], folds)
+    return _fold_indices(assignment, folds, fold)
 
 
 class SeededBatches:
@@ -204,13 +223,16 @@ class Split:
 
 def read_split(data_dir: str | Path, validation_split: float | int = 0.2, csv: str = "train.csv",
                images: str = "train_images", format: str = "kaggle", masks: str = "train_masks",
-               generate_demo: bool = False, folds: int | None = None, fold: int = 0, *, classes: int,
-               class_names: list[str] | None = None, seed: int) -> Split:
+               generate_demo: bool = False, folds: int | None = None, fold: int = 0,
+               split_file: str | None = None, *, classes: int, class_names: list[str] | None = None,
+               seed: int) -> Split:
     """Read a masks dataset through its data source and split it, without datasets or loaders.
 
     The arguments are :class:`SteelDataLoader`'s of the same names; the split is a
     deterministic function of the data, ``validation_split`` (or ``folds`` and
-    ``fold``, which replace it: :func:`fold_split`) and ``seed``.
+    ``fold``, which replace it: :func:`fold_split`) and ``seed``; with ``folds`` and a
+    ``split_file`` (a study's ``splits.json``) the folds are the saved ones instead
+    (:func:`saved_fold_split`).
 
     Raises:
         ConfigError: an unknown ``format``, a ``validation_split`` that leaves no training images,
@@ -222,6 +244,8 @@ def read_split(data_dir: str | Path, validation_split: float | int = 0.2, csv: s
         _ensure_demo_data(root, classes)
     source = mask_source(format, "data_loader.args.format")
     annotations, paths = source.read(DataFolder(root, classes, class_names, images=images, csv=csv, masks=masks))
+    if folds is not None and split_file is not None:
+        return Split(annotations, paths, *saved_fold_split(paths, root, split_file, folds, fold))
     if folds is not None:
         return Split(annotations, paths, *fold_split(annotations.has_defect(), folds, fold, seed, class_names))
     return Split(annotations, paths, *stratified_split(annotations.n_defects(), validation_split, seed))
@@ -341,6 +365,8 @@ class SteelDataLoader:
         folds, fold: a stratified K-fold split instead (``folds: K``), validating on
             fold ``fold`` (0..K-1) and training on the others; ``validation_split`` is
             then ignored (:func:`fold_split`). ``sever train --folds K`` sets both.
+        split_file: with ``folds``: a study's ``splits.json``, the saved fold of every image,
+            used instead of the seed's split (:func:`saved_fold_split`); a study's folds set it.
         num_workers: loader processes (0 loads in the main process).
         csv: masks CSV in either Kaggle format, relative to ``data_dir``.
         images: image folder relative to ``data_dir``.
@@ -379,7 +405,7 @@ class SteelDataLoader:
                  sampler: dict | str | None = None, valid_batch_size: int | None = None,
                  pin_memory: bool = True, generate_demo: bool = False, format: str = "kaggle",
                  masks: str = "train_masks", check: str = "quick", mask_cache: None = None,
-                 cache_dir: None = None, folds: int | None = None, fold: int = 0,
+                 cache_dir: None = None, folds: int | None = None, fold: int = 0, split_file: str | None = None,
                  train_classes: list[int] | str | None = None, *, classes: int,
                  class_names: list[str] | None = None, transforms, seed: int, task: str = "segmentation",
                  rank: int = 0, world_size: int = 1):
@@ -389,7 +415,7 @@ class SteelDataLoader:
             raise ConfigError(f"data_loader.args.num_workers: must be >= 0, got {num_workers}")
         self.data_dir = Path(data_dir)
         split = read_split(self.data_dir, validation_split, csv, images, format, masks, generate_demo, folds, fold,
-                           classes=classes, class_names=class_names, seed=seed)
+                           split_file, classes=classes, class_names=class_names, seed=seed)
         outputs = OutputClasses(classes, parse_train_classes(train_classes, classes))
         if not outputs.complete:
             logger.info("train_classes: the network predicts %s of %d", outputs.describe(), classes)

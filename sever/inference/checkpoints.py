@@ -28,7 +28,7 @@ from sever.tasks import SEGMENTATION, task_of
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import OutputClasses, output_classes
 from sever.utils.run import RunPaths
-from sever.utils.study import StudyPaths, is_study
+from sever.study.folder import StudyPaths, is_study
 
 logger = logging.getLogger(__name__)
 

@@ -88,7 +88,7 @@ def valid_tiling(config: dict) -> Tiling | None:
     trainer = config.get("trainer", {})
     if trainer.get("valid_tile") is None:
         return None
-    if task_of(config).ensemble_option != "-m":
+    if not task_of(config).pixel_maps:
         raise ConfigError(f"trainer.valid_tile: a {config['task']} run is validated on whole images; "
                           f"only segmentation runs are tiled")
     height, width = parse_tile(str(trainer["valid_tile"]), "trainer.valid_tile")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -80,6 +82,19 @@ class Distributed:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+def torchrun_command(nproc: int, sever_args: Sequence[str]) -> list[str]:
+    """The command line that runs ``sever SEVER_ARGS`` in ``nproc`` processes on this machine.
+
+    ``nproc`` > 1: under torchrun (``python -m torch.distributed.run --standalone
+    --nproc_per_node N -m sever ...``); 1: one plain ``python -m sever ...``. The one
+    builder of such commands: ``sever train --nproc`` relaunches itself with it, a study's
+    fold processes are started with it.
+    """
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    return [*launcher, "-m", "sever", *sever_args]
 
 
 def from_environment() -> Distributed:

@@ -5,7 +5,8 @@
     saved/sever-unet-b5/1026_140000/
         study.yml           the folds of every round, each with its status and run folder, each
                             round's out-of-fold score and the time budget's ledger (this module)
-        config.yaml         the study's config (each fold adds data_loader.args.folds/fold)
+        splits.json         the fold of every labelled image, written once (:mod:`sever.study.splits`)
+        config.yaml         the study's config (each fold adds data_loader.args.folds/fold/split_file)
         postprocess.yml     round 0's, tuned on its out-of-fold maps (at the end of the round,
                             or by ``sever tune -m STUDY``)
         fold0/ ... fold{K-1}/
@@ -19,8 +20,10 @@ Round 0 (the labelled data alone) keeps the layout of a study without rounds. A
 fold is ``pending`` until its training starts, ``running`` while it trains (or when
 it was interrupted), ``done`` once its out-of-fold probabilities are written and
 ``failed`` when its training raised. Several processes may update the study file (one
-per fold, see :mod:`sever.study`), so every update is a read-modify-write under a lock
-file, written atomically.
+per fold, see :mod:`sever.study.folds`), so every update is a read-modify-write under a lock
+file, written atomically. The study file is validated whenever it is read
+(:func:`check_study_file`): a hand edit that breaks it is refused with the file, the
+round, the fold and the key named, before anything is written.
 
 ``StudyPaths(root)`` reads and writes the round the study predicts with
 (:meth:`StudyPaths.chosen_round`: the finished round with the best out-of-fold score),
@@ -40,15 +43,26 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import yaml
 
-from sever.exceptions import CheckpointError, ConfigError
+from sever.exceptions import CheckpointError, ConfigError, SeverError
 
 STUDY_FILE = "study.yml"
+SPLITS_FILE = "splits.json"
 STATUSES = ("pending", "running", "done", "failed")
 LOCK_TIMEOUT_S = 60.0
+
+CLOCK: Callable[[], float] = time.monotonic  # seconds; what the time budget's ledger is measured with
+
+
+class StudyFailed(SeverError):
+    """Some folds of a study failed to train; their logs say why."""
+
+
+class BudgetSpent(SeverError):
+    """The study's time budget is spent before all its folds trained."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,11 @@ class StudyPaths:
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def splits(self) -> Path:
+        """The saved fold of every labelled image (one for every round)."""
+        return self.root / SPLITS_FILE
 
     @property
     def postprocess(self) -> Path:
@@ -269,6 +288,7 @@ class StudyPaths:
             raise CheckpointError(f"{self.file}: cannot read the study file: {exc}") from None
         if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or "folds" not in data:
             raise CheckpointError(f"{self.file}: not a sever study file (needs folds and runs)")
+        check_study_file(data, self.file)
         return data
 
     def _write(self, data: dict) -> None:
@@ -295,6 +315,53 @@ class StudyPaths:
         finally:
             os.close(handle)
             lock.unlink()
+
+
+def unfinished(study: StudyPaths) -> list[int]:
+    """Folds of ``study``'s round not ``done``: pending, interrupted (``running``) or failed."""
+    return [entry.fold for entry in study.entries() if entry.status != "done"]
+
+
+def check_study_file(data: dict, source: Path) -> None:
+    """Refuse a study file whose entries sever cannot use, naming the file, round, fold and key.
+
+    Checked: ``folds`` an integer >= 1; ``rounds`` a list of entries with ``runs``; each round's
+    ``runs`` a list of one entry per fold 0..K-1, each with an integer ``fold``, a known
+    ``status`` (:data:`STATUSES`) and a ``run`` folder (a relative path).
+
+    Raises:
+        CheckpointError: one line, e.g. ``STUDY/study.yml: round 0, fold 1: 'run' is missing ...``.
+    """
+    folds = data["folds"]
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 1:
+        raise CheckpointError(f"{source}: folds: an integer >= 1, got {folds!r}")
+    rounds = data.get("rounds") or []
+    if not isinstance(rounds, list) or not all(isinstance(entry, dict) for entry in rounds):
+        raise CheckpointError(f"{source}: rounds: a list of round entries (each with runs), got {rounds!r}")
+    for number, entry in enumerate([data, *rounds]):
+        _check_runs(entry.get("runs"), folds, f"{source}: round {number}")
+
+
+def _check_runs(runs, folds: int, where: str) -> None:
+    """One round's ``runs``: a list of fold entries, fold k at position k."""
+    if not isinstance(runs, list):
+        raise CheckpointError(f"{where}: runs: a list of fold entries, got {runs!r}")
+    for index, run in enumerate(runs):
+        at = f"{where}, fold {index}"  # entries are in fold order: the k-th names fold k
+        if not isinstance(run, dict):
+            raise CheckpointError(f"{at}: a fold entry (fold, status, run), got {run!r}")
+        for key in ("fold", "status", "run"):
+            if key not in run:
+                raise CheckpointError(f"{at}: {key!r} is missing (each fold entry has fold, status and run)")
+        fold = run["fold"]
+        if not isinstance(fold, int) or isinstance(fold, bool) or fold != index:
+            raise CheckpointError(f"{at}: fold: the integer {index} (entries are in fold order), got {fold!r}")
+        if run["status"] not in STATUSES:
+            raise CheckpointError(f"{at}: status: one of {', '.join(STATUSES)}, got {run['status']!r}")
+        if not isinstance(run["run"], str) or not run["run"] or Path(run["run"]).is_absolute():
+            raise CheckpointError(f"{at}: run: the fold's run folder relative to the study, got {run['run']!r}")
+    if len(runs) != folds:
+        raise CheckpointError(f"{where}: runs: {len(runs)} fold entries for folds: {folds}")
 
 
 def _pending_runs(folds: int, prefix: str) -> list[dict]:

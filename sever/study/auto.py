@@ -5,10 +5,11 @@ The steps, each refusing bad input before the next starts:
 1. fingerprint the data and plan the experiment for the device and the time budget
    (:mod:`sever.planning.plan`); the experiment file and ``fingerprint.json`` go to the
    output folder, so the study can be repeated with ``sever train -c``;
-2. train the planned K-fold study (:func:`sever.study.train_study`), each fold within its
+2. train the planned K-fold study (:func:`sever.study.train.train_study`), each fold within its
    share of the budget, each writing its out-of-fold probabilities and its run report;
-3. tune the post-processing on the union of the out-of-fold probabilities (every labelled
-   image scored by a model that never saw it) into the study's ``postprocess.yml``, which
+3. the study, once its folds are done, tunes the post-processing on the union of the
+   out-of-fold probabilities (every labelled image scored by a model that never saw it;
+   :func:`sever.study.tuning.tune_out_of_fold`, once) into its ``postprocess.yml``, which
    ``sever predict -m STUDY`` uses.
 
 A budget too short for two folds plans one run with a validation split instead
@@ -25,12 +26,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sever import experiment, study
+from sever import experiment
 from sever.exceptions import DataError
 from sever.inference.predictor import TUNED_FILE
 from sever.planning.fingerprint import Layout, fingerprint
 from sever.planning.plan import Plan, device_target, make_plan, parse_budget
-from sever.utils.study import StudyPaths
+from sever.study.folder import StudyPaths
+from sever.study.train import train_study
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +72,13 @@ def plan_dataset(data_dir: str | Path, time: str, name: str, layout: Layout = La
     return make_plan(fp, device_target(device, len(fp.classes), fp), budget, name, seed, unlabelled)
 
 
-def tune_study(root: Path, batch_size: int = 8) -> str:
-    """Tune the study's post-processing on its out-of-fold probabilities into its ``postprocess.yml``.
-
-    Returns:
-        The tuning summary (base against tuned Dice per class).
-    """
-    from sever.inference import tune as tuning
-
-    stats = tuning.statistics_from_saved(study.oof_sources(root), None, tuning.DEFAULT_THRESHOLDS,
-                                         study.class_names(root), batch_size)
-    result = tuning.search_widening(stats)
-    written = result.write(StudyPaths(root).postprocess, f"the out-of-fold probabilities of {root}")
-    logger.info("study post-processing tuned out-of-fold: %s", written)
-    return result.summary()
+def tuning_summary(study: StudyPaths) -> str:
+    """What the study's own out-of-fold tuning recorded (the round it predicts with), in a line."""
+    record = study.round_record()
+    if record.get("score") is None:
+        return "post-processing not tuned out-of-fold (see the log): sever predict uses the defaults"
+    return (f"post-processing tuned out-of-fold: {study.postprocess} (out-of-fold score {record['score']:.4f}, "
+            f"{record['default_score']:.4f} with the defaults)")
 
 
 def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
@@ -91,16 +86,16 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
     out = Path(out_dir)
     config = plan.config = {**plan.config, "save_dir": str(out)}
     plan.reasons["save_dir"] = "sever auto's output folder: the study is made here"
-    experiment = plan.write(out / f"{config['name']}.yml")
-    logger.info("experiment planned: %s", experiment)
+    experiment_file = plan.write(out / f"{config['name']}.yml")
+    logger.info("experiment planned: %s", experiment_file)
     if plan.folds == 1:
         run = experiment.train(config)
         tuned = run.root / TUNED_FILE
         tuning = (f"post-processing tuned on the run's validation split: {tuned}" if tuned.is_file() else
                   "post-processing not tuned (see the run's log): sever predict uses the defaults")
         report = run.root / "report" / "index.html"
-        return AutoResult(plan, experiment, run.root, tuning, [report] if report.is_file() else [])
-    paths = study.train_study(config, plan.folds, expected_overhead=plan.fold_overhead)
-    summary = tune_study(paths.root, config["data_loader"]["args"]["valid_batch_size"])
+        return AutoResult(plan, experiment_file, run.root, tuning, [report] if report.is_file() else [])
+    paths = train_study(config, plan.folds, expected_overhead=plan.fold_overhead)
+    summary = tuning_summary(StudyPaths(paths.root))
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
-    return AutoResult(plan, experiment, paths.root, summary, reports)
+    return AutoResult(plan, experiment_file, paths.root, summary, reports)
