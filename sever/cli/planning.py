@@ -6,13 +6,16 @@ from pathlib import Path
 
 import click
 
+from sever.cli.common import LabelFormat
+
 
 def _plan_options(command):
     """The options ``sever plan`` and ``sever auto`` share: where the data is, the device, the budget."""
     options = [
         click.argument("data_dir", type=click.Path()),
-        click.option("--format", "fmt", type=click.Choice(["kaggle", "mask_folder"]), default=None,
-                     help="Label format [default: kaggle when the CSV is there, else mask_folder]."),
+        click.option("--format", "fmt", type=LabelFormat(), default=None,
+                     help="Label format: a registered data source of masks [default: kaggle when the CSV is there, "
+                          "else mask_folder]."),
         click.option("--images", default="train_images", show_default=True, help="Image folder, relative to DATA_DIR."),
         click.option("--csv", default="train.csv", show_default=True, help="Masks CSV (kaggle), relative to DATA_DIR."),
         click.option("--masks", default="train_masks", show_default=True,
