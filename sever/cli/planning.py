@@ -47,6 +47,9 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
          seed: int, time_budget: str, output: str) -> None:
     """Read a dataset's fingerprint and write an experiment planned from it, each value with its reason."""
     from sever.planning.auto import plan_dataset
+    from sever.utils.paths import check_output_path
+
+    check_output_path(output, "-o")  # before the fingerprint and the step timing
 
     planned = plan_dataset(data_dir, time_budget, name or Path(output).stem, _layout(fmt, images, csv, masks), fmt,
                            device, seed=seed)
@@ -70,6 +73,9 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
          seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
     """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
     from sever.planning.auto import plan_dataset, run_auto
+    from sever.utils.paths import check_output_path
+
+    check_output_path(out_dir, "-o", folder=True)
 
     planned = plan_dataset(data_dir, time_budget, name or Path(data_dir).resolve().name,
                            _layout(fmt, images, csv, masks), fmt, device, unlabelled, seed)
