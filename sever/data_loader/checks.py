@@ -300,7 +300,10 @@ def _class_problems(annotations: Annotations) -> list[str]:
     the mean) but can be a subset of the data: ``sever check-data`` reports it as a problem,
     training only warns.
     """
-    used = np.flatnonzero((annotations.rows > 0).any(axis=0))
+    listed = annotations.rows > 0  # a CSV's rows, empty masks included
+    if not listed.any():  # a source other than a CSV records no rows: the masks it read
+        listed = annotations.has_defect()
+    used = np.flatnonzero(listed.any(axis=0))
     if used.size == 0:
         return [f"{annotations.source}: lists no masks at all"]
     if used[-1] + 1 < annotations.n_classes:
