@@ -92,11 +92,6 @@ def mask_formats() -> list[str]:
     return [entry for entry in DATA_SOURCES.names() if DATA_SOURCES.get(entry, "format").labels == "masks"]
 
 
-def format_name(spelling: str) -> str:
-    """The registered name of a label format spelled with hyphens (``mask-folder``: ``mask_folder``)."""
-    return spelling.replace("-", "_") if spelling.replace("-", "_") in mask_formats() else spelling
-
-
 def mask_source(name: str, key: str) -> DataSource:
     """The source of RLE masks called ``name``; ConfigError at ``key`` listing the mask formats otherwise."""
     formats = mask_formats()
