@@ -48,7 +48,6 @@ def test_a_registered_source_is_offered_by_every_command_that_reads_labels(neste
     help_text = invoke("convert", "--help").output
     offered_from, offered_to = help_text.split("--to", 1)
     assert "nested_csv" in offered_from and "nested_csv" not in offered_to  # read, not written
-    assert "nested_csv" not in invoke("plan", "--help", ).output.replace("nested_csv", "") + ""  # sanity of split
     assert invoke("plan", "data", "--format", "bogus", "-o", "x.yml").exit_code == 2
 
 
@@ -70,15 +69,16 @@ def test_plan_reads_a_registered_source_and_writes_a_config_that_trains_on_it(ne
     assert config["augmentation"] == reference["augmentation"] and config["metrics"] == reference["metrics"]
 
 
-def test_convert_reads_a_registered_source(nested_csv, nested_data, tmp_path):
+def test_convert_reads_a_registered_source(nested_csv, nested_data, tmp_path, monkeypatch):
     common = ["--images", nested_data / "train_images", "--classes", 4]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     nested = invoke("convert", "--from", "nested_csv", "--to", "mask-folder", "--masks", tmp_path / "from_nested",
                     "--csv", "train.csv", *common)
     assert nested.exit_code != 0 and "train.csv" in nested.output  # the source reads labels/ under the cwd
-    with CliRunner().isolated_filesystem(temp_dir=tmp_path):
-        shutil.copytree(nested_data / "labels", "labels")
-        nested = invoke("convert", "--from", "nested_csv", "--to", "mask-folder", "--masks", tmp_path / "from_nested",
-                        "--csv", "train.csv", *common)
+    monkeypatch.chdir(nested_data)
+    nested = invoke("convert", "--from", "nested_csv", "--to", "mask-folder", "--masks", tmp_path / "from_nested",
+                    "--csv", "train.csv", *common)
     assert nested.exit_code == 0, nested.output
     kaggle = invoke("convert", "--from", "kaggle", "--to", "mask_folder", "--masks", tmp_path / "from_kaggle",
                     "--csv", nested_data / "train.csv", *common)
