@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sever.planning.plan import Target
+from sever.planning.probe import Target
 from sever.utils.device import Capabilities
 
 CPU = Capabilities("cpu")

@@ -14,11 +14,17 @@ from sever.data_loader.demo import make_demo_data
 from sever.exceptions import DataError
 from sever.experiment import prepare_config
 from sever.planning.fingerprint import Layout, fingerprint
-import sever.planning.plan as plan_module
-from sever.planning.plan import (MEMORY_MARGIN, MIN_CPU_BATCH, MIN_UPDATES, PlanError, Target, loading_seconds, make_plan,
-                                 plan_augmentation, plan_schedule, single_run_updates)
+import sever.planning.sizing as sizing_module
+from sever.planning.plan import PlanError, Target, make_plan
+from sever.planning.policy import DEFAULT_POLICY
+from sever.planning.probe import loading_seconds
+from sever.planning.rules import plan_augmentation, plan_schedule
+from sever.planning.sizing import single_run_updates
 from sever.utils.config import load_config
 from sever.utils.device import Capabilities, choose_amp, cpu_batch_size, largest_batch
+
+MEMORY_MARGIN, MIN_CPU_BATCH, MIN_UPDATES = (DEFAULT_POLICY.memory_margin, DEFAULT_POLICY.min_cpu_batch,
+                                             DEFAULT_POLICY.min_updates)
 
 # ----------------------------------------------------------------------------- device decisions
 
@@ -308,7 +314,7 @@ def test_batch_never_exceeds_the_training_images_of_a_fold(demo_fp):
 
 def test_a_loader_slower_than_the_device_sets_the_planned_step(demo_fp, monkeypatch):
     """A fast GPU fed by slow loaders: the epochs are sized to the loading, and the plan says so."""
-    monkeypatch.setattr(plan_module.os, "cpu_count", lambda: 6)  # 4 loader processes on CUDA
+    monkeypatch.setattr(sizing_module.os, "cpu_count", lambda: 6)  # 4 loader processes on CUDA
     caps = Capabilities("cuda", bf16=True, memory=80 << 30, name="fast GPU")
     fast = make_plan(demo_fp, fake_target(step=0.01, caps=caps, fits=lambda batch: batch <= 8), 3600, "demo")
     fed = make_plan(demo_fp, fake_target(step=0.01, caps=caps, fits=lambda batch: batch <= 8, image_seconds=0.05),

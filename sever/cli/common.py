@@ -53,3 +53,31 @@ def size_option(ctx: click.Context, param: click.Parameter, value: str | None) -
         return parse_size(value)
     except ConfigError:
         raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, e.g. 256x1600, got {value!r}") from None
+
+
+class LabelFormat(click.Choice):
+    """A label format: a registered source of masks (:func:`~sever.data_loader.sources.mask_formats`), listed
+    when asked, so a source registered with ``@register_source`` is offered too; ``mask-folder`` is
+    accepted for ``mask_folder`` (any hyphen for an underscore).
+
+    Args:
+        writable: only the formats ``sever convert`` writes (:data:`sever.data_loader.convert.WRITABLE`).
+    """
+
+    def __init__(self, writable: bool = False):
+        self.writable = writable
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from sever.data_loader.convert import WRITABLE
+        from sever.data_loader.sources import mask_formats
+
+        return tuple(name for name in mask_formats() if not self.writable or name in WRITABLE)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        """Ignored: the choices are the registry's at the time they are asked."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(value.replace("-", "_") if isinstance(value, str) else value, param, ctx)

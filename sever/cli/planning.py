@@ -6,13 +6,16 @@ from pathlib import Path
 
 import click
 
+from sever.cli.common import LabelFormat
+
 
 def _plan_options(command):
     """The options ``sever plan`` and ``sever auto`` share: where the data is, the device, the budget."""
     options = [
         click.argument("data_dir", type=click.Path()),
-        click.option("--format", "fmt", type=click.Choice(["kaggle", "mask_folder"]), default=None,
-                     help="Label format [default: kaggle when the CSV is there, else mask_folder]."),
+        click.option("--format", "fmt", type=LabelFormat(), default=None,
+                     help="Label format: a registered data source of masks [default: kaggle when the CSV is there, "
+                          "else mask_folder]."),
         click.option("--images", default="train_images", show_default=True, help="Image folder, relative to DATA_DIR."),
         click.option("--csv", default="train.csv", show_default=True, help="Masks CSV (kaggle), relative to DATA_DIR."),
         click.option("--masks", default="train_masks", show_default=True,
@@ -44,6 +47,9 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
          seed: int, time_budget: str, output: str) -> None:
     """Read a dataset's fingerprint and write an experiment planned from it, each value with its reason."""
     from sever.study.auto import plan_dataset
+    from sever.utils.paths import check_output_path
+
+    check_output_path(output, "-o")  # before the fingerprint and the step timing
 
     planned = plan_dataset(data_dir, time_budget, name or Path(output).stem, _layout(fmt, images, csv, masks), fmt,
                            device, seed=seed)
@@ -67,6 +73,9 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
          seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
     """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
     from sever.study.auto import plan_dataset, run_auto
+    from sever.utils.paths import check_output_path
+
+    check_output_path(out_dir, "-o", folder=True)
 
     planned = plan_dataset(data_dir, time_budget, name or Path(data_dir).resolve().name,
                            _layout(fmt, images, csv, masks), fmt, device, unlabelled, seed)

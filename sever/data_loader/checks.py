@@ -34,6 +34,7 @@ from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.data_loader.augmentation import MIN_IMAGE_SIDE
 from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.rle import rle_parse
+from sever.data_loader.sources import DataFolder, mask_source
 from sever.exceptions import ConfigError, DataError, RLEError
 
 logger = logging.getLogger(__name__)
@@ -299,7 +300,10 @@ def _class_problems(annotations: Annotations) -> list[str]:
     the mean) but can be a subset of the data: ``sever check-data`` reports it as a problem,
     training only warns.
     """
-    used = np.flatnonzero((annotations.rows > 0).any(axis=0))
+    listed = annotations.rows > 0  # a CSV's rows, empty masks included
+    if not listed.any():  # a source other than a CSV records no rows: the masks it read
+        listed = annotations.has_defect()
+    used = np.flatnonzero(listed.any(axis=0))
     if used.size == 0:
         return [f"{annotations.source}: lists no masks at all"]
     if used[-1] + 1 < annotations.n_classes:
@@ -365,14 +369,16 @@ def preflight(sources: Sequence[Source], mode: str = "quick", crop: tuple[int, i
 
 
 def check_dataset(data_dir: str | Path, csv: str = "train.csv", images: str = "train_images",
-                  classes: int = 4, full: bool = False) -> DataReport:
-    """Run every data check on a Kaggle-layout folder without training (``sever check-data``).
+                  classes: int = 4, full: bool = False, format: str = "kaggle",
+                  masks: str = "train_masks") -> DataReport:
+    """Run every data check on a dataset folder without training (``sever check-data``).
 
-    Unlike :func:`preflight`, CSV problems do not stop the check: they are
-    reported and the images are still checked.
+    ``format`` is the data source of its labels (a Kaggle CSV by default; any registered
+    mask source, :func:`~sever.data_loader.sources.mask_formats`). Unlike :func:`preflight`,
+    label problems do not stop the check: they are reported and the images are still checked.
 
     Raises:
-        DataError: the image folder is missing or holds no images.
+        DataError: the image folder is missing or holds no images; ConfigError: ``format`` is no mask source.
     """
     started = time.perf_counter()
     data_dir = Path(data_dir)
@@ -382,19 +388,30 @@ def check_dataset(data_dir: str | Path, csv: str = "train.csv", images: str = "t
     names = list_images(image_dir)
     report = DataReport()
     try:
-        annotations = read_rle_csv(data_dir / csv, classes, image_ids=names)
+        annotations, paths = _read_labels(data_dir, format, images, csv, masks, classes, names)
     except DataError as exc:
         report.problems.append(str(exc))
         report.masks_read = False
+        label_file = data_dir / (masks if format == "mask_folder" else csv)
         annotations = Annotations(tuple(names), np.full((len(names), classes), "", object),
-                                  np.zeros((len(names), classes), np.int64), str(data_dir / csv))
+                                  np.zeros((len(names), classes), np.int64), str(label_file))
+        paths = [image_dir / name for name in names]
     else:
         report.problems += _missing_problems(annotations, names, image_dir)
         report.problems += _class_problems(annotations)
-    on_disk = annotations.subset(np.arange(len(names)))
-    check_samples(on_disk, [image_dir / name for name in names], report, full)
+    check_samples(annotations.subset(np.arange(len(paths))), paths, report, full)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _read_labels(data_dir: Path, format: str, images: str, csv: str, masks: str, classes: int,
+                 names: Sequence[str]) -> tuple[Annotations, list[Path]]:
+    """The labels of ``format`` and their images: a Kaggle CSV lists the folder's images first (its rows
+    for images not on disk after them, reported as missing); another source reads its own."""
+    source = mask_source(format, "--format")
+    if format == "kaggle":
+        return read_rle_csv(data_dir / csv, classes, image_ids=names), [data_dir / images / name for name in names]
+    return source.read(DataFolder(data_dir, classes, None, images=images, csv=csv, masks=masks))
 
 
 def _missing_problems(annotations: Annotations, names: Sequence[str], image_dir: Path) -> list[str]:

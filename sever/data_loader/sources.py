@@ -83,9 +83,18 @@ def register_source(name: str, labels: str) -> Callable[[Callable], Callable]:
     return add
 
 
+def mask_formats() -> list[str]:
+    """The label formats of segmentation data: the names of the registered sources giving RLE masks, sorted.
+
+    The one list ``sever plan``, ``auto``, ``convert``, ``check-data`` and the CLI offer: a source
+    registered with ``@register_source(name, labels="masks")`` is one of them.
+    """
+    return [entry for entry in DATA_SOURCES.names() if DATA_SOURCES.get(entry, "format").labels == "masks"]
+
+
 def mask_source(name: str, key: str) -> DataSource:
     """The source of RLE masks called ``name``; ConfigError at ``key`` listing the mask formats otherwise."""
-    formats = [entry for entry in DATA_SOURCES.names() if DATA_SOURCES.get(entry, key).labels == "masks"]
+    formats = mask_formats()
     if name in formats:
         return DATA_SOURCES.get(name, key)
     if isinstance(name, str) and name in DATA_SOURCES:

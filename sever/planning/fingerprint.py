@@ -29,7 +29,7 @@ from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.data_loader.checks import image_header_size, preflight
 from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.mask_folder import MASK_SUFFIX, read_mask
-from sever.data_loader.sources import DataFolder, mask_source
+from sever.data_loader.sources import DataFolder, mask_formats, mask_source
 from sever.exceptions import DataError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 GREY_SAMPLE = 200  # images read for the grey statistics and channels, spread over the dataset
 MAX_CLASS_ID = 255  # the highest ClassId a CSV may use when the classes are detected
 PERCENTILES = (5, 50, 95)
-FORMATS = ("kaggle", "mask_folder")
 
 
 @dataclass(frozen=True)
@@ -115,10 +114,11 @@ def _triple(values: list[float]) -> str:
 
 
 def detect_layout(data_dir: Path, layout: Layout, format: str | None) -> Layout:
-    """The layout with its format: ``format`` as given, else ``kaggle`` when the CSV exists, else ``mask_folder``.
+    """The layout with its format: ``format`` as given (any registered mask source,
+    :func:`~sever.data_loader.sources.mask_formats`), else ``kaggle`` when the CSV exists, else ``mask_folder``.
 
     Raises:
-        DataError: neither the CSV nor the mask folder exists (no labels).
+        DataError: neither the CSV nor the mask folder exists (no labels), or ``format`` is no mask source.
     """
     if format is None:
         if (data_dir / layout.csv).is_file():
@@ -128,8 +128,8 @@ def detect_layout(data_dir: Path, layout: Layout, format: str | None) -> Layout:
         else:
             raise DataError(f"{data_dir}: no labels: neither the masks CSV {layout.csv} nor the mask folder "
                             f"{layout.masks}/ is there (--csv, --masks name others)")
-    if format not in FORMATS:
-        raise DataError(f"--format: {format!r} is not one of {', '.join(FORMATS)}")
+    if format not in mask_formats():
+        raise DataError(f"--format: {format!r} is not one of {', '.join(mask_formats())}")
     return Layout(format, layout.images, layout.csv, layout.masks)
 
 
@@ -137,13 +137,15 @@ def detect_classes(data_dir: Path, layout: Layout) -> tuple[int, list[str] | Non
     """The number of classes the labels use, and the per-class folder names of a per-class mask folder.
 
     Kaggle CSV: the highest ClassId. Mask folder: its class sub-folders (sorted, numbers
-    by value), else the highest value of its label maps.
+    by value), else the highest value of its label maps. Another source: the highest class
+    its labels use, read with the most classes a dataset may have.
 
     Raises:
         DataError: the labels hold no defect at all.
     """
-    if layout.format == "kaggle":
-        annotations = read_rle_csv(data_dir / layout.csv, MAX_CLASS_ID)
+    if layout.format != "mask_folder":
+        annotations = (read_rle_csv(data_dir / layout.csv, MAX_CLASS_ID) if layout.format == "kaggle" else
+                       read_dataset(data_dir, layout, MAX_CLASS_ID, None, check=False)[0])
         used = np.flatnonzero(annotations.has_defect().any(axis=0))
         top = int(used[-1]) + 1 if used.size else 0
         names = None
@@ -159,14 +161,14 @@ def detect_classes(data_dir: Path, layout: Layout) -> tuple[int, list[str] | Non
         top = max((int(read_mask(p).max(initial=0)) for p in sorted(mask_dir.glob(f"*{MASK_SUFFIX}"))), default=0)
         names = None
     if top == 0:
-        source = data_dir / (layout.csv if layout.format == "kaggle" else layout.masks)
+        source = data_dir / (layout.masks if layout.format == "mask_folder" else layout.csv)
         raise DataError(f"{source}: no labels: not one defect is marked, so there is nothing to learn")
     return top, names
 
 
-def read_dataset(data_dir: str | Path, layout: Layout, classes: int,
-                 class_names: list[str] | None) -> tuple[Annotations, list[Path]]:
-    """The labelled images through their data source, checked as training will check them.
+def read_dataset(data_dir: str | Path, layout: Layout, classes: int, class_names: list[str] | None,
+                 check: bool = True) -> tuple[Annotations, list[Path]]:
+    """The labelled images through their data source, checked as training will check them (``check``).
 
     Raises:
         DataError: no images, labels for images that are not there, bad images or masks.
@@ -175,7 +177,8 @@ def read_dataset(data_dir: str | Path, layout: Layout, classes: int,
     source = mask_source(layout.format, "--format")
     annotations, paths = source.read(DataFolder(root, classes, class_names, images=layout.images, csv=layout.csv,
                                                 masks=layout.masks))
-    preflight([(annotations, paths)], "quick")
+    if check:
+        preflight([(annotations, paths)], "quick")
     return annotations, paths
 
 
@@ -185,8 +188,8 @@ def fingerprint(data_dir: str | Path, layout: Layout = Layout(), format: str | N
 
     Args:
         data_dir: the dataset folder.
-        layout: its file names; ``format`` (``kaggle`` / ``mask_folder``) overrides the
-            layout's, and is detected when both are None.
+        layout: its file names; ``format`` (a registered mask source: ``kaggle``, ``mask_folder``, ...)
+            overrides the layout's; ``kaggle`` or ``mask_folder`` is detected when both are None.
         classes, class_names: the classes; detected from the labels when None.
 
     Raises:

@@ -13,7 +13,7 @@ The steps, each refusing bad input before the next starts:
    ``sever predict -m STUDY`` uses.
 
 A budget too short for two folds plans one run with a validation split instead
-(:func:`sever.planning.plan.plan_folds`): it trains, tunes itself on that split and writes
+(:func:`sever.planning.sizing.plan_folds`): it trains, tunes itself on that split and writes
 its report, and ``sever predict -m RUN`` uses its tuned settings.
 
 With unlabelled images, the plan carries ``pseudo: {images: DIR, rounds: 1}``, which a
@@ -30,7 +30,9 @@ from sever import experiment
 from sever.exceptions import DataError
 from sever.inference.predictor import TUNED_FILE
 from sever.planning.fingerprint import Layout, fingerprint
-from sever.planning.plan import Plan, device_target, make_plan, parse_budget
+from sever.planning.plan import Plan, make_plan
+from sever.planning.probe import device_target
+from sever.utils.time_budget import parse_budget
 from sever.study.folder import StudyPaths
 from sever.study.train import train_study
 

@@ -48,6 +48,7 @@ from typing import Callable, Iterator
 import yaml
 
 from sever.exceptions import CheckpointError, ConfigError, SeverError
+from sever.utils import time_budget
 
 STUDY_FILE = "study.yml"
 SPLITS_FILE = "splits.json"
@@ -225,9 +226,9 @@ class StudyPaths:
             if budget is None:
                 return None
             reserved = {k: v for k, v in budget["reserved"].items() if k != key}
-            left = budget["seconds"] * budget.get("slots", 1) - sum(budget["spent"].values()) - sum(reserved.values())
             sharing = [k for k in dict.fromkeys([key, *waiting]) if k not in reserved]
-            share = left / len(sharing)
+            share = time_budget.ledger_share(budget["seconds"] * budget.get("slots", 1), budget["spent"].values(),
+                                             reserved.values(), len(sharing))
             budget["reserved"] = {**reserved, key: share}
             self._write(data)
         return share + budget["spent"].get(key, 0.0)
@@ -266,7 +267,7 @@ class StudyPaths:
         expected overhead (:meth:`expect_overhead`), else 0."""
         data = self._read()
         noted = list(((data.get("budget") or {}).get("overhead") or {}).values())
-        return sum(noted) / len(noted) if noted else float(data.get("expected_overhead", 0.0))
+        return time_budget.mean_overhead(noted, data.get("expected_overhead", 0.0))
 
     def spent(self) -> float:
         """Seconds the study has spent so far (0 without a budget)."""

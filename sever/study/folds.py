@@ -41,7 +41,8 @@ from sever.study import folder
 from sever.study.folder import BudgetSpent, StudyFailed, StudyPaths, unfinished
 from sever.study.rounds import round_config
 from sever.tasks import task_of
-from sever.utils.config import load_config, parse_duration
+from sever.utils import time_budget
+from sever.utils.config import load_config
 from sever.utils.distributed import from_environment, torchrun_command
 from sever.utils.run import RunPaths
 
@@ -89,7 +90,7 @@ def budget_overrides(study: StudyPaths, fold: int, overrides: Sequence[str]) -> 
         raise BudgetSpent(f"{study.root}: the study's trainer.time_budget is spent ({study.spent():.0f} s) with "
                           f"fold {fold} of round {study.round_number} still to train; give more with sever train "
                           f"-r {study.root} --set trainer.time_budget=DURATION")
-    training = max(seconds - study.overhead(), 1.0)  # the fold's wall time is charged, its run counts training
+    training = time_budget.fold_training(seconds, study.overhead(), floor=time_budget.MIN_FOLD_TRAINING)
     logger.info("fold %d of round %d: %.0f s of the study's time budget, %.0f s of it training", fold,
                 study.round_number, seconds, training)
     return [*overrides, f"trainer.time_budget={round(training, 1):g}s"]
@@ -140,7 +141,7 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
 def _given_budget(overrides: Sequence[str]) -> float | None:
     """The seconds of the last ``trainer.time_budget=`` override, or None without one."""
     values = [item.split("=", 1)[1] for item in overrides if item.startswith("trainer.time_budget=")]
-    return parse_duration(values[-1], "trainer.time_budget") if values else None
+    return time_budget.parse_budget(values[-1], "trainer.time_budget") if values else None
 
 
 def write_oof(study: StudyPaths, fold: int) -> Path | None:

@@ -22,7 +22,8 @@ from sever.study.folder import StudyPaths, unfinished
 from sever.study.folds import train_folds, with_fold
 from sever.study.rounds import NothingConfident, PseudoPlan, current_round, prepare_round, tune_round
 from sever.study.splits import assign_new, fold_of_each, image_key, new_images, read_splits, write_splits
-from sever.utils.config import apply_overrides, dump_config, load_config, parse_duration, validate_config
+from sever.utils import time_budget
+from sever.utils.config import apply_overrides, dump_config, load_config, validate_config
 from sever.utils.run import new_folder
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def run_study(study: StudyPaths, folds: Sequence[int] | None = None, overrides: 
     study = StudyPaths(study.root)
     config = study_config(study, overrides)
     if config["trainer"]["time_budget"] is not None:
-        study.set_budget(parse_duration(config["trainer"]["time_budget"], "trainer.time_budget"),
+        study.set_budget(time_budget.parse_budget(config["trainer"]["time_budget"], "trainer.time_budget"),
                          slots=parallel if folds is None else None)
     if folds is not None:
         current = study.at_round(current_round(study))

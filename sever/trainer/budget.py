@@ -9,7 +9,7 @@ Each epoch is a training pass, then its tail: validation and the checkpoint. At 
 end of each training pass the run plans how many more epochs fit in what is left,
 expecting each to take the mean pass and the mean tail of the epochs so far (this
 epoch's tail still to come). When no whole epoch fits but a quarter of a pass or more
-does, one shorter epoch follows (:data:`PARTIAL_SHARE`): its training pass stops at
+does, one shorter epoch follows (:data:`~sever.utils.time_budget.PARTIAL_SHARE`): its training pass stops at
 the first optimiser step after which only a tail's time is left (:meth:`pass_over`),
 and it is validated and checkpointed like any other. So the run uses its budget
 rather than leaving up to an epoch of it unused, and every checkpoint still ends an
@@ -27,8 +27,9 @@ import math
 import time
 from typing import Any
 
+from sever.utils.time_budget import PARTIAL_SHARE, epochs_fitting
 
-PARTIAL_SHARE = 0.25  # the least share of a training pass worth a shorter last epoch (and its validation)
+__all__ = ["PARTIAL_SHARE", "TimeBudget"]
 
 
 class TimeBudget:
@@ -77,12 +78,9 @@ class TimeBudget:
         shorter one when at least :data:`PARTIAL_SHARE` of a pass fits beside its tail,
         counted as the share of a pass it trains (3.4: three epochs, then four-tenths of one).
         """
-        mean_pass = max(sum(self.passes) / len(self.passes), 1e-9)
         tail = self.tail
         left = self.seconds - self.spent - tail  # this epoch's own tail is still to come
-        whole = max(0, math.floor(left / (mean_pass + tail)))
-        spare = left - whole * (mean_pass + tail) - tail
-        return epoch + whole + (spare / mean_pass if spare >= PARTIAL_SHARE * mean_pass else 0.0)
+        return epoch + epochs_fitting(left, sum(self.passes) / len(self.passes), tail)
 
     def plan(self, epoch: int) -> int:
         """After :meth:`end_pass` of ``epoch``: the epoch the run will end with (a shorter one included)."""

@@ -1,0 +1,79 @@
+"""The planner's thresholds as data: one :class:`PlanPolicy`, every field documented.
+
+The rules (:mod:`sever.planning.rules`), the sizing (:mod:`sever.planning.sizing`) and the
+device probe (:mod:`sever.planning.probe`) read their thresholds from the policy they are
+given, :data:`DEFAULT_POLICY` unless a caller passes another (``make_plan(..., policy=
+dataclasses.replace(DEFAULT_POLICY, max_folds=3))``), so a threshold is changed in one
+place and a test can plan under another without patching module globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sever.utils.time_budget import PARTIAL_SHARE, STUDY_RESERVE
+
+
+@dataclass(frozen=True)
+class PlanPolicy:
+    """The thresholds of ``sever plan``.
+
+    Attributes:
+        max_folds: the most folds a study is planned with.
+        min_epochs_per_fold: fewer folds when a fold could not train this many epochs; one run
+            below 2 folds.
+        seeking_cover: crops covering less of a median image than this share are sent onto
+            defects half the time (``HeavyCropTransforms``).
+        single_validation: share of the images validating a single planned run.
+        min_updates: optimiser steps a plan aims for: below, a CPU batch is halved and the
+            learning rate is kept up epoch by epoch.
+        min_cpu_batch: the CPU batch is not halved below this (batch-norm statistics of fewer
+            images are noisy).
+        reserve: share of a study's budget left for out-of-fold prediction, tuning and the report.
+        memory_margin: a CUDA batch fits when its trial step peaks below this share of the memory.
+        valid_cost: a validation image costs about this share of a training one per pixel
+            (forward only).
+        fold_passes: after training, a fold predicts its validation images this many times
+            (tuning, report, out-of-fold).
+        fold_setup: seconds per fold for reading the data, building the model and drawing the report.
+        empty_pairs_monitor: from this share of empty image-class pairs on, the defect Dice is monitored.
+        rare_class: a class seen in under this share of the commonest class's images is balanced.
+        small_data: fewer images than this: stronger augmentation and dropout.
+        large_data: at least this many images (and a long enough fold budget on CUDA): a larger encoder.
+        large_fold_budget: seconds of training per fold for the larger encoder.
+        max_crop_cpu: the largest crop side planned on CPU, pixels.
+        max_crop_cuda: the largest crop side planned on CUDA, pixels.
+        loading_samples: images read and augmented to time the loader.
+        sampler_alpha: the class-balancing sampler's blend of natural (0) and equal (1) group weights.
+        useful_epoch_share: the least share of an epoch's batches a planned run may end with; a
+            shorter last epoch is not planned (the trainer's own guard, ``PARTIAL_SHARE``).
+    """
+
+    max_folds: int = 5
+    min_epochs_per_fold: int = 3
+    seeking_cover: float = 0.5
+    single_validation: float = 0.15
+    min_updates: int = 400
+    min_cpu_batch: int = 4
+    reserve: float = STUDY_RESERVE
+    memory_margin: float = 0.8
+    valid_cost: float = 1 / 3
+    fold_passes: int = 3
+    fold_setup: float = 20.0
+    empty_pairs_monitor: float = 0.5
+    rare_class: float = 1 / 3
+    small_data: int = 1000
+    large_data: int = 2000
+    large_fold_budget: float = 30 * 60
+    max_crop_cpu: int = 256
+    max_crop_cuda: int = 512
+    loading_samples: int = 12
+    sampler_alpha: float = 0.5
+    useful_epoch_share: float = PARTIAL_SHARE
+
+    def crop_cap(self, kind: str) -> int:
+        """The largest crop side planned on a device of ``kind`` (``cpu`` or ``cuda``), pixels."""
+        return self.max_crop_cuda if kind == "cuda" else self.max_crop_cpu
+
+
+DEFAULT_POLICY = PlanPolicy()

@@ -1,0 +1,106 @@
+"""The arithmetic of a time budget, in one place (seconds throughout).
+
+A study's budget (``--time``, the study's ``trainer.time_budget``) is spent in this order:
+
+- :data:`STUDY_RESERVE` of it is kept for the study's out-of-fold tuning
+  (:func:`study_training`); a single run keeps none;
+- the rest is shared equally between the folds (:func:`fold_share`): when planned, among
+  the K folds; while a study trains, among the folds still to train, from what is neither
+  spent nor reserved by folds in training (:func:`ledger_share`);
+- each fold's share pays its overhead (set-up, self-tuning, report, out-of-fold maps)
+  before its training (:func:`fold_training`), estimated by the planner or measured
+  (:func:`mean_overhead`);
+- a run's training clock (``trainer.time_budget`` of a run) then decides how many
+  epochs fit in what is left (:func:`epochs_fitting`): whole epochs, and a shorter last
+  one only from :data:`PARTIAL_SHARE` of a training pass.
+
+Pure functions of plain numbers: the planner (:mod:`sever.planning`), the training clock
+(:mod:`sever.trainer.budget`) and the study ask them; none measures or records anything.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from sever.utils.config import parse_duration
+
+STUDY_RESERVE = 0.15  # share of a study's budget kept for out-of-fold prediction, tuning and the report
+PARTIAL_SHARE = 0.25  # the least share of a training pass worth a shorter last epoch (and its validation)
+MIN_FOLD_TRAINING = 1.0  # seconds a fold's run is given at least, however large its overhead
+
+
+def parse_budget(text: str, key: str = "--time") -> float:
+    """``text`` (``2h30m``, ``45m``, ``90s``, ``1.5h``) as seconds; ConfigError naming ``key`` otherwise."""
+    return parse_duration(text, key)
+
+
+def reserve_share(folds: int, reserve: float = STUDY_RESERVE) -> float:
+    """The share of the budget kept for out-of-fold tuning: ``reserve`` for a study, 0 for one run (``folds`` 1)."""
+    return 0.0 if folds == 1 else reserve
+
+
+def study_training(budget: float, reserve: float = STUDY_RESERVE) -> float:
+    """Seconds of a study's ``budget`` its folds share (their overhead included): all but the reserve."""
+    return budget * (1 - reserve)
+
+
+def fold_share(budget: float, folds: int, reserve: float = STUDY_RESERVE) -> float:
+    """Seconds of wall time each of ``folds`` folds gets of ``budget`` (``folds`` 1: the single run, no reserve)."""
+    return study_training(budget, reserve_share(folds, reserve)) / folds
+
+
+def fold_training(share: float, overhead: float, floor: float | None = None) -> float:
+    """Seconds a fold's run trains: its ``share`` less its ``overhead``; at least ``floor`` when given.
+
+    The planner passes no floor (a negative result means the share cannot pay its overhead);
+    a study in training passes :data:`MIN_FOLD_TRAINING`, since the fold's wall time is
+    charged and its run's clock counts training only.
+    """
+    training = share - overhead
+    return training if floor is None else max(training, floor)
+
+
+def ledger_share(total: float, spent: Iterable[float], reserved_by_others: Iterable[float], sharing: int) -> float:
+    """A fold's share of a study's ledger: what of ``total`` slot-seconds is neither ``spent`` nor reserved by
+    folds in training, shared equally by the ``sharing`` folds without a reservation (the fold itself included).
+
+    0 or less: the budget is spent.
+    """
+    return (total - sum(spent) - sum(reserved_by_others)) / sharing
+
+
+def mean_overhead(measured: Iterable[float], expected: float = 0.0) -> float:
+    """The mean of the folds' ``measured`` overheads; before any fold has measured one, ``expected``."""
+    measured = list(measured)
+    return sum(measured) / len(measured) if measured else float(expected)
+
+
+def epochs_fitting(left: float, mean_pass: float, tail: float, partial_share: float = PARTIAL_SHARE) -> float:
+    """Epochs that fit in ``left`` seconds after the current epoch's tail, counting a shorter last one.
+
+    Args:
+        left: seconds of the budget left, the current epoch's tail already taken out.
+        mean_pass: seconds of one training pass (> 0).
+        tail: seconds of an epoch's validation and checkpoint.
+        partial_share: the least share of a pass worth a shorter epoch.
+
+    Returns:
+        Whole epochs of ``mean_pass + tail``, plus the share of a pass a shorter last epoch trains when at
+        least ``partial_share`` of a pass fits beside its tail (3.4: three epochs, then four-tenths of one).
+    """
+    mean_pass = max(mean_pass, 1e-9)
+    whole = max(0, math.floor(left / (mean_pass + tail)))
+    spare = left - whole * (mean_pass + tail) - tail
+    return whole + (spare / mean_pass if spare >= partial_share * mean_pass else 0.0)
+
+
+def useful_epochs(epochs: float, partial_share: float = PARTIAL_SHARE) -> tuple[int, float]:
+    """``epochs`` (a planned number, 3.1) as whole epochs and the share of one more worth training.
+
+    A last epoch shorter than ``partial_share`` of its batches is not worth its validation: it is
+    dropped (``(3, 0.0)``); at least ``partial_share`` of it is kept (3.4: ``(3, 0.4)``).
+    """
+    whole = math.floor(epochs)
+    fraction = epochs - whole
+    return whole, fraction if fraction >= partial_share else 0.0

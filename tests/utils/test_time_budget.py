@@ -1,0 +1,57 @@
+"""The arithmetic of a time budget (sever/utils/time_budget.py): one place for the reserve, the shares,
+the overhead, the epochs that fit."""
+
+import pytest
+
+from sever.exceptions import ConfigError
+from sever.utils import time_budget as tb
+
+
+def test_budgets_are_parsed_with_units_only():
+    assert tb.parse_budget("1h30m") == 5400 and tb.parse_budget("90s") == 90 and tb.parse_budget("1.5h") == 5400
+    with pytest.raises(ConfigError, match="--time: expected a duration"):
+        tb.parse_budget("90")
+    with pytest.raises(ConfigError, match="trainer.time_budget"):
+        tb.parse_budget("soon", "trainer.time_budget")
+
+
+def test_a_study_keeps_its_reserve_and_shares_the_rest_a_single_run_keeps_none():
+    assert tb.study_training(1000) == pytest.approx(850)
+    assert tb.fold_share(1000, 5) == pytest.approx(170)  # (1000 - 15%) / 5
+    assert tb.fold_share(1000, 1) == 1000  # a single run: no out-of-fold tuning to reserve for
+    assert tb.fold_share(1000, 4, reserve=0.5) == pytest.approx(125)
+
+
+def test_a_folds_training_is_its_share_less_its_overhead_with_a_floor_only_when_asked():
+    assert tb.fold_training(170, 50) == 120
+    assert tb.fold_training(30, 50) == -20  # the planner sees a share that cannot pay its overhead
+    assert tb.fold_training(30, 50, floor=tb.MIN_FOLD_TRAINING) == 1.0  # a study in training still runs the fold
+
+
+def test_a_ledger_share_splits_what_is_neither_spent_nor_reserved():
+    # 2 slots of 600 s; 300 s spent, another fold in training holds 200 s; 3 folds share the 700 s left
+    assert tb.ledger_share(1200, [100, 200], [200], 3) == pytest.approx(700 / 3)
+    assert tb.ledger_share(600, [600], [], 2) == 0  # spent
+
+
+def test_the_overhead_is_the_measured_mean_else_the_expected():
+    assert tb.mean_overhead([10, 30]) == 20
+    assert tb.mean_overhead([], expected=45) == 45
+
+
+@pytest.mark.parametrize("left, expected", [
+    (100, 10.0),  # ten epochs of 8 s pass + 2 s tail
+    (95, 9.375),  # nine epochs, then 3 s of pass beside a tail: 3/8 >= a quarter
+    (91, 9.0),  # nine epochs, then 1 s beside a tail: under a quarter of a pass, not worth its validation
+    (5, 0.375),  # no whole epoch: 3 s of pass beside its tail
+    (3, 0.0),  # 1 s of pass beside its tail: nothing
+])
+def test_epochs_fitting_counts_a_shorter_last_epoch_only_from_a_useful_share(left, expected):
+    assert tb.epochs_fitting(left, 8.0, 2.0) == pytest.approx(expected)
+
+
+def test_useful_epochs_drop_a_sliver_and_keep_a_share():
+    assert tb.useful_epochs(3.1) == (3, 0.0)
+    assert tb.useful_epochs(3.4) == (3, pytest.approx(0.4))
+    assert tb.useful_epochs(0.6) == (0, pytest.approx(0.6))
+    assert tb.useful_epochs(3.1, partial_share=0.05) == (3, pytest.approx(0.1))
