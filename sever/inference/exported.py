@@ -139,7 +139,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if fmt == "onnx":
         import onnx
 
-        model = onnx.load(str(path), load_external_data=False)
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and kin: whatever the file holds, name it
+            raise CheckpointError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
         metadata = {prop.key: json.loads(prop.value) for prop in model.metadata_props}
     elif fmt == "torchscript":
         with zipfile.ZipFile(path) as archive:
