@@ -206,13 +206,19 @@ class ExportedNetwork(nn.Module):
 
 
 def onnx_session(path: str | os.PathLike, device: torch.device | str = "cpu"):
-    """An onnxruntime session of ``path``: CUDA when ``device`` is a GPU and onnxruntime has it, else the CPU."""
+    """An onnxruntime session of ``path``: CUDA when ``device`` is a GPU and onnxruntime has it, else the CPU.
+
+    On the CPU it computes with torch's thread count (``torch.get_num_threads()``), as the
+    PyTorch models do, rather than onnxruntime's default of every core.
+    """
     import onnxruntime
 
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    return onnxruntime.InferenceSession(str(path), providers=providers)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
 def onnx_runner(path: str | os.PathLike, device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
