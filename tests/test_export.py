@@ -2,18 +2,25 @@
 
 import json
 import sys
+from pathlib import Path
 
+import cv2
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
+from inference_runs import classifier_changes, make_run
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sever import experiment
 from sever.cli.app import cli
 from sever.exceptions import CheckpointError, ConfigError
 from sever import export as exporting
+from sever.inference.checkpoints import load_model
+from sever.inference.predictor import tta_probabilities
 from sever.export import ExportCheckError, export_model, load_trained_model
 from sever.model.model import build_model
 from sever.utils.checkpoint import atomic_torch_save, load_checkpoint
@@ -155,16 +162,6 @@ def test_onnx_without_its_packages_names_the_extra_to_install(checkpoint, tmp_pa
 
 # ---------------------------------------------------------------- a run's export: smp folder, metadata, bad outputs
 
-from pathlib import Path  # noqa: E402
-
-import cv2  # noqa: E402
-import onnx  # noqa: E402
-import yaml  # noqa: E402
-from inference_runs import make_run  # noqa: E402
-
-from sever.inference.checkpoints import load_model  # noqa: E402
-from sever.inference.predictor import Predictor, tta_probabilities  # noqa: E402
-
 TUNED = {"threshold": [0.3, 0.45, 0.6, 0.7], "min_pixels": [10, 20, 30, 40], "one_class_per_pixel": True,
          "min_component": [0, 3, 0, 0], "component_domination": False, "classifier": None}
 
@@ -197,7 +194,7 @@ def sever_probabilities(run: Path, image: np.ndarray) -> np.ndarray:
 
 def odd_sized_image(demo_dir: Path, folder: Path) -> Path:
     """A 50x200 crop of a demo image as a PNG: not a multiple of the stride, so padding matters."""
-    image = cv2.imread(str(sorted((demo_dir / "train_images").iterdir())[0]), cv2.IMREAD_GRAYSCALE)[5:55, 20:220]
+    image = cv2.imread(str(min((demo_dir / "train_images").iterdir())), cv2.IMREAD_GRAYSCALE)[5:55, 20:220]
     path = folder / "odd.png"
     cv2.imwrite(str(path), image)
     return path
@@ -245,8 +242,6 @@ def test_smp_model_card_holds_classes_data_scores_and_tuned_postprocessing(tuned
 
 
 def test_a_classifier_has_no_smp_folder(demo_dir, tmp_path):
-    from inference_runs import classifier_changes
-
     run = make_run(tmp_path, demo_dir, "classifier", **classifier_changes())
     with pytest.raises(ConfigError, match="classification model; smp folders hold segmentation models"):
         export_model(run, "smp", tmp_path / "out")
