@@ -165,3 +165,26 @@ def test_predict_with_an_onnx_export_writes_the_rows_of_the_trained_run(demo_dir
         # rows equal, but for pixels the export tolerance leaves undecided
         assert not (differs & ~undecided(expected, PIXELWISE["threshold"])).any()
         assert differs.sum() <= 3
+
+
+def test_an_rgb_model_exported_takes_the_grey_images_the_predictor_gives(module_tmp, demo_dir):
+    """The graph froze the model's grey-to-RGB repeat at its 3-channel export: the loader repeats instead."""
+    arch = {"type": "FPN", "args": {"encoder_name": "resnet18", "encoder_weights": None, "in_channels": "rgb",
+                                    "decoder_args": {"decoder_pyramid_channels": 32,
+                                                     "decoder_segmentation_channels": 32}}}
+    run = make_run(module_tmp("rgb"), demo_dir, "rgb", seed=13, arch=arch)
+    exported = export_model(run, "onnx", module_tmp("rgb_onnx") / "rgb.onnx", height=64, width=256)
+    assert exported.metadata["input_channels"] == 3
+    images = demo_images(demo_dir)
+    expected, _ = Predictor([load_model(run)]).predict(images)
+    got, _ = Predictor([open_exported(exported.path)]).predict(images)
+    assert (got.int() - expected.int()).abs().max() <= 1
+
+
+def test_a_checkpoint_saved_as_pt_is_not_taken_for_a_torchscript_export(run, tmp_path):
+    """Both are zip archives; only an export holds extra/sever.json."""
+    from sever.inference.exported import exported_format
+
+    copy = tmp_path / "model.pt"
+    copy.write_bytes((run / "checkpoints" / "model_best.pth").read_bytes())
+    assert exported_format(copy) is None and load_model(copy).exported is None
