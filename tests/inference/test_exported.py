@@ -188,3 +188,9 @@ def test_a_checkpoint_saved_as_pt_is_not_taken_for_a_torchscript_export(run, tmp
     copy = tmp_path / "model.pt"
     copy.write_bytes((run / "checkpoints" / "model_best.pth").read_bytes())
     assert exported_format(copy) is None and load_model(copy).exported is None
+
+
+def test_an_export_has_no_validation_split_to_score(exports):
+    result = CliRunner().invoke(cli, ["evaluate", "-m", str(exports["onnx"]), "--split", "val"])
+    assert result.exit_code == 2 and "an exported model carries no validation split" in result.output
+    assert "Traceback" not in result.output
