@@ -35,6 +35,13 @@ grows for tiles and grows with it for whole images. Run from the repository root
 
 Without ``-m`` the demo architecture (experiments/demo.yml) is built with random weights;
 without ``--images`` the demo test images are used when present, else random 256x1600 JPEGs.
+
+``--onnx`` adds onnxruntime against PyTorch on the CPU: the model is exported to ONNX
+(``sever export``, any size) and ``Predictor.predict_files`` runs the same images with the
+PyTorch model and with the export (``sever.inference.exported``; onnxruntime on torch's thread
+count), alternating, ``--repeat`` rounds; the line printed is the median ratio of ONNX's
+images/s to PyTorch's measured just before it. ``--large none --onnx --skip-paths`` runs only
+that comparison.
 """
 
 from __future__ import annotations
@@ -213,6 +220,32 @@ def report(found: list[Candidate], ratios: dict[str, list[float]], bare_rates: l
                   f"(target >= {TARGET}x; {ratio:.2f}x of the bare loop)")
 
 
+def onnx_comparison(args: argparse.Namespace, paths: list[Path], scratch: Path) -> None:
+    """onnxruntime against PyTorch on the CPU: the same images, the same model, alternating rounds."""
+    from sever.export import export_model
+    from sever.inference.exported import open_exported
+    from sever.utils.checkpoint import atomic_torch_save
+
+    cpu = torch.device("cpu")
+    loaded = load_model(args.model, cpu) if args.model else demo_model(cpu)
+    checkpoint = Path(args.model) if args.model else scratch / "demo.pth"
+    if not args.model:  # the random demo model as a checkpoint, so that sever export can read it
+        atomic_torch_save({"state_dict": loaded.model.state_dict(), "config": loaded.config, "epoch": 0}, checkpoint)
+    height, width = read_grey(paths[0]).shape
+    exported = export_model(checkpoint, "onnx", scratch / "model.onnx", height=height, width=width, dynamic=True)
+    predictors = {"pytorch": Predictor([loaded], device=cpu), "onnx": Predictor([open_exported(exported.path)])}
+    rates: dict[str, list[float]] = {"pytorch": [], "onnx": []}
+    for _ in range(args.repeat):
+        for name, predictor in predictors.items():  # PyTorch first: each ONNX rate has its baseline just before
+            rates[name].append(predictor_rate(predictor, paths, args.batch_size, args.num_workers))
+    ratios = [onnx / pytorch for onnx, pytorch in zip(rates["onnx"], rates["pytorch"])]
+    print(f"\nonnxruntime vs PyTorch on the CPU ({len(paths)} images {height}x{width}, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads, tta none; probabilities within {exported.max_prob_diff:.1e}):")
+    print(f"pytorch   {statistics.median(rates['pytorch']):>8.2f} images/s  1.00x")
+    print(f"onnx      {statistics.median(rates['onnx']):>8.2f} images/s  {statistics.median(ratios):.2f}x  "
+          f"(rounds {' '.join(f'{r:.2f}' for r in ratios)}; load average {os.getloadavg()[0]:.1f})")
+
+
 def resident_mb(field: str) -> float:
     """``VmRSS`` or ``VmHWM`` (peak since the last reset) of this process, in MB."""
     with open("/proc/self/status") as status:
@@ -294,6 +327,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--large", default="512x1536",
                         help="HxW of the 1x large image, or none to skip the large images (default: %(default)s)")
     parser.add_argument("--tile", default="256x512", help="tile HxW for the large images (default: %(default)s)")
+    parser.add_argument("--onnx", action="store_true", help="also compare onnxruntime with PyTorch on the CPU")
+    parser.add_argument("--skip-paths", action="store_true",
+                        help="skip the bare loop / predictor / command table (e.g. to run only --onnx)")
     return parser.parse_args()
 
 
@@ -308,7 +344,10 @@ def main() -> None:
         shape = read_grey(paths[0]).shape
         print(f"{described}, {shape[0]}x{shape[1]}; model {loaded.source}; device {device}, amp {amp}, "
               f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, workers {args.num_workers}")
-        report(*measure(loaded, paths, folder, Path(scratch), args, device, amp))
+        if not args.skip_paths:
+            report(*measure(loaded, paths, folder, Path(scratch), args, device, amp))
+        if args.onnx:
+            onnx_comparison(args, paths, Path(scratch))
     if args.large != "none":
         print_tiled(tiled_rows(args), args.tile)
 

@@ -1,8 +1,17 @@
-"""Export a trained model to ONNX or TorchScript, for inference outside sever's training code.
+"""Export a trained model to ONNX, TorchScript or an smp folder, for inference outside sever.
 
 ::
 
     sever export -m saved/sever-unet-b5/1026_140000 --format onnx -o unet.onnx
+    sever export -m saved/sever-unet-b5/1026_140000 --format smp -o unet/
+
+Each export carries its metadata (:mod:`sever.inference.exported`: classes, mean and
+std, input channels, the tuned post-processing, the task, sever's version): an ONNX
+file in its ``metadata_props``, a TorchScript file in its extra file ``sever.json``.
+``--format smp`` writes a folder that plain ``segmentation_models_pytorch.from_pretrained``
+loads strictly (``config.json``, ``model.safetensors``), the preprocessing as
+albumentations' ``A.Compose.save_pretrained`` (``albumentations_config_eval.json``),
+``sever.json`` and a model card (``README.md``).
 
 The model is rebuilt from the checkpoint's own config (``arch`` and ``classes``,
 with ``encoder_weights`` off: the weights come from the checkpoint), with the
@@ -36,8 +45,10 @@ the check is kept beside the requested file for inspection, never written over i
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +56,21 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import yaml
 import torch.nn.functional as F
 from torch import nn
 
 from sever.exceptions import ConfigError, SeverError
-from sever.inference.checkpoints import load_network
+from sever.inference.checkpoints import OpenedCheckpoint, load_network, open_checkpoint
+from sever.inference.predictor import TUNED_FILE
+from sever.inference.exported import (METADATA_FILE, deployment_metadata, exported_format, metadata_strings,
+                                      onnx_runner, smp_runner, torchscript_runner)
 from sever.model.model import SegmentationModel
 from sever.utils.run import RunPaths, resolve_resume
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "smp")
 DEFAULT_ATOL = 1e-3  # largest difference from PyTorch's probabilities an export may show
 DEFAULT_OPSET = 17
 
@@ -70,12 +85,14 @@ class ExportResult:
 
     Attributes:
         path: the exported file.
-        fmt: ``"onnx"`` or ``"torchscript"``.
+        fmt: ``"onnx"``, ``"torchscript"`` or ``"smp"``.
         checkpoint: the checkpoint file the weights came from.
         weights: ``"ema"`` or ``"model"``: which of its weights were exported.
         checked_shapes: input shapes ``(B, C_in, H, W)`` the export was run on.
         max_abs_diff: the largest absolute difference from PyTorch's logits over those runs.
         max_prob_diff: the largest absolute difference from PyTorch's probabilities (what is checked).
+        metadata: what the export carries besides the weights
+            (:func:`sever.inference.exported.deployment_metadata`).
     """
 
     path: Path
@@ -85,6 +102,7 @@ class ExportResult:
     checked_shapes: tuple[tuple[int, ...], ...]
     max_abs_diff: float
     max_prob_diff: float
+    metadata: dict | None = None
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -95,8 +113,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return resolve_resume(path)
 
 
-def load_trained_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, Path, str]:
-    """The network of a checkpoint file or run folder, in eval mode on the CPU.
+def load_trained_model(checkpoint: str | os.PathLike | OpenedCheckpoint) -> tuple[nn.Module, Path, str]:
+    """The network of a checkpoint file or run folder (or one already opened), in eval mode on the CPU.
 
     Returns:
         ``(model, checkpoint file, "ema" or "model")``: the EMA weights are used when present.
@@ -105,8 +123,31 @@ def load_trained_model(checkpoint: str | os.PathLike) -> tuple[nn.Module, Path, 
         CheckpointError: no such file or run folder, or see
             :func:`sever.inference.checkpoints.load_network`.
     """
-    model, _, path, weights = load_network(resolve_checkpoint(checkpoint))
+    if not isinstance(checkpoint, OpenedCheckpoint):
+        checkpoint = resolve_checkpoint(checkpoint)
+    model, _, path, weights = load_network(checkpoint)
     return model, path, weights
+
+
+def check_output(out: Path, fmt: str) -> None:
+    """Refuse, before any work, an output that cannot be written.
+
+    Raises:
+        ConfigError: a parent of ``out`` is a file; ``out`` is a folder (ONNX, TorchScript) or a
+            file (smp); ``out`` is a folder holding something other than an earlier smp export.
+    """
+    for parent in out.parents:  # nearest first: the first that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"cannot write {out}: {parent} is a file, not a folder")
+            break
+    if fmt != "smp" and out.is_dir():
+        raise ConfigError(f"cannot write {out}: a folder; --format {fmt} writes a file")
+    if fmt == "smp" and out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"cannot write {out}: a file; --format smp writes a folder")
+        if any(out.iterdir()) and exported_format(out) != "smp":
+            raise ConfigError(f"cannot write {out}: a folder holding other files; give a new or empty folder")
 
 
 class PadForExport(nn.Module):
@@ -153,16 +194,17 @@ def export_model(
 
     Args:
         checkpoint: a checkpoint file or a run folder (see :func:`resolve_checkpoint`).
-        fmt: ``"onnx"`` or ``"torchscript"``.
-        out: the file to write (parent folders are created; replaced atomically).
+        fmt: ``"onnx"``, ``"torchscript"`` or ``"smp"`` (a folder, segmentation models only).
+        out: the file (smp: the folder) to write; parent folders are created; replaced atomically.
         height, width: the example input's size in pixels (any; the Severstal images are 256 x 1600).
         opset: ONNX opset version (ONNX only).
         dynamic: ONNX: let H and W vary too (the batch size always may).
-            TorchScript traces take any size either way.
+            TorchScript traces and smp folders take any size either way.
         atol: the largest difference from PyTorch's probabilities accepted.
 
     Raises:
-        ConfigError: unknown format, a bad size or ``atol``, or ONNX without its packages.
+        ConfigError: unknown format, a bad size, ``atol`` or output path, ONNX without its
+            packages, or ``smp`` for a model that is not a segmentation model.
         CheckpointError: see :func:`load_trained_model`.
         ExportCheckError: the export's probabilities differ from PyTorch's by more than ``atol``.
     """
@@ -171,29 +213,51 @@ def export_model(
     _check_shape(height, width, opset)
     if not atol > 0:
         raise ConfigError(f"export atol: expected a positive number, got {atol!r}")
+    out = Path(out)
+    check_output(out, fmt)
     if fmt == "onnx":
         _require_onnx()
-    model, source, weights = load_trained_model(checkpoint)
-    module = _exportable(model)
+    opened = open_checkpoint(resolve_checkpoint(checkpoint))
+    model, source, weights = load_trained_model(opened)
+    if fmt == "smp" and not isinstance(model, SegmentationModel):
+        raise ConfigError(f"--format smp: {source} is a {opened.config['task']} model; smp folders hold "
+                          f"segmentation models: export it with --format onnx or torchscript")
+    fixed_size = (height, width) if fmt == "onnx" and not dynamic else None
+    metadata = deployment_metadata(opened, model, weights, fixed_size)
+    if fmt == "smp" and metadata["mean"] is None:
+        raise ConfigError(f"--format smp: {source}'s config has no augmentation block, so no normalisation to "
+                          f"save with the model; export a run folder's checkpoint")
     example = torch.randn(1, model.in_channels, height, width, generator=torch.Generator().manual_seed(0))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        run = _write(fmt, module, example, temporary, opset, dynamic)
-        shapes = _check_shapes(example, dynamic or fmt == "torchscript")
+        run, shapes = _write(fmt, model, example, temporary, opset, dynamic, metadata, opened)
         try:
             logits_diff, prob_diff = _max_differences(model, run, shapes, atol)
         except ExportCheckError as exc:
             kept = _keep_rejected(temporary, out)
             raise ExportCheckError(f"{exc}; {out} not written, the export is kept as {kept} for inspection") from None
-        if out.exists():
-            logger.info("replacing %s", out)
-        os.replace(temporary, out)
+        _replace(temporary, out)
     finally:
-        temporary.unlink(missing_ok=True)
-    logger.info("exported %s weights of %s to %s (%s)", weights, source, out, fmt)
-    return ExportResult(out, fmt, source, weights, shapes, logits_diff, prob_diff)
+        _remove(temporary)
+    logger.debug("exported %s weights of %s to %s (%s)", weights, source, out, fmt)  # the CLI says it once
+    return ExportResult(out, fmt, source, weights, shapes, logits_diff, prob_diff, metadata)
+
+
+def _replace(temporary: Path, out: Path) -> None:
+    """Move the checked export onto ``out`` (an earlier smp folder there is removed first)."""
+    if out.exists():
+        logger.info("replacing %s", out)
+        if out.is_dir():
+            shutil.rmtree(out)
+    os.replace(temporary, out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _require_onnx() -> None:
@@ -216,13 +280,179 @@ def _keep_rejected(temporary: Path, out: Path) -> Path:
     return kept
 
 
-def _write(fmt: str, module: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> Callable:
-    """Export ``module`` to ``path`` and load the file back as a function of CPU tensors."""
+def _write(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool,
+           metadata: dict, opened: OpenedCheckpoint) -> tuple[Callable, tuple[tuple[int, ...], ...]]:
+    """Export ``model`` to ``path``; the file loaded back as a function of CPU tensors, and the shapes to check."""
+    if fmt == "smp":
+        write_smp_folder(model, path, metadata, opened)
+        return smp_runner(path), (_stride_multiple(example, model.encoder.output_stride),)
+    module = _exportable(model)
     if fmt == "onnx":
-        _write_onnx(module, example, path, opset, dynamic)
-        return _onnx_runner(path)
-    _write_torchscript(module, example, path)
-    return _torchscript_runner(path)
+        _write_onnx(module, example, path, opset, dynamic, metadata)
+        return _onnx_runner(path), _check_shapes(example, dynamic)
+    _write_torchscript(module, example, path, metadata)
+    return _torchscript_runner(path), _check_shapes(example, True)
+
+
+def write_smp_folder(model: SegmentationModel, folder: Path, metadata: dict, opened: OpenedCheckpoint) -> None:
+    """Write ``model`` as a folder plain smp and albumentations load (see the module docstring).
+
+    ``config.json`` and ``model.safetensors`` by smp's own ``save_pretrained``; the
+    preprocessing by albumentations' ``A.Compose.save_pretrained``; ``sever.json`` the
+    metadata; ``README.md`` the model card (:func:`model_card`), written over smp's generic one.
+    """
+    model.to_smp().save_pretrained(str(folder))
+    preprocessing(metadata, model.encoder.output_stride).save_pretrained(str(folder))
+    _drop_pad_state(folder / "albumentations_config_eval.json")
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=1) + "\n", encoding="utf-8")
+    (folder / "README.md").write_text(model_card(metadata, opened), encoding="utf-8")
+
+
+def preprocessing(metadata: dict, stride: int):
+    """The albumentations pipeline that turns a grey uint8 ``(H, W)`` image into what sever feeds the model.
+
+    The grey channel repeated to the model's input channels, ``(x / 255 - mean) / std``, padded
+    with zeros (the normalised mean) at the bottom and right to a multiple of ``stride`` as
+    sever's models pad, and made a ``(C_in, H', W')`` float32 tensor. Crop the model's output
+    back to ``(H, W)``.
+    """
+    import albumentations as A
+    import cv2
+    from albumentations.pytorch import ToTensorV2
+
+    steps = [A.ToRGB(num_output_channels=metadata["input_channels"])] if metadata["input_channels"] > 1 else []
+    steps += [
+        A.Normalize(mean=metadata["mean"], std=metadata["std"], max_pixel_value=255.0),
+        A.PadIfNeeded(min_height=None, min_width=None, pad_height_divisor=stride, pad_width_divisor=stride,
+                      position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0),
+        ToTensorV2(),
+    ]
+    return A.Compose(steps)
+
+
+def model_card(metadata: dict, opened: OpenedCheckpoint) -> str:
+    """The smp folder's ``README.md``: classes, training data, scores, tuned post-processing, how to load."""
+    config = opened.config
+    rows = "\n".join(f"| {k} | {cid} | {name} |" for k, (cid, name) in
+                     enumerate(zip(_class_ids(metadata), metadata["class_names"])))
+    trained_with = f" {opened.state['sever_version']}" if opened.state.get("sever_version") else ""
+    postprocess = yaml.safe_dump(metadata["postprocess"], sort_keys=False, default_flow_style=None).strip()
+    return f"""---
+library_name: segmentation-models-pytorch
+pipeline_tag: image-segmentation
+tags: [segmentation-models-pytorch, semantic-segmentation, sever, surface-defects]
+---
+# {metadata["architecture"]} ({metadata["encoder"]}): {config.get("name", "sever model")}
+
+Trained with sever{trained_with} and exported by sever {metadata["sever_version"]} from `{opened.source.name}`
+(epoch {metadata["epoch"]}, {metadata["weights"]} weights).
+
+## Classes
+
+One output channel per class (sigmoid probabilities, no background channel):
+
+| output | ClassId | name |
+|---|---|---|
+{rows}
+
+## Training data
+
+{_training_data(config)}
+
+## Scores
+
+{_scores(opened)}
+
+## Input
+
+A grey image read as one uint8 channel (`cv2.IMREAD_GRAYSCALE`), normalised as `(x / 255 - mean) / std`
+with mean {metadata["mean"]:.6g} and std {metadata["std"]:.6g}, repeated to {metadata["input_channels"]} input
+channel(s) and padded with zeros at the bottom and right to a multiple of 32 (the saved preprocessing does
+all of it; crop the output back to the image's size).
+
+## Post-processing
+
+{metadata["postprocess_source"]}: a pixel is a defect of class c when its probability is above
+`threshold[c]`; a class with fewer than `min_pixels[c]` pixels left in an image is removed;
+`one_class_per_pixel` keeps each pixel in its most probable class only; `min_component` removes smaller
+connected components.
+
+```yaml
+{postprocess}
+```
+
+## Load it with smp and albumentations
+
+```python
+import albumentations as A
+import cv2
+import segmentation_models_pytorch as smp
+import torch
+
+model = smp.from_pretrained("THIS_FOLDER").eval()
+preprocess = A.Compose.from_pretrained("THIS_FOLDER")
+image = cv2.imread("image.jpg", cv2.IMREAD_GRAYSCALE)
+with torch.no_grad():
+    logits = model(preprocess(image=image)["image"][None])
+probs = logits.sigmoid()[0, :, : image.shape[0], : image.shape[1]]  # (classes, H, W)
+```
+
+`sever predict -m THIS_FOLDER -i IMAGES` applies the whole post-processing above and writes a submission.
+`sever.json` holds these settings as JSON.
+"""
+
+
+def _class_ids(metadata: dict) -> list:
+    ids = metadata["class_ids"]
+    return ["any"] if ids == "any" else ids
+
+
+def _training_data(config: dict) -> str:
+    """The data a run trained on, as Markdown lines."""
+    loader = config.get("data_loader") or {}
+    args = loader.get("args") or {}
+    augmentation = config.get("augmentation") or {}
+    lines = [f"- data: `{args.get('data_dir', 'unknown')}` ({loader.get('type', 'unknown loader')})"]
+    if args.get("validation_split") is not None:
+        lines.append(f"- validation split: {args['validation_split']} of the images")
+    if args.get("train_classes") is not None:
+        lines.append(f"- classes trained: {args['train_classes']}")
+    lines.append(f"- augmentation: {augmentation.get('type', 'unknown')} {json.dumps(augmentation.get('args') or {})}")
+    return "\n".join(lines)
+
+
+def _scores(opened: OpenedCheckpoint) -> str:
+    """The run's best monitored score and its tuned post-processing's score, as Markdown lines."""
+    state = opened.state
+    monitor = (opened.config.get("trainer") or {}).get("monitor", "off")
+    lines = []
+    if monitor != "off" and state.get("monitor_best") is not None:
+        lines.append(f"- best {monitor.split()[-1]}: {float(state['monitor_best']):.4f} (epoch "
+                     f"{state.get('best_epoch', state.get('epoch'))}, validation split)")
+    tuned = opened.source.parent.parent / TUNED_FILE
+    header = tuned.read_text(encoding="utf-8").splitlines()[:1] if tuned.is_file() else []
+    if header and header[0].startswith("#"):
+        lines.append(f"- post-processing tuned: {header[0].lstrip('# ')}")
+    return "\n".join(lines) or "No scores recorded in the checkpoint."
+
+
+def _drop_pad_state(path: Path) -> None:
+    """Remove ``padding`` from saved ``PadIfNeeded`` steps.
+
+    albumentations 2.0.8 saves that internal attribute with the arguments, then warns
+    on loading that it is not one; the transform computes it again from the others.
+    """
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    for step in saved["transform"]["transforms"]:
+        if step.get("__class_fullname__") == "PadIfNeeded":
+            step.pop("padding", None)
+    path.write_text(json.dumps(saved, indent=1), encoding="utf-8")
+
+
+def _stride_multiple(example: torch.Tensor, stride: int) -> tuple[int, ...]:
+    """Batch 2 at the example's size rounded up to ``stride``: what a plain smp model takes."""
+    _, channels, height, width = example.shape
+    return 2, channels, height + (-height % stride), width + (-width % stride)
 
 
 @contextlib.contextmanager
@@ -239,8 +469,12 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
-def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
-    """Trace ``module`` on ``example`` into an ONNX file; batch (and with ``dynamic`` H, W) left free."""
+def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic: bool,
+                metadata: dict) -> None:
+    """Trace ``module`` on ``example`` into an ONNX file with ``metadata`` in its ``metadata_props``.
+
+    The batch (and with ``dynamic`` H, W) is left free.
+    """
     image_axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     logits_axes = image_axes if isinstance(module, PadForExport) else {0: "batch"}  # classifier: (B, classes)
     with _quiet_tracing():
@@ -248,24 +482,28 @@ def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
             module, (example,), str(path), dynamo=False, opset_version=opset, input_names=["image"],
             output_names=["logits"], dynamic_axes={"image": image_axes, "logits": logits_axes},
         )
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in metadata_strings(metadata).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
 
 
-def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Trace ``module`` on ``example`` into a TorchScript file."""
+def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> None:
+    """Trace ``module`` on ``example`` into a TorchScript file, ``metadata`` as its extra file ``sever.json``."""
     with _quiet_tracing(), torch.no_grad():
-        torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
+        torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path),
+                       _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
 
 
 def _torchscript_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    with _quiet_tracing():
-        return torch.jit.load(str(path), map_location="cpu")
+    return torchscript_runner(path)
 
 
 def _onnx_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    return onnx_runner(path)
 
 
 def _check_shapes(example: torch.Tensor, any_size: bool) -> tuple[tuple[int, ...], ...]:

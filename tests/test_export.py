@@ -1,18 +1,26 @@
 """`sever export`: ONNX and TorchScript files that compute what the PyTorch model computes."""
 
+import json
 import sys
+from pathlib import Path
 
+import cv2
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
+from inference_runs import classifier_changes, make_run
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sever import experiment
 from sever.cli.app import cli
 from sever.exceptions import CheckpointError, ConfigError
 from sever import export as exporting
+from sever.inference.checkpoints import load_model
+from sever.inference.predictor import tta_probabilities
 from sever.export import ExportCheckError, export_model, load_trained_model
 from sever.model.model import build_model
 from sever.utils.checkpoint import atomic_torch_save, load_checkpoint
@@ -80,6 +88,7 @@ def test_ema_weights_are_exported_when_the_run_kept_them(tmp_path):
     assert np.abs(pytorch_logits(loaded, x) - pytorch_logits(averaged_into, x)).max() == 0
 
 
+@pytest.mark.slow
 def test_cli_exports_the_ema_weights_of_a_trained_run_at_a_fixed_size(make_config, tmp_path):
     run = experiment.train(make_config(epochs=1, ema_decay=0.9))
     out = tmp_path / "run.onnx"
@@ -150,3 +159,160 @@ def test_onnx_without_its_packages_names_the_extra_to_install(checkpoint, tmp_pa
     assert "needs the onnxruntime package(s)" in result.output and "pip install 'sever[export]'" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- a run's export: smp folder, metadata, bad outputs
+
+TUNED = {"threshold": [0.3, 0.45, 0.6, 0.7], "min_pixels": [10, 20, 30, 40], "one_class_per_pixel": True,
+         "min_component": [0, 3, 0, 0], "component_domination": False, "classifier": None}
+
+
+def tuned_run(root: Path, data_dir: Path, seed: int = 5, **changes) -> Path:
+    """A run whose best checkpoint was tuned (``postprocess`` in it) and whose postprocess.yml was edited after."""
+    run = make_run(root, data_dir, "tuned", seed=seed, class_names=["pits", "inclusion", "scratches", "patches"],
+                   **changes)
+    best = run / "checkpoints" / "model_best.pth"
+    state = load_checkpoint(best)
+    state.update(postprocess={**TUNED, "threshold": [0.5] * 4}, monitor_best=0.6123, best_epoch=1)
+    atomic_torch_save(state, best)
+    (run / "postprocess.yml").write_text("# sever tune on the validation split: mean Dice 0.7001 (base settings "
+                                         "0.6500) over 6 images\n" + yaml.safe_dump(TUNED), encoding="utf-8")
+    return run
+
+
+@pytest.fixture(scope="module")
+def tuned(module_tmp, demo_dir) -> Path:
+    return tuned_run(module_tmp("tuned"), demo_dir)
+
+
+def sever_probabilities(run: Path, image: np.ndarray) -> np.ndarray:
+    """float32 (C, H, W) probabilities of one grey image as sever's predictor computes them (no TTA)."""
+    loaded = load_model(run)
+    with torch.inference_mode():
+        x = loaded.normalization(torch.from_numpy(image)[None, None])
+        return tta_probabilities(loaded.model, x)[0].numpy()
+
+
+def odd_sized_image(demo_dir: Path, folder: Path) -> Path:
+    """A 50x200 crop of a demo image as a PNG: not a multiple of the stride, so padding matters."""
+    image = cv2.imread(str(min((demo_dir / "train_images").iterdir())), cv2.IMREAD_GRAYSCALE)[5:55, 20:220]
+    path = folder / "odd.png"
+    cv2.imwrite(str(path), image)
+    return path
+
+
+@pytest.mark.parametrize("in_channels", ["g", "rgb"])
+def test_smp_folder_loads_with_plain_smp_and_albumentations_and_gives_severs_probabilities(
+        in_channels, demo_dir, tmp_path):
+    arch = {**ARCH, "args": {**ARCH["args"], "encoder_weights": None, "in_channels": in_channels}}
+    run = tuned_run(tmp_path / "runs", demo_dir, arch=arch)
+    out = tmp_path / "exported" / "fpn"
+    result = CliRunner().invoke(cli, ["export", "-m", str(run), "--format", "smp", "-o", str(out),
+                                      "--height", "64", "--width", "96"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("exported the model weights") == 1 and "(smp)" in result.output
+    # what a user of smp and albumentations does, with nothing of sever
+    import albumentations as A
+    import segmentation_models_pytorch as smp
+
+    model = smp.from_pretrained(str(out)).eval()  # strict by default
+    preprocess = A.Compose.from_pretrained(str(out))
+    image_path = odd_sized_image(demo_dir, tmp_path)
+    image = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE)
+    with torch.no_grad():
+        x = preprocess(image=image)["image"][None]
+        probs = model(x).sigmoid()[0, :, :50, :200].numpy()
+    assert x.shape == (1, 3 if in_channels == "rgb" else 1, 64, 224)
+    expected = sever_probabilities(run, image)
+    assert probs.shape == expected.shape == (4, 50, 200)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert np.abs(probs - 0.5).max() > 0.01  # probabilities that a wrong normalisation would move
+    config = (out / "config.json").read_text()
+    assert '"_model_class": "FPN"' in config and f'"in_channels": {3 if in_channels == "rgb" else 1}' in config
+
+
+def test_smp_model_card_holds_classes_data_scores_and_tuned_postprocessing(tuned, tmp_path):
+    result = export_model(tuned, "smp", tmp_path / "card", height=64, width=64)
+    card = (result.path / "README.md").read_text()
+    assert "| 2 | 3 | scratches |" in card and "library_name: segmentation-models-pytorch" in card
+    assert "SteelDataLoader" in card and "HeavyCropTransforms" in card
+    assert "0.6123" in card and "mean Dice 0.7001 (base settings 0.6500) over 6 images" in card
+    assert "threshold: [0.3, 0.45, 0.6, 0.7]" in card and "min_component: [0, 3, 0, 0]" in card
+    assert f"{result.metadata['mean']:.6g}" in card and "1 input\nchannel(s)" in card
+    assert "smp.from_pretrained" in card and "A.Compose.from_pretrained" in card
+
+
+def test_a_classifier_has_no_smp_folder(demo_dir, tmp_path):
+    run = make_run(tmp_path, demo_dir, "classifier", **classifier_changes())
+    with pytest.raises(ConfigError, match="classification model; smp folders hold segmentation models"):
+        export_model(run, "smp", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def expected_metadata(run: Path) -> dict:
+    loaded = load_model(run)
+    return {"class_names": ["pits", "inclusion", "scratches", "patches"], "class_ids": [1, 2, 3, 4],
+            "mean": pytest.approx(loaded.normalization.mean), "std": pytest.approx(loaded.normalization.std),
+            "input_channels": 1, "postprocess": TUNED, "task": "segmentation", "sever_version": "0.1.0"}
+
+
+def test_onnx_metadata_props_carry_classes_normalisation_and_the_tuned_postprocessing(tuned, tmp_path):
+    export_model(tuned, "onnx", tmp_path / "model.onnx", height=64, width=96)
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert {key: props[key] for key in expected_metadata(tuned)} == expected_metadata(tuned)
+    assert props["input_size"] == [64, 96] and props["architecture"] == "FPN"
+    assert "postprocess.yml (tuned by the run)" in props["postprocess_source"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["mean"]) == props["mean"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_torchscript_extra_file_carries_the_same_metadata(tuned, tmp_path):
+    export_model(tuned, "torchscript", tmp_path / "model.pt", height=64, width=96)
+    extra = {"sever.json": ""}
+    torch.jit.load(str(tmp_path / "model.pt"), _extra_files=extra)
+    metadata = json.loads(extra["sever.json"])
+    assert {key: metadata[key] for key in expected_metadata(tuned)} == expected_metadata(tuned)
+    assert metadata["input_size"] is None  # a trace takes any size
+
+
+def test_the_success_line_is_said_once(tuned, tmp_path, caplog):
+    caplog.set_level("INFO")
+    result = CliRunner().invoke(cli, ["export", "-m", str(tuned), "--format", "torchscript",
+                                      "-o", str(tmp_path / "m.pt"), "--height", "64", "--width", "64"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count(f"to {tmp_path / 'm.pt'}") == 1
+    assert not [r for r in caplog.records if r.levelno >= 20 and "exported" in r.getMessage()]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "smp"])
+def test_an_output_below_a_file_is_refused_before_any_work(fmt, tmp_path):
+    blocker = tmp_path / "a_file.txt"
+    blocker.write_text("keep me")
+    out = blocker / "model.pt"
+    # the checkpoint does not exist: the output is checked first, so its error is the one said
+    result = CliRunner().invoke(cli, ["export", "-m", str(tmp_path / "no_run"), "--format", fmt, "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"Error: cannot write {out}: {blocker} is a file, not a folder"]
+    assert "Traceback" not in result.output and blocker.read_text() == "keep me"
+
+
+def test_a_file_format_refuses_a_folder_and_smp_a_foreign_folder(checkpoint, tmp_path):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ConfigError, match="a folder; --format onnx writes a file"):
+        export_model(checkpoint[0], "onnx", tmp_path / "folder")
+    (tmp_path / "folder" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="a folder holding other files"):
+        export_model(checkpoint[0], "smp", tmp_path / "folder")
+    assert (tmp_path / "folder" / "notes.txt").read_text() == "mine"
+
+
+def test_an_export_below_pytorch_by_more_than_atol_is_rejected_too(checkpoint, tmp_path, monkeypatch):
+    """A difference of either sign counts: logits lower than PyTorch's by 0.1 fail as those higher do."""
+    shifted_runner(monkeypatch, -0.1)
+    with pytest.raises(ExportCheckError, match=r"probabilities differ from PyTorch's by up to 2\.\d+e-02"):
+        export_model(checkpoint[0], "onnx", tmp_path / "model.onnx", height=64, width=96)
+    assert not (tmp_path / "model.onnx").exists()
+    shifted_runner(monkeypatch, 0.1 - 2e-4)  # back up to -2e-4 in all: within atol, reported as a positive size
+    result = export_model(checkpoint[0], "onnx", tmp_path / "model.onnx", height=64, width=96)
+    assert 1.9e-4 < result.max_abs_diff < 2.1e-4 and 0 < result.max_prob_diff < 1e-4

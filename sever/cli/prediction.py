@@ -60,8 +60,9 @@ def _predictor_and_settings(options: dict, echo: bool = True, split: str | None 
     from sever.inference.tiling import valid_tiling
 
     tiling = _tiling(options)
+    if split == "val":
+        _refuse_exported(options)
     if tiling is None and split == "val":
-        _open_models(options)
         tiling = valid_tiling(options["models"][0].config)
     predictor = build_predictor(options["models"], options["classifiers"], options["average"],
                                 list(options["weights"]) or None, options["tta"], options["device"], options["amp"],
@@ -70,6 +71,15 @@ def _predictor_and_settings(options: dict, echo: bool = True, split: str | None 
     if echo:
         click.echo(f"post-processing: {source}")
     return predictor, settings
+
+
+def _refuse_exported(options: dict) -> None:
+    """``--split val`` needs the run's data and split, which an exported model does not carry."""
+    _open_models(options)
+    for opened in options["models"]:
+        if opened.state.get("exported"):
+            raise click.UsageError(f"-m {opened.source}: an exported model carries no validation split; predict "
+                                   f"images with sever predict -m and score the CSV with sever evaluate --pred")
 
 
 def _tiling(options: dict):

@@ -72,20 +72,24 @@ def upload(run_dir: str, epochs: tuple[int, ...], best: bool, weights_only: bool
 @click.command()
 @click.option("-m", "--model", "checkpoint", required=True, type=click.Path(),
               help="Checkpoint file, or run folder (its model_best.pth, else its newest checkpoint).")
-@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript"]), help="Export format.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript", "smp"]),
+              help="Export format: an ONNX file, a TorchScript file, or an smp folder (smp.from_pretrained, "
+                   "with albumentations' preprocessing and a model card).")
+@click.option("-o", "--out", required=True, type=click.Path(),
+              help="File to write (--format smp: the folder).")
 @click.option("--height", default=256, show_default=True, type=click.IntRange(min=1),
               help="Height of the example input, pixels.")
 @click.option("--width", default=1600, show_default=True, type=click.IntRange(min=1),
               help="Width of the example input, pixels.")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=1), help="ONNX opset version.")
 @click.option("--dynamic", is_flag=True,
-              help="ONNX: accept any height and width, not only the example's (the batch size is always free).")
+              help="ONNX: accept any height and width, not only the example's (the batch size is always free; "
+                   "TorchScript and smp take any size).")
 @click.option("--atol", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest difference from PyTorch's probabilities (sigmoid of the logits) accepted.")
 def export(checkpoint: str, fmt: str, out: str, height: int, width: int, opset: int, dynamic: bool,
            atol: float) -> None:
-    """Export a trained model to ONNX or TorchScript and check it against PyTorch."""
+    """Export a trained model to ONNX, TorchScript or an smp folder, with its metadata, checked against PyTorch."""
     from sever.export import export_model
 
     result = export_model(checkpoint, fmt, out, height=height, width=width, opset=opset, dynamic=dynamic, atol=atol)

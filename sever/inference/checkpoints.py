@@ -48,6 +48,9 @@ class LoadedModel:
         normalization: the run's augmentation's, from uint8 grey images to ``model``'s input.
         postprocess: the post-processing settings tuned for this checkpoint at the end of
             training (a mapping, see :class:`~sever.model.postprocess.PostProcessing`), or None.
+        exported: ``"onnx"``, ``"torchscript"`` or ``"smp"`` for a model written by ``sever export``
+            (:mod:`sever.inference.exported`; ``config`` then holds only its classes and task),
+            None for a checkpoint.
     """
 
     model: nn.Module
@@ -55,6 +58,7 @@ class LoadedModel:
     config: dict
     normalization: Normalization
     postprocess: dict | None = None
+    exported: str | None = None
 
     @property
     def classes(self) -> int:
@@ -119,11 +123,18 @@ CheckpointRef = str | Path | OpenedCheckpoint
 def open_checkpoint(path: CheckpointRef) -> OpenedCheckpoint:
     """Read a run folder's best checkpoint or a checkpoint file once; an opened one is returned as it is.
 
+    A model written by ``sever export`` (ONNX, TorchScript, smp folder) is opened from its
+    metadata: its ``state`` holds the config's classes and task and ``"exported"`` its format.
+
     Raises:
         CheckpointError: missing, corrupt or foreign file, or a config without ``arch`` and ``classes``.
     """
     if isinstance(path, OpenedCheckpoint):
         return path
+    from sever.inference.exported import exported_format, open_exported_checkpoint
+
+    if exported_format(path):
+        return open_exported_checkpoint(path)
     source = resolve_checkpoint(path)
     state = load_checkpoint(source, mmap=True)
     _checked_config(state, source)
@@ -190,6 +201,9 @@ def load_network(path: CheckpointRef, device: torch.device | str = "cpu") -> tup
     """
     opened = open_checkpoint(path)
     source, state, config = opened.source, opened.state, opened.config
+    if state.get("exported"):
+        raise CheckpointError(f"{source}: a model exported by sever export ({state['exported']}), not a checkpoint; "
+                              f"give the run folder or checkpoint it was exported from")
     model = build_eval_model(config, source)
     weights, kind = _weights(state, source)
     try:
@@ -210,6 +224,10 @@ def load_model(path: CheckpointRef, device: torch.device | str = "cpu") -> Loade
         CheckpointError: as :func:`load_network`; a detection run.
     """
     opened = open_checkpoint(path)
+    if opened.state.get("exported"):
+        from sever.inference.exported import open_exported
+
+        return open_exported(opened.source, device)
     model, config, source, _ = load_network(opened, device)
     _checked_config({"config": config}, source, ("augmentation",))
     if task_of(config).boxes:

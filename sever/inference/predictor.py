@@ -380,10 +380,11 @@ def run_settings(option: str | None, models: Sequence[LoadedModel], classifier: 
     if len(models) == 1 and models[0].postprocess is not None:
         loaded = models[0]
         beside = loaded.source.parent.parent / TUNED_FILE
-        if beside.is_file():
+        if beside.is_file() and not loaded.exported:  # an export carries its own settings
             return load_settings(beside, loaded.classes, classifier), f"{beside} (tuned by the run)"
         settings = PostProcessing.from_mapping(loaded.postprocess, loaded.classes, f"{loaded.source}: postprocess")
-        return _for_classifier(settings, classifier, loaded.source), f"the settings tuned in {loaded.source}"
+        where = "carried by the export" if loaded.exported else "tuned in"
+        return _for_classifier(settings, classifier, loaded.source), f"the settings {where} {loaded.source}"
     reason = "an ensemble's models were each tuned alone" if len(models) > 1 else "the checkpoint was not tuned"
     return load_settings(None, classes, classifier), f"default post-processing ({reason})"
 

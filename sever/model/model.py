@@ -148,6 +148,7 @@ class SegmentationModel(BaseModel):
             OrderedDict(decoder=net.decoder, dropout=nn.Dropout2d(dropout), head=net.segmentation_head)
         )
         super().__init__(encoder=net.encoder, decoder=decoder)
+        self._smp_args = dict(encoder_name=encoder_name, classes=classes, **decoder_args)
 
     @classmethod
     def _check_decoder_args(cls, decoder_args: Any, key: str) -> dict[str, Any]:
@@ -182,6 +183,24 @@ class SegmentationModel(BaseModel):
             x = F.pad(x, (0, pad_right, 0, pad_bottom))
         logits = self.decoder(self.encoder(x))
         return logits[..., :height, :width]
+
+    def to_smp(self) -> nn.Module:
+        """This network as a plain smp model of the same weights, in eval mode on the CPU.
+
+        smp names the decoder ``decoder`` and the head ``segmentation_head`` where sever
+        has ``decoder.decoder`` and ``decoder.head`` (sever's ``Dropout2d`` holds no
+        weights); the weights are loaded strictly. The smp model takes ``(B, C_in, H, W)``
+        normalised images with ``H, W`` multiples of the encoder's output stride (it pads
+        nothing) and gives the same logits ``(B, classes, H, W)``.
+        """
+        renamed = {"decoder.decoder.": "decoder.", "decoder.head.": "segmentation_head."}
+        state = {}
+        for name, tensor in self.state_dict().items():
+            prefix = next((p for p in renamed if name.startswith(p)), "")
+            state[renamed[prefix] + name[len(prefix):] if prefix else name] = tensor
+        net = self.smp_architecture(encoder_weights=None, in_channels=self.in_channels, **self._smp_args)
+        net.load_state_dict(state, strict=True)
+        return net.eval()
 
 
 SMP_ARCHITECTURES = (
