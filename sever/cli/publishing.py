@@ -19,7 +19,8 @@ def report(run_dir: str, max_images: int, examples: int, postprocess: str | None
     """Write RUN/report/: training curves, validation scores and examples as figures and an offline index.html."""
     from sever.report import write_report
 
-    written = write_report(run_dir, max_images=max_images, examples=examples, postprocess=postprocess)
+    written = write_report(run_dir, max_images=max_images, examples=examples, postprocess=postprocess,
+                           cap_option="--max-images")
     for line in written.missing:
         click.echo(f"missing: {line}")
     click.echo(f"wrote {written.index}")
