@@ -141,7 +141,7 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     result = invoke("report", tmp_path)
     assert result.exit_code == 1
-    assert "is not a sever run folder" in result.output and "Traceback" not in result.output
+    assert "is neither a sever run folder" in result.output and "Traceback" not in result.output
     assert invoke("report", tmp_path / "absent").output.startswith("Error: run folder not found")
 
 

@@ -67,8 +67,8 @@ def check_run_folder(run_dir: str | Path) -> RunPaths:
     if not run.root.is_dir():
         raise DataError(f"run folder not found: {run.root}")
     if not (run.config.is_file() or run.checkpoints.is_dir() or run.log_file.is_file()):
-        raise DataError(f"{run.root} is not a sever run folder (no config.yaml, checkpoints/ or train.log); "
-                        "give a folder like saved/<name>/<MMDD_HHMMSS>")
+        raise DataError(f"{run.root} is neither a sever run folder (no config.yaml, checkpoints/ or train.log) nor "
+                        "a study folder (no study.yml); give a folder like saved/<name>/<MMDD_HHMMSS>")
     return run
 
 
@@ -191,10 +191,11 @@ table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #bbb;paddi
 .missing{background:#fff4e5;border:1px solid #f0a040;padding:0.5em 1em}"""
 
 
-def _page(run: RunPaths, sections: list[Section], missing: list[str]) -> str:
+def page(title: str, heading: str, sections: list[Section], missing: list[str]) -> str:
+    """The HTML of a report page (``title`` in the tab, ``heading`` on top): the missing box, then the sections."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
-             f"<title>sever report: {html.escape(run.root.name)}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>Run {html.escape(str(run.root))}</h1>",
+             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>{html.escape(heading)}</h1>",
              f"<p>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by sever report.</p>"]
     if missing:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in missing)
@@ -206,6 +207,20 @@ def _page(run: RunPaths, sections: list[Section], missing: list[str]) -> str:
         parts.append(section.table)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def report_folder(root: Path) -> Path:
+    """``root/report/``, created.
+
+    Raises:
+        DataError: it cannot be created.
+    """
+    folder = root / REPORT_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    return folder
 
 
 def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, examples: int = DEFAULT_EXAMPLES,
@@ -226,16 +241,12 @@ def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, exam
     run = check_run_folder(run_dir)
     if postprocess is not None and not Path(postprocess).is_file():
         raise DataError(f"--postprocess: file not found: {postprocess}")
-    folder = run.root / REPORT_DIR
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    folder = report_folder(run.root)
     missing: list[str] = []
     sections = _curves(run, folder, missing)
     sections += _validation(run, folder, ImageCap(max_images, cap_option), examples, Path(postprocess) if postprocess else None, missing)
     index = folder / "index.html"
-    index.write_text(_page(run, sections, missing), encoding="utf-8")
+    index.write_text(page(f"sever report: {run.root.name}", f"Run {run.root}", sections, missing), encoding="utf-8")
     return Report(index, sections, missing)
 
 

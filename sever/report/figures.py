@@ -124,8 +124,8 @@ def _class_series(name: str, class_names: Sequence[str]) -> Series | None:
     return Series(name, class_names[c] if c < len(class_names) else index.group(1), _colour(c))
 
 
-def _chunks(series: list[Series], title: str) -> list[tuple[str, list[Series]]]:
-    """``series`` cut into panels of at most :data:`MAX_LINES` lines (a series draws two: training, validation)."""
+def _chunks(series: list, title: str) -> list[tuple[str, list]]:
+    """``series`` (of one history or of several) cut into panels of at most :data:`MAX_LINES` lines (a series draws two: training, validation)."""
     size = max(1, MAX_LINES // 2)
     chunks = [series[i:i + size] for i in range(0, len(series), size)]
     return [(title + (f" ({n + 1}/{len(chunks)})" if len(chunks) > 1 else ""), chunk) for n, chunk in enumerate(chunks)]
@@ -155,25 +155,31 @@ def _draw_series(axes, history: History, series: Series) -> None:
                       label=f"{split} {series.label}")
 
 
-def _curve_figure(history: History, panels: list[tuple[str, list[Series]]], ylabel, folder: Path,
+def _curve_figure(panels: list[tuple[str, list[tuple[History, Series]]]], ylabel, folder: Path,
                   name: str) -> str | None:
-    """A grid of panels (two columns), each its series per epoch; None without any panel."""
+    """A grid of panels (two columns), each drawing its ``(history, series)`` per epoch; None without any panel.
+
+    ``ylabel(title)`` labels a panel's y axis.
+    """
     if not panels:
         return None
     columns = min(2, len(panels))
     rows = -(-len(panels) // columns)
     figure, grid = _subplots(rows, columns, figsize=(6.5 * columns, 3.6 * rows), squeeze=False)
-    for axes, (title, series) in zip(grid.flat, panels):
-        for one in series:
-            _draw_series(axes, history, one)
+    for axes, (title, drawn) in zip(grid.flat, panels):
+        for history, series in drawn:
+            _draw_series(axes, history, series)
         _epoch_axis(axes)
         axes.set(ylabel=ylabel(title), title=f"{title} (dashed: training, solid: validation)")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="x-small", ncol=2)
     for axes in list(grid.flat)[len(panels):]:
-        axes.set_visible(False)
         figure.delaxes(axes)
     return _save(figure, folder, name)
+
+
+def _one_history(history: History, panels: list[tuple[str, list[Series]]]) -> list:
+    return [(title, [(history, series) for series in chunk]) for title, chunk in panels]
 
 
 def loss_curves(history: History, folder: Path) -> str | None:
@@ -181,20 +187,34 @@ def loss_curves(history: History, folder: Path) -> str | None:
     each, training dashed and validation solid; None when none was logged."""
     names = [name for name in _logged_names(history) if _is_loss(name)]
     series = [Series(name, name.replace("_", " "), _series_colour(i)) for i, name in enumerate(names)]
-    return _curve_figure(history, _chunks(series, "losses"), lambda title: "loss (mean over the epoch)", folder, "loss.png")
+    return _curve_figure(_one_history(history, _chunks(series, "losses")), lambda title: "loss (mean over the epoch)",
+                         folder, "loss.png")
 
 
 def dice_curves(history: History, folder: Path, class_names: Sequence[str] = ()) -> str | None:
     """The Dice scores (``dice_*``: per class, means, defect/empty Dice) per epoch; None when not logged."""
     names = [name for name in _logged_names(history) if not _is_loss(name) and name.startswith("dice_")]
-    return _curve_figure(history, _panels(names, class_names), lambda title: "Dice", folder, "dice.png")
+    return _curve_figure(_one_history(history, _panels(names, class_names)), lambda title: "Dice", folder,
+                         "dice.png")
 
 
 def score_curves(history: History, folder: Path, class_names: Sequence[str] = ()) -> str | None:
     """Every other metric (presence precision and recall, IoU, accuracy, ...) per epoch; None when none."""
     names = [name for name in _logged_names(history) if not _is_loss(name) and not name.startswith("dice_")]
-    return _curve_figure(history, _panels(names, class_names), _score_label,
+    return _curve_figure(_one_history(history, _panels(names, class_names)), _score_label,
                          folder, "scores.png")
+
+
+def runs_curves(histories: dict[str, History], folder: Path, name: str,
+                values: Sequence[str] = ("loss", "dice_mean")) -> str | None:
+    """Several runs (or folds) side by side: one panel per logged value in ``values`` (``loss`` draws
+    ``train_loss`` dashed and ``val_loss`` solid), one colour per run; None when none logged any."""
+    panels = []
+    for value in values:
+        drawn = [(history, Series(value, label, _series_colour(i))) for i, (label, history) in enumerate(histories.items())
+                 if history.series(f"train_{value}")[0] or history.series(f"val_{value}")[0]]
+        panels += _chunks(drawn, value.replace("_", " "))
+    return _curve_figure(panels, lambda title: title.split(" (")[0], folder, name)
 
 
 def _score_label(title: str) -> str:
