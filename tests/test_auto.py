@@ -48,6 +48,7 @@ def check_study(output, study, planned_folds=None):
     assert all(entry.status == "done" for entry in study.entries())
     assert study.postprocess.read_text().startswith("# sever tune on the out-of-fold probabilities of")
     assert output.strip().splitlines()[-1] == f"next: sever predict -m {study.root} -i IMAGES -o submission.csv"
+    assert f"report: {study.root / 'report' / 'index.html'}" in output  # the study's own report page
     if planned_folds is not None:
         assert study.folds == planned_folds
 

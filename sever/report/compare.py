@@ -26,7 +26,7 @@ from sever.utils.study import StudyPaths, is_study
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["is_study", "write_comparison", "write_study_report"]
+__all__ = ["is_study", "report_after_study", "write_comparison", "write_study_report"]
 
 SCORE = "val_dice_mean"
 LOSS = "val_loss"
@@ -216,6 +216,21 @@ def write_study_report(study_dir: str | Path) -> Report:
     index.write_text(page(f"sever study report: {paths.root.name}", f"Study {paths.root}", sections, missing),
                      encoding="utf-8")
     return Report(index, sections, missing)
+
+
+def report_after_study(root: str | Path) -> Path | None:
+    """Write a study's report at the end of ``sever auto`` or of a study; None (and nothing written) when ``root``
+    is a single run. A failure is logged as a warning, never raised: the study is saved."""
+    if not is_study(root):
+        return None
+    try:
+        index = write_study_report(root).index
+    except Exception as exc:  # noqa: BLE001 - the study is saved; a drawing failure must not fail it
+        logger.warning("could not write the study report (%s: %s); retry with: sever report %s",
+                       type(exc).__name__, exc, root)
+        return None
+    logger.info("study report: %s", index)
+    return index
 
 
 def _round_sections(paths: StudyPaths, folder: Path, class_names: Sequence[str], missing: list[str]) -> list[Section]:

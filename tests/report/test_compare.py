@@ -122,3 +122,13 @@ def test_a_broken_study_file_is_a_one_line_error(tmp_path):
 def test_comparison_of_runs_needs_runs(trained, tmp_path):  # noqa: F811 (fixture)
     with pytest.raises(Exception, match="neither a sever run folder"):
         write_comparison([trained, tmp_path], tmp_path / "page")
+
+
+def test_the_report_at_the_end_of_a_study(study, trained, caplog):  # noqa: F811 (fixture)
+    from sever.report.compare import report_after_study
+
+    assert report_after_study(study) == study / "report" / "index.html"
+    assert report_after_study(trained) is None  # a single run has its own report already
+    (study / "study.yml").write_text("folds: 2\nruns: [{fold: 0}]\n")  # a run entry without status: damaged
+    assert report_after_study(study) is None
+    assert "could not write the study report" in caplog.text and f"sever report {study}" in caplog.text
