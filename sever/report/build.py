@@ -1,7 +1,7 @@
 """Write ``report/`` inside a run folder: figures and an ``index.html`` that opens offline.
 
 The page uses only relative image paths and inline CSS (no script, no external
-file or font). Whatever cannot be drawn (no validation yet, truncated events,
+file or font); the gallery beside it (``gallery.html``) has one small inline script. Whatever cannot be drawn (no validation yet, truncated events,
 data no longer on disk, a classification run) is said on the page in a
 "missing" box; only a folder that is not a run is an error.
 """

@@ -116,8 +116,11 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Rep
     histories = {label: read_history(run) for label, run in zip(labels, runs)}
     missing = [f"{label}: {note}" for label, history in histories.items() for note in history.notes]
     sections = _curves_sections(histories, folder, "runs")
-    sections.append(Section("Scores", "The best logged values of each run (from its training history).",
-                            table=_table(SCORE_HEAD, [_score_row(label, h) for label, h in histories.items()])))
+    sections.append(Section("Scores", "The best logged values of each run (from its training history), and what "
+                                      "sever tune wrote at the top of the run's postprocess.yml.",
+                            table=_table((*SCORE_HEAD, "tuned post-processing"),
+                                         [[*_score_row(label, h), _tuned_note(run.root / "postprocess.yml")]
+                                          for (label, h), run in zip(histories.items(), runs)])))
     differences = config_differences([_read_yaml(run.config) for run in runs])
     sections.append(Section("Config differences", "Every config key whose value differs between the runs "
                                                   "('-': the run's config has no such key).",
@@ -159,10 +162,17 @@ def _round_rows(paths: StudyPaths) -> list[list]:
     return rows
 
 
+def _tuned_note(settings_file: Path) -> str | None:
+    """The header comment of a ``postprocess.yml`` (how and how well it was tuned); None without the file."""
+    if not settings_file.is_file():
+        return None
+    lines = settings_file.read_text(encoding="utf-8").splitlines()
+    return " ".join(line.lstrip("# ") for line in lines if line.startswith("#"))
+
+
 def _settings_rows(settings_file: Path, class_names: Sequence[str]) -> tuple[str, list[list]]:
     """The header comment (how it was tuned) and one row per class of a ``postprocess.yml``."""
-    text = settings_file.read_text(encoding="utf-8")
-    comment = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    comment = _tuned_note(settings_file)
     data = _read_yaml(settings_file)
     threshold, min_pixels = data.get("threshold"), data.get("min_pixels")
     count = len(threshold) if isinstance(threshold, list) else len(class_names)

@@ -53,7 +53,8 @@ def test_two_runs_on_one_page(trained, tmp_path):  # noqa: F811 (fixture)
         assert by_label["train a"]["color"] == by_label["val a"]["color"] != by_label["val b"]["color"]
         assert by_label["train a"]["linestyle"] == "--" and by_label["val a"]["linestyle"] == "-"
     scores = text.split("<h2>Scores</h2>")[1]
-    assert re.search(r"<td>a</td><td>2</td><td>[0-9.]+</td><td>[12]</td>", scores)
+    assert re.search(r"<td>a</td><td>2</td><td>[0-9.]+</td><td>[12]</td><td>[0-9.]+</td><td>sever tune on the "
+                     r"validation split of [^<]*/checkpoints/model_best.pth: mean Dice", scores)
 
 
 @pytest.fixture
