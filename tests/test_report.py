@@ -65,6 +65,7 @@ def test_training_writes_the_report_with_every_figure(trained):  # noqa: F811 (f
     assert "http" not in text and "<script" not in text  # nothing to fetch: it opens offline
 
 
+@pytest.mark.slow
 def test_curves_from_tensorboard_name_the_classes_and_pair_training_with_validation(trained):  # noqa: F811
     panels = json.loads((trained / "report" / "dice.json").read_text())["axes"]
     per_class = next(panel for panel in panels if panel["title"].startswith("dice per class"))
@@ -77,6 +78,7 @@ def test_curves_from_tensorboard_name_the_classes_and_pair_training_with_validat
                                                                           "val loss"}
 
 
+@pytest.mark.slow
 def test_mosaic_captions_say_how_they_rank(trained):  # noqa: F811 (fixture)
     text = (trained / "report" / "index.html").read_text(encoding="utf-8")
     worst = text.split("<h2>Worst validation images</h2>")[1].split("<img")[0]
@@ -84,6 +86,7 @@ def test_mosaic_captions_say_how_they_rank(trained):  # noqa: F811 (fixture)
     assert "classes present in the truth or the prediction" in worst
 
 
+@pytest.mark.slow
 def test_the_cap_after_training_names_trainer_report_images(run_copy):
     report_after_training(run_copy, 3)
     text = (run_copy / "report" / "index.html").read_text(encoding="utf-8")
@@ -91,6 +94,7 @@ def test_the_cap_after_training_names_trainer_report_images(run_copy):
     assert "--max-images" not in text
 
 
+@pytest.mark.slow
 def test_iou_stands_beside_dice_in_the_table(run_copy):
     report = write_report(run_copy, max_images=6)
     table = next(s.table for s in report.sections if s.title == "Validation scores")

@@ -130,7 +130,7 @@ function card(r) {
   div.className = 'card';
   div.dataset.name = r.name;
   const img = document.createElement('img');
-  img.src = r.thumb; img.alt = r.name; img.loading = 'lazy';
+  img.src = r.thumb; img.alt = r.name;
   const title = document.createElement('div');
   title.textContent = r.name + ' \\u2014 Dice ' + (r.score === null ? 'n/a (nothing true or predicted)' : r.score.toFixed(3));
   const per = document.createElement('div');

@@ -34,6 +34,7 @@ def test_config_differences_lists_only_keys_that_differ():
                                                    "optimizer.lr": [1e-3, 3e-3]}
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_page(trained, tmp_path):  # noqa: F811 (fixture)
     first = copy_run(trained, tmp_path / "a")
     second = copy_run(trained, tmp_path / "b", **{"optimizer.encoder.lr": 0.01, "seed": 11})
@@ -78,6 +79,7 @@ def study(trained, tmp_path) -> Path:  # noqa: F811 (fixture)
     return root
 
 
+@pytest.mark.slow
 def test_a_study_gets_its_own_report(study):
     result = invoke("report", study)
     assert result.exit_code == 0, result.output
@@ -94,6 +96,7 @@ def test_a_study_gets_its_own_report(study):
     assert {line["label"] for line in panels[0]["lines"]} == {"train fold0", "val fold0", "train fold1", "val fold1"}
 
 
+@pytest.mark.slow
 def test_a_study_without_tuning_or_budget_says_so(study):
     (study / "postprocess.yml").unlink()
     data = yaml.safe_load((study / "study.yml").read_text())
@@ -120,11 +123,13 @@ def test_a_broken_study_file_is_a_one_line_error(tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_comparison_of_runs_needs_runs(trained, tmp_path):  # noqa: F811 (fixture)
     with pytest.raises(Exception, match="neither a sever run folder"):
         write_comparison([trained, tmp_path], tmp_path / "page")
 
 
+@pytest.mark.slow
 def test_the_report_at_the_end_of_a_study(study, trained, caplog):  # noqa: F811 (fixture)
     from sever.report.compare import report_after_study
 

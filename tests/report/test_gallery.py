@@ -114,6 +114,7 @@ def test_filters_sort_and_pages_change_what_is_shown(gallery, browser):  # noqa:
     assert errors == []
 
 
+@pytest.mark.slow
 @needs_browser
 def test_the_trained_runs_gallery_loads(trained, browser):  # noqa: F811 (fixture)
     index = trained / "report" / "gallery.html"
