@@ -158,7 +158,8 @@ def _round_rows(paths: StudyPaths) -> list[list]:
     for number in range(paths.rounds + 1):
         record = paths.round_record(number)
         statuses = ", ".join(f"fold{run['fold']} {run['status']}" for run in record["runs"])
-        rows.append([number, statuses, record.get("score"), "yes" if number == chosen else ""])
+        rows.append([number, statuses, record.get("score"), record.get("default_score"), record.get("pseudo_images"),
+                     "yes" if number == chosen else ""])
     return rows
 
 
@@ -170,14 +171,17 @@ def _tuned_note(settings_file: Path) -> str | None:
     return " ".join(line.lstrip("# ") for line in lines if line.startswith("#"))
 
 
-def _settings_rows(settings_file: Path, class_names: Sequence[str]) -> tuple[str, list[list]]:
-    """The header comment (how it was tuned) and one row per class of a ``postprocess.yml``."""
+def _settings_rows(settings_file: Path, class_names: Sequence[str], class_scores: Sequence[float]
+                   ) -> tuple[str, list[list]]:
+    """The header comment (how it was tuned) and one row per class of a ``postprocess.yml``, with the class's
+    out-of-fold Dice when the study recorded it."""
     comment = _tuned_note(settings_file)
     data = _read_yaml(settings_file)
     threshold, min_pixels = data.get("threshold"), data.get("min_pixels")
     count = len(threshold) if isinstance(threshold, list) else len(class_names)
     rows = [[class_names[c] if c < len(class_names) else c,
-             *(_config_value(v[c] if isinstance(v, list) else v) for v in (threshold, min_pixels))]
+             *(_config_value(v[c] if isinstance(v, list) else v) for v in (threshold, min_pixels)),
+             float(class_scores[c]) if c < len(class_scores) else None]
             for c in range(count)]
     return comment, rows
 
@@ -214,7 +218,8 @@ def write_study_report(study_dir: str | Path) -> Report:
     sections = [Section("Rounds", "Each round's folds and its out-of-fold score (the mean Dice of every labelled "
                                   "image predicted by the fold that did not train on it, with the round's tuned "
                                   "post-processing); the study predicts with the chosen round.",
-                        table=_table(("round", "folds", "out-of-fold score", "chosen"), _round_rows(paths)))]
+                        table=_table(("round", "folds", "out-of-fold score", "with default post-processing",
+                                      "pseudo-labelled images", "chosen"), _round_rows(paths)))]
     for number in range(paths.rounds + 1):
         sections += _round_sections(paths.at_round(number), folder, class_names, missing)
     ledger = _ledger(data)
@@ -262,9 +267,9 @@ def _round_sections(paths: StudyPaths, folder: Path, class_names: Sequence[str],
                                     if f"fold{e.fold}" in histories else [f"fold{e.fold}", e.status]
                                     for e in entries]), links))
     if paths.postprocess.is_file():
-        comment, rows = _settings_rows(paths.postprocess, class_names)
+        comment, rows = _settings_rows(paths.postprocess, class_names, paths.round_record().get("class_scores") or [])
         sections.append(Section(f"Round {number}: tuned post-processing", f"From {paths.postprocess}: {comment}",
-                                table=_table(("class", "threshold", "min_pixels"), rows)))
+                                table=_table(("class", "threshold", "min_pixels", "out-of-fold Dice"), rows)))
     else:
         missing.append(f"round {number}: no tuned post-processing ({paths.postprocess}): the study was not tuned "
                        f"out-of-fold yet (sever tune -m {paths.root}).")

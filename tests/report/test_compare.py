@@ -69,7 +69,7 @@ def study(trained, tmp_path) -> Path:  # noqa: F811 (fixture)
     for fold in (0, 1):
         copy_run(trained, root / f"fold{fold}")
         paths.set_status(fold, "done")
-    paths.record(score=0.6123)
+    paths.record(score=0.6123, class_scores=[0.5, 0.6, 0.7, 0.6492], default_score=0.4)
     (root / "postprocess.yml").write_text("# tuned out-of-fold: mean Dice 0.6123\nthreshold: [0.3, 0.4, 0.5, 0.6]\n"
                                           "min_pixels: [10, 20, 30, 40]\n")
     paths.set_budget(100.0, slots=1)
@@ -85,10 +85,10 @@ def test_a_study_gets_its_own_report(study):
     assert result.exit_code == 0, result.output
     text = (study / "report" / "index.html").read_text(encoding="utf-8")
     assert "not a run folder" not in text and f"Study {study}" in text
-    assert "<td>0</td><td>fold0 done, fold1 done</td><td>0.6123</td><td>yes</td>" in text  # the round and its score
+    assert "<td>0</td><td>fold0 done, fold1 done</td><td>0.6123</td><td>0.4000</td><td>-</td><td>yes</td>" in text
     tuned = text.split("tuned post-processing</h2>")[1].split("<h2>")[0]
     assert "tuned out-of-fold: mean Dice 0.6123" in tuned
-    assert "<td>3 scratches</td><td>0.5</td><td>30</td>" in tuned
+    assert "<td>3 scratches</td><td>0.5</td><td>30</td><td>0.7000</td>" in tuned
     ledger = text.split("<h2>Time budget</h2>")[1]
     assert "<td>round0/fold0</td><td>41.5000</td>" in ledger and "<td>total</td><td>80.0000</td>" in ledger
     assert "80 spent (80%)" in ledger
@@ -138,3 +138,15 @@ def test_the_report_at_the_end_of_a_study(study, trained, caplog):  # noqa: F811
     (study / "study.yml").write_text("folds: 2\nruns: [{fold: 0}]\n")  # a run entry without status: damaged
     assert report_after_study(study) is None
     assert "could not write the study report" in caplog.text and f"sever report {study}" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_study_with_a_pending_pseudo_label_round(study):
+    data = yaml.safe_load((study / "study.yml").read_text())
+    data["rounds"] = [{"round": 1, "runs": [{"fold": k, "status": "pending", "run": f"round1/fold{k}"} for k in (0, 1)]}]
+    (study / "study.yml").write_text(yaml.safe_dump(data))
+    report = write_study_report(study)
+    text = report.index.read_text(encoding="utf-8")
+    assert "<td>1</td><td>fold0 pending, fold1 pending</td><td>-</td><td>-</td><td>-</td><td></td>" in text
+    assert "<h2>Round 1: folds side by side</h2>" in text
+    assert any(line.startswith("round 1: no tuned post-processing") for line in report.missing)
