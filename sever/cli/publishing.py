@@ -9,8 +9,8 @@ import click
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--max-images", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Validation images predicted on the CPU for the scores, threshold curves and mosaics "
-                   "(spread evenly over the split).")
+              help="Validation images of a run predicted on the CPU for the scores, precision-recall and "
+                   "threshold curves, mosaics and gallery (spread evenly over the split).")
 @click.option("--examples", default=4, show_default=True, type=click.IntRange(min=1),
               help="Best and worst validation images shown in the mosaics.")
 @click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
