@@ -7,8 +7,7 @@ import pytest
 
 from sever.inference.evaluate import Evaluation
 from sever.report import figures
-from sever.report.history import History, numbered
-from sever.report.validation import ranked
+from sever.report.history import History
 
 LOSS_PARTS = ("loss", "bce", "dice_loss")
 
@@ -86,6 +85,8 @@ def test_the_learning_rate_axis_counts_epochs(tmp_path):
 
 
 def test_tensorboard_tags_named_by_class_are_read_back_as_numbers():
+    from sever.report.history import numbered
+
     names = ["pits", "inclusion", "rolled_pits"]
     assert numbered("val_dice_rolled_pits", names) == "val_dice_2"
     assert numbered("val_dice_defect_pits", names) == "val_dice_defect_0"
@@ -93,6 +94,8 @@ def test_tensorboard_tags_named_by_class_are_read_back_as_numbers():
 
 
 def test_mosaics_rank_by_the_dice_of_the_classes_present():
+    from sever.report.validation import ranked
+
     # image a: defect of class 2 missed (Dice 0), the three empty classes right: mean over all classes 0.75
     # image b: both classes present found with Dice 0.6: mean over all 0.8 but 0.6 over the present ones
     # image c: nothing true, nothing predicted: not ranked
