@@ -49,6 +49,7 @@ def check_study(output, study, planned_folds=None):
     assert study.postprocess.read_text().startswith("# sever tune on the out-of-fold probabilities of")
     assert f"out-of-fold score {study.round_record()['score']:.4f}" in output  # what the study recorded
     assert output.strip().splitlines()[-1] == f"next: sever predict -m {study.root} -i IMAGES -o submission.csv"
+    assert f"report: {study.root / 'report' / 'index.html'}" in output  # the study's own report page
     if planned_folds is not None:
         assert study.folds == planned_folds
 

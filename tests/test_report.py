@@ -1,5 +1,6 @@
 """sever report: the page training writes, its figures and numbers, and partial reports on bad input."""
 
+import json
 import logging
 import re
 import shutil
@@ -54,14 +55,54 @@ def run_copy(trained, tmp_path) -> Path:  # noqa: F811 (fixture)
 def test_training_writes_the_report_with_every_figure(trained):  # noqa: F811 (fixture)
     index = trained / "report" / "index.html"
     sources = image_sources(index)
-    assert sources == ["loss.png", "dice.png", "lr.png", "classes.png", "thresholds.png", "distributions.png",
-                       "best.jpg", "worst.jpg"]
+    assert sources == ["loss.png", "dice.png", "lr.png", "classes.png", "precision_recall.png", "thresholds.png",
+                       "distributions.png", "best.jpg", "worst.jpg"]
     for source in sources:
         assert (index.parent / source).stat().st_size > 1000, source
     text = index.read_text(encoding="utf-8")
     assert "6 of the 6 validation images" in text  # the 16-image cap after training is above the split's 6
     assert "1 pits" in text and "4 patches" in text  # the class names label the table
     assert "http" not in text and "<script" not in text  # nothing to fetch: it opens offline
+
+
+@pytest.mark.slow
+def test_curves_from_tensorboard_name_the_classes_and_pair_training_with_validation(trained):  # noqa: F811
+    panels = json.loads((trained / "report" / "dice.json").read_text())["axes"]
+    per_class = next(panel for panel in panels if panel["title"].startswith("dice per class"))
+    labels = [line["label"] for line in per_class["lines"]]
+    assert labels == [f"{split} {name}" for name in ("1 pits", "2 inclusion", "3 scratches", "4 patches")
+                      for split in ("train", "val")]  # TensorBoard's class-named tags read back in class order
+    assert [line["x"] for line in per_class["lines"]] == [[1.0, 2.0]] * 8
+    loss = json.loads((trained / "report" / "loss.json").read_text())["axes"]
+    assert {line["label"] for panel in loss for line in panel["lines"]} >= {"train bce", "val bce", "train loss",
+                                                                          "val loss"}
+
+
+@pytest.mark.slow
+def test_mosaic_captions_say_how_they_rank(trained):  # noqa: F811 (fixture)
+    text = (trained / "report" / "index.html").read_text(encoding="utf-8")
+    worst = text.split("<h2>Worst validation images</h2>")[1].split("<img")[0]
+    assert "the best among" not in worst and "Lowest first" in worst
+    assert "classes present in the truth or the prediction" in worst
+
+
+@pytest.mark.slow
+def test_the_cap_after_training_names_trainer_report_images(run_copy):
+    report_after_training(run_copy, 3)
+    text = (run_copy / "report" / "index.html").read_text(encoding="utf-8")
+    assert "3 of the 6 validation images" in text and "capped by trainer.report_images 3" in text
+    assert "--max-images" not in text
+
+
+@pytest.mark.slow
+def test_iou_stands_beside_dice_in_the_table(run_copy):
+    report = write_report(run_copy, max_images=6)
+    table = next(s.table for s in report.sections if s.title == "Validation scores")
+    assert "<th>Dice</th><th>IoU</th>" in table
+    dice = [float(v) for v in re.findall(r"<tr><td>\d [a-z]+</td><td>([\d.]+)</td>", table)]
+    iou = [float(v) for v in re.findall(r"<tr><td>\d [a-z]+</td><td>[\d.]+</td><td>([\d.]+)</td>", table)]
+    assert len(dice) == len(iou) == 4
+    assert all(i <= d + 1e-4 for d, i in zip(dice, iou))  # IoU = D / (2 - D) <= D per image
 
 
 def test_report_images_zero_trains_without_a_report(make_config):
@@ -78,8 +119,9 @@ def test_report_scores_equal_sever_evaluate(run_copy):
     report = write_report(run_copy, max_images=50)
     table = next(s.table for s in report.sections if s.title == "Validation scores")
     assert f"<td>mean</td><td>{expected.mean_dice:.4f}</td>" in table
-    for c, ((tn, fp), (fn, tp)) in enumerate(expected.confusion()):
-        assert f"<td>{expected.class_dice[c]:.4f}</td><td>{tp}</td><td>{fp}</td><td>{fn}</td><td>{tn}</td>" in table
+    for c, ((tn, fp), (fn, tp)) in enumerate(expected.confusion()):  # Dice, then IoU, then the confusion
+        assert re.search(f"<td>{expected.class_dice[c]:.4f}</td><td>[0-9.]+</td><td>{tp}</td><td>{fp}</td>"
+                         f"<td>{fn}</td><td>{tn}</td>", table)
 
 
 def test_max_images_caps_the_predictions_and_says_so(run_copy):
@@ -103,7 +145,7 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     result = invoke("report", tmp_path)
     assert result.exit_code == 1
-    assert "is not a sever run folder" in result.output and "Traceback" not in result.output
+    assert "is neither a sever run folder" in result.output and "Traceback" not in result.output
     assert invoke("report", tmp_path / "absent").output.startswith("Error: run folder not found")
 
 
@@ -137,7 +179,7 @@ def test_a_run_stopped_before_its_first_validation_gets_a_training_only_report(m
     box = missing_box(index)
     assert "no validation has run yet" in box and "learning rate was not recorded" in box
     assert image_sources(index)[:2] == ["loss.png", "dice.png"]  # training curves, read from train.log
-    assert "From train.log." in index.read_text(encoding="utf-8")
+    assert "From train.log, one value per epoch." in index.read_text(encoding="utf-8")
     assert "2 of the 6 validation images were predicted on the CPU with last.pth" in index.read_text(encoding="utf-8")
 
 

@@ -42,7 +42,7 @@ def test_report_page_loads_every_image_without_console_errors(trained, browser):
     index = trained / "report" / "index.html"
     browser.get(index.as_uri())
     assert browser.title == f"sever report: {trained.name}"
-    assert browser.execute_script("return document.images.length") == 8
+    assert browser.execute_script("return document.images.length") == 9
     assert browser.execute_script(ALL_IMAGES_LOADED) == []
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []

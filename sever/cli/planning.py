@@ -84,6 +84,8 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
     for note in planned.notes:
         click.echo(f"note: {note}")
     result = run_auto(planned, out_dir)
+    from sever.report.compare import report_after_study  # the study's own page, listed before its folds' reports
+    result.reports[:0] = [index] if (index := report_after_study(result.saved)) else []
     click.echo(f"experiment: {result.experiment}")
     click.echo(result.tuning)
     for report in result.reports:

@@ -7,19 +7,30 @@ import click
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path())
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--max-images", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Validation images predicted on the CPU for the scores, threshold curves and mosaics "
-                   "(spread evenly over the split).")
+              help="Validation images of a run predicted on the CPU for the scores, precision-recall and "
+                   "threshold curves, mosaics and gallery (spread evenly over the split).")
 @click.option("--examples", default=4, show_default=True, type=click.IntRange(min=1),
               help="Best and worst validation images shown in the mosaics.")
 @click.option("--postprocess", type=click.Path(dir_okay=False), default=None,
               help="Post-processing YAML to score with [default: RUN/postprocess.yml when there, else the defaults].")
-def report(run_dir: str, max_images: int, examples: int, postprocess: str | None) -> None:
-    """Write RUN/report/: training curves, validation scores and examples as figures and an offline index.html."""
+@click.option("-o", "--out", "out_dir", default="comparison", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the comparison page when several runs are given.")
+def report(run_dirs: tuple[str, ...], max_images: int, examples: int, postprocess: str | None, out_dir: str) -> None:
+    """Write RUN/report/ (curves, validation scores, precision-recall, examples, a gallery of every scored image),
+    STUDY/report/ (folds side by side, out-of-fold scores, tuned post-processing, the time budget), or, given
+    several runs, a comparison page in --out; each an offline index.html."""
     from sever.report import write_report
+    from sever.report.compare import is_study, write_comparison, write_study_report
 
-    written = write_report(run_dir, max_images=max_images, examples=examples, postprocess=postprocess)
+    if len(run_dirs) > 1:
+        written = write_comparison(run_dirs, out_dir)
+    elif is_study(run_dirs[0]):
+        written = write_study_report(run_dirs[0])
+    else:
+        written = write_report(run_dirs[0], max_images=max_images, examples=examples, postprocess=postprocess,
+                               cap_option="--max-images")
     for line in written.missing:
         click.echo(f"missing: {line}")
     click.echo(f"wrote {written.index}")

@@ -1,7 +1,7 @@
 """Write ``report/`` inside a run folder: figures and an ``index.html`` that opens offline.
 
 The page uses only relative image paths and inline CSS (no script, no external
-file or font). Whatever cannot be drawn (no validation yet, truncated events,
+file or font); the gallery beside it (``gallery.html``) has one small inline script. Whatever cannot be drawn (no validation yet, truncated events,
 data no longer on disk, a classification run) is said on the page in a
 "missing" box; only a folder that is not a run is an error.
 """
@@ -24,6 +24,17 @@ REPORT_DIR = "report"
 TUNED_SETTINGS = "postprocess.yml"  # where the report looks for `sever tune` output: RUN/postprocess.yml
 DEFAULT_MAX_IMAGES = 200
 DEFAULT_EXAMPLES = 4
+RANKING = ("Images are ranked by the mean Dice over the classes present in the truth or the prediction "
+           "(a class absent from both is left out: it is right by default); images with no class in either are "
+           "not ranked.")
+
+
+@dataclass(frozen=True)
+class ImageCap:
+    """How many validation images are predicted for the scores, and the setting that chose it (for the page)."""
+
+    images: int = 200
+    option: str = "max_images"
 
 
 @dataclass
@@ -34,6 +45,7 @@ class Section:
     text: str = ""
     images: list[str] = field(default_factory=list)
     table: str = ""
+    links: list[tuple[str, str]] = field(default_factory=list)  # (relative href, text)
 
 
 @dataclass
@@ -55,8 +67,8 @@ def check_run_folder(run_dir: str | Path) -> RunPaths:
     if not run.root.is_dir():
         raise DataError(f"run folder not found: {run.root}")
     if not (run.config.is_file() or run.checkpoints.is_dir() or run.log_file.is_file()):
-        raise DataError(f"{run.root} is not a sever run folder (no config.yaml, checkpoints/ or train.log); "
-                        "give a folder like saved/<name>/<MMDD_HHMMSS>")
+        raise DataError(f"{run.root} is neither a sever run folder (no config.yaml, checkpoints/ or train.log) nor "
+                        "a study folder (no study.yml); give a folder like saved/<name>/<MMDD_HHMMSS>")
     return run
 
 
@@ -68,15 +80,28 @@ def _curves(run: RunPaths, folder: Path, missing: list[str]) -> list[Section]:
     missing += history.notes
     if not history.values:
         return []
-    drawn = [(title, draw(history, folder)) for title, draw in (
-        ("Losses", figures.loss_curves), ("Dice per class", figures.dice_curves),
-        ("Learning rate", figures.learning_rate))]
-    return [Section(title, f"From {history.source}.", [image]) for title, image in drawn if image]
+    labels = run_class_labels(run.root)
+    drawn = [("Losses", figures.loss_curves(history, folder)),
+             ("Dice", figures.dice_curves(history, folder, labels)),
+             ("Other scores", figures.score_curves(history, folder, labels)),
+             ("Learning rate", figures.learning_rate(history, folder))]
+    return [Section(title, f"From {history.source}, one value per epoch.", [image]) for title, image in drawn if image]
 
 
-def _validation(run: RunPaths, folder: Path, max_images: int, examples: int, postprocess: Path | None,
+def run_class_labels(run_dir: Path) -> list[str]:
+    """The labels of a run's output classes (``"1 pits"``) from its config.yaml; empty when it cannot be read."""
+    from sever.utils.config import load_config, output_classes
+
+    try:
+        return output_classes(load_config(RunPaths(Path(run_dir)).config)).labels()
+    except (SeverError, OSError, KeyError, TypeError, ValueError):
+        return []
+
+
+def _validation(run: RunPaths, folder: Path, cap: ImageCap, examples: int, postprocess: Path | None,
                 missing: list[str]) -> list[Section]:
     from sever.report import figures
+    from sever.report.gallery import GALLERY_DIR, write_gallery
     from sever.report.validation import score_validation
 
     try:
@@ -89,29 +114,42 @@ def _validation(run: RunPaths, folder: Path, max_images: int, examples: int, pos
         return []
     settings_note = _settings_note(run, postprocess, missing)
     try:
-        scores = score_validation(run.root, max_images, examples, postprocess or _tuned_settings(run))
+        scores = score_validation(run.root, cap.images, examples, postprocess or _tuned_settings(run),
+                                  gallery_dir=folder / GALLERY_DIR)
     except SeverError as exc:
         missing.append(f"validation predictions: {exc}")
         return []
     scored = (f"{scores.scored} of the {scores.total} validation images were predicted on the CPU with "
-              f"{scores.checkpoint.name}" + (f" (capped by --max-images {max_images}, spread evenly over the split)"
+              f"{scores.checkpoint.name}" + (f" (capped by {cap.option} {cap.images}, spread evenly over the split)"
                                              if scores.scored < scores.total else "") + ".")
     sections = [
-        Section("Validation scores", f"{scored} {settings_note}", [figures.class_scores(scores, folder)],
-                _confusion_table(scores)),
+        Section("Validation scores", f"{scored} {settings_note} IoU beside Dice: the mean over the images of "
+                                      "each image's IoU (1 where both are empty).",
+                [figures.class_scores(scores, folder)], _confusion_table(scores)),
+        Section("Precision and recall", "Per class, from the predicted probabilities of the scored images. "
+                "Image level: a class is present when at least max(1, min_pixels) of its pixels are above the "
+                "threshold; the curve sweeps the threshold with min_pixels as set. Pixel level: every pixel "
+                "is a decision at thresholds k/256. The star is the post-processing in use, measured on its "
+                "masks (one class per pixel and components included, so it may lie off the curve). "
+                + settings_note, [figures.precision_recall(scores, folder)]),
         Section("Dice against threshold", "Each class's mean Dice on the predicted images for every probability "
                                           "threshold, as sever tune scores them. " + settings_note,
                 [image] if (image := figures.threshold_curves(scores, folder)) else []),
         Section("Data", f"Image sizes and true defect sizes of the {scores.scored} predicted validation images.",
                 [figures.distributions(scores, folder)]),
     ]
+    gallery = write_gallery(scores.gallery, scores.evaluation.class_names, folder,
+                            f"{scored} {settings_note}")
+    sections.append(Section("Gallery", f"Every one of the {scores.scored} predicted validation images, filtered by "
+                                       "class and error kind, sorted by Dice, page by page.",
+                            links=[(gallery.name, "open the gallery")]))
     if scores.thresholds is None:
         missing.append("Dice against threshold: the settings use component_domination, which couples the classes.")
     for title, chosen, name in (("Best validation images", scores.best, "best.jpg"),
                                 ("Worst validation images", scores.worst, "worst.jpg")):
-        sections.append(Section(title, "Truth outlined on the left, prediction on the right, in class colours; "
-                                       "ranked by mean Dice over the classes (the best among images with a defect).",
-                                [figures.mosaic(chosen, folder, name)]))
+        sections.append(Section(title, "Truth outlined on the left, prediction on the right, in class colours. "
+                                       f"{RANKING} {'Highest' if name == 'best.jpg' else 'Lowest'} first.",
+                                [image] if (image := figures.mosaic(chosen, folder, name)) else []))
     return sections
 
 
@@ -134,14 +172,16 @@ def _settings_note(run: RunPaths, postprocess: Path | None, missing: list[str]) 
 def _confusion_table(scores) -> str:
     evaluation = scores.evaluation
     confusion, precision, recall = evaluation.confusion(), evaluation.precision(), evaluation.recall()
-    head = "".join(f"<th>{h}</th>" for h in ("class", "Dice", "TP", "FP", "FN", "TN", "precision", "recall"))
+    head = "".join(f"<th>{h}</th>" for h in ("class", "Dice", "IoU", "TP", "FP", "FN", "TN", "precision", "recall"))
+    class_iou = scores.iou.mean(axis=0)
     rows = []
     for c, name in enumerate(evaluation.class_names):
         (tn, fp), (fn, tp) = confusion[c]
-        cells = [html.escape(name), f"{evaluation.class_dice[c]:.4f}", tp, fp, fn, tn,
+        cells = [html.escape(name), f"{evaluation.class_dice[c]:.4f}", f"{class_iou[c]:.4f}", tp, fp, fn, tn,
                  *("-" if value != value else f"{value:.3f}" for value in (precision[c], recall[c]))]
         rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-    rows.append(f"<tr><td>mean</td><td>{evaluation.mean_dice:.4f}</td>" + "<td></td>" * 6 + "</tr>")
+    rows.append(f"<tr><td>mean</td><td>{evaluation.mean_dice:.4f}</td><td>{scores.iou.mean():.4f}</td>"
+                + "<td></td>" * 6 + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
@@ -151,10 +191,11 @@ table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #bbb;paddi
 .missing{background:#fff4e5;border:1px solid #f0a040;padding:0.5em 1em}"""
 
 
-def _page(run: RunPaths, sections: list[Section], missing: list[str]) -> str:
+def page(title: str, heading: str, sections: list[Section], missing: list[str]) -> str:
+    """The HTML of a report page (``title`` in the tab, ``heading`` on top): the missing box, then the sections."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
-             f"<title>sever report: {html.escape(run.root.name)}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>Run {html.escape(str(run.root))}</h1>",
+             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>{html.escape(heading)}</h1>",
              f"<p>Written {time.strftime('%Y-%m-%d %H:%M:%S')} by sever report.</p>"]
     if missing:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in missing)
@@ -162,13 +203,28 @@ def _page(run: RunPaths, sections: list[Section], missing: list[str]) -> str:
     for section in sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.text)}</p>")
         parts += [f"<img src='{html.escape(image)}' alt='{html.escape(section.title)}'>" for image in section.images]
+        parts += [f"<p><a href='{html.escape(href)}'>{html.escape(text)}</a></p>" for href, text in section.links]
         parts.append(section.table)
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
+def report_folder(root: Path) -> Path:
+    """``root/report/``, created.
+
+    Raises:
+        DataError: it cannot be created.
+    """
+    folder = root / REPORT_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
 def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, examples: int = DEFAULT_EXAMPLES,
-                 postprocess: str | Path | None = None) -> Report:
+                 postprocess: str | Path | None = None, cap_option: str = "max_images") -> Report:
     """Write ``RUN/report/index.html`` and its figures; return what was written and what is missing.
 
     Args:
@@ -176,6 +232,8 @@ def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, exam
         max_images: most validation images predicted (CPU) for the scores, curves and mosaics.
         examples: best and worst images shown.
         postprocess: settings YAML; default ``RUN/postprocess.yml`` when present, else the defaults.
+        cap_option: the setting ``max_images`` came from, named on the page when it caps the images
+            (``--max-images`` from the CLI, ``trainer.report_images`` after training).
 
     Raises:
         DataError: ``run_dir`` is not a run folder, or ``report/`` cannot be written.
@@ -183,16 +241,12 @@ def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, exam
     run = check_run_folder(run_dir)
     if postprocess is not None and not Path(postprocess).is_file():
         raise DataError(f"--postprocess: file not found: {postprocess}")
-    folder = run.root / REPORT_DIR
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    folder = report_folder(run.root)
     missing: list[str] = []
     sections = _curves(run, folder, missing)
-    sections += _validation(run, folder, max_images, examples, Path(postprocess) if postprocess else None, missing)
+    sections += _validation(run, folder, ImageCap(max_images, cap_option), examples, Path(postprocess) if postprocess else None, missing)
     index = folder / "index.html"
-    index.write_text(_page(run, sections, missing), encoding="utf-8")
+    index.write_text(page(f"sever report: {run.root.name}", f"Run {run.root}", sections, missing), encoding="utf-8")
     return Report(index, sections, missing)
 
 
@@ -200,7 +254,7 @@ def report_after_training(run_dir: Path, max_images: int) -> None:
     """Write the report at the end of training (``trainer.report_images`` validation images
     predicted on the CPU); a failure is logged as a warning, never raised."""
     try:
-        report = write_report(run_dir, max_images=max_images)
+        report = write_report(run_dir, max_images=max_images, cap_option="trainer.report_images")
     except Exception as exc:  # noqa: BLE001 - the run is saved; a drawing failure must not fail training
         logger.warning("could not write the run report (%s: %s); retry with: sever report %s",
                        type(exc).__name__, exc, run_dir)

@@ -10,11 +10,15 @@ Each function draws one figure into ``folder`` and returns the file name, relati
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -25,11 +29,22 @@ from sever.utils.visualization import CLASS_COLOURS
 DPI = 100
 MOSAIC_WIDTH = 1600  # pixels of one mosaic row (truth and prediction side by side)
 MOSAIC_QUALITY = 90  # JPEG quality of the mosaics
+MAX_LINES = 8  # most lines in one panel of the curves
+# the prefixes of the names every metric of sever.model.metric returns; any other per-epoch value is a loss part
+METRIC_PREFIXES = ("dice_", "iou_", "presence_", "accuracy", "precision_", "recall_", "map")
+NOT_PLOTTED = ("images_per_s",)  # throughput, not a score
+SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                  "#bcbd22", "#17becf")  # matplotlib's tab10
 
 
 def _colour(index: int) -> tuple[float, float, float]:
     """Matplotlib colour of class ``index``, the same as the overlays'."""
     return tuple(CLASS_COLOURS[index % len(CLASS_COLOURS)] / 255.0)
+
+
+def _series_colour(index: int) -> str:
+    """Colour of the ``index``-th series of a panel that is not a class (losses, means, other scores)."""
+    return SERIES_COLOURS[index % len(SERIES_COLOURS)]
 
 
 def _subplots(*grid, **options):
@@ -43,64 +58,182 @@ def _epoch_axis(axes) -> None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def plotted(figure: Figure) -> dict:
+    """What ``figure`` draws, as plain data: per axes its title, axis labels and every line
+    (label, colour as ``#rrggbb``, line style, marker, x and y), in drawing order."""
+    panels = []
+    for axes in figure.axes:
+        lines = [{"label": str(line.get_label()), "color": to_hex(line.get_color()),
+                  "linestyle": str(line.get_linestyle()), "marker": str(line.get_marker()),
+                  "x": [float(v) for v in line.get_xdata()], "y": [float(v) for v in line.get_ydata()]}
+                 for line in axes.get_lines()]
+        panels.append({"title": axes.get_title(), "xlabel": axes.get_xlabel(), "ylabel": axes.get_ylabel(),
+                       "lines": lines})
+    return {"axes": panels}
+
+
 def _save(figure, folder: Path, name: str) -> str:
+    """Save ``figure`` as ``folder/name`` and what it plots as ``folder/<stem>.json`` (:func:`plotted`)."""
     figure.tight_layout()
     figure.savefig(folder / name, dpi=DPI)
+    (folder / f"{Path(name).stem}.json").write_text(json.dumps(plotted(figure)), encoding="utf-8")
     return name
 
 
-def _class_label(key: str, prefix: str) -> str:
-    """``val_dice_0`` -> ``0``; the part after the metric prefix names the class."""
-    return key[len(prefix):]
+def _is_loss(name: str) -> bool:
+    """Whether a logged name (``train_``/``val_`` removed) is a loss or a loss component rather than a metric.
+
+    Metrics return names that start with their own prefixes (:mod:`sever.model.metric`); every
+    other value the trainer logs per epoch, but the throughput, is a part of the loss.
+    """
+    return name.endswith("loss") or not name.startswith(METRIC_PREFIXES)
+
+
+def _family(name: str) -> str:
+    """``dice_defect_2`` -> ``dice_defect``, ``dice_mean`` -> ``dice``: the metric a value belongs to."""
+    return re.sub(r"_(\d+|mean)$", "", name)
+
+
+def _split_name(key: str) -> tuple[str, str] | None:
+    """``val_dice_0`` -> ``("val", "dice_0")``; None for a key of neither split."""
+    split, _, name = key.partition("_")
+    return (split, name) if split in ("train", "val") and name else None
+
+
+def _logged_names(history: History) -> list[str]:
+    """The names logged for training or validation (the split removed), in a stable order."""
+    names = {parts[1] for key in history.values if (parts := _split_name(key))}
+    return sorted(names - set(NOT_PLOTTED))
+
+
+@dataclass(frozen=True)
+class Series:
+    """One value drawn for training (dashed) and validation (solid) in one colour."""
+
+    name: str  # the logged name without its split, e.g. ``dice_0``
+    label: str
+    colour: tuple[float, float, float] | str
+
+
+def _class_series(name: str, class_names: Sequence[str]) -> Series | None:
+    """The series of a per-class value (``dice_2``) in its class colour; None for any other value."""
+    index = re.search(r"_(\d+)$", name)
+    if index is None:
+        return None
+    c = int(index.group(1))
+    return Series(name, class_names[c] if c < len(class_names) else index.group(1), _colour(c))
+
+
+def _chunks(series: list, title: str) -> list[tuple[str, list]]:
+    """``series`` (of one history or of several) cut into panels of at most :data:`MAX_LINES` lines (a series draws two: training, validation)."""
+    size = max(1, MAX_LINES // 2)
+    chunks = [series[i:i + size] for i in range(0, len(series), size)]
+    return [(title + (f" ({n + 1}/{len(chunks)})" if len(chunks) > 1 else ""), chunk) for n, chunk in enumerate(chunks)]
+
+
+def _panels(names: list[str], class_names: Sequence[str]) -> list[tuple[str, list[Series]]]:
+    """``(title, series)`` panels: the per-class values of each metric in class colours, then every
+    mean and single value together in the series colours; no panel draws more than :data:`MAX_LINES` lines."""
+    families: dict[str, list[Series]] = {}
+    summaries = []
+    for name in names:
+        one = _class_series(name, class_names)
+        if one is None:
+            summaries.append(Series(name, name.replace("_", " "), _series_colour(len(summaries))))
+        else:
+            families.setdefault(_family(name), []).append(one)
+    panels = [panel for family, series in families.items()
+              for panel in _chunks(series, f"{family.replace('_', ' ')} per class")]
+    return panels + _chunks(summaries, "means and overall values")
+
+
+def _draw_series(axes, history: History, series: Series) -> None:
+    for split, style in (("train", "--"), ("val", "-")):
+        epochs, values = history.series(f"{split}_{series.name}")
+        if epochs:  # markers: one epoch is a point, not an invisible line
+            axes.plot(epochs, values, linestyle=style, marker="o", markersize=4, color=series.colour,
+                      label=f"{split} {series.label}")
+
+
+def _curve_figure(panels: list[tuple[str, list[tuple[History, Series]]]], ylabel, folder: Path,
+                  name: str) -> str | None:
+    """A grid of panels (two columns), each drawing its ``(history, series)`` per epoch; None without any panel.
+
+    ``ylabel(title)`` labels a panel's y axis.
+    """
+    if not panels:
+        return None
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, grid = _subplots(rows, columns, figsize=(6.5 * columns, 3.6 * rows), squeeze=False)
+    for axes, (title, drawn) in zip(grid.flat, panels):
+        for history, series in drawn:
+            _draw_series(axes, history, series)
+        _epoch_axis(axes)
+        axes.set(ylabel=ylabel(title), title=f"{title} (dashed: training, solid: validation)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="x-small", ncol=2)
+    for axes in list(grid.flat)[len(panels):]:
+        figure.delaxes(axes)
+    return _save(figure, folder, name)
+
+
+def _one_history(history: History, panels: list[tuple[str, list[Series]]]) -> list:
+    return [(title, [(history, series) for series in chunk]) for title, chunk in panels]
 
 
 def loss_curves(history: History, folder: Path) -> str | None:
-    """Training and validation losses (``*_loss``) per epoch; None when none were logged."""
-    keys = [k for k in history.values if k.endswith("loss") and k.startswith(("train_", "val_"))]
-    if not keys:
-        return None
-    figure, axes = _subplots(figsize=(8, 4))
-    for key in sorted(keys):
-        epochs, values = history.series(key)
-        axes.plot(epochs, values, marker="o", markersize=3, linestyle="--" if key.startswith("train_") else "-",
-                  label=key)
-    _epoch_axis(axes)
-    axes.set(ylabel="loss", title="Losses (dashed: training, solid: validation)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    return _save(figure, folder, "loss.png")
+    """Every logged loss and loss component (``loss``, ``bce``, ``dice_loss``, ...) per epoch, one colour
+    each, training dashed and validation solid; None when none was logged."""
+    names = [name for name in _logged_names(history) if _is_loss(name)]
+    series = [Series(name, name.replace("_", " "), _series_colour(i)) for i, name in enumerate(names)]
+    return _curve_figure(_one_history(history, _chunks(series, "losses")), lambda title: "loss (mean over the epoch)",
+                         folder, "loss.png")
 
 
-def dice_curves(history: History, folder: Path) -> str | None:
-    """Per-class and mean Dice per epoch, training dashed, validation solid; None when not logged."""
-    if not history.keys("train_dice_") and not history.keys("val_dice_"):
-        return None
-    figure, axes = _subplots(figsize=(8, 4))
-    for split, style in (("train", "--"), ("val", "-")):
-        prefix = f"{split}_dice_"
-        classes = [k for k in history.keys(prefix) if k != f"{prefix}mean" and not k.endswith("loss")]
-        for index, key in enumerate(classes):
-            epochs, values = history.series(key)
-            axes.plot(epochs, values, style, color=_colour(index), label=f"{split} {_class_label(key, prefix)}")
-        epochs, values = history.series(f"{prefix}mean")
-        if epochs:
-            axes.plot(epochs, values, style, color="black", linewidth=2, label=f"{split} mean")
-    _epoch_axis(axes)
-    axes.set(ylabel="Dice", title="Dice per class (dashed: training, solid: validation)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="x-small", ncol=2)
-    return _save(figure, folder, "dice.png")
+def dice_curves(history: History, folder: Path, class_names: Sequence[str] = ()) -> str | None:
+    """The Dice scores (``dice_*``: per class, means, defect/empty Dice) per epoch; None when not logged."""
+    names = [name for name in _logged_names(history) if not _is_loss(name) and name.startswith("dice_")]
+    return _curve_figure(_one_history(history, _panels(names, class_names)), lambda title: "Dice", folder,
+                         "dice.png")
+
+
+def score_curves(history: History, folder: Path, class_names: Sequence[str] = ()) -> str | None:
+    """Every other metric (presence precision and recall, IoU, accuracy, ...) per epoch; None when none."""
+    names = [name for name in _logged_names(history) if not _is_loss(name) and not name.startswith("dice_")]
+    return _curve_figure(_one_history(history, _panels(names, class_names)), _score_label,
+                         folder, "scores.png")
+
+
+def runs_curves(histories: dict[str, History], folder: Path, name: str,
+                values: Sequence[str] = ("loss", "dice_mean")) -> str | None:
+    """Several runs (or folds) side by side: one panel per logged value in ``values`` (``loss`` draws
+    ``train_loss`` dashed and ``val_loss`` solid), one colour per run; None when none logged any."""
+    panels = []
+    for value in values:
+        drawn = [(history, Series(value, label, _series_colour(i))) for i, (label, history) in enumerate(histories.items())
+                 if history.series(f"train_{value}")[0] or history.series(f"val_{value}")[0]]
+        panels += _chunks(drawn, value.replace("_", " "))
+    return _curve_figure(panels, lambda title: title.split(" (")[0], folder, name)
+
+
+def _score_label(title: str) -> str:
+    """The y label of a panel of :func:`score_curves`: the metric of a per-class panel."""
+    return title.split(" per class")[0] if " per class" in title else "score (0 to 1)"
 
 
 def learning_rate(history: History, folder: Path) -> str | None:
-    """Learning rate of each parameter group by logged step; None when not recorded."""
+    """Learning rate of each parameter group per epoch (the rate the epoch started training with,
+    as the trainer logs it once per epoch); None when not recorded."""
     if not history.lr:
         return None
     figure, axes = _subplots(figsize=(8, 3))
-    for group, points in sorted(history.lr.items()):
-        steps = sorted(points)
-        axes.plot(steps, [points[s] for s in steps], label=group)
-    axes.set(xlabel="TensorBoard step", ylabel="learning rate", title="Learning rate per parameter group")
+    for index, (group, points) in enumerate(sorted(history.lr.items())):
+        epochs = sorted(points)
+        axes.plot(epochs, [points[e] for e in epochs], marker="o", markersize=4, color=_series_colour(index),
+                  label=group)
+    _epoch_axis(axes)
+    axes.set(ylabel="learning rate", title="Learning rate per parameter group at the start of each epoch")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     return _save(figure, folder, "lr.png")
@@ -155,6 +288,32 @@ def threshold_curves(scores: ValidationScores, folder: Path) -> str | None:
     return _save(figure, folder, "thresholds.png")
 
 
+def precision_recall(scores: ValidationScores, folder: Path) -> str:
+    """Per-class precision against recall: image-level presence (left) and pixel level (right), a star
+    at the operating point of the post-processing in use; at most :data:`MAX_LINES` lines a panel."""
+    names = scores.evaluation.class_names
+    per_panel = max(1, MAX_LINES // 2)  # a class draws its curve and its operating point
+    groups = [list(range(len(names)))[i:i + per_panel] for i in range(0, len(names), per_panel)]
+    figure, grid = _subplots(len(groups), 2, figsize=(12, 4.2 * len(groups)), squeeze=False)
+    for row, group in zip(grid, groups):
+        for axes, curves, level in ((row[0], scores.presence, "image-level presence"),
+                                    (row[1], scores.pixels, "pixel level")):
+            for c in group:
+                curve = curves[c]
+                axes.plot(curve.recall, curve.precision, marker=".", markersize=3, color=_colour(c),
+                          label=names[c])
+                axes.plot([curve.operating[1]], [curve.operating[0]], linestyle="None", marker="*", markersize=12,
+                          markeredgecolor="black", color=_colour(c), label=f"{names[c]}: in use")
+            axes.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"recall ({_UNITS[level]})",
+                     ylabel=f"precision ({_UNITS[level]})", title=f"Precision-recall, {level} (star: in use)")
+            axes.grid(alpha=0.3)
+            axes.legend(fontsize="x-small", ncol=2)
+    return _save(figure, folder, "precision_recall.png")
+
+
+_UNITS = {"image-level presence": "share of images", "pixel level": "share of pixels"}
+
+
 def distributions(scores: ValidationScores, folder: Path) -> str:
     """Image sizes of the scored images and the pixel areas of their true defects per class."""
     figure, (sizes, areas) = _subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"width_ratios": [1, 2]})
@@ -197,7 +356,7 @@ def mosaic(examples: Sequence[Example], folder: Path, name: str) -> str | None:
         if pair.shape[1] > MOSAIC_WIDTH:
             height = max(1, round(pair.shape[0] * MOSAIC_WIDTH / pair.shape[1]))
             pair = cv2.resize(pair, (MOSAIC_WIDTH, height), interpolation=cv2.INTER_AREA)
-        rows.append(_caption(pair, f"{example.name}  mean Dice {example.dice:.3f}   left: truth   right: prediction"))
+        rows.append(_caption(pair, f"{example.name}  Dice {example.dice:.3f} (classes in truth or prediction)   left: truth   right: prediction"))
     image = np.concatenate(rows)
     cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, MOSAIC_QUALITY])
     return name

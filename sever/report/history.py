@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from sever.utils.run import RunPaths
 
 logger = logging.getLogger(__name__)
@@ -83,11 +85,32 @@ def _from_events(run: RunPaths, history: History) -> None:
                              "(training stopped while writing?): the curves stop at the last complete value.")
     accumulator = EventAccumulator(str(run.tensorboard), size_guidance={SCALARS: 0})
     accumulator.Reload()
+    class_names = _class_names(run)
     for tag in accumulator.Tags().get("scalars", []):
         for prefix, target in ((EPOCH_PREFIX, history.values), (LR_PREFIX, history.lr)):
             if tag.startswith(prefix):
-                points = target.setdefault(tag[len(prefix):], {})
+                key = numbered(tag[len(prefix):], class_names) if target is history.values else tag[len(prefix):]
+                points = target.setdefault(key, {})
                 points.update((event.step, event.value) for event in accumulator.Scalars(tag))
+
+
+def _class_names(run: RunPaths) -> list[str]:
+    """The run's ``class_names`` (empty when its config is missing or names none)."""
+    try:
+        config = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    names = config.get("class_names") if isinstance(config, dict) else None
+    return [str(name) for name in names] if isinstance(names, list) else []
+
+
+def numbered(key: str, class_names: list[str]) -> str:
+    """``val_dice_scratches`` -> ``val_dice_2``: a TensorBoard tag named by class (the trainer's
+    ``_tags``) back to the class number ``train.log`` uses; other keys unchanged."""
+    for index, name in sorted(enumerate(class_names), key=lambda item: -len(item[1])):
+        if key.endswith(f"_{name}"):
+            return f"{key[:-len(name)]}{index}"
+    return key
 
 
 def _from_log(run: RunPaths, history: History) -> None:
