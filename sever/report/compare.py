@@ -22,7 +22,7 @@ from sever.report.build import Report, Section, check_run_folder, page, report_f
 from sever.report.history import History, read_history
 from sever.utils.run import RunPaths
 # the study folder's reader; its one import in sever.report (the module moves to sever/study/)
-from sever.utils.study import StudyPaths, is_study
+from sever.study.folder import StudyPaths, is_study
 
 logger = logging.getLogger(__name__)
 

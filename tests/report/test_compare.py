@@ -11,7 +11,7 @@ from inference_runs import invoke
 from report_runs import trained  # noqa: F401 (fixture)
 
 from sever.report.compare import config_differences, write_comparison, write_study_report
-from sever.utils.study import StudyPaths
+from sever.study.folder import StudyPaths
 
 
 def copy_run(source: Path, target: Path, **config_changes) -> Path:
