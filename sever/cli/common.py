@@ -21,9 +21,7 @@ def launch_distributed(ctx: click.Context, nproc: int) -> int:
     import subprocess
     import sys
 
-    args = ["--debug"] if ctx.obj["debug"] else []
-    if ctx.find_root().params.get("verbose"):
-        args.append("--verbose")
+    args = [f"--{flag}" for flag in ("debug", "verbose", "quiet") if ctx.obj.get(flag)]
     args.append(ctx.info_name)
     for param in ctx.command.params:
         if param.name == "nproc" or param.name not in ctx.params:

@@ -1,4 +1,4 @@
-"""Logging set-up from ``logging.yml``."""
+"""Logging set-up from ``logging.yml``: sever's loggers on the console, other libraries' warnings only."""
 
 from __future__ import annotations
 
@@ -11,22 +11,51 @@ from pathlib import Path
 import yaml
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+SEVER = "sever"  # the logger every module's logging.getLogger(__name__) sits under
+
+_console_level = logging.INFO  # what setup_logging last gave sever's console handler
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Configure console logging for a command (DEBUG with ``verbose``).
+class OtherLibraries(logging.Filter):
+    """Passes records of loggers outside ``sever``: sever's own have their console handler already.
+
+    The root handler sees sever's records too (they propagate, so pytest's ``caplog`` and an
+    application's own root handlers still get them); without this filter they would print twice.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == SEVER or record.name.startswith(SEVER + "."))
+
+
+def verbosity_level(verbose: bool = False, quiet: bool = False) -> int:
+    """The console level for the ``-v`` / ``-q`` flags: DEBUG, WARNING, else INFO (``-v`` wins)."""
+    return logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Configure the console for a command: sever's messages at INFO (DEBUG with ``verbose``,
+    warnings and errors only with ``quiet``); other libraries' warnings and errors only.
 
     In distributed training only rank 0 prints INFO and DEBUG; the other ranks print
     warnings and errors, so each line appears once however many processes run.
     """
-    text = resources.files("sever.utils").joinpath("logging.yml").read_text()
-    config = yaml.safe_load(text)
-    if verbose:
-        config["handlers"]["console"]["level"] = "DEBUG"
+    global _console_level
+    config = yaml.safe_load(resources.files("sever.utils").joinpath("logging.yml").read_text())
+    level = verbosity_level(verbose, quiet)
     # torchrun's RANK, read here without sever.utils.distributed so commands start without importing torch
     if os.environ.get("RANK", "0") != "0":
-        config["handlers"]["console"]["level"] = "WARNING"
+        level = logging.WARNING
+    config["handlers"]["console"]["level"] = logging.getLevelName(level)
     logging.config.dictConfig(config)
+    _console_level = level
+
+
+def console_shows(level: int) -> bool:
+    """Whether sever's console prints messages of ``level``: after -q/-v, and unless the ``sever``
+    logger's own level is above it (the non-main ranks of distributed training). A library user's
+    unconfigured logging (root at WARNING) does not count: progress bars stay on there."""
+    own = logging.getLogger(SEVER).level
+    return level >= _console_level and (own == logging.NOTSET or own <= level)
 
 
 def add_file_log(path: str | Path) -> logging.Handler:
@@ -34,7 +63,7 @@ def add_file_log(path: str | Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logger = logging.getLogger("sever")
+    logger = logging.getLogger(SEVER)
     if logger.level == logging.NOTSET or logger.level > logging.DEBUG:
         logger.setLevel(logging.DEBUG)  # the file gets everything even when used as a library
     logger.addHandler(handler)
