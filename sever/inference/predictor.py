@@ -276,7 +276,7 @@ class Predictor:
         Raises:
             DataError: an image is missing or unreadable (the message names it).
         """
-        with Progress(len(paths), description) as shown:
+        with Progress(len(paths), description, leave=True) as shown:
             for batch in read_images(paths, batch_size, num_workers):
                 for names, images in _same_size_runs(batch):
                     probs, class_probs = self.predict(images)

@@ -68,6 +68,7 @@ class Progress:
         interval: seconds between plain lines; None reads :func:`progress_interval`.
         clock: seconds, monotonic (replaceable in tests); None: :func:`time.monotonic`.
         terminal: draw a bar (True) or log plain lines (False); None: whether stderr is a TTY.
+        leave: keep the finished bar on the terminal (a command's one pass) rather than clear it.
 
     Images per second count the ``images`` given to :meth:`update`, else the items when
     ``unit`` is ``"img"``; other units are shown per second as they are.
@@ -75,7 +76,7 @@ class Progress:
 
     def __init__(self, total: int | None, desc: str, unit: str = "img", *, initial: int = 0,
                  interval: float | None = None, clock: Callable[[], float] | None = None,
-                 terminal: bool | None = None):
+                 terminal: bool | None = None, leave: bool = False):
         self.total, self.desc, self.unit = total, desc, unit
         self.initial = self.done = initial
         self.images = 0
@@ -89,7 +90,7 @@ class Progress:
         terminal = sys.stderr.isatty() if terminal is None else terminal
         self._bar = None
         if terminal and console_shows(logging.INFO):
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
         self.plain = not terminal
 
     def update(self, n: int = 1, images: int | None = None) -> None:
