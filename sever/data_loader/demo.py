@@ -36,6 +36,7 @@ import numpy as np
 from sever.data_loader.annotations import Annotations, write_rle_csv
 from sever.data_loader.rle import rle_encode
 from sever.exceptions import ConfigError, DataError
+from sever.utils.logger import info_once
 
 log = logging.getLogger(__name__)
 
@@ -337,18 +338,6 @@ def _prepare(out: Path, params: dict, planned: list[str], overwrite: bool) -> bo
 
 # ------------------------------------------------------------------ entry point
 
-_REUSED: set[tuple[Path, str]] = set()  # (folder, settings) this process has said it reuses
-
-
-def _say_reused(out: Path, params: dict) -> None:
-    """Say once per process (at INFO; DEBUG after) that ``out`` is reused: a training run reads its
-    split three times (training, the self-tuning, the report), each through :func:`make_demo_data`."""
-    key = (out.resolve(), json.dumps(params, sort_keys=True))
-    level = logging.DEBUG if key in _REUSED else logging.INFO
-    _REUSED.add(key)
-    log.log(level, "%s already holds the demo dataset %s; not regenerating", out, params)
-
-
 
 def _check_params(n_train, n_test, seed, height, width, classes, mixed_sizes) -> dict:
     """The settings as a dict of ints (and ``mixed_sizes: True`` when set); ConfigError naming the first bad one."""
@@ -410,7 +399,7 @@ def make_demo_data(
     train_ids, test_ids = ids[:n_train], ids[n_train:]
     planned = _planned_files(train_ids, test_ids)
     if not _prepare(out, params, planned, overwrite):
-        _say_reused(out, params)
+        info_once(log, "%s already holds the demo dataset %s; not regenerating", out, params)
         return out
     started = time.perf_counter()
     train, _ = _write_split(out / "train_images", train_ids, 0, params, pseudo=False)

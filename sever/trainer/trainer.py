@@ -126,8 +126,8 @@ class Trainer(BaseTrainer):
                 sums[key] = sums.get(key, 0.0) + value
             seen += len(images)
             self.steps_done = step + 1
-            shown.update(images=len(images))
             shown.set_postfix(loss=f"{parts['loss']:.4f}", run_eta=self.run_eta(epoch, (step + 1) / n_batches))
+            shown.update(images=len(images))
             if self.writer is not None and step % self.log_step == 0:
                 global_step = (epoch - 1) * n_batches + step
                 for key, value in parts.items():

@@ -58,6 +58,20 @@ def console_shows(level: int) -> bool:
     return level >= _console_level and (own == logging.NOTSET or own <= level)
 
 
+_SAID: set[tuple[str, str]] = set()  # (logger, message) said at INFO by info_once in this process
+
+
+def info_once(logger: logging.Logger, message: str, *args) -> None:
+    """Log ``message % args`` at INFO the first time this process says it, at DEBUG after.
+
+    For what a command does more than once for one reader: a training run reads its split
+    (training, self-tuning, the report) and loads its best checkpoint (tuning, the report) twice or more.
+    """
+    key = (logger.name, message % args)
+    logger.log(logging.DEBUG if key in _SAID else logging.INFO, message, *args)
+    _SAID.add(key)
+
+
 def add_file_log(path: str | Path) -> logging.Handler:
     """Also write sever's log to ``path`` (a run's ``train.log``); returns the handler."""
     handler = logging.FileHandler(path, encoding="utf-8")

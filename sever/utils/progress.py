@@ -100,17 +100,18 @@ class Progress:
         if self._bar is not None:
             if self.images and self.unit != "img":  # the rate beside the bar's own (tqdm shows items/s)
                 self._bar_rate = {"img_s": f"{self.rate():.1f}"}
-            self._show_postfix()
             self._bar.update(n)
+            self._show_postfix(refresh=True)  # every step, as the bar's own rate-limited redraw may skip it
         elif self.plain and self.clock() >= self._next_line:
             logger.info("%s", self.line())
             self._next_line = self.clock() + self.interval
 
     def set_postfix(self, **values: Any) -> None:
-        """Values shown after the counts (the loss, the run's ETA), on the bar and in plain lines."""
+        """Values shown after the counts (the loss, the run's ETA), on the bar and in plain lines, from the next
+        :meth:`update` on (set them before it)."""
         self._postfix.update(values)
         if self._bar is not None:
-            self._show_postfix(refresh=True)
+            self._show_postfix()
 
     def _show_postfix(self, refresh: bool = False) -> None:
         """The bar's postfix: the images per second of the last update first, then :meth:`set_postfix`'s values."""
