@@ -12,8 +12,7 @@ import yaml
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 SEVER = "sever"  # the logger every module's logging.getLogger(__name__) sits under
-
-_console_level = logging.INFO  # what setup_logging last gave sever's console handler
+CONSOLE = "console"  # the name of sever's console handler in logging.yml
 
 
 class OtherLibraries(logging.Filter):
@@ -39,23 +38,22 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     In distributed training only rank 0 prints INFO and DEBUG; the other ranks print
     warnings and errors, so each line appears once however many processes run.
     """
-    global _console_level
     config = yaml.safe_load(resources.files("sever.utils").joinpath("logging.yml").read_text())
     level = verbosity_level(verbose, quiet)
     # torchrun's RANK, read here without sever.utils.distributed so commands start without importing torch
     if os.environ.get("RANK", "0") != "0":
         level = logging.WARNING
-    config["handlers"]["console"]["level"] = logging.getLevelName(level)
+    config["handlers"][CONSOLE]["level"] = logging.getLevelName(level)
     logging.config.dictConfig(config)
-    _console_level = level
 
 
 def console_shows(level: int) -> bool:
     """Whether sever's console prints messages of ``level``: after -q/-v, and unless the ``sever``
     logger's own level is above it (the non-main ranks of distributed training). A library user's
     unconfigured logging (root at WARNING) does not count: progress bars stay on there."""
-    own = logging.getLogger(SEVER).level
-    return level >= _console_level and (own == logging.NOTSET or own <= level)
+    sever = logging.getLogger(SEVER)
+    consoles = [handler.level for handler in sever.handlers if handler.get_name() == CONSOLE]
+    return all(level >= shown for shown in consoles) and (sever.level == logging.NOTSET or sever.level <= level)
 
 
 _SAID: set[tuple[str, str]] = set()  # (logger, message) said at INFO by info_once in this process

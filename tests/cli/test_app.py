@@ -1,5 +1,6 @@
 """sever.cli.app: the group's -q/-v/--debug on every command, before or after its name."""
 
+import logging
 import re
 
 import pytest
@@ -10,6 +11,14 @@ from conftest import tiny_config
 from sever.cli.app import cli
 
 LEVEL = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ", re.M)
+
+
+@pytest.fixture(autouse=True)
+def no_console_left():
+    """Each command configures logging for its run; leave no console handler (on a closed stream) behind."""
+    yield
+    for name in ("sever", ""):
+        logging.getLogger(name).handlers.clear()
 
 
 def levels(*args):

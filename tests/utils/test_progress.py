@@ -89,6 +89,27 @@ def test_on_a_terminal_a_bar_and_no_lines(monkeypatch, caplog):
     assert re.search(r"tune: 100%[^\r]* 4/4 ", screen.getvalue()) and lines(caplog) == []
 
 
+def test_quiet_switches_the_bar_off_too(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    setup_logging(quiet=True)
+    try:
+        with Progress(4, "quiet", interval=0, leave=True) as shown:
+            shown.update(4)
+        assert screen.getvalue() == ""
+        setup_logging()
+        with Progress(4, "shown", interval=0, leave=True) as shown:
+            shown.update(4)
+        assert "shown: 100%" in screen.getvalue()
+    finally:
+        logging.getLogger("sever").handlers.clear()
+        logging.getLogger().handlers.clear()
+
+
 def test_the_interval_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv(INTERVAL_ENV, raising=False)
     assert progress_interval() == 30.0
@@ -125,6 +146,7 @@ def test_a_real_prediction_to_a_file_logs_plain_lines_with_counts_rate_and_eta(t
             batches = list(Predictor([model]).predict_files(paths, batch_size=2, num_workers=0))
         finally:
             logging.getLogger("sever").handlers.clear()
+            logging.getLogger().handlers.clear()
     assert [len(batch.names) for batch in batches] == [2, 2, 1]
     text = log.read_text()
     number = r"\d+(?:\.\d)?"
