@@ -836,7 +836,8 @@ def test_each_epoch_is_logged_with_the_run_eta_until_the_last(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=2)
     with caplog.at_level(logging.INFO, logger="sever.trainer.base"):
         trainer.train()
-    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    epochs = [r.getMessage() for r in caplog.records
+              if r.name == "sever.trainer.base" and r.getMessage().startswith("epoch ")]  # not the progress lines
     assert len(epochs) == 2
     assert epochs[0].startswith("epoch 1/2  train_loss ") and "  val_loss " in epochs[0]
     assert epochs[0].endswith(")") and "  (run ETA " in epochs[0]

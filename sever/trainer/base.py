@@ -17,7 +17,6 @@ import shutil
 import signal
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +33,7 @@ from sever.trainer.budget import TimeBudget
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.config import parse_duration
 from sever.utils.distributed import Distributed
+from sever.utils.progress import format_duration
 from sever.utils.run import RunPaths
 
 logger = logging.getLogger(__name__)
@@ -192,8 +192,7 @@ class BaseTrainer(abc.ABC):
         done = epoch - first_epoch + fraction
         if done <= 0:
             return "?"
-        left = (self.epochs - first_epoch + 1 - done) * (time.monotonic() - start) / done
-        return str(timedelta(seconds=round(max(left, 0.0))))
+        return format_duration((self.epochs - first_epoch + 1 - done) * (time.monotonic() - start) / done)
 
     def _log_finish(self) -> None:
         """Say where training ended: the best monitored score and its epoch, and the run folder."""

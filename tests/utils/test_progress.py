@@ -29,6 +29,13 @@ class FakeClock:
         return self.now
 
 
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+
 def lines(caplog):
     return [r.getMessage() for r in caplog.records if r.name == "sever.utils.progress"]
 
@@ -77,10 +84,6 @@ def test_the_iterable_form_ends_with_a_line_only_when_run_to_the_end(caplog):
 
 
 def test_on_a_terminal_a_bar_and_no_lines(monkeypatch, caplog):
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
     caplog.set_level(logging.INFO, logger="sever.utils.progress")
@@ -90,10 +93,6 @@ def test_on_a_terminal_a_bar_and_no_lines(monkeypatch, caplog):
 
 
 def test_quiet_switches_the_bar_off_too(monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
     setup_logging(quiet=True)
