@@ -147,3 +147,11 @@ def test_registry_builds_by_name_with_supplied_args():
 def test_registry_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
         make_registry().build(spec, "widget", owner="me")
+
+
+def test_a_size_from_set_stays_hxw_text_where_yaml_would_read_a_hex_number():
+    from sever.utils.config import apply_overrides
+
+    config = apply_overrides({"trainer": {}}, ["trainer.valid_tile=0x64", "trainer.other=64X128",
+                                               "trainer.epochs=3", "trainer.hex=0x1f"])
+    assert config["trainer"] == {"valid_tile": "0x64", "other": "64X128", "epochs": 3, "hex": 31}

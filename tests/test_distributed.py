@@ -73,7 +73,8 @@ def test_sever_train_nproc_launches_one_job_with_one_run_folder(make_config, tmp
     assert done.stdout.count("run saved in") == 1
     # each INFO line once: rank 1 only warns (logged as the experiment is built, then every epoch)
     assert done.stderr.count("INFO    model: FPN over resnet18") == 1
-    assert done.stderr.count("INFO    epoch 1/1") == 1
+    assert done.stderr.count("INFO    epoch 1/1  ") == 1  # the epoch line (its progress line is "epoch 1/1: ")
+    assert done.stderr.count("INFO    epoch 1/1: ") == 1, "rank 0 alone shows progress"
 
 
 def _mixed_worker(rank: int, world_size: int, port: int, config: dict, out_dir: str) -> None:

@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -102,7 +103,7 @@ def test_training_ends_with_the_best_score_its_epoch_and_an_eta_per_epoch(traine
     state = load_checkpoint(run.last)
     assert f"finished: best val_dice_mean {state['monitor_best']:.5f} at epoch {state['best_epoch']} " \
            f"(model_best.pth); run folder {run.root}" in messages
-    epoch_lines = [message for message in messages if message.startswith("epoch ")]
+    epoch_lines = [message for message in messages if re.match(r"epoch \d+/\d+  ", message)]  # not progress lines
     assert [line.split()[1] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
     assert all("(run ETA " in line for line in epoch_lines[:2]) and "ETA" not in epoch_lines[2]
 

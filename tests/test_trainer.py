@@ -1,6 +1,7 @@
 """The YAML-driven trainer: checkpoints, resume, monitoring, freezing, NaN handling."""
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_training_writes_checkpoints_config_and_tensorboard(make_config):
     assert run.root.parent.name == "tiny"
     names = sorted(p.name for p in run.checkpoints.iterdir())
     assert names == ["checkpoint-epoch1.pth", "checkpoint-epoch2.pth", "last.pth", "model_best.pth"]
-    assert run.config.is_file() and run.log_file.read_text().count("epoch 2/2") == 1
+    assert run.config.is_file() and run.log_file.read_text().count("sever.trainer.base: epoch 2/2  ") == 1
     assert any(p.name.startswith("events.out.tfevents") for p in run.tensorboard.iterdir())
     state = load_checkpoint(run.last)
     assert state["epoch"] == 2 and state["step"] == 0
@@ -181,7 +182,7 @@ def test_the_epoch_bar_counts_the_runs_epochs_and_shows_the_runs_eta(make_config
 
     from tqdm import tqdm
 
-    import sever.trainer.trainer as trainer_module
+    import sever.utils.progress as progress_module
 
     bars = []
 
@@ -190,7 +191,12 @@ def test_the_epoch_bar_counts_the_runs_epochs_and_shows_the_runs_eta(make_config
             super().__init__(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
             bars.append(self)
 
-    monkeypatch.setattr(trainer_module, "tqdm", Recorded)
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(progress_module, "tqdm", Recorded)
+    monkeypatch.setattr(sys, "stderr", Terminal())  # bars are drawn on a terminal only
     run_of(make_config(epochs=2))
     training = [bar for bar in bars if bar.desc.startswith("epoch")]
     assert [bar.desc for bar in training] == ["epoch 1/2", "epoch 2/2"]

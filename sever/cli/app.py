@@ -14,25 +14,39 @@ from sever.cli import data, planning, prediction, publishing, training
 from sever.cli.common import EXIT_USER_ERROR
 from sever.exceptions import SeverError, TrainingInterrupted
 
-def _debug_after_the_command(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    """``sever train --debug`` means the same as ``sever --debug train``."""
-    if value:
-        from sever.utils.logger import setup_logging
 
-        ctx.find_root().obj["debug"] = True
-        setup_logging(verbose=True)
+VERBOSITY_FLAGS = {  # obj key: (option spellings, help); on the group and after every command name
+    "debug": (("--debug",), "Show full tracebacks for errors (and debug messages)."),
+    "verbose": (("-v", "--verbose"), "Log debug messages to the console."),
+    "quiet": (("-q", "--quiet"), "Show warnings and errors only."),
+}
+
+
+def configure_logging(obj: dict) -> None:
+    """Set the console up for the flags in ``obj`` (``debug`` implies ``verbose``; ``verbose`` beats ``quiet``)."""
+    from sever.utils.logger import setup_logging
+
+    setup_logging(verbose=obj["verbose"] or obj["debug"], quiet=obj["quiet"])
+
+
+def _flag_after_the_command(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``sever check-data DIR -v`` means the same as ``sever -v check-data DIR``."""
+    if value:
+        obj = ctx.find_root().obj
+        obj[param.name] = True
+        configure_logging(obj)
 
 
 class SeverGroup(click.Group):
     """A click group that turns :class:`SeverError` into a message and an exit code.
 
-    Every command also takes ``--debug`` itself, so it may follow the command name.
+    Every command also takes ``--debug``, ``-v`` and ``-q`` itself, so they may follow the command name.
     """
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        cmd.params.append(click.Option(["--debug"], is_flag=True, expose_value=False,
-                                       callback=_debug_after_the_command,
-                                       help="Show full tracebacks for errors (as sever --debug)."))
+        for key, (spellings, help_text) in VERBOSITY_FLAGS.items():
+            cmd.params.append(click.Option([*spellings, key], is_flag=True, expose_value=False,
+                                           callback=_flag_after_the_command, help=help_text))
         super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
@@ -49,16 +63,15 @@ class SeverGroup(click.Group):
 
 
 @click.group(cls=SeverGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages to the console.")
+@click.option("--debug", is_flag=True, help=VERBOSITY_FLAGS["debug"][1])
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSITY_FLAGS["verbose"][1])
+@click.option("-q", "--quiet", is_flag=True, help=VERBOSITY_FLAGS["quiet"][1])
 @click.version_option(__version__, prog_name="sever")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: bool, quiet: bool) -> None:
     """sever: steel-surface defect segmentation (Severstal's recipe as a framework)."""
-    from sever.utils.logger import setup_logging
-
-    setup_logging(verbose or debug)
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "verbose": verbose, "quiet": quiet}
+    configure_logging(ctx.obj)
 
 
 for _command in (training.train, training.demo_data, prediction.predict, prediction.pseudo_label,

@@ -22,9 +22,7 @@ def launch_distributed(ctx: click.Context, nproc: int) -> int:
 
     from sever.utils.distributed import torchrun_command
 
-    args = ["--debug"] if ctx.obj["debug"] else []
-    if ctx.find_root().params.get("verbose"):
-        args.append("--verbose")
+    args = [f"--{flag}" for flag in ("debug", "verbose", "quiet") if ctx.obj.get(flag)]
     args.append(ctx.info_name)
     for param in ctx.command.params:
         if param.name == "nproc" or param.name not in ctx.params:

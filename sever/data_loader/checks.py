@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import BinaryIO, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.data_loader.augmentation import MIN_IMAGE_SIDE
@@ -36,6 +35,7 @@ from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.rle import rle_parse
 from sever.data_loader.sources import DataFolder, mask_source
 from sever.exceptions import ConfigError, DataError, RLEError
+from sever.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def check_samples(annotations: Annotations, paths: Sequence[Path], report: DataR
         full: also decode every image.
     """
     has_defect = annotations.has_defect().any(axis=1)
-    for position, path in enumerate(tqdm(paths, desc="checking images", leave=False, disable=None)):
+    for position, path in enumerate(progress(paths, "checking images")):
         try:
             size = image_header_size(path, full)
         except DataError as exc:

@@ -36,6 +36,7 @@ import numpy as np
 from sever.data_loader.annotations import Annotations, write_rle_csv
 from sever.data_loader.rle import rle_encode
 from sever.exceptions import ConfigError, DataError
+from sever.utils.logger import info_once
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +399,7 @@ def make_demo_data(
     train_ids, test_ids = ids[:n_train], ids[n_train:]
     planned = _planned_files(train_ids, test_ids)
     if not _prepare(out, params, planned, overwrite):
-        log.info("%s already holds the demo dataset %s; not regenerating", out, params)
+        info_once(log, "%s already holds the demo dataset %s; not regenerating", out, params)
         return out
     started = time.perf_counter()
     train, _ = _write_split(out / "train_images", train_ids, 0, params, pseudo=False)

@@ -31,12 +31,12 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from sever.data_loader.annotations import Annotations
 from sever.data_loader.datasets import image_size, list_images
 from sever.data_loader.rle import rle_encode
 from sever.exceptions import DataError
+from sever.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def read_mask_folder(image_dir: str | Path, mask_dir: str | Path, classes: int,
     for folder in [mask_dir] if layout == "labels" else [mask_dir / f for f in folders if (mask_dir / f).is_dir()]:
         check_orphans(folder, stems, image_dir)
     encodings = np.empty((len(names), classes), dtype=object)
-    for i, name in enumerate(tqdm(names, desc=f"reading {mask_dir.name}", leave=False, disable=None)):
+    for i, name in enumerate(progress(names, f"reading {mask_dir.name}")):
         planes = _image_planes(image_dir / name, mask_dir, layout, folders, Path(name).stem)
         encodings[i] = [rle_encode(plane) for plane in planes]
     annotations = Annotations(tuple(names), encodings, np.zeros(encodings.shape, np.int64), str(mask_dir))
@@ -234,7 +234,7 @@ def write_mask_folder(annotations: Annotations, image_dir: str | Path, mask_dir:
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     folders = class_folders(annotations.n_classes, class_names)
     image_stems(annotations.image_ids, image_dir)
-    for i, name in enumerate(tqdm(annotations.image_ids, desc=f"writing {mask_dir.name}", leave=False, disable=None)):
+    for i, name in enumerate(progress(annotations.image_ids, f"writing {mask_dir.name}")):
         masks = annotations.decode(i, image_size(image_dir / name))
         stem = Path(name).stem
         if layout == "labels":

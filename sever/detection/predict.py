@@ -22,13 +22,13 @@ import cv2
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
-from tqdm import tqdm
 
 from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.voc import read_voc_folder
 from sever.detection.metric import MeanAP
 from sever.exceptions import CheckpointError
 from sever.inference.checkpoints import load_network, run_config
+from sever.utils.progress import progress
 from sever.utils.visualization import draw_boxes
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def predict_boxes(checkpoints: Sequence[str | Path], image_dir: str | Path, thre
             raise CheckpointError(f"{path}: a {config['task']} model, not a detector (task: detection)")
         if config["class_names"] != models[0][1]["class_names"]:
             raise CheckpointError(f"{path}: its class_names differ from {checkpoints[0]}'s; an ensemble needs the same")
-    for name in tqdm(list(names) if names is not None else list_images(image_dir), desc="detecting", disable=None):
+    for name in progress(list(names) if names is not None else list_images(image_dir), "detecting"):
         image = grey_as_rgb(read_grey(Path(image_dir) / name)).to(device)
         with torch.inference_mode():
             found = [model([image])[0] for model, _ in models]

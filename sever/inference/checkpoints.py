@@ -27,6 +27,7 @@ from sever.registries import TRANSFORMS
 from sever.tasks import SEGMENTATION, task_of
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import OutputClasses, output_classes
+from sever.utils.logger import info_once
 from sever.utils.run import RunPaths
 from sever.study.folder import StudyPaths, is_study
 
@@ -213,7 +214,7 @@ def load_network(path: CheckpointRef, device: torch.device | str = "cpu") -> tup
             f"{source}: the weights do not fit the {_arch_block(config)['type']} model its config describes: "
             f"{str(exc).splitlines()[0]}"
         ) from None
-    logger.info("loaded %s (%s, epoch %s)", source, _arch_block(config)["type"], state.get("epoch"))
+    info_once(logger, "loaded %s (%s, epoch %s)", source, _arch_block(config)["type"], state.get("epoch"))
     return model.to(device).eval(), config, source, kind
 
 

@@ -27,7 +27,6 @@ from typing import Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sever.data_loader.annotations import Annotations, read_rle_csv, write_rle_csv
 from sever.data_loader.datasets import list_images, read_grey
@@ -42,6 +41,7 @@ from sever.inference.predictor import (
 )
 from sever.model.postprocess import PROB_SCALE, PostProcessing
 from sever.utils.config import OutputClasses
+from sever.utils.progress import progress
 from sever.utils.visualization import class_colour, outline_masks, overlay_masks
 
 logger = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class SavedProbabilities:
     def batches(self, batch_size: int = 8) -> Iterator[PredictionBatch]:
         """The images in order, ``batch_size`` of one size at a time (``images`` is None)."""
         batch: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-        for name in tqdm(self.names, desc="probabilities", unit="img", dynamic_ncols=True, disable=None):
+        for name in progress(self.names, "probabilities"):
             probs, class_probs = self.load(name)
             if (class_probs is not None) != self.gated:
                 raise DataError(f"{name}: classifier probabilities in some files and not in others")

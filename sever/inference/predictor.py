@@ -27,7 +27,6 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from sever.data_loader.datasets import read_grey
 from sever.exceptions import ConfigError
@@ -37,6 +36,7 @@ from sever.inference.tiling import Tiling
 from sever.model.postprocess import PROB_SCALE, PostProcessing
 from sever.utils.config import OutputClasses
 from sever.utils.device import autocast, check_amp, resolve_device
+from sever.utils.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -276,12 +276,12 @@ class Predictor:
         Raises:
             DataError: an image is missing or unreadable (the message names it).
         """
-        with tqdm(total=len(paths), desc=description, unit="img", dynamic_ncols=True, disable=None) as progress:
+        with Progress(len(paths), description, leave=True) as shown:
             for batch in read_images(paths, batch_size, num_workers):
                 for names, images in _same_size_runs(batch):
                     probs, class_probs = self.predict(images)
                     yield PredictionBatch(names, images, probs, class_probs)
-                    progress.update(len(names))
+                    shown.update(len(names))
 
 
 READ_AHEAD = 2  # batches read ahead of the one being predicted; bounds the images held in memory

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from sever.data_loader.annotations import Annotations, read_rle_csv
 from sever.data_loader.checks import image_header_size, preflight
@@ -31,6 +30,7 @@ from sever.data_loader.datasets import list_images, read_grey
 from sever.data_loader.mask_folder import MASK_SUFFIX, read_mask
 from sever.data_loader.sources import DataFolder, mask_formats, mask_source
 from sever.exceptions import DataError
+from sever.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ def _defect_shapes(annotations: Annotations, sizes: np.ndarray, classes: int):
     components: list[list[float]] = [[] for _ in range(classes)]
     extents: list[list[tuple[int, int]]] = [[] for _ in range(classes)]
     has_defect = annotations.has_defect()
-    for position in tqdm(np.flatnonzero(has_defect.any(axis=1)), desc="measuring defects", leave=False,
-                         disable=None):
+    for position in progress(np.flatnonzero(has_defect.any(axis=1)), "measuring defects"):
         masks = annotations.decode(int(position), tuple(sizes[position]))
         for k in np.flatnonzero(has_defect[position]):
             plane = np.ascontiguousarray(masks[..., k])

@@ -12,11 +12,11 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +33,7 @@ from sever.trainer.budget import TimeBudget
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.config import parse_duration
 from sever.utils.distributed import Distributed
+from sever.utils.progress import format_duration
 from sever.utils.run import RunPaths
 
 logger = logging.getLogger(__name__)
@@ -191,8 +192,7 @@ class BaseTrainer(abc.ABC):
         done = epoch - first_epoch + fraction
         if done <= 0:
             return "?"
-        left = (self.epochs - first_epoch + 1 - done) * (time.monotonic() - start) / done
-        return str(timedelta(seconds=round(max(left, 0.0))))
+        return format_duration((self.epochs - first_epoch + 1 - done) * (time.monotonic() - start) / done)
 
     def _log_finish(self) -> None:
         """Say where training ended: the best monitored score and its epoch, and the run folder."""
@@ -310,9 +310,9 @@ class BaseTrainer(abc.ABC):
     def _log_epoch(self, log: dict[str, float], learning_rates: dict[str, float]) -> None:
         """Log an epoch's values and the learning rates it trained with (before the scheduler stepped)."""
         epoch = log["epoch"]
-        summary = "  ".join(f"{k} {v:.4f}" for k, v in log.items() if k != "epoch")
         eta = f"  (run ETA {self.run_eta(epoch, 1.0)})" if epoch < self.epochs else ""
-        logger.info("epoch %d/%d  %s%s", epoch, self.epochs, summary, eta)
+        logger.info("epoch %d/%d  %s%s", epoch, self.epochs, _values(log, self._summary_keys(log)), eta)
+        logger.debug("epoch %d/%d values  %s", epoch, self.epochs, _values(log, [k for k in log if k != "epoch"]))
         if self.writer is None:
             return
         tags = self._tags([key for key in log if key != "epoch"])
@@ -323,6 +323,16 @@ class BaseTrainer(abc.ABC):
         if self.best_epoch is not None:
             self.writer.add_scalar(self._best_tag(), self.monitor_best, epoch)
         self.writer.flush()
+
+    def _summary_keys(self, log: dict[str, float]) -> list[str]:
+        """What the epoch line shows: the losses, the per-class Dice (validation's when there was one)
+        and the monitored metric; the rest goes to TensorBoard and ``train.log``'s debug lines."""
+        prefix = "val" if any(key.startswith("val_") for key in log) else "train"
+        per_class = [key for key in log if re.fullmatch(f"{prefix}_dice_\\d+", key)]
+        keys = [key for key in ("train_loss", "val_loss") if key in log] + per_class
+        if self.monitor_metric in log and self.monitor_metric not in keys:
+            keys.append(self.monitor_metric)
+        return keys
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -448,6 +458,11 @@ class BaseTrainer(abc.ABC):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _values(log: dict[str, float], keys: list[str]) -> str:
+    """``key value`` pairs of ``log``, four decimals, two spaces apart."""
+    return "  ".join(f"{key} {log[key]:.4f}" for key in keys)
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:

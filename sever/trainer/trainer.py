@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from sever.data_loader.augmentation import PAD_LABEL
 from sever.trainer.base import BaseTrainer
@@ -29,6 +28,7 @@ from sever.model.scheduler import step_within_epoch
 from sever.registries import TRAINERS
 from sever.utils.device import autocast
 from sever.utils.distributed import Distributed
+from sever.utils.progress import Progress
 from sever.utils.visualization import overlay_masks, to_uint8_image
 
 logger = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ class Trainer(BaseTrainer):
         n_batches = self._batches_per_epoch()
         sums: dict[str, float] = {}
         seen, started = 0, time.perf_counter()
-        progress = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch}/{self.epochs}", leave=False,
-                        dynamic_ncols=True, disable=None)
+        shown = Progress(n_batches, f"epoch {epoch}/{self.epochs}", "batch", initial=start_step)
         self.optimizer.zero_grad(set_to_none=True)
         for step, (images, targets) in enumerate(self.train_loader, start=start_step):
             if step >= n_batches:
@@ -127,10 +126,8 @@ class Trainer(BaseTrainer):
                 sums[key] = sums.get(key, 0.0) + value
             seen += len(images)
             self.steps_done = step + 1
-            progress.update()
-            rate = seen / max(time.perf_counter() - started, 1e-9)
-            progress.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{rate:.1f}",
-                                 run_eta=self.run_eta(epoch, (step + 1) / n_batches))
+            shown.set_postfix(loss=f"{parts['loss']:.4f}", run_eta=self.run_eta(epoch, (step + 1) / n_batches))
+            shown.update(images=len(images))
             if self.writer is not None and step % self.log_step == 0:
                 global_step = (epoch - 1) * n_batches + step
                 for key, value in parts.items():
@@ -142,7 +139,7 @@ class Trainer(BaseTrainer):
                 if not self.interrupted and self.steps_done < n_batches:
                     logger.info("time budget: epoch %d trains %d of its %d batches", epoch, self.steps_done, n_batches)
                 break
-        progress.close()
+        shown.close()
         self.dist.sync_buffers_(self.model)
         elapsed = max(time.perf_counter() - started, 1e-9)
         log = self._epoch_means(sums, self.steps_done - start_step, "train")
@@ -296,8 +293,8 @@ class Trainer(BaseTrainer):
         model = self._begin_validation()
         sums: dict[str, float] = {}
         batches = 0
-        for batch_index, (images, targets) in enumerate(tqdm(self.valid_loader, desc="validation", leave=False,
-                                                             dynamic_ncols=True, disable=None)):
+        shown = Progress(len(self.valid_loader), f"validation of epoch {epoch}/{self.epochs}", "batch")
+        for batch_index, (images, targets) in enumerate(self.valid_loader):
             inputs, targets = self._to_device(images, targets)
             with autocast(self.amp, self.device):
                 parts, outputs = self._valid_forward(model, inputs, targets)
@@ -306,6 +303,8 @@ class Trainer(BaseTrainer):
             batches += 1
             self._update_metrics(outputs, targets)
             self._collect_visuals(batch_index, images, targets, outputs)
+            shown.update(images=len(images))
+        shown.close()
         self._write_visuals(epoch)
         return self._valid_log(sums, batches)
 

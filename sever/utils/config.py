@@ -133,20 +133,24 @@ def _plain(value: Any) -> Any:
     return _NOT_PLAIN
 
 
+_SIZE = re.compile(r"\d+[xX]\d+")  # HEIGHTxWIDTH, as trainer.valid_tile takes it
+
+
 def apply_overrides(config: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Return a copy of ``config`` with ``dotted.key=value`` overrides applied.
 
     Values are parsed as YAML (``3`` is an int, ``null`` is None, ``[1, 2]`` a
-    list). Missing intermediate mappings are created; list items are addressed
-    by index (``metrics.0.args.threshold=0.4``). Unknown keys are caught later by
-    validation, with a suggestion.
+    list), except a size ``HxW`` (``0x64``, ``512x512``), which stays text: YAML 1.1
+    reads ``0x64`` as the hex number 100. Missing intermediate mappings are created;
+    list items are addressed by index (``metrics.0.args.threshold=0.4``). Unknown
+    keys are caught later by validation, with a suggestion.
     """
     config = copy.deepcopy(config)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. trainer.epochs=5")
-        value = parse_yaml(raw, f"--set {key}")
+        value = raw.strip() if _SIZE.fullmatch(raw.strip()) else parse_yaml(raw, f"--set {key}")
         _set_dotted(config, key.strip(), value)
     return config
 
