@@ -312,7 +312,7 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
     from sever.inference.tune import tune_run
 
     try:
-        result = tune_run(run.root, device)
+        result = tune_run(run.root, device, data_config=config)
     except ConfigError as exc:
         logger.info("post-processing not tuned: %s", exc)
         return

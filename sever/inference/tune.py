@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -356,7 +356,7 @@ def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotation
     return stats
 
 
-def tune_run(root: str | Path, device: torch.device | str = "cpu") -> TuneResult:
+def tune_run(root: str | Path, device: torch.device | str = "cpu", data_config: Mapping | None = None) -> TuneResult:
     """Tune a finished segmentation run on its own validation split and store the result.
 
     The run's best checkpoint (else its newest) predicts the validation split once (tiled
@@ -366,15 +366,21 @@ def tune_run(root: str | Path, device: torch.device | str = "cpu") -> TuneResult
     under ``postprocess``, into that checkpoint, beside ``postprocess_scores``: the
     per-class mean Dice of the default and the tuned settings.
 
+    ``data_config``: the config the run trains with now (a resumed run's ``--set`` values, e.g.
+    its data moved to another folder); its ``data_loader`` and ``trainer`` blocks place the
+    split instead of those stored in the checkpoint, which an older best epoch may hold.
+
     Raises:
         ConfigError: the run held out no validation images, or its split is not one
             sever can rebuild (see :func:`~sever.inference.evaluate.validation_split`).
     """
     opened = open_checkpoint(root)
     device = torch.device(device)
-    predictor = Predictor([load_model(opened, device)], device=device, amp=resolve_amp("auto", device),
-                          tiling=valid_tiling(opened.config))
-    _, args = parse_spec(opened.config["data_loader"], "data_loader")
+    loaded = load_model(opened, device)
+    if data_config is not None:
+        loaded.config = {**loaded.config, "data_loader": data_config["data_loader"], "trainer": data_config["trainer"]}
+    predictor = Predictor([loaded], device=device, amp=resolve_amp("auto", device), tiling=valid_tiling(loaded.config))
+    _, args = parse_spec(loaded.config["data_loader"], "data_loader")
     stats = statistics_from_run(predictor, PostProcessing.default(predictor.classes), DEFAULT_THRESHOLDS,
                                 args.get("batch_size", 8), args.get("num_workers", 0))
     result = search_widening(stats, DEFAULT_MIN_PIXELS)
