@@ -12,7 +12,7 @@ from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.convert import csv_to_mask_folder, mask_folder_to_csv
 from sever.data_loader.datasets import list_images
 from sever.data_loader.mask_folder import read_mask_folder
-from test_mask_folder import NAMES, make_label_maps, write_dataset
+from mask_folders import NAMES, make_label_maps, write_dataset
 
 
 def run(*args):

@@ -415,3 +415,24 @@ def test_the_padded_last_batch_is_the_last_and_fills_every_rank():
 def test_more_batches_only_append_to_the_epoch(kind):
     short, long = make(kind, n_batches=5), make(kind, n_batches=20)
     assert epoch(long, 4)[:5] == epoch(short, 4)
+
+
+def test_class_balancing_logs_exactly_the_empty_groups_and_names_bad_input(caplog):
+    has_defect = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0]], dtype=bool)  # classes 1 and 2 never occur
+    with caplog.at_level(logging.INFO, logger="sever.data_loader.sampling"):
+        groups = class_balance_groups(has_defect)
+    assert [g.tolist() for g in groups] == [[0, 2], [1]]
+    assert "no images for group(s) [1, 2] (group 3 is defect-free); dropped" in caplog.text
+    with pytest.raises(ValueError, match=r"^has_defect must be \(N, C\), got shape \(3,\)$"):
+        class_balance_groups(np.zeros(3, dtype=bool))
+    with pytest.raises(DataError, match="^class balancing: no images$"):
+        class_balance_groups(np.zeros((0, 2), dtype=bool))
+
+
+def test_the_shuffle_sampler_built_without_a_seed_uses_seed_zero():
+    groups = [np.arange(10)]
+    unseeded = SAMPLERS.build("ShuffleBatchSampler", "s", groups=groups, batch_size=3)
+    seeded = SAMPLERS.build("ShuffleBatchSampler", "s", groups=groups, batch_size=3, seed=0)
+    for sampler in (unseeded, seeded):
+        sampler.set_epoch(1)
+    assert [list(b) for b in unseeded] == [list(b) for b in seeded]

@@ -19,7 +19,7 @@ from sever.model.model import build_model
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.visualization import class_colour, draw_boxes
 from inference_runs import invoke
-from test_voc import CLASSES, make_voc, voc_xml
+from voc_data import CLASSES, make_voc, voc_xml
 
 TINY_DETECTOR = {"backbone": "mobilenet_v3_large_320_fpn", "image_size": 64, "detector_args": {
     "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100,

@@ -265,3 +265,19 @@ def test_a_padded_mixed_size_batch_scores_each_image_on_its_own_pixels(metric_ty
     unmasked = metric_type(min_pixels=3)
     unmasked.update(logits, target)
     assert unmasked.compute() != pytest.approx(alone.compute(), abs=1e-3)
+
+
+# ---------------------------------------------------------------- written to kill mutants (tools/mutation.py)
+
+
+def test_scores_accept_the_pixels_flattened_to_one_axis():
+    # kills `pred.ndim < 3` -> `<= 3` / `< 4` in _overlap: (N, C, H*W) is as valid as (N, C, H, W)
+    flat_pred, flat_true = PRED.flatten(2), TRUE.flatten(2)
+    assert torch.equal(dice_per_image(flat_pred, flat_true), dice_per_image(PRED, TRUE))
+    assert torch.equal(iou_per_image(flat_pred, flat_true), iou_per_image(PRED, TRUE))
+
+
+def test_an_empty_metric_names_itself_in_the_error():
+    # kills type(self) -> type(None) in Metric._state
+    with pytest.raises(RuntimeError, match="^Dice: no batch"):
+        Dice().compute()

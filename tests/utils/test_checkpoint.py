@@ -205,3 +205,42 @@ def test_a_temporary_that_vanishes_while_being_cleared_is_not_an_error(tmp_path)
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     assert os.listdir(tmp_path) == ["last.pth"]
+
+
+# ---------------------------------------------------------------- checkpoint writes killed or out of disk
+
+
+class Killed(Exception):
+    """Stands for the process being killed in the middle of a write."""
+
+
+def test_a_save_killed_half_way_leaves_the_old_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    atomic_torch_save({"state_dict": {}, "config": {}, "epoch": 1}, path)
+    real_save = torch.save
+
+    def save_half_then_die(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)
+        handle.truncate(50)
+        raise Killed
+
+    monkeypatch.setattr(torch, "save", save_half_then_die)
+    with pytest.raises(Killed):
+        atomic_torch_save({"state_dict": {}, "config": {}, "epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_a_full_disk_is_a_checkpoint_error_that_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    atomic_torch_save({"state_dict": {}, "config": {}, "epoch": 1}, path)
+
+    def disk_full(obj, handle, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=f"^cannot write checkpoint {path}: No space left on device; "
+                                              f"{path} is unchanged$"):
+        atomic_torch_save({"state_dict": {}, "config": {}, "epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
