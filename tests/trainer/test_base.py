@@ -342,14 +342,17 @@ def test_the_optimiser_step_clears_the_gradients(tmp_path):
     assert torch.allclose(steps[1], plain_gradient(after_one, *trainer.train_loader.batches[1]), atol=1e-5)
 
 
-def test_ema_follows_the_weights_with_its_decay_and_is_what_validation_scores(tmp_path):
-    trainer = make(tmp_path, train=3, valid=1, ema_decay=0.5)
+# A decay other than 0.5, where d == 1 - d: an EMA that weighted the new weights by d fails it.
+@pytest.mark.parametrize("decay", [0.9, 0.2])
+def test_ema_follows_the_weights_with_its_decay_and_is_what_validation_scores(tmp_path, decay):
+    trainer = make(tmp_path, train=3, valid=1, ema_decay=decay)
     after = []
     trainer.optimizer.register_step_post_hook(lambda *_: after.append(weights(trainer.model)))
     trainer._train_epoch(1, 0)
+    # The first update copies the weights; each later one is ema = decay * ema + (1 - decay) * weights.
     expected = after[0]
     for w in after[1:]:
-        expected = 0.5 * expected + 0.5 * w
+        expected = decay * expected + (1 - decay) * w
     assert torch.allclose(weights(trainer.eval_model), expected, atol=1e-6)
     assert not torch.allclose(expected, after[-1])
     x, y = trainer.valid_loader[0]
@@ -998,13 +1001,14 @@ def test_fp16_scales_the_loss_and_the_scaler_state_is_checkpointed_and_restored(
 
 
 def test_ema_averages_the_batchnorm_statistics_too(tmp_path):
-    trainer = make(tmp_path, train=3, valid=0, ema_decay=0.5, model=Tiny(norm=True))
+    decay = 0.75
+    trainer = make(tmp_path, train=3, valid=0, ema_decay=decay, model=Tiny(norm=True))
     after = []
     trainer.optimizer.register_step_post_hook(lambda *_: after.append(trainer.model.encoder[1].running_mean.clone()))
     trainer._train_epoch(1, 0)
     expected = after[0]
     for mean in after[1:]:
-        expected = 0.5 * expected + 0.5 * mean
+        expected = decay * expected + (1 - decay) * mean
     assert torch.allclose(trainer.eval_model.encoder[1].running_mean, expected, atol=1e-6)
     assert not torch.allclose(expected, after[-1])
 
