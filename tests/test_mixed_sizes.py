@@ -53,11 +53,11 @@ def test_batched_and_unbatched_validation_give_the_same_scores(mixed_dir, tmp_pa
     scores, mixed_batches = [], 0
     for batch_size in (4, 1):
         config = experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved", valid_batch_size=batch_size))
-        experiment = experiment.build_experiment(config)
-        trainer = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", f"batch{batch_size}"))
+        built = experiment.build_experiment(config)
+        trainer = experiment.make_trainer(built, RunPaths.create(tmp_path / "runs", f"batch{batch_size}"))
         log = trainer._valid_epoch(1)  # the metric, not the loss: batch means of a loss weigh batches alike
         scores.append({k: v for k, v in log.items() if re.fullmatch(r"val_dice_(\d+|mean)", k)})
-        mixed_batches += sum(len(set(own_sizes(masks))) > 1 for _, masks in experiment.data.valid_loader)
+        mixed_batches += sum(len(set(own_sizes(masks))) > 1 for _, masks in built.data.valid_loader)
     assert mixed_batches > 0, "some batch of 4 holds images of different sizes"
     assert scores[0] == pytest.approx(scores[1], abs=1e-12) and len(scores[0]) == 5
 
@@ -75,9 +75,9 @@ def test_evaluate_split_val_scores_as_the_trainers_validation(mixed_dir, tmp_pat
     root = make_run(tmp_path / "runs", mixed_dir, "fpn", seed=1, augmentation=config["augmentation"],
                     data_loader=config["data_loader"])
     state = load_checkpoint(root / "checkpoints" / "model_best.pth")
-    experiment = experiment.build_experiment(state["config"])
-    experiment.model.load_state_dict(state["state_dict"])
-    expected = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "again"))._valid_epoch(1)
+    built = experiment.build_experiment(state["config"])
+    built.model.load_state_dict(state["state_dict"])
+    expected = experiment.make_trainer(built, RunPaths.create(tmp_path / "runs", "again"))._valid_epoch(1)
     predictor = build_predictor([root], device="cpu")
     paths, annotations = validation_split(predictor.models[0].config)
     settings = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0, "one_class_per_pixel": False}, 4)

@@ -62,7 +62,7 @@ def test_each_task_names_parts_that_exist():
         task = TASKS.get(name, "task")
         assert TRAINERS.get(task.trainer, "task").__name__ == task.trainer
         for key, part in task.parts.items():
-            assert main.TASK_PARTS[key].get(part, key)
+            assert experiment.TASK_PARTS[key].get(part, key)
 
 
 def test_the_default_metrics_come_from_the_task(make_config):

@@ -43,12 +43,12 @@ def test_training_writes_checkpoints_config_and_tensorboard(make_config):
 
 def test_the_model_sees_the_loaders_images_normalised_by_the_augmentations_statistics(make_config, tmp_path):
     config = experiment.prepare_config(make_config(), ["augmentation.args.mean=0.5", "augmentation.args.std=0.25"])
-    experiment = experiment.build_experiment(config)
-    trainer = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "normalised"))
+    built = experiment.build_experiment(config)
+    trainer = experiment.make_trainer(built, RunPaths.create(tmp_path / "runs", "normalised"))
     seen = []
-    experiment.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    built.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     trainer._valid_epoch(1)
-    images, _ = next(iter(experiment.data.valid_loader))
+    images, _ = next(iter(built.data.valid_loader))
     assert images.dtype == torch.uint8
     assert seen[0].dtype == torch.float32
     assert torch.allclose(seen[0], (images.float() / 255 - 0.5) / 0.25, atol=1e-5)
@@ -109,8 +109,8 @@ def test_unknown_monitored_metric_is_a_config_error(make_config):
 
 def test_encoder_frozen_for_the_first_epochs(make_config):
     config = make_config(epochs=1, freeze_encoder_epochs=1)
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
-    before = {k: v.clone() for k, v in experiment.model.state_dict().items()}
+    built = experiment.build_experiment(experiment.prepare_config(config))
+    before = {k: v.clone() for k, v in built.model.state_dict().items()}
     run = run_of(config)
     after = weights(run.last)
     encoder = [k for k in before if k.startswith("encoder.") and "num_batches_tracked" not in k]

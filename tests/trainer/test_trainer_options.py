@@ -15,8 +15,8 @@ from sever.utils.run import RunPaths
 
 def build(config, tmp_path, name="options"):
     """The experiment and its trainer, as ``sever train`` builds them."""
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
-    return experiment, experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", name))
+    built = experiment.build_experiment(experiment.prepare_config(config))
+    return built, experiment.make_trainer(built, RunPaths.create(tmp_path / "runs", name))
 
 
 def float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -27,17 +27,17 @@ def _rank_worker(rank: int, world_size: int, port: int, config: dict, out_dir: s
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
-    sampler = experiment.data.train_loader.batch_sampler
+    built = experiment.build_experiment(experiment.prepare_config(config))
+    sampler = built.data.train_loader.batch_sampler
     seen = []
     for epoch in (1, 2):
         sampler.set_epoch(epoch)
         seen.append([index for batch in sampler for index, _ in batch])
-    context = experiment.distributed
+    context = built.distributed
     root = RunPaths.create(config["save_dir"], config["name"]).root if context.is_main else None
     run = RunPaths(Path(context.broadcast(str(root) if root else None)))
-    experiment.make_trainer(experiment, run).train()
-    torch.save({"seen": seen, "run": str(run.root), "weights": experiment.model.state_dict()},
+    experiment.make_trainer(built, run).train()
+    torch.save({"seen": seen, "run": str(run.root), "weights": built.model.state_dict()},
                Path(out_dir) / f"rank{rank}.pt")
     experiment.distributed.teardown(context)
 
@@ -81,14 +81,14 @@ def _mixed_worker(rank: int, world_size: int, port: int, config: dict, out_dir: 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
-    context = experiment.distributed
+    built = experiment.build_experiment(experiment.prepare_config(config))
+    context = built.distributed
     root = RunPaths.create(config["save_dir"], config["name"]).root if context.is_main else None
     run = RunPaths(Path(context.broadcast(str(root) if root else None)))
-    log = experiment.make_trainer(experiment, run).train()
-    shard = [index for batch in experiment.data.valid_loader.batch_sampler for index in batch]
-    torch.save({"log": log, "weights": experiment.model.state_dict(), "shard": shard,
-                "counted": float(experiment.metrics[0].images)}, Path(out_dir) / f"rank{rank}.pt")
+    log = experiment.make_trainer(built, run).train()
+    shard = [index for batch in built.data.valid_loader.batch_sampler for index in batch]
+    torch.save({"log": log, "weights": built.model.state_dict(), "shard": shard,
+                "counted": float(built.metrics[0].images)}, Path(out_dir) / f"rank{rank}.pt")
     experiment.distributed.teardown(context)
 
 
@@ -102,12 +102,12 @@ def test_two_ranks_validate_mixed_sizes_as_one_process_does(tmp_path):
     mp.start_processes(_mixed_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2,
                        start_method="spawn", join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    experiment = experiment.build_experiment(config)
-    n_valid = len(experiment.data.valid_dataset)
+    built = experiment.build_experiment(config)
+    n_valid = len(built.data.valid_dataset)
     assert sorted(ranks[0]["shard"] + ranks[1]["shard"]) == list(range(n_valid)), "every image on one rank"
     assert ranks[0]["counted"] == ranks[1]["counted"] == n_valid, "the reduced metric counts each image once"
-    experiment.model.load_state_dict(ranks[0]["weights"])
-    alone = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "alone"))._valid_epoch(1)
+    built.model.load_state_dict(ranks[0]["weights"])
+    alone = experiment.make_trainer(built, RunPaths.create(tmp_path / "runs", "alone"))._valid_epoch(1)
     dice = [key for key in alone if re.fullmatch(r"val_dice_(\d+|mean)", key)]
     assert len(dice) == 5
     for rank in ranks:
