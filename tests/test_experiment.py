@@ -1,14 +1,15 @@
-"""The shipped experiment files: valid, and each one trains a step on CPU."""
+"""The shipped experiment files: valid, each one trains a step on CPU, and the README's write-up table matches them."""
 
-from pathlib import Path
+import re
 
 import pytest
 import torch
 
+from conftest import REPO
 from sever.experiment import build_experiment, prepare_config, with_block_defaults
 from sever.utils.config import dump_config, load_config
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = REPO / "experiments"
 WRITE_UP = ["config.yml", "sever-unet-b5.yml", "sever-fpn-se_resnext50.yml", "sever-unet-se_resnext50.yml"]
 
 
@@ -51,3 +52,36 @@ def test_write_up_model_trains_one_step_on_a_small_crop(name, demo_dir):
     experiment.optimizer.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.decoder.parameters()))
+
+
+# ---------------------------------------------------------------- the README's write-up table against the experiment files
+
+
+def write_up_table() -> list[dict[str, str]]:
+    """Rows of README.rst's table under 'Reproducing the write-up', keyed by its header."""
+    text = (REPO / "README.rst").read_text()
+    section = text.split("Reproducing the write-up", 1)[1]
+    table = section.split(".. list-table::", 1)[1].split("\n\n", 2)[1]
+    rows = [[cell.strip().strip("`") for cell in re.split(r"\n\s+- ", row)]
+            for row in re.split(r"\n\s*\* - ", "\n" + table.strip())[1:]]
+    header, *body = rows
+    return [dict(zip(header, row, strict=True)) for row in body]
+
+
+def test_the_write_up_table_lists_every_write_up_experiment():
+    rows = write_up_table()
+    assert len(rows) == 4
+    assert {row["file"] for row in rows} == {"experiments/config.yml", "experiments/sever-unet-b5.yml",
+                                             "experiments/sever-fpn-se_resnext50.yml",
+                                             "experiments/sever-unet-se_resnext50.yml"}
+
+
+@pytest.mark.parametrize("row", write_up_table(), ids=lambda row: row["file"])
+def test_each_experiment_file_matches_its_row_of_the_write_up_table(row):
+    config = prepare_config(load_config(REPO / row["file"]))
+    arch, augmentation = config["arch"], config["augmentation"]["args"]
+    assert arch["type"] == row["decoder"]
+    assert arch["args"]["encoder_name"] == row["encoder"]
+    assert arch["args"]["in_channels"] == row["first conv"]
+    assert config["data_loader"]["args"]["batch_size"] == int(row["batch"])
+    assert f"{augmentation['height']}x{augmentation['width']}" == row["crop"]

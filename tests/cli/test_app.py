@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from click.testing import CliRunner
 
+from conftest import REPO
 from sever.cli.app import cli
 
 
@@ -90,3 +91,18 @@ def test_demo_data_command(tmp_path):
     assert result.exit_code == 0
     assert (tmp_path / "demo" / "train.csv").is_file()
     assert len(list((tmp_path / "demo" / "train_images").glob("*.jpg"))) == 256
+
+
+def sever(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sever", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+def test_debug_shows_the_traceback_of_a_user_error_and_its_absence_hides_it(tmp_path):
+    missing = tmp_path / "missing.yml"
+    plain = sever("train", "-c", str(missing))
+    debug = sever("--debug", "train", "-c", str(missing))
+    for result in (plain, debug):
+        assert result.returncode == 1 and "missing.yml" in result.stderr
+    assert "Traceback" not in plain.stderr and plain.stderr.startswith("Error:")
+    assert "Traceback (most recent call last)" in debug.stderr and "ConfigError" in debug.stderr

@@ -2,10 +2,13 @@
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sever.data_loader.data_loaders import SteelDataLoader
+from sever.data_loader.demo import make_demo_data
 from sever.exceptions import ConfigError, DataError
 from sever.data_loader.sampling import (
     SAMPLERS,
@@ -436,3 +439,56 @@ def test_the_shuffle_sampler_built_without_a_seed_uses_seed_zero():
     for sampler in (unseeded, seeded):
         sampler.set_epoch(1)
     assert [list(b) for b in unseeded] == [list(b) for b in seeded]
+
+
+# ---------------------------------------------------------------- class-balanced sampling through the data loader
+
+
+@pytest.fixture(scope="module")
+def skewed_dir(module_tmp) -> Path:
+    return make_demo_data(module_tmp("skewed"), n_train=40, n_test=1, height=32, width=128, seed=5)
+
+
+def rarest_class_groups(has_defect: np.ndarray) -> np.ndarray:
+    """Per image: the index of its rarest present class, or C when it has none (computed here, by hand)."""
+    counts = has_defect.sum(0)
+    labels = []
+    for row in has_defect:
+        present = [c for c in range(len(row)) if row[c]]
+        labels.append(min(present, key=lambda c: (counts[c], c)) if present else len(row))
+    return np.array(labels)
+
+
+def epoch_group_counts(data: SteelDataLoader, labels: np.ndarray, epoch: int) -> tuple[list, np.ndarray]:
+    data.train_loader.batch_sampler.set_epoch(epoch)
+    batches = [[index for index, _ in batch] for batch in data.train_loader.batch_sampler]
+    counts = np.bincount(labels[np.concatenate(batches)], minlength=labels.max() + 1)
+    return batches, counts
+
+
+def loader(data_dir: Path, sampler) -> SteelDataLoader:
+    from sever.data_loader.augmentation import TRANSFORMS
+
+    transforms = TRANSFORMS.build({"type": "LightTransforms", "args": {}}, "augmentation")
+    return SteelDataLoader(str(data_dir), batch_size=8, validation_split=0, num_workers=0, sampler=sampler,
+                           classes=4, transforms=transforms, seed=3)
+
+
+def test_class_balanced_sampling_without_pseudo_labels_balances_the_rarest_classes(skewed_dir):
+    plain = loader(skewed_dir, None)
+    balanced = loader(skewed_dir, {"type": "WeightedFixedBatchSampler", "args": {"alpha": 1.0}})
+    labels = rarest_class_groups(plain.train_dataset.annotations.has_defect())
+    population = np.bincount(labels)
+    present = population > 0
+    assert population[present].max() >= 2 * population[present].min(), "the demo data must be skewed"
+
+    plain_batches, plain_counts = epoch_group_counts(plain, labels, 1)
+    assert np.array_equal(plain_counts, population)  # one shuffled pass: every image once
+    batches, counts = epoch_group_counts(balanced, labels, 1)
+    assert [len(b) for b in batches] == [len(b) for b in plain_batches]
+    # alpha = 1: every present group equally often per batch (largest-remainder rounding: +-1)
+    for batch in batches:
+        per_group = np.bincount(labels[batch], minlength=len(population))[present]
+        assert per_group.max() - per_group.min() <= 1, batch
+    assert counts[present].max() - counts[present].min() <= len(batches)
+    assert not np.array_equal(counts, population)

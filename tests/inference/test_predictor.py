@@ -519,3 +519,109 @@ def test_a_classifier_gates_its_channels_and_leaves_the_others_at_one():
     gated = predictor_module.gate_probabilities([*class_probs, *any_defect],
                                                 Gate(providers=(((0, 1),), ()), any_defect=(1,)))
     assert torch.allclose(gated, torch.tensor([[0.4, 0.5], [0.6, 1.0], [0.0, 0.0]]))
+
+
+# ---------------------------------------------------------------- TTA on models that are not flip-symmetric, ensembles of unequal weights
+
+
+class PositionModel(nn.Module):
+    """Logits = the input plus a ramp over rows (class 0) and over columns (class 1).
+
+    Its output depends on where a pixel is, so a view flipped on one axis and
+    flipped back on another (or not at all) lands on different values.
+    """
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        rows = torch.linspace(-2, 2, h).view(1, 1, h, 1).expand(b, 1, h, w)
+        cols = torch.linspace(-3, 1, w).view(1, 1, 1, w).expand(b, 1, h, w)
+        return torch.cat([x[:, :1] + rows, x[:, :1] * 0.5 + cols], dim=1)
+
+
+def asymmetric_conv() -> nn.Conv2d:
+    """A fixed 3x3 convolution whose kernels have no mirror symmetry on either axis."""
+    conv = nn.Conv2d(1, 2, kernel_size=3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[1.0, 0.0, -2.0], [0.5, 3.0, 0.0], [0.0, 0.0, 0.0]]],
+                                        [[[0.0, -1.0, 0.0], [2.0, 0.0, 0.0], [1.0, 0.0, 4.0]]]]))
+    return conv
+
+
+# The views each mode must average, written out here rather than read from the predictor.
+EXPECTED_VIEWS = {
+    "none": [()],
+    "hflip": [(), (3,)],
+    "vflip": [(), (2,)],
+    "both": [(), (3,), (2,), (2, 3)],
+}
+
+
+def by_hand(model, x, views):
+    return torch.stack([torch.sigmoid(model(x.flip(d) if d else x)).flip(d) if d else torch.sigmoid(model(x))
+                        for d in views]).mean(0)
+
+
+@pytest.mark.parametrize("model_factory", [PositionModel, asymmetric_conv], ids=["position", "conv"])
+@pytest.mark.parametrize("tta", list(EXPECTED_VIEWS))
+def test_tta_mean_is_the_mean_of_each_flipped_view_flipped_back(tta, model_factory):
+    torch.manual_seed(0)
+    model = model_factory()
+    x = torch.randn(2, 1, 6, 9)
+    with torch.no_grad():
+        expected = by_hand(model, x, EXPECTED_VIEWS[tta])
+        assert torch.allclose(tta_probabilities(model, x, tta), expected, atol=1e-6)
+        if tta != "none":  # the views matter for this model: a wrong flip cannot pass by accident
+            assert not torch.allclose(expected, torch.sigmoid(model(x)), atol=1e-3)
+
+
+@pytest.mark.parametrize("tta", ["hflip", "vflip", "both"])
+def test_tta_feeds_the_model_exactly_the_flipped_views(tta):
+    seen = []
+
+    class Recorder(PositionModel):
+        def forward(self, x):
+            seen.append(x.clone())
+            return super().forward(x)
+
+    x = torch.randn(1, 1, 4, 5)
+    tta_probabilities(Recorder(), x, tta)
+    batch = torch.cat(seen)
+    wanted = [x.flip(d) if d else x for d in EXPECTED_VIEWS[tta]]
+    assert len(batch) == len(wanted)
+    for view in wanted:  # each wanted view once, in any order
+        assert sum(torch.equal(view[0], row) for row in batch) == 1
+
+
+@pytest.mark.parametrize("tta", ["hflip", "vflip", "both"])
+def test_predictor_applies_the_chosen_tta(tta):
+    images = torch.randint(0, 256, (2, 6, 9), dtype=torch.uint8)
+    model = LoadedModel(PositionModel().eval(), Path("position.pth"),
+                        {"classes": 2, "task": "segmentation", "class_names": None}, Normalization(0.5, 0.25))
+    probs, _ = Predictor([model], tta=tta).predict(images)
+    x = (images.float().unsqueeze(1) / 255 - 0.5) / 0.25
+    expected = (by_hand(PositionModel(), x, EXPECTED_VIEWS[tta]) * 255).round()
+    assert (probs.int() - expected.int()).abs().max() <= 1
+
+
+def test_weighted_rms_and_mean_follow_their_formulas():
+    a, b = torch.tensor([0.2, 0.9]), torch.tensor([0.6, 0.1])
+    rms = average_probabilities([a, b], "rms", [1.0, 3.0])
+    assert torch.allclose(rms, ((1 * a**2 + 3 * b**2) / 4).sqrt())
+    mean = average_probabilities([a, b], "mean", [1.0, 3.0])
+    assert torch.allclose(mean, (a + 3 * b) / 4)
+
+
+@pytest.mark.parametrize("mode", ["mean", "rms"])
+def test_weights_act_only_through_their_ratios(mode):
+    probs = [torch.tensor([0.1, 0.5]), torch.tensor([0.8, 0.3]), torch.tensor([0.4, 0.9])]
+    small = average_probabilities(probs, mode, [1.0, 2.0, 0.5])
+    assert torch.allclose(small, average_probabilities(probs, mode, [4.0, 8.0, 2.0]))
+    equal = average_probabilities(probs, mode)
+    assert torch.allclose(equal, average_probabilities(probs, mode, [3.0, 3.0, 3.0]))
+    assert not torch.allclose(small, equal)
+
+
+def test_averages_of_identical_models_are_that_model():
+    p = torch.rand(2, 3, 4, 5)
+    for mode, weights in [("mean", [0.3, 2.0]), ("rms", [0.3, 2.0]), ("max", None)]:
+        assert torch.allclose(average_probabilities([p, p], mode, weights), p, atol=1e-6)
