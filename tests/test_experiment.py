@@ -4,8 +4,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from sever.experiment import build_experiment, prepare_config, with_block_defaults
 from sever.utils.config import dump_config, load_config
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
-
 from conftest import REPO
+
 from sever.cli.app import cli
 
 

@@ -3,13 +3,13 @@
 import cv2
 import numpy as np
 import pytest
+from mask_folders import NAMES, SIZES, make_label_maps, write_dataset
 
 from sever.data_loader.augmentation import LightTransforms
 from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.mask_folder import binarise, read_mask, read_mask_folder, write_mask_folder
 from sever.data_loader.rle import rle_decode
 from sever.exceptions import ConfigError, DataError
-from mask_folders import NAMES, SIZES, make_label_maps, write_dataset
 
 
 def decoded(annotations, i, shape):

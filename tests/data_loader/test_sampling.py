@@ -9,7 +9,6 @@ import pytest
 
 from sever.data_loader.data_loaders import SteelDataLoader
 from sever.data_loader.demo import make_demo_data
-from sever.exceptions import ConfigError, DataError
 from sever.data_loader.sampling import (
     SAMPLERS,
     SamplerFactory,
@@ -19,6 +18,7 @@ from sever.data_loader.sampling import (
     allocate,
     class_balance_groups,
 )
+from sever.exceptions import ConfigError, DataError
 
 TRAIN = np.arange(0, 100)
 PSEUDO = np.arange(100, 130)

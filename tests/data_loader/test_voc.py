@@ -4,10 +4,10 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from voc_data import CLASSES, make_voc, voc_xml
 
 from sever.data_loader.voc import find_voc_folders, parse_voc, read_voc_folder
 from sever.exceptions import DataError
-from voc_data import CLASSES, make_voc, voc_xml
 
 
 def test_boxes_become_zero_based_pixel_edges(tmp_path):

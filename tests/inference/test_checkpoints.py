@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from inference_runs import invoke
 
 from sever import experiment
@@ -18,7 +19,7 @@ from sever.data_loader.demo import make_demo_data
 from sever.inference.checkpoints import load_model
 from sever.utils.checkpoint import load_checkpoint
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = REPO / "tests" / "data"
 LEGACY_RUN = DATA / "legacy_run"
 DEMO = {"n_train": 8, "n_test": 2, "height": 64, "width": 256, "seed": 3}  # as make_legacy_run.py
 

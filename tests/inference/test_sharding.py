@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from hypothesis import given
 from hypothesis import strategies as st
 from inference_runs import classifier_changes, make_run
@@ -14,8 +15,6 @@ from inference_runs import classifier_changes, make_run
 from sever.data_loader.datasets import list_images
 from sever.data_loader.demo import make_demo_data
 from sever.inference.sharding import shard_names
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @given(images=st.integers(0, 40), batch_size=st.integers(1, 6), world_size=st.integers(1, 5))
