@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from sever.data_loader.annotations import read_rle_csv
 from sever.exceptions import ConfigError, DataError
-from sever.inference.outputs import Overlays, write_predictions
+from sever.inference.outputs import Overlays, Submission, write_predictions
 from sever.inference.predictor import PredictionBatch, read_images
 from sever.model.postprocess import PostProcessing
 
@@ -117,3 +118,21 @@ def test_bad_batch_size_or_worker_count_is_a_config_error(tmp_path):
     for batch_size, workers in ((0, 1), (2, -1)):
         with pytest.raises(ConfigError, match="batch size"):
             list(read_images(paths, batch_size, workers))
+
+
+@pytest.mark.parametrize("fmt, header", [("current", "ImageId,EncodedPixels,ClassId"),
+                                         ("original", "ImageId_ClassId,EncodedPixels")])
+def test_both_submission_formats_round_trip(tmp_path, fmt, header):
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 4, 16, 24)) > 0.7
+    masks[1, 2] = False  # an empty mask: an empty EncodedPixels
+    submission = Submission(4)
+    submission.add(["a.jpg", "b.jpg"], masks[:2])
+    submission.add(["c.jpg"], masks[2:])
+    path = submission.write(tmp_path / "s.csv", fmt)
+    lines = path.read_text().splitlines()
+    assert lines[0] == header and len(lines) == 1 + 3 * 4
+    read = read_rle_csv(path, 4)
+    assert read.image_ids == ("a.jpg", "b.jpg", "c.jpg") and read.encodings[1, 2] == ""
+    for position in range(3):
+        np.testing.assert_array_equal(read.decode(position, (16, 24)).transpose(2, 0, 1), masks[position])

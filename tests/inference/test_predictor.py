@@ -625,3 +625,62 @@ def test_averages_of_identical_models_are_that_model():
     p = torch.rand(2, 3, 4, 5)
     for mode, weights in [("mean", [0.3, 2.0]), ("rms", [0.3, 2.0]), ("max", None)]:
         assert torch.allclose(average_probabilities([p, p], mode, weights), p, atol=1e-6)
+
+
+# ---------------------------------------------------------------- ensemble modes, TTA views and per-model normalisation (from test_predict.py)
+
+
+def test_average_modes_on_the_writeups_example():
+    probs = [torch.tensor([0.2]), torch.tensor([0.3]), torch.tensor([0.7])]
+    assert average_probabilities(probs, "mean").item() == pytest.approx(0.4)
+    assert average_probabilities(probs, "rms").item() == pytest.approx(((0.04 + 0.09 + 0.49) / 3) ** 0.5)  # 0.45
+    assert average_probabilities(probs, "max").item() == pytest.approx(0.7)
+    assert average_probabilities(probs, "mean", [1, 1, 2]).item() == pytest.approx((0.2 + 0.3 + 1.4) / 4)
+    assert average_probabilities(probs, "rms", [0, 0, 1]).item() == pytest.approx(0.7)
+
+
+def test_average_refuses_bad_weights():
+    probs = [torch.zeros(1), torch.ones(1)]
+    with pytest.raises(ConfigError, match="max averaging takes no weights"):
+        average_probabilities(probs, "max", [1, 2])
+    with pytest.raises(ConfigError, match="1 weights given for 2 models"):
+        average_probabilities(probs, "mean", [1])
+    with pytest.raises(ConfigError, match="not one of mean, rms, max"):
+        average_probabilities(probs, "median")
+
+
+class EchoModel(nn.Module):
+    """Logits = the input's first channel, repeated per class and shifted by the class index."""
+
+    def __init__(self, classes: int = 2):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x):
+        return torch.cat([x[:, :1] + c for c in range(self.classes)], dim=1)
+
+
+@pytest.mark.parametrize("tta", ["none", "hflip", "vflip", "both"])
+def test_tta_views_come_back_aligned(tta):
+    x = torch.randn(3, 1, 5, 7)  # nothing symmetric: a misaligned view would change the mean
+    expected = torch.sigmoid(torch.cat([x, x + 1], dim=1))
+    assert torch.allclose(tta_probabilities(EchoModel(), x, tta), expected, atol=1e-6)
+
+
+def test_hflip_tta_averages_a_model_with_its_mirrored_prediction():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, kernel_size=3, padding=1)  # not mirror-symmetric
+    x = torch.randn(2, 1, 6, 9)
+    with torch.no_grad():
+        expected = (torch.sigmoid(conv(x)) + torch.sigmoid(conv(x.flip(-1))).flip(-1)) / 2
+        assert torch.allclose(tta_probabilities(conv, x, "hflip"), expected, atol=1e-6)
+
+
+def test_each_model_normalises_with_its_own_statistics():
+    images = torch.randint(0, 256, (2, 4, 6), dtype=torch.uint8)
+    predictor = Predictor([loaded(EchoModel(), mean=0.5, std=0.25), loaded(EchoModel(), mean=0.2, std=0.5)], tta="hflip")
+    probs, class_probs = predictor.predict(images)
+    x = images.float() / 255
+    expected = (torch.sigmoid((x - 0.5) / 0.25) + torch.sigmoid((x - 0.2) / 0.5)) / 2
+    assert class_probs is None and probs.dtype == torch.uint8 and probs.shape == (2, 2, 4, 6)
+    assert (probs[:, 0].int() - quantize(expected).int()).abs().max() <= 1
