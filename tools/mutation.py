@@ -27,21 +27,26 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The training step's tests in tests/trainer/test_trainer.py, whose other tests train real runs (minutes per mutant).
+TRAIN_STEP = [f"tests/trainer/test_trainer.py::{name}" for name in (
+    "test_accumulated_steps_update_once_with_the_mean_gradient",
+    "test_a_non_finite_loss_stops_training_before_any_backward",
+    "test_one_validation_pass_logs_the_tasks_loss_or_metrics_and_keeps_the_visuals_asked_for")]
+
 # The core modules and the test files that exercise each one. Edit freely: a module that
 # moves only needs its line changed.
 MODULES: dict[str, list[str]] = {
     "sever/data_loader/rle.py": ["tests/data_loader/test_rle.py"],
-    "sever/model/metric.py": ["tests/model/test_metric.py", "tests/test_defect_metrics.py"],
+    "sever/model/metric.py": ["tests/model/test_metric.py"],
     "sever/model/postprocess.py": ["tests/model/test_postprocess.py", "tests/model/test_metric.py"],
     "sever/data_loader/sampling.py": ["tests/data_loader/test_sampling.py"],
     "sever/utils/checkpoint.py": ["tests/utils/test_checkpoint.py"],
     # The predictor's and the trainer's fast files (tiny models in memory): the files that train
-    # or load real runs (tests/inference/test_predict.py, tests/trainer/test_trainer.py, ...) take minutes per mutant.
+    # or load real runs (tests/cli/test_prediction.py, tests/trainer/test_trainer.py, ...) take minutes per mutant.
     "sever/inference/predictor.py": ["tests/inference/test_predictor.py", "tests/inference/test_compose.py"],
     "sever/inference/compose.py": ["tests/inference/test_compose.py"],
-    "sever/trainer/trainer.py": ["tests/trainer/test_base.py", "tests/trainer/test_train_step.py",
-                                 "tests/trainer/test_valid_tiling.py"],
-    "sever/trainer/base.py": ["tests/trainer/test_base.py", "tests/trainer/test_train_step.py"],
+    "sever/trainer/trainer.py": ["tests/trainer/test_base.py", *TRAIN_STEP, "tests/trainer/test_valid_tiling.py"],
+    "sever/trainer/base.py": ["tests/trainer/test_base.py", *TRAIN_STEP],
     "sever/trainer/budget.py": ["tests/trainer/test_budget.py", "tests/trainer/test_base.py"],
 }
 
