@@ -1,4 +1,4 @@
-"""Mask-folder datasets drawn for the tests (tests/data_loader/test_mask_folder.py, test_convert.py)."""
+"""Mask-folder datasets drawn for the tests (tests/data_loader/: test_mask_folder.py, test_convert.py, test_sources.py)."""
 
 import cv2
 import numpy as np

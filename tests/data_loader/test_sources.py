@@ -102,7 +102,7 @@ def test_validation_split_errors_name_the_run_and_the_key(demo_dir, tmp_path):
 
 def test_the_validation_split_of_a_named_per_class_mask_folder_run(tmp_path):
     """The run's class_names name the per-class mask folders: the split must read them."""
-    from test_mask_folder import NAMES, make_label_maps, write_dataset
+    from mask_folders import NAMES, make_label_maps, write_dataset
 
     masks = make_label_maps(np.random.default_rng(2))
     root = write_dataset(tmp_path / "data", masks, "per-class", names=NAMES)

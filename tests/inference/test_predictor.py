@@ -627,7 +627,7 @@ def test_averages_of_identical_models_are_that_model():
         assert torch.allclose(average_probabilities([p, p], mode, weights), p, atol=1e-6)
 
 
-# ---------------------------------------------------------------- ensemble modes, TTA views and per-model normalisation (from test_predict.py)
+# ---------------------------------------------------------------- ensemble modes, TTA views and per-model normalisation
 
 
 def test_average_modes_on_the_writeups_example():

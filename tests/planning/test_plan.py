@@ -1,6 +1,5 @@
 """``sever plan``: the fingerprint, the planned values by their reasons, device decisions, bad input."""
 
-import json
 import re
 import shutil
 import numpy as np
@@ -53,22 +52,6 @@ def test_cpu_batch_rule(crop, batch):
 
 
 # ----------------------------------------------------------------------------- fingerprint
-
-
-def test_fingerprint_measures_sizes_grey_classes_and_defects(tmp_path):
-    fp = fingerprint(squares_dataset(tmp_path / "sq"))
-    assert fp.layout["format"] == "mask_folder"  # detected: no CSV, a mask folder
-    assert fp.images == 8 and fp.heights == [48, 48, 48] and fp.widths == [80, 80, 80]
-    greys = (60 + 10 * np.arange(8)) / 255
-    assert fp.grey_mean == pytest.approx(greys.mean()) and fp.grey_std == pytest.approx(greys.std())
-    first, second = fp.classes
-    assert (first.images, second.images) == (4, 1)
-    assert first.area == [120.0, 120.0, 120.0] and first.extent == [10, 12]
-    assert second.area == [32.0] * 3 and second.component == [16.0] * 3 and second.extent == [4, 4]
-    assert fp.empty_images == pytest.approx(3 / 8)
-    assert fp.empty_pairs == pytest.approx(11 / 16)
-    fp.save(tmp_path / "fingerprint.json")
-    assert json.loads((tmp_path / "fingerprint.json").read_text())["classes"][1]["images"] == 1
 
 
 # ----------------------------------------------------------------------------- planned values
@@ -246,31 +229,6 @@ def test_neu_seg_subset(shared_data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad input
-
-
-def test_folder_without_images_is_refused(tmp_path):
-    (tmp_path / "train_images").mkdir()
-    (tmp_path / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
-    with pytest.raises(DataError, match="no images"):
-        fingerprint(tmp_path)
-
-
-def test_images_without_labels_are_refused(tmp_path):
-    data = squares_dataset(tmp_path / "sq")
-    shutil.rmtree(data / "train_masks")
-    with pytest.raises(DataError, match="no labels"):
-        fingerprint(data)
-    (data / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
-    with pytest.raises(DataError, match="no labels: not one defect"):
-        fingerprint(data)
-
-
-def test_labels_for_missing_images_are_refused(tmp_path):
-    data = make_demo_data(tmp_path / "demo", n_train=8, n_test=2, height=64, width=256, seed=6)
-    labelled = (data / "train.csv").read_text().splitlines()[1].split(",")[0]
-    (data / "train_images" / labelled).unlink()
-    with pytest.raises(DataError, match=f"no image in .*{labelled}"):
-        fingerprint(data, Layout())
 
 
 def test_cli_plan_prints_the_fingerprint_and_writes_the_file(tmp_path):
