@@ -35,6 +35,7 @@ def test_write_up_hyper_parameters():
     assert config["augmentation"]["args"] == {"height": 256, "width": 384}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", WRITE_UP)
 def test_write_up_model_trains_one_step_on_a_small_crop(name, demo_dir):
     config = prepare_config(load_config(EXPERIMENTS / name), [

@@ -80,6 +80,7 @@ def test_ema_weights_are_exported_when_the_run_kept_them(tmp_path):
     assert np.abs(pytorch_logits(loaded, x) - pytorch_logits(averaged_into, x)).max() == 0
 
 
+@pytest.mark.slow
 def test_cli_exports_the_ema_weights_of_a_trained_run_at_a_fixed_size(make_config, tmp_path):
     run = experiment.train(make_config(epochs=1, ema_decay=0.9))
     out = tmp_path / "run.onnx"

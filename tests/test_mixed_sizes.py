@@ -90,6 +90,7 @@ def mean_dice(output):
     return float(re.search(r"mean Dice ([\d.]+)", output).group(1))
 
 
+@pytest.mark.slow
 def test_train_tune_predict_evaluate_on_mixed_sizes(mixed_dir, tmp_path):
     config = mixed_config(mixed_dir, tmp_path / "saved")
     config["trainer"].update(tensorboard=True, vis_images=6)  # a grid of validation images of mixed sizes
@@ -116,6 +117,7 @@ def test_train_tune_predict_evaluate_on_mixed_sizes(mixed_dir, tmp_path):
     assert against.exit_code == 0, against.output
 
 
+@pytest.mark.slow
 def test_a_mask_folder_dataset_of_mixed_sizes_converts_trains_and_evaluates(mixed_dir, tmp_path):
     converted = invoke("convert", "--from", "kaggle", "--to", "mask-folder", "--images", mixed_dir / "train_images",
                        "--masks", tmp_path / "train_masks", "--csv", mixed_dir / "train.csv", "--classes", 4)

@@ -3,9 +3,13 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import gpu_check  # noqa: E402 (a script beside the package, not part of it)
+
+pytestmark = pytest.mark.slow  # every test here trains a model
 
 
 def test_dry_mode_trains_checks_the_dice_and_predicts(capsys):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import REPO
@@ -49,6 +50,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.exit_code != 0 and result.exception is not None
 
 
+@pytest.mark.slow
 def test_train_with_overrides_then_resume(make_config, tmp_path):
     path = tmp_path / "tiny.yml"
     path.write_text(yaml.safe_dump(make_config()))

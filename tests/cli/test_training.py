@@ -328,6 +328,7 @@ def trained(demo_dir, module_tmp):
     return experiment.train(config)
 
 
+@pytest.mark.slow
 def test_nan_weights_are_never_saved_over_good_ones(trained, monkeypatch):
     run = trained
     good = load_checkpoint(run.last)["state_dict"]
@@ -345,6 +346,7 @@ def test_nan_weights_are_never_saved_over_good_ones(trained, monkeypatch):
     assert after["epoch"] == 1 and all(torch.equal(good[k], after["state_dict"][k]) for k in good)
 
 
+@pytest.mark.slow
 def test_optimizer_state_that_does_not_fit_is_a_checkpoint_error(trained):
     before = trained.last.read_bytes()
     with pytest.raises(CheckpointError, match="optimizer or lr_scheduler state does not fit"):

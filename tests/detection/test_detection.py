@@ -242,6 +242,7 @@ def test_config_errors(voc_dir, tmp_path, monkeypatch):
         build_model({"type": "FasterRCNN", "args": {**TINY_DETECTOR, "pretrained": "coco"}}, 2)
 
 
+@pytest.mark.slow
 def test_training_steps_checkpoints_resume_and_prediction(voc_dir, tmp_path):
     run = experiment.train(detection_config(voc_dir, tmp_path))
     finished = load_checkpoint(run.last)

@@ -53,6 +53,7 @@ def test_legacy_run_predicts_what_the_old_code_predicted(legacy_demo, tmp_path):
         assert np.abs(old.astype(int) - new.astype(int)).max() <= 1, path.name  # uint8 rounding only
 
 
+@pytest.mark.slow
 def test_legacy_run_resumes_for_one_more_epoch(legacy_demo, tmp_path):
     run = tmp_path / "legacy_run"
     shutil.copytree(LEGACY_RUN, run)

@@ -196,6 +196,7 @@ def test_the_loader_gives_masks_of_the_chosen_classes_only(demo_dir):
     assert defects  # the comparison saw masks, not only empty ones
 
 
+@pytest.mark.slow
 def test_a_train_classes_run_trains_one_output_per_class_and_tunes_itself(demo_dir, tmp_path):
     config = tiny_config(demo_dir, tmp_path / "saved", epochs=1)
     config["data_loader"]["args"]["train_classes"] = [3]

@@ -168,6 +168,7 @@ def round_study(demo_dir, module_tmp):
     return study.train_study(config, folds=2).root
 
 
+@pytest.mark.slow
 def test_a_pseudo_round_trains_the_folds_again_with_the_previous_rounds_labels(round_study, demo_dir):
     from sever.inference.outputs import probability_files
     from sever.utils.study import StudyPaths
@@ -194,6 +195,7 @@ def test_a_pseudo_round_trains_the_folds_again_with_the_previous_rounds_labels(r
     assert (paths.round_dir(1) / "postprocess.yml").is_file() and (Path(round_study) / "postprocess.yml").is_file()
 
 
+@pytest.mark.slow
 def test_predict_uses_the_round_with_the_best_out_of_fold_score(round_study, demo_dir, tmp_path):
     from sever.utils.study import StudyPaths
 
@@ -213,6 +215,7 @@ def test_predict_uses_the_round_with_the_best_out_of_fold_score(round_study, dem
         paths.file.write_text(original)
 
 
+@pytest.mark.slow
 def test_a_resumed_study_retrains_only_the_unfinished_fold_of_the_round(round_study):
     from sever import study
     from sever.utils.study import StudyPaths

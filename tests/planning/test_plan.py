@@ -231,6 +231,7 @@ def test_neu_seg_subset(shared_data, tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_cli_plan_prints_the_fingerprint_and_writes_the_file(tmp_path):
     data = squares_dataset(tmp_path / "sq", images=12)
     out = tmp_path / "experiments" / "sq.yml"
@@ -248,6 +249,7 @@ def test_cli_plan_prints_the_fingerprint_and_writes_the_file(tmp_path):
     assert seeded_config["seed"] == 7 and seeded_config["augmentation"] == config["augmentation"]
 
 
+@pytest.mark.slow
 def test_cli_plan_refuses_a_budget_too_short(tmp_path):
     data = squares_dataset(tmp_path / "sq")
     result = CliRunner().invoke(cli, ["plan", str(data), "--device", "cpu", "--time", "1s", "-o",

@@ -51,6 +51,7 @@ def run_copy(trained, tmp_path) -> Path:  # noqa: F811 (fixture)
     return copy
 
 
+@pytest.mark.slow
 def test_training_writes_the_report_with_every_figure(trained):  # noqa: F811 (fixture)
     index = trained / "report" / "index.html"
     sources = image_sources(index)
@@ -64,11 +65,13 @@ def test_training_writes_the_report_with_every_figure(trained):  # noqa: F811 (f
     assert "http" not in text and "<script" not in text  # nothing to fetch: it opens offline
 
 
+@pytest.mark.slow
 def test_report_images_zero_trains_without_a_report(make_config):
     run = experiment.train(make_config(epochs=1, max_steps_per_epoch=1, report_images=0))
     assert run.best.exists() and not (run.root / "report").exists()
 
 
+@pytest.mark.slow
 def test_report_scores_equal_sever_evaluate(run_copy):
     predictor = build_predictor([run_copy], device="cpu", amp="off")
     tuned = run_copy / "postprocess.yml"  # the run tuned itself: the report scores with its settings
@@ -82,6 +85,7 @@ def test_report_scores_equal_sever_evaluate(run_copy):
         assert f"<td>{expected.class_dice[c]:.4f}</td><td>{tp}</td><td>{fp}</td><td>{fn}</td><td>{tn}</td>" in table
 
 
+@pytest.mark.slow
 def test_max_images_caps_the_predictions_and_says_so(run_copy):
     result = invoke("report", run_copy, "--max-images", 3, "--examples", 1)
     assert result.exit_code == 0, result.output
@@ -90,6 +94,7 @@ def test_max_images_caps_the_predictions_and_says_so(run_copy):
     assert "wrote " + str(run_copy / "report" / "index.html") in result.output
 
 
+@pytest.mark.slow
 def test_tuned_settings_in_the_run_are_used_and_their_absence_is_said(run_copy):
     (run_copy / "postprocess.yml").unlink()  # as if trained with trainer.tune_postprocess: false
     assert "no sever tune output" in missing_box(write_report(run_copy, max_images=6).index)
@@ -107,6 +112,7 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
     assert invoke("report", tmp_path / "absent").output.startswith("Error: run folder not found")
 
 
+@pytest.mark.slow
 def test_truncated_events_give_a_partial_report_that_says_so(run_copy):
     events = next((run_copy / "runs").glob("events.out.tfevents.*"))
     assert not truncated(events)
@@ -119,6 +125,7 @@ def test_truncated_events_give_a_partial_report_that_says_so(run_copy):
     assert "loss.png" in image_sources(run_copy / "report" / "index.html")  # the complete values still drawn
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_validation_gets_a_training_only_report(make_config, monkeypatch, tmp_path):
     saved = BaseTrainer._save_epoch
 
@@ -157,6 +164,7 @@ def test_a_run_with_no_epoch_and_no_checkpoint_says_what_is_missing(tmp_path):
     assert image_sources(tmp_path / "report" / "index.html") == []
 
 
+@pytest.mark.slow
 def test_a_drawing_failure_after_training_is_a_warning(run_copy, monkeypatch, caplog):
     from sever.report import figures
 

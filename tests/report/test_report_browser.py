@@ -17,6 +17,7 @@ ALL_IMAGES_LOADED = """return Array.from(document.images).filter(
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = [
+    pytest.mark.slow,  # the report's run is trained
     pytest.mark.skipif(BROWSER is None or DRIVER is None,
                        reason="Chromium and chromedriver not installed (apt-get install chromium chromium-driver)"),
     pytest.mark.skipif(importlib.util.find_spec("selenium") is None,

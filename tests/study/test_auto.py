@@ -52,6 +52,7 @@ def check_study(output, study, planned_folds=None):
         assert study.folds == planned_folds
 
 
+@pytest.mark.slow
 def test_auto_on_the_demo_data_ends_with_a_working_predict_command(tmp_path):
     data = make_demo_data(tmp_path / "demo", n_train=16, n_test=3, height=64, width=256, seed=11)
     output, study = run_auto(data, tmp_path / "out", "--unlabelled", str(data / "test_images"))
@@ -69,6 +70,7 @@ def test_auto_on_the_demo_data_ends_with_a_working_predict_command(tmp_path):
     assert rows[0].startswith("ImageId") and len({row.split(",")[0] for row in rows[1:]}) <= 3
 
 
+@pytest.mark.slow
 def test_a_budget_too_short_for_two_folds_trains_one_self_tuned_run(tmp_path, monkeypatch):
     monkeypatch.setattr("sever.planning.auto.device_target", lambda device, classes, fp: fake_target(step=2.0))
     data = make_demo_data(tmp_path / "demo", n_train=16, n_test=3, height=64, width=256, seed=11)
@@ -87,6 +89,7 @@ def test_a_budget_too_short_for_two_folds_trains_one_self_tuned_run(tmp_path, mo
     assert (tmp_path / "explicit.csv").read_text() == (tmp_path / "submission.csv").read_text()
 
 
+@pytest.mark.slow
 def test_auto_on_a_mask_folder(tmp_path):
     data = make_demo_data(tmp_path / "demo", n_train=16, n_test=2, height=64, width=256, seed=12)
     csv_to_mask_folder(data / "train_images", data / "train.csv", data / "train_masks", 4)
@@ -96,12 +99,14 @@ def test_auto_on_a_mask_folder(tmp_path):
     check_study(output, study)
 
 
+@pytest.mark.slow
 def test_auto_on_mixed_sizes(tmp_path):
     data = make_demo_data(tmp_path / "mixed", n_train=16, n_test=2, height=96, width=256, seed=13, mixed_sizes=True)
     output, study = run_auto(data, tmp_path / "out")
     check_study(output, study)
 
 
+@pytest.mark.slow
 def test_auto_on_a_neu_seg_subset(shared_data, tmp_path, monkeypatch):
     # quicker steps than the other sets': at 1 s its 18 images would plan a single run, not a study
     monkeypatch.setattr("sever.planning.auto.device_target", lambda device, classes, fp: fake_target(step=0.3))

@@ -24,6 +24,7 @@ def fold_budgets(paths: StudyPaths) -> list:
             for k in range(paths.folds) if (paths.fold_dir(k) / "config.yaml").is_file()]
 
 
+@pytest.mark.slow
 def test_each_fold_gets_its_share_of_what_is_left(make_config, clock):
     paths = study.train_study(make_config(epochs=1, time_budget="10m", tune_postprocess=False), folds=3)
     # 600 s over 3 folds; each took 150 s, so the next ones share the savings
@@ -31,6 +32,7 @@ def test_each_fold_gets_its_share_of_what_is_left(make_config, clock):
     assert paths.spent() == 3 * FOLD_SECONDS
 
 
+@pytest.mark.slow
 def test_later_folds_train_for_their_share_less_the_overhead_measured_on_the_folds_before(make_config, clock):
     paths = study.train_study(make_config(epochs=1, time_budget="6m", tune_postprocess=False), folds=3)
     # fold 0: 120 s of 360, took 150 (30 s overhead); fold 1: 105 s left each, less 30; it took 150 (75 s
@@ -39,6 +41,7 @@ def test_later_folds_train_for_their_share_less_the_overhead_measured_on_the_fol
     assert paths.overhead() == pytest.approx((30 + 75 + 142.5) / 3)
 
 
+@pytest.mark.slow
 def test_an_expected_overhead_comes_out_of_the_first_fold_until_one_is_measured(make_config, clock):
     paths = study.train_study(make_config(epochs=1, time_budget="6m", tune_postprocess=False), folds=3,
                               expected_overhead=40)
@@ -48,6 +51,7 @@ def test_an_expected_overhead_comes_out_of_the_first_fold_until_one_is_measured(
     assert paths.overhead() == pytest.approx((70 + 115 + 149) / 3)
 
 
+@pytest.mark.slow
 def test_a_resumed_study_gives_the_remaining_folds_the_remaining_time(make_config, clock):
     first = study.train_study(make_config(epochs=1, time_budget="10m", tune_postprocess=False), folds=3, only=0)
     assert fold_budgets(first) == ["200s"] and first.spent() == FOLD_SECONDS
@@ -55,6 +59,7 @@ def test_a_resumed_study_gives_the_remaining_folds_the_remaining_time(make_confi
     assert fold_budgets(first) == ["200s", "225s", "300s"]
 
 
+@pytest.mark.slow
 def test_a_new_budget_on_resume_is_shared_anew(make_config, clock):
     first = study.train_study(make_config(epochs=1, time_budget="10m", tune_postprocess=False), folds=3, only=0)
     study.resume_study(first.root, overrides=["trainer.time_budget=20m"])

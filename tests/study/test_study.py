@@ -151,6 +151,7 @@ def trained_study(demo_dir, module_tmp):
     return study.train_study(config, folds=2).root
 
 
+@pytest.mark.slow
 def test_a_study_trains_every_fold_and_keeps_out_of_fold_maps(trained_study, demo_dir):
     paths = StudyPaths(trained_study)
     assert [(e.fold, e.status, e.run.name) for e in paths.entries()] == [(0, "done", "fold0"), (1, "done", "fold1")]
@@ -165,6 +166,7 @@ def test_a_study_trains_every_fold_and_keeps_out_of_fold_maps(trained_study, dem
     assert sorted(names) == sorted(p.name for p in (demo_dir / "train_images").iterdir())
 
 
+@pytest.mark.slow
 def test_tune_on_a_study_writes_its_postprocess_and_predict_uses_it(trained_study, demo_dir, tmp_path):
     result = invoke("tune", "-m", trained_study, "--thresholds", "0.4,0.6", "--min-pixels", "0,100")
     assert result.exit_code == 0, result.output
@@ -189,6 +191,7 @@ def test_tune_on_a_study_writes_its_postprocess_and_predict_uses_it(trained_stud
         assert (load_probabilities(path)[0] == load_probabilities(tmp_path / "study" / path.name)[0]).all()
 
 
+@pytest.mark.slow
 def test_a_study_shares_its_weight_among_its_folds(trained_study, demo_dir, tmp_path):
     folds = [Path(trained_study) / "fold0", Path(trained_study) / "fold1"]
     common = ["-i", demo_dir / "test_images", "--device", "cpu", "--num-workers", 0]
@@ -202,6 +205,7 @@ def test_a_study_shares_its_weight_among_its_folds(trained_study, demo_dir, tmp_
     assert result.exit_code == 1 and "-w: 1 weight(s) for 2 -m" in result.output
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_study_with_a_failed_fold_unless_allowed(trained_study, demo_dir, tmp_path):
     paths = StudyPaths(trained_study)
     paths.set_status(1, "failed")
@@ -220,6 +224,7 @@ def test_predict_refuses_a_study_with_a_failed_fold_unless_allowed(trained_study
         paths.set_status(1, "done")
 
 
+@pytest.mark.slow
 def test_resume_finishes_only_the_unfinished_folds(make_config, tmp_path):
     config = make_config(epochs=1)
     config["data_loader"]["args"]["validation_split"] = 0  # ignored: folds decide the validation images
@@ -234,6 +239,7 @@ def test_resume_finishes_only_the_unfinished_folds(make_config, tmp_path):
     assert (first.fold_dir(2) / "checkpoints" / "model_best.pth").stat().st_mtime_ns == done_best
 
 
+@pytest.mark.slow
 def test_a_fold_interrupted_mid_run_resumes_from_its_newest_checkpoint(make_config):
     created = study.train_study(make_config(epochs=1), folds=2, only=0)
     created.set_status(0, "running")
@@ -271,6 +277,7 @@ def test_a_folder_without_study_file_is_no_study(tmp_path):
         study.resume_study(tmp_path)
 
 
+@pytest.mark.slow
 def test_parallel_folds_train_as_separate_processes_sharing_the_study_file(make_config, tmp_path):
     path = tmp_path / "x.yml"
     path.write_text(yaml.safe_dump(make_config(epochs=1)))

@@ -206,6 +206,7 @@ def plain_gradient(model, images, targets):
 # ---------------------------------------------------------------- the training epoch
 
 
+@pytest.mark.slow
 def test_an_epoch_trains_on_every_batch_and_logs_the_mean_loss(tmp_path):
     trainer = make(tmp_path, train=3, valid=0, metrics=[Seen()], loss=PartsLoss())
     start = Tiny()
@@ -221,12 +222,14 @@ def test_an_epoch_trains_on_every_batch_and_logs_the_mean_loss(tmp_path):
     assert set(log) == {"train_loss", "train_double", "train_seen", "train_images_per_s"}
 
 
+@pytest.mark.slow
 def test_the_epoch_loss_is_the_mean_of_the_batch_losses(tmp_path):
     trainer = make(tmp_path, train=3, valid=0, lr=0.0)
     losses = [float((trainer.model(x) - y).pow(2).mean().detach()) for x, y in trainer.train_loader.batches]
     assert trainer._train_epoch(1, 0)["train_loss"] == pytest.approx(sum(losses) / 3, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_an_epoch_resumed_mid_way_trains_the_batches_left_and_averages_over_them(tmp_path):
     trainer = make(tmp_path, train=3, valid=0, lr=0.0)
     losses = [float((trainer.model(x) - y).pow(2).mean().detach()) for x, y in trainer.train_loader.batches]
@@ -237,6 +240,7 @@ def test_an_epoch_resumed_mid_way_trains_the_batches_left_and_averages_over_them
     assert log["train_loss"] == pytest.approx((losses[1] + losses[2]) / 2, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_max_steps_per_epoch_limits_the_batches(tmp_path):
     trainer = make(tmp_path, train=4, valid=0, max_steps_per_epoch=2, lr=0.0)
     losses = [float((trainer.model(x) - y).pow(2).mean().detach()) for x, y in trainer.train_loader.batches]
@@ -248,6 +252,7 @@ def test_max_steps_per_epoch_limits_the_batches(tmp_path):
     assert make(tmp_path, train=4, max_steps_per_epoch=9)._batches_per_epoch() == 4
 
 
+@pytest.mark.slow
 def test_accumulation_steps_at_each_boundary_and_at_the_epoch_end(tmp_path):
     trainer = make(tmp_path, train=4, valid=0, accumulate_steps=3)
     start = Tiny()
@@ -258,6 +263,7 @@ def test_accumulation_steps_at_each_boundary_and_at_the_epoch_end(tmp_path):
     assert torch.allclose(steps[0], mean, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_optimiser_gradients_are_cleared_before_the_epoch(tmp_path):
     trainer = make(tmp_path, train=1, valid=0)
     start = Tiny()
@@ -268,6 +274,7 @@ def test_the_optimiser_gradients_are_cleared_before_the_epoch(tmp_path):
     assert torch.allclose(steps[0], plain_gradient(start, *trainer.train_loader.batches[0]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batch_losses_and_learning_rates_go_to_tensorboard_every_log_step(tmp_path):
     trainer = make(tmp_path, train=3, valid=0, log_step=2)
     trainer.writer = Recorder()
@@ -279,6 +286,7 @@ def test_batch_losses_and_learning_rates_go_to_tensorboard_every_log_step(tmp_pa
     assert all(v > 0 for _, v in trainer.writer.scalars["batch/loss"])
 
 
+@pytest.mark.slow
 def test_a_stop_request_ends_the_epoch_at_the_next_update_and_reports_it(tmp_path):
     trainer = make(tmp_path, train=3, valid=0, accumulate_steps=2)
     trainer._stop_signal = signal.SIGTERM
@@ -287,6 +295,7 @@ def test_a_stop_request_ends_the_epoch_at_the_next_update_and_reports_it(tmp_pat
     assert len(steps) == 1 and trainer.steps_done == 2 and trainer.interrupted
 
 
+@pytest.mark.slow
 def test_a_stop_request_at_the_last_batch_is_not_an_interrupted_epoch(tmp_path):
     trainer = make(tmp_path, train=1, valid=0)
     trainer._stop_signal = signal.SIGINT
@@ -297,6 +306,7 @@ def test_a_stop_request_at_the_last_batch_is_not_an_interrupted_epoch(tmp_path):
 # ---------------------------------------------------------------- the step's options
 
 
+@pytest.mark.slow
 def test_normalization_and_channels_last_shape_the_model_input(tmp_path):
     seen = []
     trainer = make(tmp_path, train=1, valid=0, channels_last=True, normalization=lambda images: images * 10 - 1)
@@ -317,6 +327,7 @@ def test_compile_wraps_the_network_and_checkpoints_the_bare_model(tmp_path):
     assert plain.network is plain.model
 
 
+@pytest.mark.slow
 def test_grad_clip_rescales_the_gradient_to_the_clip_norm(tmp_path):
     trainer = make(tmp_path, train=1, valid=0, grad_clip=0.01)
     start = Tiny()
@@ -328,6 +339,7 @@ def test_grad_clip_rescales_the_gradient_to_the_clip_norm(tmp_path):
     assert torch.nn.functional.cosine_similarity(steps[0], raw, dim=0) > 0.999
 
 
+@pytest.mark.slow
 def test_the_optimiser_step_clears_the_gradients(tmp_path):
     trainer = make(tmp_path, train=2, valid=0)
     start = Tiny()
@@ -343,6 +355,7 @@ def test_the_optimiser_step_clears_the_gradients(tmp_path):
 
 
 # A decay other than 0.5, where d == 1 - d: an EMA that weighted the new weights by d fails it.
+@pytest.mark.slow
 @pytest.mark.parametrize("decay", [0.9, 0.2])
 def test_ema_follows_the_weights_with_its_decay_and_is_what_validation_scores(tmp_path, decay):
     trainer = make(tmp_path, train=3, valid=1, ema_decay=decay)
@@ -361,6 +374,7 @@ def test_ema_follows_the_weights_with_its_decay_and_is_what_validation_scores(tm
     assert make(tmp_path).eval_model is not None and make(tmp_path).ema is None
 
 
+@pytest.mark.slow
 def test_a_skipped_non_finite_step_drops_the_accumulated_gradient(tmp_path, caplog):
     trainer = make(tmp_path, train=3, valid=0, accumulate_steps=3, nan_policy="skip")
     start = Tiny()
@@ -396,6 +410,7 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
 # ---------------------------------------------------------------- validation
 
 
+@pytest.mark.slow
 def test_validation_scores_in_eval_mode_with_metrics_reset(tmp_path):
     modes = []
     trainer = make(tmp_path, train=2, valid=2, metrics=[Seen()], loss=PartsLoss())
@@ -413,6 +428,7 @@ def test_no_validation_without_a_validation_loader(tmp_path):
     assert not make(tmp_path, valid=0)._should_validate(1)
 
 
+@pytest.mark.slow
 def test_segmentation_padding_is_left_out_of_the_loss_and_zeroed_at_validation(tmp_path):
     loss = SquaredError()
     trainer = make(tmp_path, SegmentationTrainer, train=1, valid=0, loss=loss, lr=0.0)
@@ -446,6 +462,7 @@ class Counting(Seen):
         self.count += int(valid.expand_as(outputs).sum())
 
 
+@pytest.mark.slow
 def test_segmentation_metrics_take_the_logits_and_the_valid_mask(tmp_path):
     trainer = make(tmp_path, SegmentationTrainer, train=1, valid=0, metrics=[Counting()])
     masks = torch.zeros(1, 2, 4, 4, dtype=torch.uint8)
@@ -530,6 +547,7 @@ def test_classification_visuals_are_a_pr_curve_per_class(tmp_path):
 # ---------------------------------------------------------------- the loop
 
 
+@pytest.mark.slow
 def test_train_runs_every_epoch_validates_and_saves_the_best(tmp_path):
     trainer = make(tmp_path, train=2, valid=1, epochs=3, metrics=[Seen()])
     trainer.writer = Recorder()
@@ -558,6 +576,7 @@ def test_the_epoch_log_names_per_class_values_by_class(tmp_path):
     assert make(tmp_path)._tags(["val_dice_0"]) == {"val_dice_0": "val_dice_0"}
 
 
+@pytest.mark.slow
 def test_learning_rates_are_logged_as_they_were_during_the_epoch(tmp_path):
     trainer = make(tmp_path, train=1, valid=1, epochs=2,
                    scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
@@ -577,6 +596,7 @@ def test_validation_period_and_start_epoch(tmp_path):
     assert validated(epochs=3, val_period=1) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_epochs_without_validation_leave_the_monitor_alone(tmp_path):
     trainer = make(tmp_path, train=1, valid=1, epochs=3, val_period=2, early_stop=1)
     log = trainer.train()
@@ -585,6 +605,7 @@ def test_epochs_without_validation_leave_the_monitor_alone(tmp_path):
     assert state["not_improved"] <= 1
 
 
+@pytest.mark.slow
 def test_early_stopping_after_the_validations_without_improvement(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=6, early_stop=2, lr=0.0)
     with caplog.at_level(logging.INFO):
@@ -614,6 +635,7 @@ def test_monitor_max_and_off(tmp_path):
     assert not off._update_monitor({"epoch": 1, "val_loss": 0.5}) and off.best_epoch is None
 
 
+@pytest.mark.slow
 def test_a_monitored_metric_that_validation_does_not_produce_is_a_config_error(tmp_path):
     trainer = make(tmp_path, train=1, valid=1, monitor="max val_dice_mean")
     with pytest.raises(ConfigError, match=r"trainer.monitor: metric 'val_dice_mean' is not produced; "
@@ -621,6 +643,7 @@ def test_a_monitored_metric_that_validation_does_not_produce_is_a_config_error(t
         trainer.train()
 
 
+@pytest.mark.slow
 def test_a_run_without_a_monitor_says_where_it_finished(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, monitor="off")
     trainer.writer = Recorder()
@@ -631,6 +654,7 @@ def test_a_run_without_a_monitor_says_where_it_finished(tmp_path, caplog):
     assert not any(tag.startswith("hparam/") for tag in trainer.writer.scalars)
 
 
+@pytest.mark.slow
 def test_save_period_links_the_epoch_checkpoints(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=4, save_period=2)
     with caplog.at_level(logging.DEBUG, logger="sever.trainer.base"):
@@ -643,6 +667,7 @@ def test_save_period_links_the_epoch_checkpoints(tmp_path, caplog):
     assert none.run.saved_epochs() == []
 
 
+@pytest.mark.slow
 def test_encoder_frozen_for_the_first_epochs(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=0, epochs=3, freeze_encoder_epochs=2)
     frozen = []
@@ -680,6 +705,7 @@ def test_run_eta_extrapolates_from_the_progress(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- stopping, checkpoints, resume
 
 
+@pytest.mark.slow
 def test_an_interrupted_epoch_saves_the_batches_done_and_resumes_after_them(tmp_path):
     trainer = make(tmp_path, train=3, valid=1, epochs=2, accumulate_steps=2)
     trainer.writer = Recorder()
@@ -698,6 +724,7 @@ def test_an_interrupted_epoch_saves_the_batches_done_and_resumes_after_them(tmp_
     assert resumed.train_loader.batch_sampler.calls == [(1, 2), (2, 0)]
 
 
+@pytest.mark.slow
 def test_a_stop_between_epochs_saves_the_epoch_and_stops(tmp_path):
     trainer = make(tmp_path, train=1, valid=1, epochs=3)
     trainer._stop_signal = signal.SIGTERM
@@ -729,6 +756,7 @@ def test_a_forked_loader_worker_leaves_the_stop_to_the_main_process(tmp_path, mo
     assert not trainer.stop_requested
 
 
+@pytest.mark.slow
 def test_training_in_another_thread_leaves_the_signal_handlers_alone(tmp_path):
     import threading
 
@@ -741,6 +769,7 @@ def test_training_in_another_thread_leaves_the_signal_handlers_alone(tmp_path):
     assert done and done[0]["epoch"] == 1 and signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_resume_restores_the_whole_trainer_state(tmp_path):
     trainer = make(tmp_path, train=2, valid=1, epochs=2, ema_decay=0.5, momentum=0.9,
                    scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
@@ -763,6 +792,7 @@ def test_resume_restores_the_whole_trainer_state(tmp_path):
     assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
 
 
+@pytest.mark.slow
 def test_resume_refuses_weights_only_and_mismatched_checkpoints(tmp_path):
     trainer = make(tmp_path, train=1, valid=0)
     trainer.train()
@@ -787,6 +817,7 @@ def test_resume_refuses_weights_only_and_mismatched_checkpoints(tmp_path):
     assert resumed.best_epoch is None and resumed.start_step == 0
 
 
+@pytest.mark.slow
 def test_a_time_budget_spent_ends_the_run_after_a_validated_epoch(tmp_path, monkeypatch, caplog):
     clock = Clock()
     monkeypatch.setattr(budget_module, "time", clock)
@@ -808,6 +839,7 @@ def test_flatten_config_for_the_hparams():
         "trainer.epochs": 4, "trainer.clip": "None", "metrics": "['Dice']", "empty": "{}", "on": True}
 
 
+@pytest.mark.slow
 def test_tensorboard_is_written_only_when_asked(tmp_path):
     quiet = make(tmp_path / "quiet", train=1, valid=1)
     assert quiet.writer is None
@@ -818,6 +850,7 @@ def test_tensorboard_is_written_only_when_asked(tmp_path):
     assert list(logged.run.tensorboard.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_the_run_description_holds_the_config_in_its_own_order_and_the_monitored_metric(tmp_path):
     trainer = make(tmp_path, train=1, valid=1)
     trainer.writer = Recorder()
@@ -835,6 +868,7 @@ def test_the_run_description_holds_the_config_in_its_own_order_and_the_monitored
     assert b"hparam/" not in off.writer.summaries[0].SerializeToString()
 
 
+@pytest.mark.slow
 def test_each_epoch_is_logged_with_the_run_eta_until_the_last(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=2)
     with caplog.at_level(logging.INFO, logger="sever.trainer.base"):
@@ -849,6 +883,7 @@ def test_each_epoch_is_logged_with_the_run_eta_until_the_last(tmp_path, caplog):
     assert best[-1] == f"new best val_loss {trainer.monitor_best:.5f}: saved {trainer.run.best}"
 
 
+@pytest.mark.slow
 def test_checkpoints_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
     def no_links(source, target):
         raise OSError("hard links not supported")
@@ -861,6 +896,7 @@ def test_checkpoints_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
     assert not list(trainer.run.checkpoints.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_checkpoints_are_hard_links_of_the_last_one(tmp_path):
     trainer = make(tmp_path, train=1, valid=1, epochs=1)
     stale = trainer.run.best.with_name(f".{trainer.run.best.name}.{os.getpid()}.tmp")
@@ -877,6 +913,7 @@ def flat_cosine(optimizer):
     return FlatCosineAnnealing(optimizer, start_anneal=1, n_epochs=10)
 
 
+@pytest.mark.slow
 def test_a_time_budget_lays_the_schedule_over_the_epochs_the_run_can_take(tmp_path, caplog):
     budgeted = make(tmp_path / "budgeted", train=1, valid=0, epochs=3, time_budget="10h", scheduler=flat_cosine)
     budgeted.writer = Recorder()
@@ -915,6 +952,7 @@ class Clock:
         trainer._train_step, trainer._valid_epoch = timed_step, timed_validation
 
 
+@pytest.mark.slow
 def test_time_for_part_of_an_epoch_trains_a_shorter_last_one(tmp_path, monkeypatch, caplog):
     clock = Clock()
     monkeypatch.setattr(budget_module, "time", clock)
@@ -929,6 +967,7 @@ def test_time_for_part_of_an_epoch_trains_a_shorter_last_one(tmp_path, monkeypat
     assert (state["final_epoch"], state["spent"], state["passes"]) == (3, 32.0, [10.0, 10.0, 6.0])
 
 
+@pytest.mark.slow
 def test_time_for_under_a_quarter_of_an_epoch_is_left_unused(tmp_path, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(budget_module, "time", clock)
@@ -938,6 +977,7 @@ def test_time_for_under_a_quarter_of_an_epoch_is_left_unused(tmp_path, monkeypat
     assert load_checkpoint(trainer.run.last)["time_budget"]["passes"] == [10.0, 10.0]
 
 
+@pytest.mark.slow
 def test_a_first_epoch_longer_than_the_budget_stops_when_it_is_spent(tmp_path, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(budget_module, "time", clock)
@@ -946,6 +986,7 @@ def test_a_first_epoch_longer_than_the_budget_stops_when_it_is_spent(tmp_path, m
     assert trainer.train()["epoch"] == 1 and trainer.steps_done == 4 and not trainer.interrupted
 
 
+@pytest.mark.slow
 def test_only_a_pass_the_budget_cut_short_says_so(tmp_path, monkeypatch, caplog):
     clock = Clock()
     monkeypatch.setattr(budget_module, "time", clock)
@@ -961,6 +1002,7 @@ def test_only_a_pass_the_budget_cut_short_says_so(tmp_path, monkeypatch, caplog)
     assert not [m for m in said(caplog) if m.startswith("time budget: epoch")]
 
 
+@pytest.mark.slow
 def test_the_epoch_line_extrapolates_the_run_eta_from_the_session_so_far(tmp_path, monkeypatch, caplog):
     clock = Clock()
     monkeypatch.setattr("sever.trainer.base.time", clock)
@@ -972,6 +1014,7 @@ def test_the_epoch_line_extrapolates_the_run_eta_from_the_session_so_far(tmp_pat
     assert [eta.group(1) if eta else None for eta in etas] == ["0:00:08", "0:00:04", None]  # 2 then 1 epochs of 4 s
 
 
+@pytest.mark.slow
 def test_a_budget_spent_in_the_last_epoch_leaves_the_end_as_planned(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=1, time_budget="0.001s")
     with caplog.at_level(logging.INFO):
@@ -983,6 +1026,7 @@ def test_a_budget_spent_in_the_last_epoch_leaves_the_end_as_planned(tmp_path, ca
 # ---------------------------------------------------------------- AMP, EMA buffers, progress, distributed
 
 
+@pytest.mark.slow
 def test_fp16_scales_the_loss_and_the_scaler_state_is_checkpointed_and_restored(tmp_path):
     trainer = make(tmp_path, train=2, valid=1, amp="fp16", grad_clip=0.01)
     scaled = []
@@ -1000,6 +1044,7 @@ def test_fp16_scales_the_loss_and_the_scaler_state_is_checkpointed_and_restored(
     assert make(tmp_path).scaler.is_enabled() is False
 
 
+@pytest.mark.slow
 def test_ema_averages_the_batchnorm_statistics_too(tmp_path):
     decay = 0.75
     trainer = make(tmp_path, train=3, valid=0, ema_decay=decay, model=Tiny(norm=True))
@@ -1013,6 +1058,7 @@ def test_ema_averages_the_batchnorm_statistics_too(tmp_path):
     assert not torch.allclose(expected, after[-1])
 
 
+@pytest.mark.slow
 def test_a_run_without_ema_resumes_from_a_checkpoint_with_one(tmp_path):
     trainer = make(tmp_path, train=1, valid=0, ema_decay=0.5)
     trainer.train()
@@ -1028,6 +1074,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 def test_the_progress_bars_show_the_epoch_the_loss_the_rate_and_the_run_eta(tmp_path, monkeypatch):
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
@@ -1054,6 +1101,7 @@ def test_the_progress_bars_show_the_epoch_the_loss_the_rate_and_the_run_eta(tmp_
     assert quiet.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_a_resumed_epochs_bar_starts_at_the_batches_done(tmp_path, monkeypatch):
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
@@ -1072,6 +1120,7 @@ def one_rank_job(tmp_path):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_training_wraps_the_network_and_reduces_the_logs(tmp_path, one_rank_job):
     from torch.nn.parallel import DistributedDataParallel
 
@@ -1089,6 +1138,7 @@ def test_distributed_training_wraps_the_network_and_reduces_the_logs(tmp_path, o
     assert torch.equal(weights(trainer.model), weights(alone.model))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_holds_what_a_resume_and_a_reader_need(tmp_path):
     from sever import __version__
 
@@ -1103,6 +1153,7 @@ def test_a_checkpoint_holds_what_a_resume_and_a_reader_need(tmp_path):
     assert load_checkpoint(bare.run.last)["arch"] == "Tiny"
 
 
+@pytest.mark.slow
 def test_resume_across_a_scheduler_added_or_removed(tmp_path, caplog):
     with_scheduler = make(tmp_path / "with", train=1, valid=0, scheduler=flat_cosine)
     with_scheduler.train()
@@ -1117,6 +1168,7 @@ def test_resume_across_a_scheduler_added_or_removed(tmp_path, caplog):
     assert "resumed at epoch 2, batch 0" in said(caplog)
 
 
+@pytest.mark.slow
 def test_a_budget_resumed_carries_the_time_spent(tmp_path):
     trainer = make(tmp_path, train=1, valid=0, epochs=2, time_budget="10h")
     trainer.train()
@@ -1135,6 +1187,7 @@ def test_a_malformed_time_budget_names_its_key(tmp_path):
         make(tmp_path, time_budget="soon")
 
 
+@pytest.mark.slow
 def test_the_epoch_line_lists_every_value_with_four_decimals(tmp_path, caplog):
     trainer = make(tmp_path, train=1, valid=1, epochs=2)
     with caplog.at_level(logging.INFO):
@@ -1152,6 +1205,7 @@ def test_an_equal_score_is_no_improvement(tmp_path):
     assert not trainer._update_monitor({"epoch": 2, "val_loss": 1.0}) and trainer.best_epoch == 1
 
 
+@pytest.mark.slow
 def test_unnamed_parameter_groups_log_their_rate_as_all(tmp_path):
     trainer = make(tmp_path, train=1, valid=0)
     for group in trainer.optimizer.param_groups:
@@ -1161,6 +1215,7 @@ def test_unnamed_parameter_groups_log_their_rate_as_all(tmp_path):
     assert trainer.writer.scalars["lr/all"] == [(1, 0.1)]
 
 
+@pytest.mark.slow
 def test_other_ranks_write_no_checkpoint_and_no_tensorboard(tmp_path, one_rank_job):
     other = Distributed(rank=1, world_size=2)
     trainer = make(tmp_path, train=2, valid=1, tensorboard=True, distributed=other)
@@ -1186,6 +1241,7 @@ def test_weights_gone_non_finite_are_not_saved_at_an_interruption_either(tmp_pat
     assert not trainer.run.last.exists()
 
 
+@pytest.mark.slow
 def test_validation_in_tiles_of_a_saturated_model_scores_clamped_logits(tmp_path):
     """Probabilities that round to 1.0 become logit(1 - 1e-6), not infinity, for the loss and the metrics."""
     model = Tiny()
@@ -1200,6 +1256,7 @@ def test_validation_in_tiles_of_a_saturated_model_scores_clamped_logits(tmp_path
     assert log["val_loss"] == pytest.approx(float((clamped - masks).pow(2).mean()), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_validation_visuals_are_logged_at_their_epoch(tmp_path):
     trainer = make(tmp_path, SegmentationTrainer, train=1, valid=1, epochs=2, vis_images=1)
     trainer.writer = Recorder()
@@ -1207,6 +1264,7 @@ def test_validation_visuals_are_logged_at_their_epoch(tmp_path):
     assert trainer.writer.images["val/truth_above_prediction"][1] == 2
 
 
+@pytest.mark.slow
 def test_reduce_on_plateau_steps_with_the_monitored_metric(tmp_path):
     trainer = make(tmp_path, train=1, valid=1, epochs=3, scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=0.5, patience=0, threshold=10.0))  # no epoch improves by 1000 %: halved each time

@@ -124,6 +124,7 @@ def test_a_re_laid_schedule_ends_at_its_new_horizon_and_resumes_exactly():
     assert not set_horizon(torch.optim.lr_scheduler.StepLR(optimizer, 3), 5)  # keeps its own counts
 
 
+@pytest.mark.slow
 def test_a_budget_stops_a_long_run_ends_its_schedule_and_survives_resume(make_config, caplog):
     config = make_config(epochs=50, time_budget="1s", max_steps_per_epoch=1, val_period=100)
     config["lr_scheduler"] = {"type": "FlatCosineAnnealing", "args": {"start_anneal": 10, "n_epochs": 50}}

@@ -29,6 +29,8 @@ from sever.cli.app import cli
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import load_config
 
+pytestmark = pytest.mark.slow  # every test here trains a model
+
 HOOKS = '''
 import io, os, sys, time
 import torch

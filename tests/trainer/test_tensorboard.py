@@ -38,6 +38,7 @@ def scalars(events, tag):
     return {event.step: event.value for event in events.Scalars(tag)}
 
 
+@pytest.mark.slow
 def test_the_learning_rate_of_an_epoch_is_the_one_its_steps_used(trained):
     _, events, _ = trained
     per_epoch = scalars(events, "lr/encoder")
@@ -50,6 +51,7 @@ def test_the_learning_rate_of_an_epoch_is_the_one_its_steps_used(trained):
         assert used == {lr}, epoch  # both stored as float32
 
 
+@pytest.mark.slow
 def test_a_per_step_schedule_shows_its_rate_falling_at_every_step(demo_dir, tmp_path):
     from conftest import tiny_config
 
@@ -67,6 +69,7 @@ def test_a_per_step_schedule_shows_its_rate_falling_at_every_step(demo_dir, tmp_
     assert [per_step[step] for step in steps] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_per_class_tags_use_the_class_names(trained):
     _, events, _ = trained
     tags = set(events.Tags()["scalars"])
@@ -75,6 +78,7 @@ def test_per_class_tags_use_the_class_names(trained):
     assert not any(tag.startswith("epoch/val_dice_") and tag[-1].isdigit() for tag in tags)
 
 
+@pytest.mark.slow
 def test_hparams_hold_the_flattened_config_and_the_best_monitored_value(trained):
     run, events, _ = trained
     content = events.PluginTagToContent("hparams")
@@ -90,6 +94,7 @@ def test_hparams_hold_the_flattened_config_and_the_best_monitored_value(trained)
     assert best[state["best_epoch"]] == pytest.approx(state["monitor_best"])
 
 
+@pytest.mark.slow
 def test_the_config_is_shown_as_text(trained):
     _, events, _ = trained
     (text,) = events.Tensors("config/text_summary")
@@ -97,6 +102,7 @@ def test_the_config_is_shown_as_text(trained):
     assert "    name: tiny" in shown and "    class_names:" in shown
 
 
+@pytest.mark.slow
 def test_training_ends_with_the_best_score_its_epoch_and_an_eta_per_epoch(trained):
     run, _, messages = trained
     state = load_checkpoint(run.last)

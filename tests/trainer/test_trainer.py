@@ -33,6 +33,7 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_config_and_tensorboard(make_config):
     config = make_config(tensorboard=True)
     run = run_of(config)
@@ -60,6 +61,7 @@ def test_the_model_sees_the_loaders_images_normalised_by_the_augmentations_stati
     assert torch.allclose(seen[0], (images.float() / 255 - 0.5) / 0.25, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_without_validation_images_trains_every_epoch(make_config):
     config = make_config(epochs=2, max_steps_per_epoch=1)
     config["data_loader"]["args"]["validation_split"] = 0
@@ -68,6 +70,7 @@ def test_a_run_without_validation_images_trains_every_epoch(make_config):
     assert "val_loss" not in run.log_file.read_text()
 
 
+@pytest.mark.slow
 def test_resume_after_an_epoch_gives_the_same_weights(make_config):
     straight = run_of(make_config(epochs=2))
     halted = run_of(make_config(epochs=1))
@@ -77,6 +80,7 @@ def test_resume_after_an_epoch_gives_the_same_weights(make_config):
     assert load_checkpoint(halted.last)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resume_is_exact(make_config, monkeypatch):
     straight = run_of(make_config(epochs=2))
     original = Trainer._train_step
@@ -100,6 +104,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(make_config, monkeypatch):
     assert_same_weights(weights(straight.last), weights(interrupted.last))
 
 
+@pytest.mark.slow
 def test_early_stopping_when_the_monitored_metric_stalls(make_config):
     config = make_config(epochs=6, early_stop=2, monitor="min val_loss")
     config["optimizer"] = {"type": "SGD", "args": {"lr": 0.0}}
@@ -113,6 +118,7 @@ def test_unknown_monitored_metric_is_a_config_error(make_config):
         run_of(make_config(monitor="max val_dice_man"))
 
 
+@pytest.mark.slow
 def test_encoder_frozen_for_the_first_epochs(make_config):
     config = make_config(epochs=1, freeze_encoder_epochs=1)
     built = experiment.build_experiment(experiment.prepare_config(config))
@@ -127,6 +133,7 @@ def test_encoder_frozen_for_the_first_epochs(make_config):
     assert any(not torch.equal(after[k], weights(unfrozen.last)[k]) for k in encoder)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_without_overwriting_checkpoints(make_config, monkeypatch):
     run = run_of(make_config(epochs=1))
     good = weights(run.last)
@@ -147,12 +154,14 @@ def test_non_finite_loss_stops_without_overwriting_checkpoints(make_config, monk
     assert all(torch.equal(good[k], after[k]) for k in learnt), "every step was skipped"
 
 
+@pytest.mark.slow
 def test_ema_and_accumulation_run_and_checkpoint(make_config):
     run = run_of(make_config(epochs=1, ema_decay=0.9, accumulate_steps=2, grad_clip=1.0))
     state = load_checkpoint(run.last)
     assert "ema_state_dict" in state and state["ema_state_dict"].keys() >= {"n_averaged"}
 
 
+@pytest.mark.slow
 def test_classification_task_trains(make_config):
     config = make_config(epochs=1, monitor="max val_accuracy")
     config.update(task="classification", metrics=None,
@@ -163,6 +172,7 @@ def test_classification_task_trains(make_config):
     assert "val_accuracy" in log and "val_precision_mean" in log
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_refused(make_config):
     run = run_of(make_config(epochs=1))
     config_path = run.config
@@ -171,6 +181,7 @@ def test_checkpoint_of_another_architecture_is_refused(make_config):
     assert config_path.is_file()
 
 
+@pytest.mark.slow
 def test_weights_only_checkpoint_cannot_resume(make_config):
     from sever.upload import inference_state
     from sever.utils.checkpoint import atomic_torch_save
@@ -182,6 +193,7 @@ def test_weights_only_checkpoint_cannot_resume(make_config):
         experiment.resume(slim, ["trainer.epochs=2"])
 
 
+@pytest.mark.slow
 def test_the_epoch_bar_counts_the_runs_epochs_and_shows_the_runs_eta(make_config, monkeypatch):
     import io
 
@@ -284,6 +296,7 @@ def batch(task, images, targets):
     return TASKS[task][3](images, targets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_accumulated_steps_update_once_with_the_mean_gradient(task, tmp_path):
     first, second = tensors(1), tensors(2)
@@ -306,6 +319,7 @@ def test_accumulated_steps_update_once_with_the_mean_gradient(task, tmp_path):
     assert accumulating.model.scale.item() == pytest.approx(whole.model.scale.item(), abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_a_non_finite_loss_stops_training_before_any_backward(task, tmp_path):
     images, targets = tensors(3)

@@ -12,6 +12,8 @@ from sever import experiment
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.run import RunPaths
 
+pytestmark = pytest.mark.slow  # every test here trains a model
+
 
 def build(config, tmp_path, name="options"):
     """The experiment and its trainer, as ``sever train`` builds them."""

@@ -15,6 +15,8 @@ import yaml
 from sever import experiment
 from sever.utils.run import RunPaths
 
+pytestmark = pytest.mark.slow  # every test here trains a model
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
