@@ -17,7 +17,6 @@ from sever.data_loader.voc import read_voc_folder
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.model.model import build_model
 from sever.utils.checkpoint import load_checkpoint
-from sever.utils.visualization import class_colour, draw_boxes
 from inference_runs import invoke
 from voc_data import CLASSES, make_voc, voc_xml
 
@@ -289,14 +288,6 @@ def test_training_steps_checkpoints_resume_and_prediction(voc_dir, tmp_path):
     assert f"= {results['map']:.3f}" in result.output
     result = invoke("predict", "-m", run.last, "-i", voc_dir / "images", "--tta", "hflip")
     assert result.exit_code == 2 and "--tta: segmentation options" in result.output
-
-
-def test_draw_boxes_colours_the_outline():
-    image = np.zeros((50, 80), np.uint8)
-    drawn = draw_boxes(image, np.array([[10, 10, 40, 30]]), np.array([1]), np.array([0.87]), ["a", "b"])
-    assert drawn.shape == (50, 80, 3) and drawn.dtype == np.uint8
-    assert tuple(drawn[20, 10]) == class_colour(1) and tuple(drawn[29, 25]) == class_colour(1)
-    assert not drawn[20, 25].any() and not image.any()
 
 
 def test_neu_det_loader_reads_the_real_layout(shared_data):
