@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pytest
 
 CLASSES = ["crazing", "patches"]
 
@@ -36,3 +37,11 @@ def make_voc(root, n=8, images="images", annotations="annotations", seed=0, size
         (root / annotations / f"img{i}.xml").write_text(voc_xml(f"img{i}.png", width, height, objects))
         truth.append(objects)
     return truth
+
+
+@pytest.fixture(scope="module")
+def voc_dir(module_tmp):
+    """Six images of two sizes with boxes of both classes (import it into the test module that uses it)."""
+    root = module_tmp("voc")
+    make_voc(root, n=6)
+    return root
