@@ -4,7 +4,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import mixed_config
 from inference_runs import invoke, make_run
 
 from sever import experiment
@@ -27,13 +27,6 @@ def mixed_dir(module_tmp):
     """
     return make_demo_data(module_tmp("mixed"), n_train=24, n_test=6, height=64, width=128, seed=5,
                           mixed_sizes=True)
-
-
-def mixed_config(data_dir, save_dir, **data_args):
-    config = tiny_config(data_dir, save_dir, epochs=1)
-    config["augmentation"]["args"] = {"height": 32, "width": 64, "pad_mode": "reflect"}
-    config["data_loader"]["args"].update(validation_split=0.5, **data_args)
-    return config
 
 
 def own_sizes(masks):

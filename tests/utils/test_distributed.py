@@ -97,7 +97,7 @@ def _mixed_worker(rank: int, world_size: int, port: int, config: dict, out_dir: 
 def test_two_ranks_validate_mixed_sizes_as_one_process_does(tmp_path):
     """Size-grouped validation under DDP: each image counted once over the ranks, the scores of one process."""
     from sever.data_loader.demo import make_demo_data
-    from test_mixed_sizes import mixed_config
+    from conftest import mixed_config
 
     data = make_demo_data(tmp_path / "mixed", n_train=24, n_test=2, height=64, width=128, seed=5, mixed_sizes=True)
     config = experiment.prepare_config(mixed_config(data, tmp_path / "saved", batch_size=2, valid_batch_size=3))
