@@ -1,6 +1,6 @@
 """Bad input through ``sever train`` as a user types it: exit 1, a message naming the key, file or
 CSV row, no traceback, and nothing trained or saved. Also checkpoints that must never be
-written over good ones. (Interrupting real training processes: tests/test_interrupt.py.)
+written over good ones. (Interrupting real training processes: tests/trainer/test_interrupt.py.)
 """
 
 import copy
