@@ -113,6 +113,7 @@ def test_early_stopping_when_the_monitored_metric_stalls(make_config):
     assert load_checkpoint(run.last)["epoch"] == 3, "epoch 1 sets the best, 2 and 3 do not improve"
 
 
+@pytest.mark.slow
 def test_unknown_monitored_metric_is_a_config_error(make_config):
     with pytest.raises(ConfigError, match="val_dice_man.*available"):
         run_of(make_config(monitor="max val_dice_man"))
