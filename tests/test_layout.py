@@ -26,7 +26,7 @@ ELSEWHERE = {
     "sever/utils/study.py": "tests/study/",
     "sever/planning/auto.py": "tests/study/test_auto.py",
     "sever/tasks.py": "tests/test_registries.py",
-    "sever/utils/logger.py": "tests/cli/test_app.py",
+    "sever/utils/logger.py": "tests/cli/test_app.py (the logs branch adds tests/utils/test_logger.py)",
     "sever/report/figures.py": "tests/report/test_build.py",
 }
 
