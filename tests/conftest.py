@@ -112,6 +112,14 @@ def tiny_config(data_dir: Path, save_dir: Path, **trainer) -> dict:
     }
 
 
+def mixed_config(data_dir: Path, save_dir: Path, **data_args) -> dict:
+    """``tiny_config`` for one epoch on images of mixed sizes, cropped to 32x64 with reflected padding."""
+    config = tiny_config(data_dir, save_dir, epochs=1)
+    config["augmentation"]["args"] = {"height": 32, "width": 64, "pad_mode": "reflect"}
+    config["data_loader"]["args"].update(validation_split=0.5, **data_args)
+    return config
+
+
 @pytest.fixture
 def make_config(demo_dir, tmp_path):
     """``make_config(**trainer_options)`` -> a tiny config saving under this test's tmp_path."""

@@ -4,10 +4,10 @@ import re
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import mixed_config
 from inference_runs import invoke, make_run
 
-from sever import experiment as sever_experiment
+from sever import experiment
 from sever.data_loader.annotations import read_rle_csv
 from sever.data_loader.augmentation import PAD_LABEL
 from sever.data_loader.datasets import list_images, read_grey
@@ -29,13 +29,6 @@ def mixed_dir(module_tmp):
                           mixed_sizes=True)
 
 
-def mixed_config(data_dir, save_dir, **data_args):
-    config = tiny_config(data_dir, save_dir, epochs=1)
-    config["augmentation"]["args"] = {"height": 32, "width": 64, "pad_mode": "reflect"}
-    config["data_loader"]["args"].update(validation_split=0.5, **data_args)
-    return config
-
-
 def own_sizes(masks):
     """``(h, w)`` of each image of a padded mask batch ``(B, C, H, W)``."""
     inside = masks[:, 0] != PAD_LABEL
@@ -52,19 +45,19 @@ def test_the_demo_generator_makes_mixed_sizes_some_smaller_than_the_crop(mixed_d
 def test_batched_and_unbatched_validation_give_the_same_scores(mixed_dir, tmp_path):
     scores, mixed_batches = [], 0
     for batch_size in (4, 1):
-        config = sever_experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved", valid_batch_size=batch_size))
-        experiment = sever_experiment.build_experiment(config)
-        trainer = sever_experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", f"batch{batch_size}"))
+        config = experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved", valid_batch_size=batch_size))
+        built = experiment.build_experiment(config)
+        trainer = experiment.make_trainer(built, RunPaths.create(tmp_path / "runs", f"batch{batch_size}"))
         log = trainer._valid_epoch(1)  # the metric, not the loss: batch means of a loss weigh batches alike
         scores.append({k: v for k, v in log.items() if re.fullmatch(r"val_dice_(\d+|mean)", k)})
-        mixed_batches += sum(len(set(own_sizes(masks))) > 1 for _, masks in experiment.data.valid_loader)
+        mixed_batches += sum(len(set(own_sizes(masks))) > 1 for _, masks in built.data.valid_loader)
     assert mixed_batches > 0, "some batch of 4 holds images of different sizes"
     assert scores[0] == pytest.approx(scores[1], abs=1e-12) and len(scores[0]) == 5
 
 
 def test_training_batches_carry_the_padding_of_small_images(mixed_dir, tmp_path):
-    config = sever_experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved"))
-    images, masks = next(iter(sever_experiment.build_experiment(config).data.train_loader))
+    config = experiment.prepare_config(mixed_config(mixed_dir, tmp_path / "saved"))
+    images, masks = next(iter(experiment.build_experiment(config).data.train_loader))
     assert images.shape[-2:] == (32, 64) and masks.shape[-2:] == (32, 64)
     assert (masks == PAD_LABEL).any(), "images narrower or lower than the crop are padded"
 
@@ -75,9 +68,9 @@ def test_evaluate_split_val_scores_as_the_trainers_validation(mixed_dir, tmp_pat
     root = make_run(tmp_path / "runs", mixed_dir, "fpn", seed=1, augmentation=config["augmentation"],
                     data_loader=config["data_loader"])
     state = load_checkpoint(root / "checkpoints" / "model_best.pth")
-    experiment = sever_experiment.build_experiment(state["config"])
-    experiment.model.load_state_dict(state["state_dict"])
-    expected = sever_experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", "again"))._valid_epoch(1)
+    built = experiment.build_experiment(state["config"])
+    built.model.load_state_dict(state["state_dict"])
+    expected = experiment.make_trainer(built, RunPaths.create(tmp_path / "runs", "again"))._valid_epoch(1)
     predictor = build_predictor([root], device="cpu")
     paths, annotations = validation_split(predictor.models[0].config)
     settings = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0, "one_class_per_pixel": False}, 4)
@@ -90,10 +83,11 @@ def mean_dice(output):
     return float(re.search(r"mean Dice ([\d.]+)", output).group(1))
 
 
+@pytest.mark.slow
 def test_train_tune_predict_evaluate_on_mixed_sizes(mixed_dir, tmp_path):
     config = mixed_config(mixed_dir, tmp_path / "saved")
     config["trainer"].update(tensorboard=True, vis_images=6)  # a grid of validation images of mixed sizes
-    run = sever_experiment.train(sever_experiment.prepare_config(config))
+    run = experiment.train(experiment.prepare_config(config))
     assert any(p.name.startswith("events.out.tfevents") for p in run.tensorboard.iterdir())
     tuned = tmp_path / "tuned.yml"
     result = invoke("tune", "-m", run.root, "--split", "val", "--num-workers", 0, "-o", tuned,
@@ -116,6 +110,7 @@ def test_train_tune_predict_evaluate_on_mixed_sizes(mixed_dir, tmp_path):
     assert against.exit_code == 0, against.output
 
 
+@pytest.mark.slow
 def test_a_mask_folder_dataset_of_mixed_sizes_converts_trains_and_evaluates(mixed_dir, tmp_path):
     converted = invoke("convert", "--from", "kaggle", "--to", "mask-folder", "--images", mixed_dir / "train_images",
                        "--masks", tmp_path / "train_masks", "--csv", mixed_dir / "train.csv", "--classes", 4)
@@ -126,7 +121,7 @@ def test_a_mask_folder_dataset_of_mixed_sizes_converts_trains_and_evaluates(mixe
     names = list_images(mixed_dir / "train_images")
     assert read_rle_csv(back, 4, image_ids=names) == read_rle_csv(mixed_dir / "train.csv", 4, image_ids=names)
     config = mixed_config(mixed_dir, tmp_path / "saved", format="mask_folder", masks=str(tmp_path / "train_masks"))
-    run = sever_experiment.train(sever_experiment.prepare_config(config))
+    run = experiment.train(experiment.prepare_config(config))
     scored = invoke("evaluate", "-m", run.root, "--split", "val", "--num-workers", 0)
     assert scored.exit_code == 0, scored.output
     assert 0 <= mean_dice(scored.output) <= 1

@@ -84,6 +84,7 @@ def test_a_name_that_is_neither_file_nor_built_in_lists_the_built_in_names(tmp_p
     assert "config file not found: nosuch" in result.output and "sever-unet-b5" in result.output
 
 
+@pytest.mark.slow
 def test_sever_train_dash_c_demo_trains_from_another_folder(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "sever", "train", "-c", "demo", "--set", "trainer.epochs=1",

@@ -21,8 +21,9 @@ GADGETS = Registry("gadget", locations=["sever_test_plugin"])
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """The module ``sever_test_plugin``, on sys.path but not imported, whose import registers ``Gadget``."""
-    (tmp_path / "sever_test_plugin.py").write_text(textwrap.dedent("""
-        from test_registries import GADGETS
+    # This module by the name pytest imported it under (its import mode decides the name).
+    (tmp_path / "sever_test_plugin.py").write_text(textwrap.dedent(f"""
+        from {__name__} import GADGETS
 
         @GADGETS.register
         class Gadget:
@@ -62,7 +63,7 @@ def test_each_task_names_parts_that_exist():
         task = TASKS.get(name, "task")
         assert TRAINERS.get(task.trainer, "task").__name__ == task.trainer
         for key, part in task.parts.items():
-            assert main.TASK_PARTS[key].get(part, key)
+            assert experiment.TASK_PARTS[key].get(part, key)
 
 
 def test_the_default_metrics_come_from_the_task(make_config):

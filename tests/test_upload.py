@@ -140,6 +140,7 @@ def invoke(*args):
 # ---------------------------------------------------------------------------- staging
 
 
+@pytest.mark.slow
 def test_dry_run_stages_config_checkpoints_and_metadata(run, tmp_path):
     stage = tmp_path / "stage"
     result = invoke("upload", "-r", run.root, "-e", 2, "-e", 1, "--best", "--dataset-id", DATASET,
@@ -162,6 +163,7 @@ def test_dry_run_stages_config_checkpoints_and_metadata(run, tmp_path):
     assert f"kaggle datasets version -p {stage} -m 'sever upload of {run.root.name}:" in result.output
 
 
+@pytest.mark.slow
 def test_dry_run_needs_neither_kaggle_nor_credentials_and_keeps_its_temporary_folder(run, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no kaggle here
     result = invoke("upload", "-r", run.root, "-e", 1, "--dataset-id", DATASET, "--dry-run")
@@ -176,6 +178,7 @@ def test_dry_run_needs_neither_kaggle_nor_credentials_and_keeps_its_temporary_fo
         folder.rmdir()
 
 
+@pytest.mark.slow
 def test_weights_only_keeps_what_inference_needs_and_still_loads(run, tmp_path):
     stage = tmp_path / "stage"
     result = invoke("upload", "-r", run.root, "-e", 1, "--weights-only", "--dataset-id", DATASET,
@@ -213,6 +216,7 @@ def test_default_slug_and_title_come_from_the_run_folder_and_fit_kaggle(tmp_path
     check_dataset_id(f"jane/{slug}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["env", "config-dir", "dot-kaggle", "xdg"])
 def test_user_name_for_the_default_id_comes_from_the_credentials(run, home, monkeypatch, where):
     folders = {"config-dir": home / "elsewhere", "dot-kaggle": home / ".kaggle", "xdg": home / ".config" / "kaggle"}
@@ -230,6 +234,7 @@ def test_user_name_for_the_default_id_comes_from_the_credentials(run, home, monk
     assert plan.dataset_id == f"jim/sever-tiny-{run.root.name.replace('_', '-')}"
 
 
+@pytest.mark.slow
 def test_environment_overrides_kaggle_json_and_a_bare_token_needs_the_dataset_id(run, home, monkeypatch):
     (home / ".kaggle").mkdir()
     (home / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "jim", "key": "k"}))
@@ -256,6 +261,7 @@ def test_dataset_id_must_be_user_slash_slug(dataset_id):
         check_dataset_id(dataset_id)
 
 
+@pytest.mark.slow
 def test_error_cases_exit_1_with_a_clear_message(run, tmp_path, kaggle_log):
     (tmp_path / "not-a-run").mkdir()
     (tmp_path / "full").mkdir()
@@ -278,6 +284,7 @@ def test_error_cases_exit_1_with_a_clear_message(run, tmp_path, kaggle_log):
     assert calls(kaggle_log) == []
 
 
+@pytest.mark.slow
 def test_kaggle_not_installed_names_the_extra(run, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     result = invoke("upload", "-r", run.root, "-e", 1, "--dataset-id", DATASET)
@@ -285,6 +292,7 @@ def test_kaggle_not_installed_names_the_extra(run, monkeypatch, tmp_path):
     assert "the kaggle command is not installed" in result.output and "pip install 'sever[kaggle]'" in result.output
 
 
+@pytest.mark.slow
 def test_missing_credentials_say_where_to_put_them(run, kaggle_log, home, monkeypatch):
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
@@ -298,6 +306,7 @@ def test_missing_credentials_say_where_to_put_them(run, kaggle_log, home, monkey
 # ---------------------------------------------------------------------------- publishing
 
 
+@pytest.mark.slow
 def test_publish_creates_a_new_dataset_and_removes_the_temporary_folder(run, kaggle_log):
     result = invoke("upload", "-r", run.root, "-e", 1, "--best", "--weights-only")
     assert result.exit_code == 0, result.output
@@ -313,6 +322,7 @@ def test_publish_creates_a_new_dataset_and_removes_the_temporary_folder(run, kag
     assert f"created https://www.kaggle.com/datasets/{dataset_id}" in result.output
 
 
+@pytest.mark.slow
 def test_publish_adds_a_version_when_the_dataset_exists(run, kaggle_log, monkeypatch, tmp_path):
     monkeypatch.setenv("FAKE_KAGGLE_EXISTING", DATASET)
     notes = "epoch 2; $(touch pwned) `id` 'quoted'"
@@ -328,6 +338,7 @@ def test_publish_adds_a_version_when_the_dataset_exists(run, kaggle_log, monkeyp
     assert f"new version of https://www.kaggle.com/datasets/{DATASET}" in result.output
 
 
+@pytest.mark.slow
 def test_failing_kaggle_is_reported_with_what_it_printed(run, kaggle_log, monkeypatch):
     monkeypatch.setenv("FAKE_KAGGLE_STATUS_FAILS", "1")
     result = invoke("upload", "-r", run.root, "-e", 1, "--dataset-id", DATASET)

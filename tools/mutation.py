@@ -9,7 +9,7 @@ equivalent mutant (a change that cannot alter behaviour). Usage::
     pip install -e '.[dev]'
     python tools/mutation.py                                   # every module in MODULES
     python tools/mutation.py sever/model/metric.py             # chosen modules
-    python tools/mutation.py sever/new.py --tests tests/test_new.py --jobs 4
+    python tools/mutation.py sever/new.py --tests tests/package/test_new.py --jobs 4
     python tools/mutation.py sever/model/metric.py --survivors  # after new tests: only the survivors again
 
 It prints ``killed/total`` per module and, for each survivor, mutmut's diff.
@@ -27,22 +27,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The training step's tests in tests/trainer/test_trainer.py, whose other tests train real runs (minutes per mutant).
+TRAIN_STEP = [f"tests/trainer/test_trainer.py::{name}" for name in (
+    "test_accumulated_steps_update_once_with_the_mean_gradient",
+    "test_a_non_finite_loss_stops_training_before_any_backward",
+    "test_one_validation_pass_logs_the_tasks_loss_or_metrics_and_keeps_the_visuals_asked_for")]
+
 # The core modules and the test files that exercise each one. Edit freely: a module that
 # moves only needs its line changed.
 MODULES: dict[str, list[str]] = {
-    "sever/data_loader/rle.py": ["tests/test_rle.py"],
-    "sever/model/metric.py": ["tests/test_metric.py", "tests/test_defect_metrics.py", "tests/test_mutation_kills.py"],
-    "sever/model/postprocess.py": ["tests/test_postprocess.py", "tests/test_metric.py", "tests/test_mutation_kills.py"],
-    "sever/data_loader/sampling.py": ["tests/test_sampling.py", "tests/test_mutation_kills.py"],
-    "sever/utils/checkpoint.py": ["tests/test_checkpoint.py", "tests/test_mutation_kills.py"],
-    # The predictor's and the trainer's own fast files (tiny models in memory): the files that train
-    # or load real runs (test_predict.py, test_trainer.py, ...) take minutes per mutant.
-    "sever/inference/predictor.py": ["tests/test_predictor_core.py", "tests/test_blind_spots.py",
-                                     "tests/test_compose.py"],
-    "sever/inference/compose.py": ["tests/test_compose.py"],
-    "sever/trainer/trainer.py": ["tests/test_trainer_core.py", "tests/test_train_step.py", "tests/test_valid_tiling.py"],
-    "sever/trainer/base.py": ["tests/test_trainer_core.py", "tests/test_train_step.py"],
-    "sever/trainer/budget.py": ["tests/test_time_budget.py", "tests/test_trainer_core.py"],
+    "sever/data_loader/rle.py": ["tests/data_loader/test_rle.py"],
+    "sever/model/metric.py": ["tests/model/test_metric.py"],
+    "sever/model/postprocess.py": ["tests/model/test_postprocess.py", "tests/model/test_metric.py"],
+    "sever/data_loader/sampling.py": ["tests/data_loader/test_sampling.py"],
+    "sever/utils/checkpoint.py": ["tests/utils/test_checkpoint.py"],
+    # The predictor's and the trainer's fast files (tiny models in memory): the files that train
+    # or load real runs (tests/cli/test_prediction.py, tests/trainer/test_trainer.py, ...) take minutes per mutant.
+    "sever/inference/predictor.py": ["tests/inference/test_predictor.py", "tests/inference/test_compose.py"],
+    "sever/inference/compose.py": ["tests/inference/test_compose.py"],
+    "sever/trainer/trainer.py": ["tests/trainer/test_base.py", *TRAIN_STEP, "tests/trainer/test_valid_tiling.py"],
+    "sever/trainer/base.py": ["tests/trainer/test_base.py", *TRAIN_STEP],
+    "sever/trainer/budget.py": ["tests/trainer/test_budget.py", "tests/trainer/test_base.py"],
 }
 
 # What the tests read besides sever/ and tests/ (copied into the scratch checkout).
@@ -105,7 +110,8 @@ def write_selection(root: Path, module: str, tests: list[str]) -> None:
                # reported as a timeout (counted as killed); 50 leaves room and still ends real hangs.
                "timeout_multiplier = 50",
                "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests)]
-    setup_cfg = (REPO / "setup.cfg").read_text().rstrip("\n") + "\n" + "\n".join(section) + "\n"
+    # pytest's own settings come from the copied pyproject.toml; setup.cfg holds only mutmut's.
+    setup_cfg = "\n".join(section).lstrip("\n") + "\n"
     for folder in (root, root / "mutants"):
         if folder.is_dir():
             (folder / "setup.cfg").write_text(setup_cfg)
