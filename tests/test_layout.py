@@ -11,23 +11,19 @@ TESTS = REPO / "tests"
 # Modules without a test file of their own name, and where their behaviour is tested meanwhile.
 # Give a module its file rather than a line here.
 ELSEWHERE = {
-    "sever/cli/common.py": "helpers of the commands, through every tests/cli/ file",
     "sever/cli/data.py": "demo-data, check-data, convert: tests/cli/test_app.py, tests/data_loader/test_checks.py, "
                          "tests/data_loader/test_convert.py",
-    "sever/cli/planning.py": "plan, auto: tests/planning/test_plan.py, tests/study/test_auto.py",
     "sever/cli/publishing.py": "export, upload: tests/test_export.py, tests/test_upload.py",
     "sever/exceptions.py": "every error message a test matches",
     "sever/model/base.py": "tests/model/test_model.py",
     "sever/model/detection.py": "tests/detection/test_trainer.py",
     "sever/utils/device.py": "tests/planning/test_plan.py",
     "sever/utils/registry.py": "tests/test_registries.py, tests/utils/test_config.py",
-    # being moved into sever/study/ or given their files on other branches (issue 24)
-    "sever/study.py": "tests/study/",
-    "sever/utils/study.py": "tests/study/",
-    "sever/planning/auto.py": "tests/study/test_auto.py",
-    "sever/tasks.py": "tests/test_registries.py",
-    "sever/utils/logger.py": "tests/cli/test_app.py (the logs branch adds tests/utils/test_logger.py)",
-    "sever/report/figures.py": "tests/report/test_build.py",
+    "sever/planning/experiment_file.py": "tests/planning/test_plan.py (the written file and its reasons)",
+    "sever/planning/policy.py": "tests/planning/test_rules.py, tests/planning/test_plan.py",
+    "sever/planning/probe.py": "tests/planning/test_plan.py (the device target and the step probe)",
+    "sever/planning/sizing.py": "tests/planning/test_plan.py, tests/planning/test_rules.py",
+    "sever/study/rounds.py": "tests/study/test_study.py, tests/inference/test_pseudo_label.py (pseudo-label rounds)",
 }
 
 

@@ -7,12 +7,10 @@ tests/test_report_browser.py (its ``browser`` fixture is reused); it skips other
 import numpy as np
 import pytest
 from report_runs import trained  # noqa: F401 (fixture)
-from test_report_browser import ALL_IMAGES_LOADED, BROWSER, DRIVER, browser  # noqa: F401 (fixture)
+from browser import ALL_IMAGES_LOADED, NEEDS_BROWSER, browser  # noqa: F401 (fixture)
 
 from sever.report.gallery import PAGE_SIZE, GalleryImage, error_kinds, gallery_image, present_dice, thumbnail, write_gallery
 
-needs_browser = pytest.mark.skipif(BROWSER is None or DRIVER is None,
-                                   reason="Chromium and chromedriver not installed (apt-get install chromium chromium-driver)")
 
 
 def masks(*boxes, classes=3, size=8) -> np.ndarray:
@@ -88,7 +86,7 @@ def page(records, keep=lambda r: True, best_first=False, number=0) -> list[str]:
     return [r.name for r in kept][number * PAGE_SIZE:(number + 1) * PAGE_SIZE]
 
 
-@needs_browser
+@NEEDS_BROWSER
 def test_filters_sort_and_pages_change_what_is_shown(gallery, browser):  # noqa: F811 (fixture)
     index, records = gallery
     browser.get(index.as_uri())
@@ -115,7 +113,7 @@ def test_filters_sort_and_pages_change_what_is_shown(gallery, browser):  # noqa:
 
 
 @pytest.mark.slow
-@needs_browser
+@NEEDS_BROWSER
 def test_the_trained_runs_gallery_loads(trained, browser):  # noqa: F811 (fixture)
     index = trained / "report" / "gallery.html"
     browser.get(index.as_uri())
