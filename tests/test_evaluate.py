@@ -82,19 +82,19 @@ def test_cli_usage_errors(csvs):
 def test_a_runs_split_scores_as_its_training_metric(runs):
     """``evaluate -m RUN --split val`` and the trainer's Dice see the same images and agree."""
     state = load_checkpoint(runs["fpn"] / "checkpoints" / "model_best.pth")
-    experiment = experiment.build_experiment({**state["config"], "data_loader": {
+    built = experiment.build_experiment({**state["config"], "data_loader": {
         **state["config"]["data_loader"], "args": {**state["config"]["data_loader"]["args"], "num_workers": 0}}})
-    experiment.model.load_state_dict(state["state_dict"])
-    experiment.model.eval()
+    built.model.load_state_dict(state["state_dict"])
+    built.model.eval()
     metric = Dice(threshold=0.5)
     with torch.inference_mode():
-        for images, masks in experiment.data.valid_loader:
-            metric.update(experiment.model(experiment.normalization(images)), masks)
+        for images, masks in built.data.valid_loader:
+            metric.update(built.model(built.normalization(images)), masks)
     expected = metric.compute()
 
     predictor = build_predictor([runs["fpn"]], device="cpu")
     paths, annotations = validation_split(predictor.models[0].config)
-    assert [p.name for p in paths] == [p.name for p in experiment.data.valid_dataset.paths]
+    assert [p.name for p in paths] == [p.name for p in built.data.valid_dataset.paths]
     settings = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0, "one_class_per_pixel": False}, 4)
     result = evaluate_predictions(predictor, settings, paths, annotations, num_workers=0)
     assert len(result.image_ids) == 6

@@ -152,7 +152,7 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({', '.join(str(model) for model in self.source.models)})"
 
-    def _open(self) -> list:
+    def open_checkpoints(self) -> list:
         """The checkpoints, each read once (their configs now, their weights at the first prediction)."""
         self.source.models = [open_checkpoint(model) for model in self.source.models]
         return self.source.models
@@ -161,7 +161,7 @@ class Model:
     def outputs(self) -> OutputClasses:
         """Which dataset classes the predicted channels are (read from the checkpoints' configs)."""
         if self._outputs is None:
-            self._outputs = compose(self._open()).outputs
+            self._outputs = compose(self.open_checkpoints()).outputs
         return self._outputs
 
     @property
@@ -172,7 +172,7 @@ class Model:
     @property
     def config(self) -> dict:
         """The first run's config (as its checkpoint holds it)."""
-        return self._open()[0].config
+        return self.open_checkpoints()[0].config
 
     def prepare(self, tta: str = "none", tile: str | tuple[int, int] | None = None, overlap: float = 0.25,
                 blend: str = "gaussian", batch_size: int = 8, device: str = "auto", amp: str = "auto",
@@ -185,13 +185,13 @@ class Model:
         for scoring its validation split. ``every_class``: refuse models that do not predict every
         class of their dataset between them (a submission).
         """
-        tiling = _tiling(tile, overlap, blend, batch_size)  # checked before any model loads
+        tiling = tiling_of(tile, overlap, blend, batch_size)  # checked before any model loads
         if tiling is None and validation:
             tiling = valid_tiling(self.config)
         classifiers = tuple(str(c) for c in _as_list(classifier))
         key = (tta, tiling, device, amp, classifiers, every_class)
         if key not in self._predictors:
-            self._open()
+            self.open_checkpoints()
             self._predictors[key] = self.source.predictor(classifiers, self.average, tta, device, amp, tiling,
                                                           every_class)
         predictor = self._predictors[key]
@@ -287,8 +287,12 @@ def _as_list(value) -> list:
     return [value] if isinstance(value, (str, Path)) else list(value)
 
 
-def _tiling(tile: str | tuple[int, int] | None, overlap: float, blend: str, batch_size: int) -> Tiling | None:
-    """The :class:`~sever.inference.tiling.Tiling` of ``tile``, or None without one."""
+def tiling_of(tile: str | tuple[int, int] | None, overlap: float, blend: str, batch_size: int) -> Tiling | None:
+    """The :class:`~sever.inference.tiling.Tiling` of ``tile`` (``"HxW"`` or ``(H, W)``), or None without one.
+
+    Raises:
+        ConfigError: a bad value, naming its option (``--tile``, ``--overlap``, ...).
+    """
     if tile is None:
         return None
     height, width = parse_tile(tile) if isinstance(tile, str) else tile

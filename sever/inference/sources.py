@@ -39,7 +39,7 @@ def source_kind(path: str | Path) -> str:
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such run folder, study folder, checkpoint or exported model")
+        raise CheckpointError(f"{path}: no such checkpoint file or run folder (nor study folder, nor exported model)")
     if path.is_dir():
         if is_study(path):
             return STUDY
