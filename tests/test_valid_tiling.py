@@ -44,13 +44,13 @@ def _validate(demo_dir, tmp_path, tile):
     """
     config = tiny_config(demo_dir, tmp_path / "saved", valid_tile=tile, valid_overlap=0.5)
     config["arch"] = UNET
-    experiment = experiment.build_experiment(experiment.prepare_config(config))
+    built = experiment.build_experiment(experiment.prepare_config(config))
     shapes = []
-    experiment.model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[-2:])))
-    trainer = experiment.make_trainer(experiment, RunPaths.create(tmp_path / "runs", str(tile)))
+    built.model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[-2:])))
+    trainer = experiment.make_trainer(built, RunPaths.create(tmp_path / "runs", str(tile)))
     log = trainer._valid_epoch(1)
     seen = set(shapes)
-    images, masks = next(iter(experiment.data.valid_loader))
+    images, masks = next(iter(built.data.valid_loader))
     inputs, targets = trainer._to_device(images, masks)
     with torch.inference_mode():
         _, logits = trainer._valid_forward(trainer.eval_model, inputs, targets)

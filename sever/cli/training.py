@@ -54,9 +54,7 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
 
 def _next_command(run) -> str:
     """The command that uses a finished run: predict with it (a classifier gates a segmentation run)."""
-    from sever.utils.config import load_config
-
-    if load_config(run.config)["task"] == "classification":
+    if run.config["task"] == "classification":
         return f"sever predict -m SEGMENTATION_RUN --classifier {run.root} -i IMAGE_DIR -o submission.csv"
     return f"sever predict -m {run.root} -i IMAGE_DIR -o submission.csv"
 
