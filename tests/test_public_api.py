@@ -15,8 +15,6 @@ import pytest
 
 import sever
 
-pytestmark = pytest.mark.slow
-
 TINY = dict(  # the demo experiment, shrunk to seconds on a CPU
     device="cpu",
     data_loader={"args": {"generate_demo": False, "num_workers": 0}},
@@ -45,6 +43,13 @@ def rows_of(path) -> list[tuple]:
         return [tuple(row) for row in list(csv.reader(stream))[1:]]
 
 
+def test_import_sever_is_light_and_names_the_api():
+    """``import sever`` loads no torch (the CLI's --help and a notebook's first cell stay fast)."""
+    code = "import sys, sever; print('torch' in sys.modules, sorted(sever.__all__))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("False "), done.stdout
+
+
 def test_the_public_names():
     assert {"load", "train", "auto", "evaluate", "tune"} <= set(sever.__all__)
     assert all(hasattr(sever, name) for name in sever.__all__)
@@ -52,6 +57,7 @@ def test_the_public_names():
         sever.no_such_name  # noqa: B018
 
 
+@pytest.mark.slow
 def test_train_returns_the_run_with_its_config_merged(run):
     assert run.root.is_dir() and run.best.is_file() and run.best.suffix == ".pth"
     assert run.config["trainer"]["epochs"] == 2  # the override
@@ -59,6 +65,7 @@ def test_train_returns_the_run_with_its_config_merged(run):
     assert run.config["class_names"] == ["pitted_spots", "dark_inclusions", "scratches", "patches"]
 
 
+@pytest.mark.slow
 def test_a_numpy_image_gives_the_masks_and_rows_of_sever_predict(run, demo_dir, tmp_path):
     folder = demo_dir / "test_images"
     sever_cli("predict", "-m", run.root, "-i", folder, "-o", tmp_path / "cli.csv", "--device", "cpu")
@@ -85,6 +92,7 @@ def test_a_numpy_image_gives_the_masks_and_rows_of_sever_predict(run, demo_dir, 
     assert result.overlay().shape == (*image.shape, 3)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_what_the_run_tuned(run):
     """The run tuned itself at the end of training: sever.evaluate uses those settings and scores them
     as the tuning found; the built-in settings score no better."""
