@@ -20,7 +20,7 @@ from sever.inference import tune as tuning
 from sever.inference.evaluate import Evaluation
 from sever.inference.tune import TuneResult
 from sever.model.postprocess import PostProcessing
-from sever.utils.study import StudyPaths
+from sever.utils.study import StudyPaths, is_study
 
 ModelInput = Model | PathLike | Sequence[PathLike]
 PREDICT_OPTIONS = ("tta", "tile", "overlap", "blend", "batch_size", "device", "amp", "postprocess", "classifier")
@@ -145,9 +145,8 @@ def tune(model: ModelInput, split: str | None = "val", output: PathLike | None =
     Returns:
         :class:`Tuning`: ``.settings`` (the best), ``.path`` (written), ``.summary()``.
     """
-    model = as_model(model)
     batch_size = options.get("batch_size", 8)
-    study_dir = model.source.study
+    study_dir = _lone_study(model)
     postprocessing = ""
     if study_dir is not None:
         if options.get("classifier"):
@@ -158,7 +157,7 @@ def tune(model: ModelInput, split: str | None = "val", output: PathLike | None =
         output = StudyPaths(study_dir).postprocess if output is None else output
     else:
         _check_split(split)
-        prepared = model.prepare(**_predict_options(options), validation=True)
+        prepared = as_model(model).prepare(**_predict_options(options), validation=True)
         stats = tuning.statistics_from_run(prepared.predictor, prepared.settings, list(thresholds), batch_size,
                                            num_workers)
         source = f"the validation split of {prepared.predictor.models[0].source}"
@@ -166,6 +165,15 @@ def tune(model: ModelInput, split: str | None = "val", output: PathLike | None =
     result = tuning.search_widening(stats, list(min_pixels), list(c_factors))
     path = result.write(output if output is not None else tuning.TUNED_FILE, source)
     return Tuning(result, path, source, postprocessing)
+
+
+def _lone_study(model: ModelInput) -> Path | None:
+    """The study folder ``model`` is, alone; None for anything else. A study path is not loaded: its
+    out-of-fold probabilities are what is tuned, whatever state its folds' runs are in."""
+    if isinstance(model, Model):
+        return model.source.study
+    paths = [model] if isinstance(model, (str, Path)) else list(model)
+    return Path(paths[0]) if len(paths) == 1 and is_study(paths[0]) else None
 
 
 def _check_split(split: str | None) -> None:

@@ -394,8 +394,9 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
     from sever.api.scoring import tune as tune_model
 
     _check_tiling(options)
-    model = load(options["models"], list(options["weights"]) or None, options["average"],
-                 options["allow_missing_folds"])
+    study_dir = _single_study(options)
+    model = study_dir or load(options["models"], list(options["weights"]) or None, options["average"],
+                              options["allow_missing_folds"])
     default_output = click.get_current_context().get_parameter_source("output") is click.core.ParameterSource.DEFAULT
     tuned = tune_model(model, split, None if default_output else output, *grid, num_workers=options["num_workers"],
                        **_predict_options(options))

@@ -91,16 +91,16 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
     out = Path(out_dir)
     config = plan.config = {**plan.config, "save_dir": str(out)}
     plan.reasons["save_dir"] = "sever auto's output folder: the study is made here"
-    experiment = plan.write(out / f"{config['name']}.yml")
-    logger.info("experiment planned: %s", experiment)
+    planned_file = plan.write(out / f"{config['name']}.yml")
+    logger.info("experiment planned: %s", planned_file)
     if plan.folds == 1:
         run = experiment.train(config)
         tuned = run.root / TUNED_FILE
         tuning = (f"post-processing tuned on the run's validation split: {tuned}" if tuned.is_file() else
                   "post-processing not tuned (see the run's log): sever predict uses the defaults")
         report = run.root / "report" / "index.html"
-        return AutoResult(plan, experiment, run.root, tuning, [report] if report.is_file() else [])
+        return AutoResult(plan, planned_file, run.root, tuning, [report] if report.is_file() else [])
     paths = study.train_study(config, plan.folds, expected_overhead=plan.fold_overhead)
     summary = tune_study(paths.root, config["data_loader"]["args"]["valid_batch_size"])
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
-    return AutoResult(plan, experiment, paths.root, summary, reports)
+    return AutoResult(plan, planned_file, paths.root, summary, reports)
