@@ -17,20 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
-import numpy as np
 import cv2
+import numpy as np
 
+from sever.api.results import Result, Results
 from sever.data_loader.datasets import IMAGE_EXTENSIONS, list_images, read_grey
 from sever.exceptions import DataError
 from sever.inference import sharding
-from sever.inference.checkpoints import open_checkpoint
-from sever.inference.compose import compose
 from sever.inference.outputs import PredictionSummary
-from sever.inference.predictor import Predictor, PredictionBatch
+from sever.inference.predictor import PredictionBatch, Predictor
 from sever.inference.sources import ModelSource, open_models
 from sever.inference.tiling import Tiling, parse_tile, valid_tiling
 from sever.model.postprocess import PROB_SCALE, PostProcessing
-from sever.api.results import Result, Results
 from sever.utils.config import OutputClasses
 
 PathLike = Union[str, Path]
@@ -154,14 +152,13 @@ class Model:
 
     def open_checkpoints(self) -> list:
         """The checkpoints, each read once (their configs now, their weights at the first prediction)."""
-        self.source.models = [open_checkpoint(model) for model in self.source.models]
-        return self.source.models
+        return self.source.open()
 
     @property
     def outputs(self) -> OutputClasses:
         """Which dataset classes the predicted channels are (read from the checkpoints' configs)."""
         if self._outputs is None:
-            self._outputs = compose(self.open_checkpoints()).outputs
+            self._outputs = self.source.outputs
         return self._outputs
 
     @property
@@ -172,7 +169,7 @@ class Model:
     @property
     def config(self) -> dict:
         """The first run's config (as its checkpoint holds it)."""
-        return self.open_checkpoints()[0].config
+        return self.source.config
 
     def prepare(self, tta: str = "none", tile: str | tuple[int, int] | None = None, overlap: float = 0.25,
                 blend: str = "gaussian", batch_size: int = 8, device: str = "auto", amp: str = "auto",
@@ -191,7 +188,7 @@ class Model:
         classifiers = tuple(str(c) for c in _as_list(classifier))
         key = (tta, tiling, device, amp, classifiers, every_class)
         if key not in self._predictors:
-            self.open_checkpoints()
+            self.source.open()
             self._predictors[key] = self.source.predictor(classifiers, self.average, tta, device, amp, tiling,
                                                           every_class)
         predictor = self._predictors[key]

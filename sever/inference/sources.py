@@ -6,7 +6,9 @@ place that tells the kinds apart (:func:`source_kind`) and turns them into a
 weights, and the post-processing tuned for them (a study's out-of-fold ``postprocess.yml``).
 An exported model (ONNX, TorchScript, an ``smp`` folder) is refused here until its loader
 is plugged in (the line marked in :func:`open_models`): that loader returns an object with
-:class:`ModelSource`'s methods (``predictor``, ``settings``, ``tuned``).
+:class:`ModelSource`'s public methods and attributes (``predictor``, ``settings``, ``open``,
+``outputs``, ``config``, ``study``, ``tuned``, ``weights``), which is all ``sever.load``'s
+model and the commands use.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from pathlib import Path
 from typing import Sequence
 
 from sever.exceptions import CheckpointError
-from sever.inference.checkpoints import CheckpointRef, OpenedCheckpoint, expand_studies
+from sever.inference.checkpoints import (
+    CheckpointRef,
+    OpenedCheckpoint,
+    expand_studies,
+    open_checkpoint,
+)
+from sever.inference.compose import compose
 from sever.inference.predictor import Predictor, build_predictor, run_settings
 from sever.inference.tiling import Tiling
 from sever.model.postprocess import PostProcessing
+from sever.utils.config import OutputClasses
 from sever.utils.study import StudyPaths, is_study
 
 RUN, CHECKPOINT, STUDY = "run", "checkpoint", "study"
@@ -76,6 +85,21 @@ class ModelSource:
     tuned: Path | None = None
     given: list[CheckpointRef] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
+
+    def open(self) -> list[OpenedCheckpoint]:
+        """The checkpoints, each read once (configs now, weights when the predictor loads them)."""
+        self.models = [open_checkpoint(model) for model in self.models]
+        return self.models
+
+    @property
+    def outputs(self) -> OutputClasses:
+        """Which dataset classes the prediction's channels are (from the checkpoints' configs)."""
+        return compose(self.open()).outputs
+
+    @property
+    def config(self) -> dict:
+        """The first checkpoint's config."""
+        return self.open()[0].config
 
     @property
     def study(self) -> Path | None:
