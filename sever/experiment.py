@@ -321,6 +321,23 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
     logger.info("wrote %s; sever predict/evaluate -m %s use it by default", run.root / TUNED_FILE, run.root)
 
 
+def check_single_run(config: dict, overrides: tuple[str, ...] | list[str] = (), source: str | None = None) -> dict:
+    """``config`` prepared for one run (:func:`prepare_config`); a config of pseudo-label rounds is a study's.
+
+    Raises:
+        ConfigError: a bad config, or ``pseudo`` set; the message starts with ``source`` (its file) when given.
+    """
+    try:
+        prepared = prepare_config(config, overrides)
+        if prepared["pseudo"] is not None:
+            raise ConfigError("pseudo: pseudo-label rounds train a study: give --folds K")
+    except ConfigError as exc:
+        if source is None:
+            raise
+        raise ConfigError(f"{source}: {exc}") from exc
+    return prepared
+
+
 def train_from_files(config_paths: tuple[str, ...], overrides: tuple[str, ...] = ()) -> list[RunPaths]:
     """Train each config file in turn (``sever train -c a.yml -c b.yml``).
 
@@ -328,9 +345,5 @@ def train_from_files(config_paths: tuple[str, ...], overrides: tuple[str, ...] =
     """
     configs = [load_config(path) for path in config_paths]
     for path, config in zip(config_paths, configs):
-        try:
-            if prepare_config(config, overrides)["pseudo"] is not None:
-                raise ConfigError("pseudo: pseudo-label rounds train a study: give --folds K")
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+        check_single_run(config, overrides, str(path))
     return [train(config, overrides) for config in configs]

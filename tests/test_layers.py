@@ -17,6 +17,7 @@ PACKAGE = REPO / "sever"
 # Highest layer first; units in one layer are siblings that must not import each other.
 LAYERS = (
     ("cli",),
+    ("api",),
     ("experiment",),
     ("export", "upload", "report"),
     ("trainer", "inference", "planning"),
@@ -25,7 +26,7 @@ LAYERS = (
 )
 # Each module's unit is that of its longest listed prefix.
 UNIT_OF = {
-    **{f"sever.{unit}": unit for unit in ("cli", "experiment", "export", "upload", "report", "trainer", "inference", "model",
+    **{f"sever.{unit}": unit for unit in ("cli", "api", "experiment", "export", "upload", "report", "trainer", "inference", "model",
                                           "data_loader")},
     "sever": "foundation",
     "sever.__main__": "cli",
@@ -122,6 +123,11 @@ def test_no_import_points_up_or_sideways():
     ("sever.data_loader.data_loaders", "sever.study.splits", True),
     ("sever.study.tuning", "sever.study.folds", False),
     ("sever.study.folder", "sever.study.tuning", False),
+    ("sever.cli.prediction", "sever.api.model", True),
+    ("sever.api.training", "sever.experiment", True),
+    ("sever.api.model", "sever.inference.sources", True),
+    ("sever.experiment", "sever.api.model", False),
+    ("sever.inference.predictor", "sever.api.results", False),
 ])
 def test_the_layer_order_judges_known_edges(importer, target, allowed):
     source, destination = unit_of(importer), unit_of(target)

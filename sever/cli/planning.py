@@ -72,20 +72,17 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
 def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
          seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
     """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
-    from sever.study.auto import plan_dataset, run_auto
+    from sever.api.training import plan as plan_experiment, run_plan
     from sever.utils.paths import check_output_path
 
     check_output_path(out_dir, "-o", folder=True)
 
-    planned = plan_dataset(data_dir, time_budget, name or Path(data_dir).resolve().name,
-                           _layout(fmt, images, csv, masks), fmt, device, unlabelled, seed)
+    planned = plan_experiment(data_dir, time_budget, name, fmt, images, csv, masks, device, unlabelled, seed)
     for line in planned.fingerprint.table():
         click.echo(line)
     for note in planned.notes:
         click.echo(f"note: {note}")
-    result = run_auto(planned, out_dir)
-    from sever.report.compare import report_after_study  # the study's own page, listed before its folds' reports
-    result.reports[:0] = [index] if (index := report_after_study(result.saved)) else []
+    result = run_plan(planned, out_dir).result
     click.echo(f"experiment: {result.experiment}")
     click.echo(result.tuning)
     for report in result.reports:

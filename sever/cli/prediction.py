@@ -49,50 +49,18 @@ def _prediction_options(command):
     return command
 
 
-def _predictor_and_settings(options: dict, echo: bool = True, split: str | None = None, every_class: bool = False):
-    """Build the predictor and post-processing settings from the shared options; say which settings (``echo``).
-
-    ``split="val"``: without ``--tile`` the run's validation split is predicted as the run validated it
-    (its ``trainer.valid_tile``). ``every_class``: the models must predict every class between them (a
-    submission).
-    """
-    from sever.inference.predictor import build_predictor, run_settings
-    from sever.inference.tiling import valid_tiling
-
-    tiling = _tiling(options)
-    if split == "val":
-        _refuse_exported(options)
-    if tiling is None and split == "val":
-        tiling = valid_tiling(options["models"][0].config)
-    predictor = build_predictor(options["models"], options["classifiers"], options["average"],
-                                list(options["weights"]) or None, options["tta"], options["device"], options["amp"],
-                                tiling, every_class)
-    settings, source = run_settings(options["postprocess"], predictor.models, bool(options["classifiers"]))
-    if echo:
-        click.echo(f"post-processing: {source}")
-    return predictor, settings
+def _predict_options(options: dict) -> dict:
+    """The shared options as keyword arguments of :meth:`sever.api.model.Model.prepare`."""
+    return {"tta": options["tta"], "tile": options["tile"], "overlap": options["overlap"], "blend": options["blend"],
+            "batch_size": options["batch_size"], "device": options["device"], "amp": options["amp"],
+            "postprocess": options["postprocess"], "classifier": options["classifiers"]}
 
 
-def _refuse_exported(options: dict) -> None:
-    """``--split val`` needs the run's data and split, which an exported model does not carry."""
-    _open_models(options)
-    for opened in options["models"]:
-        if opened.state.get("exported"):
-            raise click.UsageError(f"-m {opened.source}: an exported model carries no validation split; predict "
-                                   f"images with sever predict -m and score the CSV with sever evaluate --pred")
+def _check_tiling(options: dict) -> None:
+    """``--tile``/``--overlap``/``--blend`` checked before any model loads, so a bad value stops the command at once."""
+    from sever.api.model import tiling_of
 
-
-def _tiling(options: dict):
-    """The :class:`~sever.inference.tiling.Tiling` of ``--tile``/``--overlap``/``--blend``, or None without ``--tile``.
-
-    Checked before any model loads, so a bad value stops the command before prediction.
-    """
-    from sever.inference.tiling import Tiling, parse_tile
-
-    if options["tile"] is None:
-        return None
-    height, width = parse_tile(options["tile"])
-    return Tiling(height, width, options["overlap"], options["blend"], options["batch_size"])
+    tiling_of(options["tile"], options["overlap"], options["blend"], options["batch_size"])
 
 
 def _single_study(options: dict) -> str | None:
@@ -117,14 +85,20 @@ def _study_postprocess(options: dict) -> None:
                    err=True)
 
 
-def _expand_studies(options: dict) -> None:
-    """Replace each ``-m STUDY`` by its folds' runs (and their share of its ``-w``)."""
-    from sever.inference.checkpoints import expand_studies
+def _load_model(options: dict):
+    """``sever.load`` of the ``-m`` models (studies expanded into their folds, each checkpoint read once).
 
+    ``options["models"]`` and ``options["weights"]`` become the expanded, opened checkpoints and their
+    weights, for the detection and ``--oof`` paths that read them.
+    """
+    from sever.api.model import load
+
+    _check_tiling(options)
     _study_postprocess(options)
-    models, weights = expand_studies(options["models"], list(options["weights"]) or None,
-                                     options["allow_missing_folds"])
-    options["models"], options["weights"] = models, tuple(weights or ())
+    model = load(options["models"], list(options["weights"]) or None, options["average"],
+                 options["allow_missing_folds"])
+    options["models"], options["weights"] = model.open_checkpoints(), tuple(model.source.weights or ())
+    return model
 
 
 def _numbers(text: str, kind: type, option: str) -> list:
@@ -189,7 +163,7 @@ def predict(ctx: click.Context, image_dir: str | None, probs_dirs: tuple[str, ..
             **options) -> None:
     """Predict a folder of images and write a submission CSV (a detector: a CSV of scored boxes)."""
     from sever.data_loader.datasets import list_images
-    from sever.inference import outputs, sharding
+    from sever.inference import outputs
     from sever.inference.predictor import class_labels, load_settings
     from sever.utils.distributed import from_environment
 
@@ -217,19 +191,17 @@ def predict(ctx: click.Context, image_dir: str | None, probs_dirs: tuple[str, ..
     list_images(image_dir)  # an empty or missing folder fails before the models load
     if nproc > 1 and not from_environment().enabled:
         ctx.exit(launch_distributed(ctx, nproc))
-    with sharding.process_group(options["device"]) as (context, device):
-        options["device"] = device  # cuda:LOCAL_RANK in a multi-GPU job
-        _expand_studies(options)
-        if _box_runs(options):
-            if context.enabled:
-                raise click.UsageError("detection runs predict in one process: drop --nproc")
-            _predict_boxes(options, image_dir, output, save_probs, visualize, labels_csv, threshold)
-            return
-        predictor, settings = _predictor_and_settings(options, echo=context.is_main, every_class=True)
-        summary = sharding.predict_sharded(context, predictor, settings, image_dir, output, fmt, save_probs, visualize,
-                                           labels_csv, options["batch_size"], options["num_workers"])
-    if summary is not None:
-        click.echo(summary.describe(predictor.class_names))
+    model = _load_model(options)
+    if _box_runs(options):
+        if from_environment().enabled:
+            raise click.UsageError("detection runs predict in one process: drop --nproc")
+        _predict_boxes(options, image_dir, output, save_probs, visualize, labels_csv, threshold)
+        return
+    prediction = model.predict_folder(image_dir, output, fmt, save_probs, visualize, labels_csv,
+                                      num_workers=options["num_workers"], **_predict_options(options))
+    if prediction.summary is not None:  # rank 0 alone speaks
+        click.echo(f"post-processing: {prediction.postprocessing}")
+        click.echo(prediction.describe())
 
 
 def _predict_boxes(options: dict, image_dir: str, output: str, save_probs: str | None, visualize: str | None,
@@ -274,11 +246,11 @@ def pseudo_label(image_dir: str, output: str, low: float, high: float, max_uncer
     from sever.data_loader.datasets import list_images
 
     list_images(image_dir)  # an empty or missing folder fails before the models load
-    _expand_studies(options)
-    predictor, settings = _predictor_and_settings(options)
-    result = write_pseudo_labels(predictor, settings, image_dir, output, rule, options["batch_size"],
-                                 options["num_workers"])
-    click.echo(result.describe(predictor.class_names))
+    prepared = _load_model(options).prepare(**_predict_options(options))
+    click.echo(f"post-processing: {prepared.postprocessing}")
+    result = write_pseudo_labels(prepared.predictor, prepared.settings, image_dir, output, rule,
+                                 options["batch_size"], options["num_workers"])
+    click.echo(result.describe(prepared.predictor.class_names))
     click.echo(f"train with them: data_loader.args.pseudo_csv: {Path(output).resolve()}, "
                f"pseudo_images: {Path(image_dir).resolve()}")
 
@@ -315,8 +287,8 @@ def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, ima
     if oof:
         _evaluate_oof(options)
         return
-    _expand_studies(options)
-    if options["models"] and (as_boxes or _box_runs(options)):
+    model = _load_model(options) if options["models"] else None
+    if model is not None and (as_boxes or _box_runs(options)):
         _evaluate_boxes(options, image_dir, annotation_dir, truth_csv, mask_dir, as_boxes)
         return
     if pred_csv:
@@ -327,18 +299,18 @@ def evaluate(split: str | None, pred_csv: str | None, truth_csv: str | None, ima
     else:
         if split is None:
             raise click.UsageError("-m needs --split val (or score a submission with --pred)")
-        predictor, settings = _predictor_and_settings(options, split=split)
-        paths, annotations = scoring.predictor_split(predictor)
-        result = scoring.evaluate_predictions(predictor, settings, paths, annotations,
-                                              options["batch_size"], options["num_workers"])
+        from sever.api.scoring import evaluate as evaluate_model
+
+        result = evaluate_model(model, split, num_workers=options["num_workers"], **_predict_options(options))
+        click.echo(f"post-processing: {result.postprocessing}")
     click.echo(result.table())
 
 
 def _evaluate_oof(options: dict) -> None:
     """``sever evaluate -m STUDY --oof``: the out-of-fold score per class."""
     from sever.inference.evaluate import evaluate_saved
-    from sever.study import tuning as study
     from sever.inference.predictor import class_labels, load_settings
+    from sever.study import tuning as study
 
     path = _single_study(options)
     if path is None:
@@ -402,10 +374,6 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
             _numbers(c_factors, float, "--c-factors"))
     if bool(options["models"]) == bool(probs_dir):
         raise click.UsageError("give either -m RUN --split val, or --probs DIR --truth CSV")
-    study_dir = _single_study(options) if options["models"] else None
-    if study_dir is not None:
-        _tune_study(study_dir, grid, output, options)
-        return
     if probs_dir:
         if not truth_csv:
             raise click.UsageError("--probs needs --truth LABELS_CSV")
@@ -413,39 +381,33 @@ def tune(split: str | None, probs_dir: str | None, truth_csv: str | None, output
             raise click.UsageError("--tile is for -m: --probs are already predicted")
         stats = tuning.statistics_from_files(probs_dir, truth_csv, options["postprocess"], grid[0],
                                              batch_size=options["batch_size"])
-        source = probs_dir
-    else:
-        if split is None:
-            raise click.UsageError("-m needs --split val (or tune on saved probabilities with --probs)")
-        _expand_studies(options)
-        predictor, settings = _predictor_and_settings(options, split=split)
-        stats = tuning.statistics_from_run(predictor, settings, grid[0], options["batch_size"],
-                                           options["num_workers"])
-        source = f"the validation split of {predictor.models[0].source}"
-    result = tuning.search_widening(stats, grid[1], grid[2])
+        result = tuning.search_widening(stats, grid[1], grid[2])
+        _print_tuning(result, result.write(output, probs_dir))
+        return
+    if _single_study(options):
+        if options["classifiers"]:
+            raise click.UsageError("-m STUDY tunes on out-of-fold probabilities, which hold no classifier's; "
+                                   "drop --classifier")
+    elif split is None:
+        raise click.UsageError("-m needs --split val (or tune on saved probabilities with --probs)")
+    from sever.api.model import load
+    from sever.api.scoring import tune as tune_model
+
+    _check_tiling(options)
+    study_dir = _single_study(options)
+    model = study_dir or load(options["models"], list(options["weights"]) or None, options["average"],
+                              options["allow_missing_folds"])
+    default_output = click.get_current_context().get_parameter_source("output") is click.core.ParameterSource.DEFAULT
+    tuned = tune_model(model, split, None if default_output else output, *grid, num_workers=options["num_workers"],
+                       **_predict_options(options))
+    if tuned.postprocessing:
+        click.echo(f"post-processing: {tuned.postprocessing}")
+    _print_tuning(tuned.result, tuned.path)
+
+
+def _print_tuning(result, written: Path) -> None:
+    """What ``sever tune`` prints: every candidate's table, the summary, the file written."""
     click.echo(result.tables())
     click.echo("")
     click.echo(result.summary())
-    click.echo(f"wrote {result.write(output, source)}")
-
-
-def _tune_study(study_dir: str, grid: tuple, output: str, options: dict) -> None:
-    """``sever tune -m STUDY``: the study's out-of-fold tuning (:func:`sever.study.tuning.tune_out_of_fold`).
-
-    Without ``-o`` the settings go to the study's ``postprocess.yml`` and its out-of-fold score is recorded.
-    """
-    from sever.study.folder import StudyPaths
-    from sever.study.tuning import tune_out_of_fold
-
-    if options["classifiers"]:
-        raise click.UsageError("-m STUDY tunes on out-of-fold probabilities, which hold no classifier's; "
-                               "drop --classifier")
-    study = StudyPaths(Path(study_dir))
-    study = study.at_round(study.round_number)  # the round it predicts with, before the new score is recorded
-    default = click.get_current_context().get_parameter_source("output") is click.core.ParameterSource.DEFAULT
-    result = tune_out_of_fold(study, *grid, postprocess=options["postprocess"], batch_size=options["batch_size"],
-                              output=None if default else output)
-    click.echo(result.tables())
-    click.echo("")
-    click.echo(result.summary())
-    click.echo(f"wrote {study.postprocess if default else output}")
+    click.echo(f"wrote {written}")

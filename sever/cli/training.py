@@ -47,10 +47,10 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
         raise click.UsageError("--fold and --parallel are for studies: give --folds K with -c, or -r STUDY_DIR")
     if nproc > 1:
         ctx.exit(launch_distributed(ctx, nproc))
-    from sever import experiment
+    from sever.api import training as api
     from sever.utils.distributed import from_environment
 
-    runs = [experiment.resume(resume, overrides)] if resume else experiment.train_from_files(configs, overrides)
+    runs = [api.resume(resume, overrides)] if resume else api.train_files(configs, overrides)
     if from_environment().is_main:
         for run in runs:
             click.echo(f"run saved in {run.root}")
@@ -59,9 +59,7 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
 
 def _next_command(run) -> str:
     """The command that uses a finished run: predict with it (a classifier gates a segmentation run)."""
-    from sever.utils.config import load_config
-
-    if load_config(run.config)["task"] == "classification":
+    if run.config["task"] == "classification":
         return f"sever predict -m SEGMENTATION_RUN --classifier {run.root} -i IMAGE_DIR -o submission.csv"
     return f"sever predict -m {run.root} -i IMAGE_DIR -o submission.csv"
 

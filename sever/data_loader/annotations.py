@@ -364,7 +364,7 @@ def read_rle_csv(path: str | os.PathLike, n_classes: int, image_ids: Sequence[st
 # ------------------------------------------------------------------- CSV writing
 
 
-def _format_rows(annotations: Annotations, fmt: str) -> list[tuple]:
+def format_rows(annotations: Annotations, fmt: str) -> list[tuple]:
     """The data rows of ``annotations`` in ``fmt``, image by image, classes in order."""
     ids, encodings = annotations.image_ids, annotations.encodings
     if fmt == "train":
@@ -399,7 +399,7 @@ def write_rle_csv(path: str | os.PathLike, annotations: Annotations, fmt: str) -
         with open(temporary, "x", newline="", encoding="utf-8") as stream:
             writer = csv.writer(stream, lineterminator="\n")
             writer.writerow(FORMAT_COLUMNS[fmt])
-            writer.writerows(_format_rows(annotations, fmt))
+            writer.writerows(format_rows(annotations, fmt))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -276,8 +276,18 @@ class Predictor:
         Raises:
             DataError: an image is missing or unreadable (the message names it).
         """
-        with Progress(len(paths), description, leave=True) as shown:
-            for batch in read_images(paths, batch_size, num_workers):
+        return self.predict_images(read_images(paths, batch_size, num_workers), len(paths), description)
+
+    def predict_images(self, batches: Iterable[list[tuple[str, np.ndarray]]], total: int,
+                       description: str = "predict") -> Iterator[PredictionBatch]:
+        """Predict batches of named uint8 ``(H, W)`` images in order, with a progress bar over ``total`` images.
+
+        The one path of every prediction: files (:meth:`predict_files`) and in-memory
+        arrays (``sever.load(...).predict(array)``) meet here, so both give the same
+        probabilities. A batch of mixed sizes is split into runs of one size.
+        """
+        with Progress(total, description, leave=True) as shown:
+            for batch in batches:
                 for names, images in _same_size_runs(batch):
                     probs, class_probs = self.predict(images)
                     yield PredictionBatch(names, images, probs, class_probs)

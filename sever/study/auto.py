@@ -32,9 +32,10 @@ from sever.inference.predictor import TUNED_FILE
 from sever.planning.fingerprint import Layout, fingerprint
 from sever.planning.plan import Plan, make_plan
 from sever.planning.probe import device_target
-from sever.utils.time_budget import parse_budget
+from sever.report.compare import report_after_study
 from sever.study.folder import StudyPaths
 from sever.study.train import train_study
+from sever.utils.time_budget import parse_budget
 
 logger = logging.getLogger(__name__)
 
@@ -100,4 +101,5 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
     paths = train_study(config, plan.folds, expected_overhead=plan.fold_overhead)
     summary = tuning_summary(StudyPaths(paths.root))
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
-    return AutoResult(plan, experiment_file, paths.root, summary, reports)
+    study_page = report_after_study(paths.root)  # the study's own page, listed before its folds' reports
+    return AutoResult(plan, experiment_file, paths.root, summary, ([study_page] if study_page else []) + reports)
