@@ -14,6 +14,7 @@ ELSEWHERE = {
     "sever/cli/data.py": "demo-data, check-data, convert: tests/cli/test_app.py, tests/data_loader/test_checks.py, "
                          "tests/data_loader/test_convert.py",
     "sever/cli/publishing.py": "export, upload: tests/test_export.py, tests/test_upload.py",
+    "sever/api/results.py": "tests/api/test_model.py, tests/test_public_api.py (what predict returns)",
     "sever/exceptions.py": "every error message a test matches",
     "sever/model/base.py": "tests/model/test_model.py",
     "sever/model/detection.py": "tests/detection/test_trainer.py",

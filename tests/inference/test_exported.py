@@ -192,5 +192,5 @@ def test_a_checkpoint_saved_as_pt_is_not_taken_for_a_torchscript_export(run, tmp
 
 def test_an_export_has_no_validation_split_to_score(exports):
     result = CliRunner().invoke(cli, ["evaluate", "-m", str(exports["onnx"]), "--split", "val"])
-    assert result.exit_code == 2 and "an exported model carries no validation split" in result.output
+    assert result.exit_code == 1 and "an exported onnx model carries no validation split" in result.output
     assert "Traceback" not in result.output
