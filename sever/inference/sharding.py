@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 def shard_names(names: Sequence[str], batch_size: int, rank: int, world_size: int) -> list[str]:
-    """The images of rank ``rank``: batches ``rank, rank + world_size, ...`` of ``names`` in ``batch_size``s."""
+    """The images of rank ``rank``: batches ``rank, rank + world_size, ...`` of ``names``, in batches of ``batch_size``."""
     step = batch_size * world_size
     return [name for start in range(rank * batch_size, len(names), step) for name in names[start:start + batch_size]]
 

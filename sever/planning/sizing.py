@@ -151,7 +151,7 @@ def plan_folds(fp: Fingerprint, epochs_fitting: Callable[[int], float], study_ne
     self-tuned run 0.820 on 400 held-out images, 5 minutes each).
 
     Args:
-        epochs_fitting: ``folds -> `` the epochs each fold's share of the budget holds.
+        epochs_fitting: ``folds`` -> the epochs each fold's share of the budget holds.
     """
     notes = []
     least = policy.min_epochs_per_fold

@@ -146,7 +146,8 @@ class Registry:
         Args:
             spec: ``{"type": NAME, "args": {...}}`` or just ``NAME``.
             key: the block's dotted path in the config, for error messages.
-            *args, **supplied: arguments sever provides (e.g. model parameters).
+            *args: arguments sever provides (e.g. model parameters).
+            **supplied: keyword arguments sever provides.
         """
         name, kwargs = parse_spec(spec, key)
         target = self.get(name, f"{key}.type")
