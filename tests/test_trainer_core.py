@@ -1209,3 +1209,53 @@ def test_reduce_on_plateau_steps_with_the_monitored_metric(tmp_path):
     trainer.writer = Recorder()
     trainer.train()
     assert trainer.writer.scalars["lr/decoder"] == [(1, 0.1), (2, 0.05), (3, 0.025)]
+
+
+# Tensor methods that, on a GPU, make the host wait for the device (torch.cuda.set_sync_debug_mode
+# reports them there; on the CPU they are counted instead). numpy() is left out: it refuses device tensors.
+DEVICE_READS = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+def counted_device_reads(monkeypatch) -> list[str]:
+    """The names of the :data:`DEVICE_READS` called from now on, in order."""
+    calls = []
+    for name in DEVICE_READS:
+        def counting(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_the_training_step_never_waits_for_the_device_only_log_steps_and_the_pass_end_read_it(tmp_path, monkeypatch,
+                                                                                                policy):
+    from sever.model.metric import Dice
+
+    def trainer_over(n_batches):
+        data = batches(n_batches, seed=3)
+        data[1][1][..., 3:] = PAD_LABEL  # a padded batch: the valid mask goes to the loss and the metric
+        trainer = make(tmp_path / str(n_batches), SegmentationTrainer, train=n_batches, valid=0, loss=PartsLoss(),
+                       metrics=[Dice()], log_step=4, accumulate_steps=2, grad_clip=1.0, ema_decay=0.9,
+                       nan_policy=policy)
+        trainer.writer = Recorder()
+        return trainer
+
+    short, long = trainer_over(4), trainer_over(12)
+    reads = counted_device_reads(monkeypatch)
+    float(torch.ones(()))
+    assert reads == ["__float__"], "the counter sees a read"
+    reads.clear()
+    short._train_epoch(1, 0)
+    short_reads = list(reads)
+    reads.clear()
+    log = long._train_epoch(1, 0)
+    extra = list(reads)
+    assert math.isfinite(log["train_loss"]) and long.ema.n_averaged.item() == 6, "it trained, EMA and all"
+    for name in short_reads:
+        extra.remove(name)
+    per_step = ["__bool__"] * 8 if policy == "skip" else []  # skip: the host decides before each backward pass
+    assert sorted(extra) == sorted(["tolist", "tolist"] + per_step), (
+        "8 more steps, 2 more log steps (4 and 8): one read each, nothing per step")
+    assert short_reads.count("tolist") == 2 + 1, "log step 0 and the pass's end (+ the Dice's per-class values)"
+    assert [step for step, _ in long.writer.scalars["batch/loss"]] == [0, 4, 8], "the log steps are still logged"
