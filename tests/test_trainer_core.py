@@ -12,6 +12,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 from types import SimpleNamespace
@@ -315,6 +316,17 @@ def test_compile_wraps_the_network_and_checkpoints_the_bare_model(tmp_path):
     assert trainer.network is not trainer.model and trainer.network._orig_mod is trainer.model
     plain = make(tmp_path)
     assert plain.network is plain.model
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler (c++ / g++): none on PATH")
+def test_a_compiled_network_trains_as_the_plain_one(tmp_path):
+    compiled, plain = make(tmp_path / "compiled", compile=True), make(tmp_path / "plain")
+    compiled_log, plain_log = compiled._train_epoch(1, 0), plain._train_epoch(1, 0)
+    assert compiled_log["train_loss"] == pytest.approx(plain_log["train_loss"], rel=1e-5)
+    assert torch.allclose(weights(compiled.model), weights(plain.model), atol=1e-6)
+    assert not torch.equal(weights(compiled.model), weights(Tiny())), "it trained"
 
 
 def test_grad_clip_rescales_the_gradient_to_the_clip_norm(tmp_path):
