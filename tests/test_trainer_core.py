@@ -1271,3 +1271,26 @@ def test_the_training_step_never_waits_for_the_device_only_log_steps_and_the_pas
         "8 more steps, 2 more log steps (4 and 8): one read each, nothing per step")
     assert short_reads.count("tolist") == 2 + 1, "log step 0 and the pass's end (+ the Dice's per-class values)"
     assert [step for step, _ in long.writer.scalars["batch/loss"]] == [0, 4, 8], "the log steps are still logged"
+
+
+def test_the_exponential_average_updates_as_torchs_and_keeps_its_state_dict():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from sever.trainer.trainer import ExponentialAverage
+
+    model = Tiny(norm=True)
+    mine = ExponentialAverage(model, 0.7)
+    torchs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.7), use_buffers=True)
+    for step in range(3):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+            model.encoder[1].running_mean.add_(1.0)
+            model.encoder[1].num_batches_tracked.add_(5)
+        mine.update_parameters(model)
+        torchs.update_parameters(model)
+    expected = torchs.state_dict()
+    assert list(mine.state_dict()) == list(expected)
+    for key, value in mine.state_dict().items():
+        assert value.dtype == expected[key].dtype and torch.allclose(value, expected[key]), key
+    assert mine.n_averaged.device.type == "cpu", "its count is read on the host"
