@@ -25,7 +25,8 @@ On CPU, or with ``--dry``, the same code runs a tiny version in seconds: an FPN 
 warm-up and prints where a step's time goes: the host time inside each of the trainer's phases
 (``sever.trainer.trainer.PHASES``: data wait, host-to-device copy, forward, backward, optimiser,
 metrics, the log steps' reads), every wait of the host for the device, the host time outside the
-phases, and the GPU's busy and idle time over the window; then the GPU kernels that took longest.
+phases, and the GPU's busy and idle time over the window; then the operators that took longest
+(device time on CUDA).
 ``--sweep`` trains ``--sweep-steps`` steps at each batch of ``--sweep-batches`` and the plan's
 probe batch (``sever plan``'s largest batch that fits; the CPU rule without CUDA) in fp32, bf16 and
 fp16, and prints images/s with the ratio to fp32 at the same batch.
@@ -262,8 +263,9 @@ def profile_phase(config: dict, steps: int, save_dir: Path, trace: Path | None) 
           f"{steps_run * batch / wall_us * 1e6:.1f} images/s under the profiler", flush=True)
     rows = step_breakdown(profiler.events(), wall_us, steps_run, on_gpu)
     print_breakdown(rows, wall_us, steps_run)
-    if on_gpu:
-        print(profiler.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
+    order = "device_time_total" if on_gpu else "self_cpu_time_total"
+    print(f"longest operators (by {order}):")
+    print(profiler.key_averages().table(sort_by=order, row_limit=12), flush=True)
     if trace is not None:
         profiler.export_chrome_trace(str(trace))
         print(f"trace written to {trace} (open it in chrome://tracing or https://ui.perfetto.dev)")

@@ -47,6 +47,7 @@ def test_dry_profile_shows_where_every_step_goes_and_the_sweep_compares_precisio
     step = milliseconds["step (wall, under the profiler)"]
     assert sum(milliseconds[label] for label in phases) + milliseconds["other host (outside the phases)"] == \
         pytest.approx(step, abs=0.05)
+    assert "longest operators (by self_cpu_time_total):" in lines
     assert trace.stat().st_size > 0 and "sever.forward" in trace.read_text()
     sweep = lines[lines.index("sweep: images/s (ratio to fp32 at the same batch)") + 1:]
     assert sweep[0].split() == ["batch", "fp32", "bf16"]
