@@ -314,12 +314,14 @@ class Trainer(BaseTrainer):
         return {key: value.detach() for key, value in parts.items()}
 
     def _note_finite(self, total: torch.Tensor, step: int) -> None:
-        """Keep ``(step, loss)`` of the pass's first non-finite ``total`` in a device tensor; ``(-1, -1)`` while all are finite."""
-        if self._first_non_finite is None:
-            self._first_non_finite = torch.full((2,), -1.0, dtype=torch.float64, device=self.device)
+        """Keep ``(step, loss)`` of the pass's first non-finite ``total`` in a device tensor (float64 ``(2,)``);
+        ``(-1, -1)`` while all are finite. Three small kernels, no read."""
+        record = self._first_non_finite
+        if record is None:
+            record = torch.full((2,), -1.0, dtype=torch.float64, device=self.device)
         loss = total.detach().double()
-        first = ~torch.isfinite(loss) & (self._first_non_finite[0] < 0)
-        self._first_non_finite = torch.where(first, torch.stack([loss.new_full((), step), loss]), self._first_non_finite)
+        first = ~torch.isfinite(loss) & (record[0] < 0)
+        self._first_non_finite = torch.where(first, torch.stack([loss.new_full((), step), loss]), record)
 
     def _update_metrics(self, outputs, targets) -> None:
         """Hook: add one batch's ``outputs`` and ``targets`` (as :meth:`_to_device` gives them) to the metrics."""
@@ -448,8 +450,9 @@ class SegmentationTrainer(Trainer):
     Mask pixels holding ``PAD_LABEL`` are padding (a crop larger than its image, a
     batch of mixed sizes): on the device the targets become ``(masks (B, C, H, W)
     0/1, valid (B, 1, H, W) bool)`` and the loss and the metrics score the valid
-    pixels only; ``valid`` is None for a batch without padding. In validation the padded input pixels are set to 0, the model's own
-    padding, so a batch scores each image as it would score alone.
+    pixels only; ``valid`` is None for a batch without padding. In validation the
+    padded input pixels are set to 0, the model's own padding, so a batch scores
+    each image as it would score alone.
     """
 
     def _to_device(self, images, targets):
