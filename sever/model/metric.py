@@ -196,7 +196,8 @@ class _PerImageScore(_MaskMetric):
     score: Callable[[Tensor, Tensor], Tensor]  # bool masks (N, C, H, W) -> float64 (N, C)
 
     def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        return self.score(self._wiped(pred), target).sum(0), torch.tensor(float(len(pred)), device=pred.device)
+        images = torch.full((), float(len(pred)), device=pred.device)  # a fill: no host-to-device copy to wait for
+        return self.score(self._wiped(pred), target).sum(0), images
 
     def compute_state(self, score_sum: Tensor, images: Tensor) -> dict[str, float]:
         per_class = score_sum / images
@@ -253,7 +254,8 @@ class Accuracy(Metric):
     ndim = 2
 
     def batch_state(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        return (pred == target).sum(0), torch.tensor(float(len(pred)), device=pred.device)
+        images = torch.full((), float(len(pred)), device=pred.device)  # a fill: no host-to-device copy to wait for
+        return (pred == target).sum(0), images
 
     def compute_state(self, correct: Tensor, images: Tensor) -> dict[str, float]:
         per_class = correct / images

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
+from torch.profiler import record_function
 
 from sever.data_loader.augmentation import PAD_LABEL
 from sever.trainer.base import BaseTrainer
@@ -32,6 +34,56 @@ from sever.utils.progress import Progress
 from sever.utils.visualization import overlay_masks, to_uint8_image
 
 logger = logging.getLogger(__name__)
+
+# The phases of a training step, each run inside a profiler range named ``sever.<phase>``
+# (torch.profiler.record_function: next to free when no profiler records);
+# benchmarks/gpu_check.py --profile sums a trace by them.
+PHASES = ("data_wait", "to_device", "forward", "backward", "optimizer", "metrics", "sync")
+
+
+def phase(name: str) -> record_function:
+    """The profiler range of one of :data:`PHASES`."""
+    return record_function(f"sever.{name}")
+
+
+def waited_for(batches):
+    """Yield from ``batches``, each wait for the next batch inside the ``data_wait`` range."""
+    iterator = iter(batches)
+    while True:
+        with phase("data_wait"):
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
+class ExponentialAverage(AveragedModel):
+    """torch's AveragedModel with an exponential moving average (its state dict unchanged) whose update
+    never waits for the device: torch's own reads its count and copies it to the device at every update.
+
+    ``n_averaged`` stays on the CPU (AveragedModel's default), so reading it costs no synchronisation.
+    Floating-point parameters and buffers move ``1 - decay`` of the way to the model's; integer
+    buffers (batch-norm counters) take ``decay * old + (1 - decay) * new`` truncated, as torch's do.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [tensor.detach() for tensor in (*model.parameters(), *model.buffers())]
+        if int(self.n_averaged.numpy()) == 0:  # numpy(): a CPU tensor's value, read without the device
+            torch._foreach_copy_(averaged, current)
+        else:
+            floats = [(mine, theirs) for mine, theirs in zip(averaged, current) if mine.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([m for m, _ in floats], [t for _, t in floats], 1 - self.decay)
+            for mine, theirs in zip(averaged, current):
+                if not mine.is_floating_point():
+                    mine.copy_(mine * self.decay + theirs * (1 - self.decay))
+        self.n_averaged += 1
 
 
 class Trainer(BaseTrainer):
@@ -76,12 +128,9 @@ class Trainer(BaseTrainer):
         self.compile = options["compile"]
         self.scaler = torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
         decay = options["ema_decay"]
-        self.ema = (
-            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-            if decay is not None
-            else None
-        )
+        self.ema = ExponentialAverage(model, decay) if decay is not None else None
         self.skipped_steps = 0
+        self._first_non_finite: torch.Tensor | None = None  # (batch, loss) of the pass's first, on the device
         self.network = self._wrap_network()
 
     def _wrap_network(self) -> torch.nn.Module:
@@ -113,38 +162,67 @@ class Trainer(BaseTrainer):
         for metric in self.metrics:
             metric.reset()
         n_batches = self._batches_per_epoch()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # float64 on the device, read at the pass's end
+        last: dict[str, float] = {}  # the loss parts of the last log step, on the host
         seen, started = 0, time.perf_counter()
-        shown = Progress(n_batches, f"epoch {epoch}/{self.epochs}", "batch", initial=start_step)
+        progress = Progress(n_batches, f"epoch {epoch}/{self.epochs}", "batch", initial=start_step)
         self.optimizer.zero_grad(set_to_none=True)
-        for step, (images, targets) in enumerate(self.train_loader, start=start_step):
+        for step, (images, targets) in enumerate(waited_for(self.train_loader), start=start_step):
             if step >= n_batches:
                 break
             step_within_epoch(self.lr_scheduler, step / n_batches)
             parts = self._train_step(images, targets, step, n_batches, epoch)
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value
+                sums[key] = sums[key] + value if key in sums else value.double()
             seen += len(images)
             self.steps_done = step + 1
-            shown.set_postfix(loss=f"{parts['loss']:.4f}", run_eta=self.run_eta(epoch, (step + 1) / n_batches))
-            shown.update(images=len(images))
-            if self.writer is not None and step % self.log_step == 0:
-                global_step = (epoch - 1) * n_batches + step
-                for key, value in parts.items():
-                    self.writer.add_scalar(f"batch/{key}", value, global_step)
-                for name, lr in self._learning_rates().items():  # per step: warm-up and per-batch schedules
-                    self.writer.add_scalar(f"batch/lr_{name}", lr, global_step)
+            if step % self.log_step == 0:  # the step's one read of the device: loss parts and finiteness
+                last = self._read(parts, epoch)
+                self._log_batch(last, (epoch - 1) * n_batches + step)
+            progress.set_postfix(loss=f"{last.get('loss', math.nan):.4f}", run_eta=self.run_eta(epoch, (step + 1) / n_batches))
+            progress.update(images=len(images))
             if self._at_update_boundary(step, n_batches) and self.dist.any(self.stop_requested or self._out_of_time()):
                 self.interrupted = self._stop_agreed() and self.steps_done < n_batches
                 if not self.interrupted and self.steps_done < n_batches:
                     logger.info("time budget: epoch %d trains %d of its %d batches", epoch, self.steps_done, n_batches)
                 break
-        shown.close()
+        progress.close()
+        totals = self._read(sums, epoch)
         self.dist.sync_buffers_(self.model)
         elapsed = max(time.perf_counter() - started, 1e-9)
-        log = self._epoch_means(sums, self.steps_done - start_step, "train")
+        log = self._epoch_means(totals, self.steps_done - start_step, "train")
         log["train_images_per_s"] = self._reduced([float(seen)])[0] / elapsed
         return log
+
+    def _log_batch(self, parts: dict[str, float], global_step: int) -> None:
+        """Write one log step's loss parts and learning rates to TensorBoard (per step: warm-up and
+        per-batch schedules)."""
+        if self.writer is None:
+            return
+        for key, value in parts.items():
+            self.writer.add_scalar(f"batch/{key}", value, global_step)
+        for name, lr in self._learning_rates().items():
+            self.writer.add_scalar(f"batch/lr_{name}", lr, global_step)
+
+    def _read(self, values: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+        """``values`` (0-dim tensors on the device) as floats, read in one synchronisation.
+
+        The same read takes the pass's first non-finite loss noted by :meth:`_note_finite`, if any,
+        and stops training on it (``nan_policy: stop``): the check costs no synchronisation of its own.
+        """
+        keys = list(values)
+        record = self._first_non_finite
+        tensors = [values[key].double() for key in keys] + ([record] if record is not None else [])
+        if not tensors:
+            return {}
+        with phase("sync"):
+            read = torch.cat([tensor.reshape(-1) for tensor in tensors]).tolist()
+        if record is not None:
+            self._first_non_finite = None
+            batch, loss = read[-2:]
+            if batch >= 0:
+                raise self._non_finite_error(loss, epoch, int(batch))
+        return dict(zip(keys, read))
 
     def _reduced(self, values: list[float]) -> list[float]:
         """``values`` summed over every rank."""
@@ -195,31 +273,52 @@ class Trainer(BaseTrainer):
         logits = self.network(images)
         return self._loss_parts(logits, targets), logits
 
-    def _train_step(self, images, targets, step: int, n_batches: int, epoch: int) -> dict[str, float]:
-        """Train on one batch; return its loss parts as floats. The same for every task.
+    def _train_step(self, images, targets, step: int, n_batches: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Train on one batch; return its loss parts, detached 0-dim tensors on the device. The same for every task.
 
         The task's :meth:`_forward_loss` runs under autocast; the loss, divided by
         ``accumulate_steps`` so accumulated gradients average the batches, goes
         backward through the AMP scaler; at an update boundary the optimiser steps
         (:meth:`_optimizer_step`). Under DDP gradients are all-reduced only at an
-        update boundary. A non-finite loss goes to ``nan_policy`` before any backward.
+        update boundary.
+
+        The step never waits for the device (no ``.item()``, no ``bool`` of a device tensor),
+        so the host queues the next batch's work while the device runs this one. A non-finite
+        loss is noted on the device (:meth:`_note_finite`) and stops training at the next read
+        (:meth:`_read`: the next log step or the pass's end), before any checkpoint; under
+        ``nan_policy: skip`` the host must decide before the backward pass, which costs one
+        synchronisation per step.
         """
-        images, targets = self._to_device(images, targets)
+        with phase("to_device"):
+            images, targets = self._to_device(images, targets)
         update = self._at_update_boundary(step, n_batches)
         sync = self.network.no_sync() if self.dist.enabled and not update else contextlib.nullcontext()
         with sync:
-            with autocast(self.amp, self.device):
+            with phase("forward"), autocast(self.amp, self.device):
                 parts, outputs = self._forward_loss(images, targets)
             total = parts["loss"]
-            if not torch.isfinite(total):
-                return self._non_finite(total, step, epoch)
-            self.scaler.scale(total / self.accumulate).backward()
+            if self.nan_policy == "skip" and not torch.isfinite(total):
+                return self._skip_non_finite(total, step, epoch)
+            self._note_finite(total, step)
+            with phase("backward"):
+                self.scaler.scale(total / self.accumulate).backward()
         if update:
-            self._optimizer_step()
+            with phase("optimizer"):
+                self._optimizer_step()
         if outputs is not None:
-            with torch.no_grad():
+            with phase("metrics"), torch.no_grad():
                 self._update_metrics(outputs.detach(), targets)
-        return {key: float(value.detach()) for key, value in parts.items()}
+        return {key: value.detach() for key, value in parts.items()}
+
+    def _note_finite(self, total: torch.Tensor, step: int) -> None:
+        """Keep ``(step, loss)`` of the pass's first non-finite ``total`` in a device tensor (float64 ``(2,)``);
+        ``(-1, -1)`` while all are finite. Three small kernels, no read."""
+        record = self._first_non_finite
+        if record is None:
+            record = torch.full((2,), -1.0, dtype=torch.float64, device=self.device)
+        loss = total.detach().double()
+        first = ~torch.isfinite(loss) & (record[0] < 0)
+        self._first_non_finite = torch.where(first, torch.stack([loss.new_full((), step), loss]), record)
 
     def _update_metrics(self, outputs, targets) -> None:
         """Hook: add one batch's ``outputs`` and ``targets`` (as :meth:`_to_device` gives them) to the metrics."""
@@ -241,17 +340,18 @@ class Trainer(BaseTrainer):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
-    def _non_finite(self, total: torch.Tensor, step: int, epoch: int) -> dict[str, float]:
-        total = total.detach()
-        if self.nan_policy == "skip":
-            self.skipped_steps += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            logger.warning("non-finite loss (%s) at epoch %d batch %d: step skipped (%d so far)",
-                           float(total), epoch, step, self.skipped_steps)
-            return {"loss": 0.0}
+    def _skip_non_finite(self, total: torch.Tensor, step: int, epoch: int) -> dict[str, torch.Tensor]:
+        """``nan_policy: skip``: drop the step and the gradients accumulated so far."""
+        self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        logger.warning("non-finite loss (%s) at epoch %d batch %d: step skipped (%d so far)",
+                       float(total.detach()), epoch, step, self.skipped_steps)
+        return {"loss": torch.zeros((), device=self.device)}
+
+    def _non_finite_error(self, loss: float, epoch: int, step: int) -> TrainingError:
         last = self.run.last if self.run.last.exists() else None
-        raise TrainingError(
-            f"non-finite loss ({float(total)}) at epoch {epoch} batch {step}; training stopped and no "
+        return TrainingError(
+            f"non-finite loss ({loss}) at epoch {epoch} batch {step}; training stopped and no "
             f"checkpoint was written over the good ones"
             + (f" (last good: {last})" if last else "")
             + ". Lower the learning rate, check the data, or set trainer.nan_policy: skip."
@@ -291,7 +391,7 @@ class Trainer(BaseTrainer):
     @torch.inference_mode()
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         model = self._begin_validation()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device, read once at the end
         batches = 0
         shown = Progress(len(self.valid_loader), f"validation of epoch {epoch}/{self.epochs}", "batch")
         for batch_index, (images, targets) in enumerate(self.valid_loader):
@@ -299,14 +399,14 @@ class Trainer(BaseTrainer):
             with autocast(self.amp, self.device):
                 parts, outputs = self._valid_forward(model, inputs, targets)
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                sums[key] = sums[key] + value if key in sums else value.double()
             batches += 1
             self._update_metrics(outputs, targets)
             self._collect_visuals(batch_index, images, targets, outputs)
             shown.update(images=len(images))
         shown.close()
         self._write_visuals(epoch)
-        return self._valid_log(sums, batches)
+        return self._valid_log(self._read(sums, epoch), batches)
 
     def _collect_visuals(self, batch_index, images, targets, outputs) -> None:
         """Hook: keep what :meth:`_write_visuals` shows (called for each validation batch).
@@ -349,12 +449,17 @@ class SegmentationTrainer(Trainer):
     Mask pixels holding ``PAD_LABEL`` are padding (a crop larger than its image, a
     batch of mixed sizes): on the device the targets become ``(masks (B, C, H, W)
     0/1, valid (B, 1, H, W) bool)`` and the loss and the metrics score the valid
-    pixels only. In validation the padded input pixels are set to 0, the model's own
-    padding, so a batch scores each image as it would score alone.
+    pixels only; ``valid`` is None for a batch without padding. In validation the
+    padded input pixels are set to 0, the model's own padding, so a batch scores
+    each image as it would score alone.
     """
 
     def _to_device(self, images, targets):
+        # whether the batch holds padding, read from the loader's host copy: numpy() never waits for a device
+        padded = bool((targets[:, :1].numpy() == PAD_LABEL).any())
         inputs, masks = super()._to_device(images, targets)
+        if not padded:
+            return inputs, (masks, None)
         valid = masks[:, :1] != PAD_LABEL
         return inputs, (masks.masked_fill(~valid, 0), valid)
 
@@ -364,7 +469,8 @@ class SegmentationTrainer(Trainer):
 
     def _valid_forward(self, model, images, targets):
         masks, valid = targets
-        images = images.masked_fill(~valid, 0)
+        if valid is not None:
+            images = images.masked_fill(~valid, 0)
         logits = model(images) if self.tiling is None else self._tiled_logits(model, images)
         return self._masked_loss_parts(logits, masks, valid), logits
 
@@ -381,9 +487,10 @@ class SegmentationTrainer(Trainer):
         return torch.logit(probs, eps=1e-6)
 
     def _masked_loss_parts(self, logits, masks, valid):
-        """The loss parts; ``valid`` goes to the loss only when the batch has padding, so a
-        loss without a ``valid`` argument (e.g. a plain torch loss) trains on unpadded data."""
-        return self._loss_parts(logits, masks) if bool(valid.all()) else self._loss_parts(logits, masks, valid)
+        """The loss parts; ``valid`` is None when the batch has no padding (:meth:`_to_device`), and
+        goes to the loss only when it is not, so a loss without a ``valid`` argument (e.g. a plain
+        torch loss) trains on unpadded data."""
+        return self._loss_parts(logits, masks) if valid is None else self._loss_parts(logits, masks, valid)
 
     def _update_metrics(self, outputs, targets) -> None:
         for metric in self.metrics:
@@ -393,7 +500,10 @@ class SegmentationTrainer(Trainer):
         take = self._visual_room(batch_index)
         if not take:
             return
-        masks, valid = (t[:take].cpu().numpy() for t in targets)
+        masks, valid = targets
+        if valid is None:
+            valid = torch.ones_like(masks[:, :1], dtype=torch.bool)
+        masks, valid = masks[:take].cpu().numpy(), valid[:take].cpu().numpy()
         predicted = (torch.sigmoid(logits[:take].float()) > 0.5).cpu().numpy()
         for image, truth, pred, own in zip(images[:take].float().cpu().numpy(), masks, predicted, valid):
             height, width = int(own[0].any(1).sum()), int(own[0].any(0).sum())  # the image's own pixels

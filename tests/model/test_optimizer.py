@@ -265,3 +265,27 @@ def test_ranger_state_dict_loads_weights_only_and_resumes_identically():
     train(resumed, resumed_optimizer, range(7, 15))
     for expected, actual in zip(model.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- fused steps (a GPU option)
+
+
+def test_fused_is_an_optimizer_argument_that_steps_as_the_plain_optimizer_does():
+    # SGD: torch's fused and plain kernels agree to rounding (its fused Adam takes another path near eps)
+    block = {"type": "SGD", "encoder": {"lr": 1e-2}, "decoder": {"lr": 3e-2}, "args": {"momentum": 0.9}}
+    plain_model, fused_model = TinyNet(), TinyNet()
+    plain = build_optimizer(plain_model, block)
+    fused = build_optimizer(fused_model, {**block, "args": {**block["args"], "fused": True}})
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    train(plain_model, plain, range(3))
+    train(fused_model, fused, range(3))
+    for mine, theirs in zip(fused_model.parameters(), plain_model.parameters()):
+        assert torch.allclose(mine, theirs, atol=1e-6)
+    assert not torch.equal(fused_model.scale, torch.ones(1)), "it trained"
+    adamw = build_optimizer(TinyNet(), {"type": "AdamW", "args": {"lr": 1e-3, "fused": True}})
+    assert adamw.defaults["fused"] is True
+
+
+def test_fused_on_an_optimizer_without_fused_kernels_names_the_key():
+    with pytest.raises(ConfigError, match=r"optimizer\.args.*fused"):
+        build_optimizer(TinyNet(), {"type": "RAdam", "args": {"lr": 1e-3, "fused": True}})

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 from types import SimpleNamespace
@@ -328,6 +329,17 @@ def test_compile_wraps_the_network_and_checkpoints_the_bare_model(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler (c++ / g++): none on PATH")
+def test_a_compiled_network_trains_as_the_plain_one(tmp_path):
+    compiled, plain = make(tmp_path / "compiled", compile=True), make(tmp_path / "plain")
+    compiled_log, plain_log = compiled._train_epoch(1, 0), plain._train_epoch(1, 0)
+    assert compiled_log["train_loss"] == pytest.approx(plain_log["train_loss"], rel=1e-5)
+    assert torch.allclose(weights(compiled.model), weights(plain.model), atol=1e-6)
+    assert not torch.equal(weights(compiled.model), weights(Tiny())), "it trained"
+
+
 def test_grad_clip_rescales_the_gradient_to_the_clip_norm(tmp_path):
     trainer = make(tmp_path, train=1, valid=0, grad_clip=0.01)
     start = Tiny()
@@ -1277,3 +1289,76 @@ def test_reduce_on_plateau_steps_with_the_monitored_metric(tmp_path):
     trainer.writer = Recorder()
     trainer.train()
     assert trainer.writer.scalars["lr/decoder"] == [(1, 0.1), (2, 0.05), (3, 0.025)]
+
+
+# Tensor methods that, on a GPU, make the host wait for the device (torch.cuda.set_sync_debug_mode
+# reports them there; on the CPU they are counted instead). numpy() is left out: it refuses device tensors.
+DEVICE_READS = ("item", "tolist", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+def counted_device_reads(monkeypatch) -> list[str]:
+    """The names of the :data:`DEVICE_READS` called from now on, in order."""
+    calls = []
+    for name in DEVICE_READS:
+        def counting(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_the_training_step_never_waits_for_the_device_only_log_steps_and_the_pass_end_read_it(tmp_path, monkeypatch,
+                                                                                                policy):
+    from sever.model.metric import Dice
+
+    def trainer_over(n_batches):
+        data = batches(n_batches, seed=3)
+        data[1][1][..., 3:] = PAD_LABEL  # a padded batch: the valid mask goes to the loss and the metric
+        trainer = make(tmp_path / str(n_batches), SegmentationTrainer, train=n_batches, valid=0, loss=PartsLoss(),
+                       metrics=[Dice()], log_step=4, accumulate_steps=2, grad_clip=1.0, ema_decay=0.9,
+                       nan_policy=policy)
+        trainer.writer = Recorder()
+        return trainer
+
+    short, long = trainer_over(4), trainer_over(12)
+    reads = counted_device_reads(monkeypatch)
+    float(torch.ones(()))
+    assert reads == ["__float__"], "the counter sees a read"
+    reads.clear()
+    short._train_epoch(1, 0)
+    short_reads = list(reads)
+    reads.clear()
+    log = long._train_epoch(1, 0)
+    extra = list(reads)
+    assert math.isfinite(log["train_loss"]) and long.ema.n_averaged.item() == 6, "it trained, EMA and all"
+    for name in short_reads:
+        extra.remove(name)
+    per_step = ["__bool__"] * 8 if policy == "skip" else []  # skip: the host decides before each backward pass
+    assert sorted(extra) == sorted(["tolist", "tolist"] + per_step), (
+        "8 more steps, 2 more log steps (4 and 8): one read each, nothing per step")
+    assert short_reads.count("tolist") == 2 + 1, "log step 0 and the pass's end (+ the Dice's per-class values)"
+    assert [step for step, _ in long.writer.scalars["batch/loss"]] == [0, 4, 8], "the log steps are still logged"
+
+
+def test_the_exponential_average_updates_as_torchs_and_keeps_its_state_dict():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from sever.trainer.trainer import ExponentialAverage
+
+    model = Tiny(norm=True)
+    mine = ExponentialAverage(model, 0.7)
+    torchs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.7), use_buffers=True)
+    for step in range(3):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+            model.encoder[1].running_mean.add_(1.0)
+            model.encoder[1].num_batches_tracked.add_(5)
+        mine.update_parameters(model)
+        torchs.update_parameters(model)
+    expected = torchs.state_dict()
+    assert list(mine.state_dict()) == list(expected)
+    for key, value in mine.state_dict().items():
+        assert value.dtype == expected[key].dtype and torch.allclose(value, expected[key]), key
+    assert mine.n_averaged.device.type == "cpu", "its count is read on the host"
