@@ -319,6 +319,11 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
     logger.info("post-processing tuned on the validation split (competition metric and per-class Dice, "
                 "default settings against tuned):\n%s", result.summary())
     logger.info("wrote %s; sever predict/evaluate -m %s use it by default", run.root / TUNED_FILE, run.root)
+    from sever.inference.learning import judge_classes, learning_lines
+
+    for line in learning_lines(judge_classes(result.class_names, result.recorded_scores(), result.best),
+                               "validation split"):
+        (logger.warning if "NOT learned" in line or line.startswith("WARNING") else logger.info)(line)
 
 
 def train_from_files(config_paths: tuple[str, ...], overrides: tuple[str, ...] = ()) -> list[RunPaths]:

@@ -57,6 +57,7 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
         click.echo(line)
     for note in planned.notes:
         click.echo(f"note: {note}")
+    click.echo(planned.learning.note())
     click.echo(f"wrote {planned.write(output)} and {Path(output).parent / 'fingerprint.json'}")
     folds = f" --folds {planned.folds}" if planned.folds > 1 else ""
     click.echo(f"next: sever train -c {output}{folds}   (or sever auto {data_dir} --time {time_budget})")
@@ -83,6 +84,7 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
         click.echo(line)
     for note in planned.notes:
         click.echo(f"note: {note}")
+    click.echo(planned.learning.note())
     result = run_auto(planned, out_dir)
     from sever.report.compare import report_after_study  # the study's own page, listed before its folds' reports
     result.reports[:0] = [index] if (index := report_after_study(result.saved)) else []
@@ -91,4 +93,6 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
     for report in result.reports:
         click.echo(f"report: {report}")
     click.echo(f"{result.kind} saved in {result.saved}")
+    for line in result.learning:  # just above the predict command: a class never learned cannot go unseen
+        click.echo(line)
     click.echo(f"next: {result.predict_command}")
