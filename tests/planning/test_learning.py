@@ -5,8 +5,7 @@ import dataclasses
 import re
 
 import pytest
-from plan_datasets import fake_target
-from test_rules import fake_fp
+from plan_datasets import fake_fp, fake_target
 
 from sever.planning.fingerprint import ClassStats
 from sever.planning.learning import crops_needed, learning_estimate
