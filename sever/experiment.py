@@ -323,7 +323,10 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
 
     for line in learning_lines(judge_classes(result.class_names, result.recorded_scores(), result.best),
                                "validation split"):
-        (logger.warning if "NOT learned" in line or line.startswith("WARNING") else logger.info)(line)
+        if line.startswith("WARNING: "):
+            logger.warning(line.removeprefix("WARNING: "))
+        else:
+            (logger.warning if "NOT learned" in line else logger.info)(line)
 
 
 def train_from_files(config_paths: tuple[str, ...], overrides: tuple[str, ...] = ()) -> list[RunPaths]:

@@ -113,7 +113,7 @@ class LearningEstimate:
         return (f"WARNING: this budget is too short to learn this data: each run gets about {self.given:.0f} "
                 f"optimiser steps of {self.batch} crops, and this data is expected to need about "
                 f"{self.needed:.0f} before its validation defect Dice leaves the floor ({self.hardest}). "
-                f"{where}, or a device about {speed:.1f}x faster per step at this budget. Trained as planned, "
+                f"{where}, or a device about {speed:.{1 if speed < 10 else 0}f}x faster per step at this budget. Trained as planned, "
                 "classes are likely not learned (the end of the run names them).")
 
 

@@ -92,8 +92,6 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
     plan.reasons["save_dir"] = "sever auto's output folder: the study is made here"
     experiment_file = plan.write(out / f"{config['name']}.yml")
     logger.info("experiment planned: %s", experiment_file)
-    if plan.learning is not None and plan.learning.short:
-        logger.warning("%s", plan.learning.warning())
     if plan.folds == 1:
         run = experiment.train(config)
         tuned = run.root / TUNED_FILE
