@@ -23,7 +23,7 @@ study that runs pseudo-label rounds reads.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sever import experiment
@@ -50,7 +50,7 @@ class AutoResult:
     saved: Path
     tuning: str
     reports: list[Path]
-    learning: list[str]
+    learning: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
