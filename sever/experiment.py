@@ -319,6 +319,14 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
     logger.info("post-processing tuned on the validation split (competition metric and per-class Dice, "
                 "default settings against tuned):\n%s", result.summary())
     logger.info("wrote %s; sever predict/evaluate -m %s use it by default", run.root / TUNED_FILE, run.root)
+    from sever.inference.learning import judge_classes, learning_lines
+
+    for line in learning_lines(judge_classes(result.class_names, result.recorded_scores(), result.best),
+                               "validation split"):
+        if line.startswith("WARNING: "):
+            logger.warning(line.removeprefix("WARNING: "))
+        else:
+            (logger.warning if "NOT learned" in line else logger.info)(line)
 
 
 def check_single_run(config: dict, overrides: tuple[str, ...] | list[str] = (), source: str | None = None) -> dict:

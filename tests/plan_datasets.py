@@ -1,5 +1,5 @@
 """Small datasets and a fake device for the plan and auto tests: known squares in a mask folder,
-a NEU-Seg subset, a device whose step times are given (so no plan depends on the machine's speed)."""
+a NEU-Seg subset, a device whose step times are given (so no plan depends on the machine's speed), a made-up fingerprint."""
 
 import shutil
 from pathlib import Path
@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sever.planning.fingerprint import ClassStats, Fingerprint
 from sever.planning.probe import Target
 from sever.utils.device import Capabilities
 
@@ -51,3 +52,15 @@ def neu_subset(shared_data: Path, root: Path, every: int = 90) -> Path:
     keep = set(names)
     (root / "train.csv").write_text("\n".join([header] + [r for r in rows if r.split(",")[0] in keep]) + "\n")
     return root
+
+
+def fake_fp(data_dir, images=100, side=(256, 256), counts=(40, 30, 20, 2), empty=0.3, extent=(10, 10),
+            **changes) -> Fingerprint:
+    """A fingerprint of ``images`` images of ``side`` pixels, class k in ``counts[k]`` of them."""
+    classes = [ClassStats(f"class{k + 1}", n, n / images, [40.0, 80.0, 120.0], [20.0, 40.0, 60.0], list(extent))
+               for k, n in enumerate(counts)]
+    fields = dict(data_dir=str(data_dir), layout={"format": "kaggle", "images": "train_images", "csv": "train.csv",
+                                                  "masks": "train_masks"},
+                  images=images, heights=[side[0]] * 3, widths=[side[1]] * 3, channels=[1], grey_mean=0.4,
+                  grey_std=0.2, empty_images=empty, empty_pairs=0.7, classes=classes)
+    return Fingerprint(**{**fields, **changes})

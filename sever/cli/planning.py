@@ -57,6 +57,7 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
         click.echo(line)
     for note in planned.notes:
         click.echo(f"note: {note}")
+    click.echo(planned.learning.note())
     click.echo(f"wrote {planned.write(output)} and {Path(output).parent / 'fingerprint.json'}")
     folds = f" --folds {planned.folds}" if planned.folds > 1 else ""
     click.echo(f"next: sever train -c {output}{folds}   (or sever auto {data_dir} --time {time_budget})")
@@ -82,10 +83,13 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
         click.echo(line)
     for note in planned.notes:
         click.echo(f"note: {note}")
+    click.echo(planned.learning.note())
     result = run_plan(planned, out_dir).result
     click.echo(f"experiment: {result.experiment}")
     click.echo(result.tuning)
     for report in result.reports:
         click.echo(f"report: {report}")
     click.echo(f"{result.kind} saved in {result.saved}")
+    for line in result.learning:  # just above the predict command: a class never learned cannot go unseen
+        click.echo(line)
     click.echo(f"next: {result.predict_command}")

@@ -54,7 +54,22 @@ def train(ctx: click.Context, configs: tuple[str, ...], resume: str | None, over
     if from_environment().is_main:
         for run in runs:
             click.echo(f"run saved in {run.root}")
+            _echo_learning(run.root, "validation split")
         click.echo(f"next: {_next_command(runs[-1])}")
+
+
+def _echo_learning(root, where: str, study: bool = False) -> None:
+    """Print whether each class was learned (after a run's self-tuning or a study's out-of-fold tuning);
+    nothing for an untuned run."""
+    from sever.exceptions import CheckpointError
+    from sever.inference.learning import learning_lines, run_learning, study_learning
+
+    try:
+        verdicts = study_learning(root) if study else run_learning(root)
+    except CheckpointError:  # a run that wrote no checkpoint has nothing to judge
+        return
+    for line in learning_lines(verdicts, where if study else f"{where} of {root}"):
+        click.echo(line)
 
 
 def _next_command(run) -> str:
@@ -97,6 +112,7 @@ def _train_study(ctx: click.Context, configs: tuple[str, ...], resume: str | Non
             click.echo(f"sever predict -m {paths.root} uses round {whole.chosen_round()} (the finished round with the "
                        f"best out-of-fold score)")
         click.echo(f"study saved in {paths.root}")
+        _echo_learning(paths.root, "out-of-fold images", study=True)
 
 @click.command("demo-data")
 @click.option("-o", "--out", "out_dir", default="data/demo", show_default=True, type=click.Path(file_okay=False),

@@ -153,6 +153,7 @@ class TuneStatistics:
         class_probs = torch.tensor(self._class_probs, dtype=torch.float32) if base.gated else None
         classes = wiped.shape[1]
         scores = np.zeros((len(searched), len(pixels), len(factors), classes))
+        survivors = np.zeros(scores.shape, dtype=np.int64)
         for t, threshold in enumerate(searched):
             gathered = self.thresholds.index(threshold)
             kept = torch.tensor(self._kept[gathered], dtype=torch.float64)
@@ -163,7 +164,9 @@ class TuneStatistics:
                                             c_factor=None if factor is None else (factor,) * classes)
                     keep = settings.keep(counts, class_probs)
                     scores[t, m, f] = torch.where(keep, kept, wiped).mean(0).numpy()
-        return TuneResult(base, searched, pixels, factors, scores, list(self.image_ids), self.class_names)
+                    survivors[t, m, f] = (keep & (counts > 0)).sum(0).numpy()
+        return TuneResult(base, searched, pixels, factors, scores, list(self.image_ids), self.class_names,
+                          wiped.mean(0).numpy(), survivors)
 
 
 @dataclass
@@ -174,6 +177,10 @@ class TuneResult:
         scores: ``(T, M, F, C)`` mean Dice of class c with threshold ``thresholds[t]``,
             min_pixels ``min_pixels[m]`` and c_factor ``c_factors[f]`` (``[None]`` without
             a classifier).
+        empty_scores: ``(C,)`` mean Dice of the empty predictor (every mask wiped) on the same
+            images: the share of images without the class, what predicting nothing scores.
+        survivors: ``(T, M, F, C)`` images on which class c keeps a non-empty mask with those
+            settings (0: the settings switch the class off on these images).
     """
 
     base: PostProcessing
@@ -183,6 +190,8 @@ class TuneResult:
     scores: np.ndarray
     image_ids: list[str]
     class_names: list[str]
+    empty_scores: np.ndarray
+    survivors: np.ndarray
 
     def _index(self, settings: PostProcessing, c: int) -> tuple[int, int, int]:
         factor = None if settings.c_factor is None else settings.c_factor[c]
@@ -204,6 +213,19 @@ class TuneResult:
     def best_scores(self) -> np.ndarray:
         """``(C,)`` per-class mean Dice of the best settings."""
         return np.array([self.scores[self._best_index(c) + (c,)] for c in range(len(self.class_names))])
+
+    @property
+    def best_survivors(self) -> np.ndarray:
+        """``(C,)`` images on which each class keeps a non-empty mask with the best settings."""
+        return np.array([self.survivors[self._best_index(c) + (c,)] for c in range(len(self.class_names))])
+
+    def recorded_scores(self) -> dict[str, list]:
+        """What a run's checkpoint (``postprocess_scores``) and a study's ``study.yml`` keep of this search:
+        per class, the default and tuned mean Dice, the empty predictor's, and the images the tuned settings
+        keep a mask on (:mod:`sever.inference.learning` judges from them whether each class was learned)."""
+        return {"default": self.base_scores.tolist(), "tuned": self.best_scores.tolist(),
+                "empty": [float(v) for v in self.empty_scores], "survivors": [int(v) for v in self.best_survivors],
+                "images": len(self.image_ids)}
 
     @property
     def best(self) -> PostProcessing:
@@ -364,7 +386,8 @@ def tune_run(root: str | Path, device: torch.device | str = "cpu", data_config: 
     defaults are the base settings and the default grids are searched
     (:func:`search_widening`). The best settings go to ``<run>/postprocess.yml`` and,
     under ``postprocess``, into that checkpoint, beside ``postprocess_scores``: the
-    per-class mean Dice of the default and the tuned settings.
+    per-class mean Dice of the default and the tuned settings, the empty predictor's, and the
+    images each class keeps a mask on (:meth:`TuneResult.recorded_scores`).
 
     ``data_config``: the config the run trains with now (a resumed run's ``--set`` values, e.g.
     its data moved to another folder); its ``data_loader`` and ``trainer`` blocks place the
@@ -386,6 +409,6 @@ def tune_run(root: str | Path, device: torch.device | str = "cpu", data_config: 
     result = search_widening(stats, DEFAULT_MIN_PIXELS)
     result.write(Path(root) / TUNED_FILE, f"the validation split of {opened.source}")
     state = dict(opened.state, postprocess=result.best.to_mapping(),
-                 postprocess_scores={"default": result.base_scores.tolist(), "tuned": result.best_scores.tolist()})
+                 postprocess_scores=result.recorded_scores())
     atomic_torch_save(state, opened.source)
     return result

@@ -17,6 +17,8 @@ The package:
 - :mod:`~sever.planning.rules`: the rules, one function per config key, registered in order;
 - :mod:`~sever.planning.sizing`: the measured part (batch, step time, folds, the model) and the
   estimates of an epoch's and a fold's seconds;
+- :mod:`~sever.planning.learning`: the steps the data is expected to need against those the budget gives
+  (:class:`~sever.planning.learning.LearningEstimate`, ``Plan.learning``), printed before training;
 - :mod:`~sever.planning.probe`: the device and loader timing (:class:`~sever.planning.probe.Target`);
 - :mod:`~sever.planning.experiment_file`: the YAML text; the budget's arithmetic is
   :mod:`sever.utils.time_budget`'s.
@@ -37,6 +39,7 @@ from typing import Any
 
 from sever.planning.experiment_file import experiment_text, wrapped
 from sever.planning.fingerprint import Fingerprint
+from sever.planning.learning import LearningEstimate, learning_estimate
 from sever.planning.policy import DEFAULT_POLICY, PlanPolicy
 from sever.planning.probe import PlanError, Target, device_target
 from sever.planning.rules import PLAN_RULES, PlanContext, RuleRegistry
@@ -54,6 +57,7 @@ class Plan:
     fingerprint: Fingerprint
     notes: list[str] = field(default_factory=list)
     fold_overhead: float = 0.0  # estimated seconds a fold takes beyond its training (set-up, tuning, report, OOF)
+    learning: LearningEstimate | None = None  # the steps the budget gives against those the data needs
 
     @property
     def folds(self) -> int:
@@ -67,6 +71,8 @@ class Plan:
                   f"#   sever train -c THIS_FILE{f' --folds {self.folds}' if self.folds > 1 else ''}    # or: sever "
                   "auto, which also tunes and predicts"]
         header += [f"# note: {line}" for note in self.notes for line in wrapped(note)]
+        if self.learning is not None:
+            header += [f"# {line}" for line in wrapped(self.learning.note())]
         return experiment_text(self.config, self.reasons, header)
 
     def write(self, path: str | Path) -> Path:
@@ -99,7 +105,9 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
             _set(config, dotted, value)
             reasons.pop(dotted, None)  # a later rule's value replaces the reason of the earlier one
         reasons.update(why)
-    return Plan(config, reasons, fp, ctx.notes, ctx.fold_overhead)
+    learning = learning_estimate(fp, budget, ctx.sizing.batch, ctx.crop, ctx.sizing.step, ctx.run_epochs,
+                                 ctx.sizing.folds, ctx.rounds, policy)
+    return Plan(config, reasons, fp, ctx.notes, ctx.fold_overhead, learning)
 
 
 def _set(config: dict, dotted: str, value: Any) -> None:

@@ -47,6 +47,27 @@ class PlanPolicy:
         sampler_alpha: the class-balancing sampler's blend of natural (0) and equal (1) group weights.
         useful_epoch_share: the least share of an epoch's batches a planned run may end with; a
             shorter last epoch is not planned (the trainer's own guard, ``PARTIAL_SHARE``).
+
+    The learning rule (:mod:`sever.planning.learning`): the training crops a run is expected to
+    see before its validation defect Dice leaves the floor, ``learn_crops`` scaled up for a class
+    rarer or smaller than the reference's, ``max(1, learn_frequency / share) ** learn_rarity_power
+    * max(1, learn_cover / cover) ** learn_size_power``, by the hardest class; divided by the batch,
+    optimiser steps. **Provenance, honestly**: no learning curve has been measured yet
+    (``benchmarks/learning_curves.py`` measures them and fits these fields). The reference is the
+    demo data, the hardest set known to learn: its rarest class is in 9.4% of the images and
+    covers about 3% of a 256x256 crop, and about 100 steps of 8 crops (800 crops) gave
+    held-out Dice 0.80 (README, the schedule's notes), so 800 crops is an upper bound for
+    its floor. NEU-Seg (every class in 39% of the images, 4% of a crop) learned and settled in
+    about 1,200 steps (7 min on CPU). The issue-27 set (5 classes each in under 10% of the images,
+    defects of a few hundred pixels: about 0.5% of a crop) learned nothing in 272 steps of 8;
+    the rule asks about 780 steps of it. The exponents are chosen, not fitted: 1 for rarity (a
+    class must be shown a number of times) and 1 for size (the loss a small defect contributes
+    shrinks with its pixels).
+        learn_crops: training crops the reference data (the demo data) needs to leave the floor.
+        learn_frequency: the reference's rarest class's share of the images.
+        learn_cover: the reference's rarest class's median defect area per image as a share of a crop.
+        learn_rarity_power: exponent of the rarity factor.
+        learn_size_power: exponent of the size factor.
     """
 
     max_folds: int = 5
@@ -70,6 +91,11 @@ class PlanPolicy:
     loading_samples: int = 12
     sampler_alpha: float = 0.5
     useful_epoch_share: float = PARTIAL_SHARE
+    learn_crops: float = 800.0
+    learn_frequency: float = 0.094
+    learn_cover: float = 0.03
+    learn_rarity_power: float = 1.0
+    learn_size_power: float = 1.0
 
     def crop_cap(self, kind: str) -> int:
         """The largest crop side planned on a device of ``kind`` (``cpu`` or ``cuda``), pixels."""

@@ -153,6 +153,49 @@ def _validation(run: RunPaths, folder: Path, cap: ImageCap, examples: int, postp
     return sections
 
 
+def learning_section(verdicts, where: str) -> Section | None:
+    """The "Was each class learned?" section from :mod:`sever.inference.learning` verdicts (None: not tuned).
+
+    ``where``: the images the tuning scored (``"validation split"``, ``"out-of-fold images"``).
+    """
+    from sever.inference.learning import LEARNED_GAIN, learning_lines
+
+    if verdicts is None:
+        return None
+    missed = [v.name for v in verdicts if v.shown and not v.learned]
+    text = (f"Per class, on the {where}: the tuned mean Dice against what predicting nothing scores on the same "
+            f"images, and the gain (tuned - nothing) / (1 - nothing): Dice per image showing the class, false alarms "
+            f"subtracted. A class is learned from a gain of {LEARNED_GAIN} on, with the tuned post-processing keeping "
+            "a mask on some image; otherwise sever predict will (almost) never predict it. ")
+    text += (f"NOT LEARNED: {', '.join(missed)}. " + learning_lines(verdicts, where)[-1] if missed
+             else "Every class shown in these images was learned.")
+    head = "".join(f"<th>{h}</th>" for h in ("class", "tuned Dice", "predicting nothing", "gain",
+                                             "images keeping a mask", "verdict"))
+    rows = []
+    for v in verdicts:
+        verdict = ("not judged" if not v.shown else "learned" if v.learned
+                   else "NOT learned, switched off" if v.switched_off else "NOT learned")
+        cells = [html.escape(v.name), f"{v.tuned:.4f}", f"{v.empty:.4f}", f"{v.gain:.3f}",
+                 "-" if v.survivors is None else v.survivors, verdict]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return Section("Was each class learned?", text, table=f"<table><tr>{head}</tr>{''.join(rows)}</table>")
+
+
+def _learning(run: RunPaths, missing: list[str]) -> list[Section]:
+    from sever.inference.learning import run_learning
+
+    try:
+        section = learning_section(run_learning(run.root), "validation split")
+    except SeverError as exc:
+        missing.append(f"learning verdict: {exc}")
+        return []
+    if section is None:
+        missing.append("learning verdict: the run's checkpoint holds no self-tuning scores with the empty "
+                       f"predictor's (tune it: sever tune -m {run.root} --split val).")
+        return []
+    return [section]
+
+
 def _tuned_settings(run: RunPaths) -> Path | None:
     path = run.root / TUNED_SETTINGS
     return path if path.is_file() else None
@@ -243,7 +286,7 @@ def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, exam
         raise DataError(f"--postprocess: file not found: {postprocess}")
     folder = report_folder(run.root)
     missing: list[str] = []
-    sections = _curves(run, folder, missing)
+    sections = _learning(run, missing) + _curves(run, folder, missing)
     sections += _validation(run, folder, ImageCap(max_images, cap_option), examples, Path(postprocess) if postprocess else None, missing)
     index = folder / "index.html"
     index.write_text(page(f"sever report: {run.root.name}", f"Run {run.root}", sections, missing), encoding="utf-8")

@@ -18,7 +18,9 @@ from typing import Any, Sequence
 import yaml
 
 from sever.exceptions import DataError
-from sever.report.build import Report, Section, check_run_folder, page, report_folder, run_class_labels
+from sever.inference.learning import study_learning
+from sever.report.build import (Report, Section, check_run_folder, learning_section, page, report_folder,
+                                run_class_labels)
 from sever.report.history import History, read_history
 from sever.utils.run import RunPaths
 # the study folder's reader; its one import in sever.report (the module moves to sever/study/)
@@ -220,6 +222,12 @@ def write_study_report(study_dir: str | Path) -> Report:
                                   "post-processing); the study predicts with the chosen round.",
                         table=_table(("round", "folds", "out-of-fold score", "with default post-processing",
                                       "pseudo-labelled images", "chosen"), _round_rows(paths)))]
+    verdicts = study_learning(paths)  # the round the study predicts with
+    if (learned := learning_section(verdicts, "out-of-fold images")) is not None:
+        sections.append(learned)
+    else:
+        missing.append("learning verdict: the study's tuning recorded no empty-predictor scores (tune it out-of-fold: "
+                       f"sever tune -m {paths.root}).")
     for number in range(paths.rounds + 1):
         sections += _round_sections(paths.at_round(number), folder, class_names, missing)
     ledger = _ledger(data)

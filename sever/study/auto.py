@@ -23,11 +23,12 @@ study that runs pseudo-label rounds reads.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sever import experiment
 from sever.exceptions import DataError
+from sever.inference.learning import learning_lines, run_learning, study_learning
 from sever.inference.predictor import TUNED_FILE
 from sever.planning.fingerprint import Layout, fingerprint
 from sever.planning.plan import Plan, make_plan
@@ -43,13 +44,14 @@ logger = logging.getLogger(__name__)
 @dataclass
 class AutoResult:
     """What ``sever auto`` made: the plan and its file, the study (or single run) folder, the tuning
-    summary, the reports."""
+    summary, the reports, and whether each class was learned (:func:`sever.inference.learning.learning_lines`)."""
 
     plan: Plan
     experiment: Path
     saved: Path
     tuning: str
     reports: list[Path]
+    learning: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -97,9 +99,12 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
         tuning = (f"post-processing tuned on the run's validation split: {tuned}" if tuned.is_file() else
                   "post-processing not tuned (see the run's log): sever predict uses the defaults")
         report = run.root / "report" / "index.html"
-        return AutoResult(plan, experiment_file, run.root, tuning, [report] if report.is_file() else [])
+        learning = learning_lines(run_learning(run.root), "validation split") if tuned.is_file() else []
+        return AutoResult(plan, experiment_file, run.root, tuning, [report] if report.is_file() else [], learning)
     paths = train_study(config, plan.folds, expected_overhead=plan.fold_overhead)
     summary = tuning_summary(StudyPaths(paths.root))
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
     study_page = report_after_study(paths.root)  # the study's own page, listed before its folds' reports
-    return AutoResult(plan, experiment_file, paths.root, summary, ([study_page] if study_page else []) + reports)
+    learning = learning_lines(study_learning(paths.root), "out-of-fold images")
+    return AutoResult(plan, experiment_file, paths.root, summary, ([study_page] if study_page else []) + reports,
+                      learning)

@@ -68,7 +68,10 @@ def tune_out_of_fold(study: StudyPaths, thresholds: Sequence[float] = DEFAULT_TH
         batch_size: saved maps read per batch.
         output: where to write the settings; None: the round's ``postprocess.yml``, and then
             the round's ``score`` (the tuned mean Dice), ``class_scores`` and
-            ``default_score`` (the base settings') are recorded in ``study.yml``.
+            ``default_score`` (the base settings') are recorded in ``study.yml``, with
+            ``empty_scores`` (the empty predictor's per class), ``class_survivors`` (the images each
+            class keeps a mask on) and ``tuned_images``, from which
+            :func:`sever.inference.learning.study_learning` judges each class.
 
     Raises:
         CheckpointError: a fold not done or without its out-of-fold maps.
@@ -79,8 +82,10 @@ def tune_out_of_fold(study: StudyPaths, thresholds: Sequence[float] = DEFAULT_TH
     target = study.postprocess if output is None else Path(output)
     result.write(target, f"the out-of-fold probabilities of {study.root} round {study.round_number}")
     if target.resolve() == study.postprocess.resolve():
-        study.record(score=float(result.best_scores.mean()), class_scores=[float(v) for v in result.best_scores],
-                     default_score=float(result.base_scores.mean()))
+        recorded = result.recorded_scores()
+        study.record(score=float(result.best_scores.mean()), class_scores=recorded["tuned"],
+                     default_score=float(result.base_scores.mean()), empty_scores=recorded["empty"],
+                     class_survivors=recorded["survivors"], tuned_images=recorded["images"])
     logger.info("round %d: out-of-fold score %.4f (competition metric, tuned; %.4f with the base post-processing); "
                 "wrote %s", study.round_number, float(result.best_scores.mean()), float(result.base_scores.mean()),
                 target)

@@ -124,6 +124,11 @@ def test_train_with_overrides_then_resume(make_config, tmp_path):
     assert result.exit_code == 0, result.output
     run_dir = result.output.split("run saved in ")[-1].splitlines()[0]
     assert f"next: sever predict -m {run_dir} -i IMAGE_DIR -o submission.csv" in result.output
+    # the run's self-tuning judged each class; the verdicts come just above the predict command
+    from sever.inference.learning import learning_lines, run_learning
+
+    verdicts = learning_lines(run_learning(run_dir), f"validation split of {run_dir}")
+    assert verdicts and result.output.strip().splitlines()[-1 - len(verdicts):-1] == verdicts
     config_file = Path(run_dir) / "config.yaml"
     written = yaml.safe_load(config_file.read_text())
     assert written["trainer"]["epochs"] == 1

@@ -245,6 +245,10 @@ def test_cli_plan_prints_the_fingerprint_and_writes_the_file(tmp_path):
     assert result.exit_code == 0, result.output
     assert "class2" in result.output and "defect-free" in result.output
     assert "note: folds reduced to 2: class2 is in only 1 image(s); some folds validate without it" in result.output
+    # the steps the budget gives against those the data needs (a warning when short; the step is timed here)
+    learning = re.search(r"^(learning: the budget gives each run about \d+ optimiser steps|WARNING: this budget is "
+                         r"too short to learn this data).*$", result.output, re.M).group(0)
+    assert learning.split(")")[0][:60] in out.read_text().replace("\n# ", " ")  # the file carries it too
     config = load_config(out)
     assert config["data_loader"]["args"]["folds"] == 2 and config["seed"] == 42
     prepare_config(config)

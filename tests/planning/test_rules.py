@@ -5,28 +5,16 @@ import dataclasses
 
 import numpy as np
 import pytest
-from plan_datasets import fake_target
+from plan_datasets import fake_fp, fake_target
 
 from sever.data_loader.sampling import SamplerFactory
 from sever.experiment import prepare_config
-from sever.planning.fingerprint import ClassStats, Fingerprint
+from sever.planning.fingerprint import Fingerprint
 from sever.planning.plan import PlanError, make_plan
 from sever.planning.policy import DEFAULT_POLICY, PlanPolicy
 from sever.planning.rules import PLAN_RULES, PlanContext, balance_groups, plan_crop, plan_sampler
 from sever.planning.sizing import epoch_estimate, fold_overhead
 from sever.registries import SAMPLERS
-
-
-def fake_fp(data_dir, images=100, side=(256, 256), counts=(40, 30, 20, 2), empty=0.3, extent=(10, 10),
-            **changes) -> Fingerprint:
-    """A fingerprint of ``images`` images of ``side`` pixels, class k in ``counts[k]`` of them."""
-    classes = [ClassStats(f"class{k + 1}", n, n / images, [40.0, 80.0, 120.0], [20.0, 40.0, 60.0], list(extent))
-               for k, n in enumerate(counts)]
-    fields = dict(data_dir=str(data_dir), layout={"format": "kaggle", "images": "train_images", "csv": "train.csv",
-                                                  "masks": "train_masks"},
-                  images=images, heights=[side[0]] * 3, widths=[side[1]] * 3, channels=[1], grey_mean=0.4,
-                  grey_std=0.2, empty_images=empty, empty_pairs=0.7, classes=classes)
-    return Fingerprint(**{**fields, **changes})
 
 
 # ----------------------------------------------------------------------------- the registry

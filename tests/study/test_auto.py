@@ -8,6 +8,8 @@ their planned time budgets.
 import re
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from plan_datasets import fake_target, neu_subset
@@ -130,3 +132,63 @@ def test_auto_refuses_a_missing_unlabelled_folder_before_training(tmp_path):
                                       "--unlabelled", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "--unlabelled: folder not found" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def rare_tiny_dataset(root: Path, images: int = 16, size=(64, 64)) -> Path:
+    """A mask folder on textured grey: class 1 a 3x3 spot in three images of four, class 2 a 2x2 spot in two
+    images: defects far too small and rare to learn in the few steps of a one-minute budget."""
+    rng = np.random.default_rng(5)
+    (root / "train_images").mkdir(parents=True)
+    (root / "train_masks").mkdir()
+    for i in range(images):
+        image = rng.integers(60, 120, size, dtype=np.uint8)
+        labels = np.zeros(size, np.uint8)
+        y, x = rng.integers(4, size[0] - 8, 2)
+        if i % 4:
+            labels[y:y + 3, x:x + 3] = 1
+        if i in (2, 9):
+            labels[y + 4:y + 6, x + 4:x + 6] = 2
+        image[labels > 0] = 140
+        cv2.imwrite(str(root / "train_images" / f"im{i:02d}.png"), image)
+        cv2.imwrite(str(root / "train_masks" / f"im{i:02d}.png"), labels)
+    return root
+
+
+def unlearned_named(output: str, verdicts) -> list[str]:
+    """The classes the learning verdicts say were not learned, checked to be named in the WARNING line just above
+    the predict command."""
+    missed = [v.name for v in verdicts if v.shown and not v.learned]
+    lines = output.strip().splitlines()
+    assert lines[-2] == f"WARNING: {len(missed)} of {len(verdicts)} classes not learned: {', '.join(missed)}. " \
+                        + lines[-2].split(". ", 1)[1]
+    for v in verdicts:
+        assert v.describe() in output
+    return missed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [1.0, 2.0], ids=["study", "single-run"])
+def test_a_budget_far_too_short_is_warned_before_training_and_each_unlearned_class_named(tmp_path, monkeypatch,
+                                                                                       step):
+    from sever.inference.learning import run_learning, study_learning
+
+    monkeypatch.setattr("sever.study.auto.device_target",
+                        lambda device, classes, fp: fake_target(step=step, per_image=step == 1.0))
+    data = rare_tiny_dataset(tmp_path / "rare")
+    result = CliRunner().invoke(cli, ["auto", str(data), "--device", "cpu", "--time", "1m", "-o",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    output = result.output
+    warning = output.index("WARNING: this budget is too short to learn this data")
+    assert warning < output.index("experiment: ")  # printed before training
+    saved = Path(re.search(r"^(?:study|run) saved in (.+)$", output, re.M).group(1))
+    if step == 1.0:
+        assert StudyPaths(saved).folds >= 2
+        verdicts = study_learning(saved)
+        page = (saved / "report" / "index.html").read_text()
+    else:
+        verdicts = run_learning(saved)
+        page = (saved / "report" / "index.html").read_text()
+    missed = unlearned_named(output, verdicts)
+    assert any(name.endswith("1") for name in missed)  # class 1 is in every validation part; nothing learned it
+    assert "Was each class learned?" in page and f"NOT LEARNED: {', '.join(missed)}." in page
