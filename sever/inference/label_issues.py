@@ -22,8 +22,10 @@ each class is its own 2-class problem, background against the class: labels are 
 mask, probabilities ``[1 - p_c, p_c]``. That needs no rule for overlapping pixels and keeps a
 class's score from hiding behind another's; the one cross-class kind, a wrong class, is found
 after scoring by comparing a spurious mask with the other classes' confident predictions.
-A confident prediction is the study's post-processed one (its tuned thresholds and minimum
-sizes, ``postprocess.yml``), the masks ``sever predict -m STUDY`` would write.
+A confident prediction is the study's post-processed one (its tuned thresholds, one class per
+pixel and component steps, ``postprocess.yml``) before the minimum-size wipe: a small labelled
+defect that the prediction finds is not called spurious because it is smaller than ``min_pixels``;
+a missing mask needs a confident prediction of at least ``min_pixels`` (and one) pixels.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from sever.exceptions import CheckpointError, ConfigError, DataError
 from sever.inference.evaluate import check_same_classes, truth_batch
@@ -87,17 +90,18 @@ def class_quality(truth: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return quality
 
 
-def issue_kind(truth: np.ndarray, predicted: np.ndarray, c: int,
-               outline_iou: float = OUTLINE_IOU) -> tuple[str | None, float, int | None]:
+def issue_kind(truth: np.ndarray, predicted: np.ndarray, c: int, outline_iou: float = OUTLINE_IOU,
+               min_pixels: int = 1) -> tuple[str | None, float, int | None]:
     """The kind of disagreement of class ``c`` in one image: ``(kind or None, iou, other class or None)``.
 
-    ``truth`` and ``predicted``: bool ``(C, H, W)`` labelled and confidently predicted masks.
+    ``truth`` and ``predicted``: bool ``(C, H, W)`` labelled and confidently predicted masks;
+    ``min_pixels``: the predicted pixels a missing mask needs.
     """
     label, guess = truth[c], predicted[c]
     union = np.logical_or(label, guess).sum()
     iou = float(np.logical_and(label, guess).sum() / union) if union else 1.0
     if not label.any():
-        return ("missing mask" if guess.any() else None), iou, None
+        return ("missing mask" if guess.sum() >= max(1, min_pixels) else None), iou, None
     if np.logical_and(label, guess).sum() < MISSED_COVER * label.sum():
         cover = [np.logical_and(label, predicted[k]).sum() / label.sum() if k != c else 0.0
                  for k in range(len(truth))]
@@ -109,20 +113,22 @@ def issue_kind(truth: np.ndarray, predicted: np.ndarray, c: int,
 
 
 def batch_issues(names: Sequence[str], probs: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
-                 outline_iou: float = OUTLINE_IOU) -> list[LabelIssue]:
+                 outline_iou: float = OUTLINE_IOU, min_pixels: Sequence[int] | None = None) -> list[LabelIssue]:
     """The label issues of one batch.
 
     Args:
         names: B image names.
         probs: float ``(B, C, H, W)`` out-of-fold probabilities in [0, 1].
-        truth: ``(B, C, H, W)`` labelled masks; ``predicted``: ``(B, C, H, W)`` confident (post-processed) masks.
+        truth: ``(B, C, H, W)`` labelled masks; ``predicted``: ``(B, C, H, W)`` confident masks.
+        min_pixels: C predicted pixels a missing mask needs (None: 1).
     """
+    min_pixels = min_pixels or [1] * probs.shape[1]
     truth, predicted = truth != 0, predicted != 0
     scores = 1.0 - np.stack([class_quality(truth[:, c], probs[:, c]) for c in range(probs.shape[1])], axis=1)
     issues = []
     for b, name in enumerate(names):
         for c in range(probs.shape[1]):
-            kind, iou, other = issue_kind(truth[b], predicted[b], c, outline_iou)
+            kind, iou, other = issue_kind(truth[b], predicted[b], c, outline_iou, min_pixels[c])
             if kind is not None:
                 issues.append(LabelIssue(name, c, kind, round(float(scores[b, c]), 6), round(iou, 4), other))
     return issues
@@ -148,13 +154,19 @@ def rank_label_issues(sources: Sequence[tuple[SavedProbabilities, object]], sett
     issues: list[LabelIssue] = []
     for saved, truth in sources:
         for batch in saved.batches(batch_size):
-            predicted = settings.apply(batch.probs, batch.class_probs).numpy()
+            predicted = confident_masks(batch.probs, settings)
             masks = truth_batch(truth, batch.names, tuple(predicted.shape[-2:])).numpy()
             issues += batch_issues(batch.names, batch.probs.numpy().astype(np.float32) / PROB_SCALE, masks,
-                                   predicted, outline_iou)
+                                   predicted, outline_iou, settings.min_pixels)
     issues.sort(key=lambda issue: (-issue.score, issue.image, issue.class_index))
     logger.info("%d suspect (image, class) pairs in %d images", len(issues), len({i.image for i in issues}))
     return issues
+
+
+def confident_masks(probs: torch.Tensor, settings: PostProcessing) -> np.ndarray:
+    """bool ``(B, C, H, W)``: uint8 probabilities ``(B, C, H, W)`` post-processed by ``settings``
+    short of the minimum-size wipe (see the module's docstring)."""
+    return settings.pixel_masks(probs).cpu().numpy()
 
 
 def image_ranking(issues: Sequence[LabelIssue]) -> list[str]:

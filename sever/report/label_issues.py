@@ -1,8 +1,8 @@
 """The label-issues gallery: the suspect images of ``sever label-issues``, most suspect first.
 
 The page is the report's gallery (:mod:`sever.report.gallery`): each card is one suspect image
-with its label outlined above and its out-of-fold prediction (post-processed as the study
-predicts) below, its per-class Dice, and its issues as ``kind: class score``; the filter offers
+with its label outlined above and its confident out-of-fold prediction
+(:func:`~sever.inference.label_issues.confident_masks`) below, its per-class Dice, and its issues as ``kind: class score``; the filter offers
 the label-issue kinds, the sort the suspects' rank.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from sever.data_loader.datasets import read_grey
 from sever.inference.evaluate import truth_batch
-from sever.inference.label_issues import KINDS, StudyIssues, image_ranking
+from sever.inference.label_issues import KINDS, StudyIssues, confident_masks, image_ranking
 from sever.model.metric import dice_per_image
 from sever.report.gallery import GALLERY_DIR, gallery_image, thumbnail, write_gallery
 from sever.utils.visualization import outline_masks
@@ -44,7 +44,7 @@ def write_issue_gallery(result: StudyIssues, folder: str | Path, max_images: int
     for rank, name in enumerate(image_ranking(result.issues)[:max_images]):
         saved, annotations = fold_of[name]
         probs, _ = saved.load(name)
-        predicted = result.settings.apply(torch.from_numpy(probs)[None], None).numpy()[0]
+        predicted = confident_masks(torch.from_numpy(probs)[None], result.settings)[0]
         truth = truth_batch(annotations, [name], probs.shape[-2:]).numpy()[0]
         image = read_grey(result.images[name])
         thumb = f"{GALLERY_DIR}/{rank:06d}.jpg"
