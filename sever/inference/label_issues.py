@@ -158,7 +158,7 @@ def rank_label_issues(sources: Sequence[tuple[SavedProbabilities, object]], sett
             masks = truth_batch(truth, batch.names, tuple(predicted.shape[-2:])).numpy()
             issues += batch_issues(batch.names, batch.probs.numpy().astype(np.float32) / PROB_SCALE, masks,
                                    predicted, outline_iou, settings.min_pixels)
-    issues.sort(key=lambda issue: (-issue.score, issue.image, issue.class_index))
+    issues = most_suspect_first(issues)
     logger.info("%d suspect (image, class) pairs in %d images", len(issues), len({i.image for i in issues}))
     return issues
 
@@ -169,8 +169,13 @@ def confident_masks(probs: torch.Tensor, settings: PostProcessing) -> np.ndarray
     return settings.pixel_masks(probs).cpu().numpy()
 
 
+def most_suspect_first(issues: Sequence[LabelIssue]) -> list[LabelIssue]:
+    """``issues`` by descending score (ties by image name and class)."""
+    return sorted(issues, key=lambda issue: (-issue.score, issue.image, issue.class_index))
+
+
 def image_ranking(issues: Sequence[LabelIssue]) -> list[str]:
-    """The suspect images, most suspect first (an image ranks by its most suspect class)."""
+    """The images of ``issues`` (most suspect first) in order: an image ranks by its most suspect class."""
     return list(dict.fromkeys(issue.image for issue in issues))
 
 
