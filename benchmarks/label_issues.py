@@ -112,11 +112,12 @@ def corrupt(annotations: Annotations, share: float, side: int, seed: int) -> tup
     return Annotations(annotations.image_ids, encodings, annotations.rows, annotations.source), record
 
 
-def study_config(data_dir: Path, save_dir: Path, budget: str | None, epochs: int, batch_size: int, side: int) -> dict:
-    """experiments/neu-seg.yml on ``data_dir`` on the CPU, cropped to ``side`` rounded down to 32, for
+def study_config(data_dir: Path, save_dir: Path, budget: str | None, epochs: int, batch_size: int, side: int,
+                 device: str = "cpu") -> dict:
+    """experiments/neu-seg.yml on ``data_dir`` on ``device``, cropped to ``side`` rounded down to 32, for
     ``epochs`` or within ``budget`` (then ``epochs`` only bounds it)."""
     config = load_config(REPO / "experiments" / "neu-seg.yml")
-    config["save_dir"], config["device"] = str(save_dir), "cpu"
+    config["save_dir"], config["device"] = str(save_dir), device
     config["data_loader"]["args"].update(data_dir=str(data_dir), num_workers=0, batch_size=batch_size)
     config["augmentation"]["args"].update(height=side // 32 * 32, width=side // 32 * 32)
     config["trainer"].update(epochs=epochs, tensorboard=False, save_period=epochs, report_images=0)
@@ -165,6 +166,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="each fold's epochs (with --budget: an upper bound)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the folds train (cpu, cuda, auto)")
     parser.add_argument("--out", type=Path, default=None, help="working folder [default: a new temporary one]")
     parser.add_argument("--study", type=Path, default=None,
                         help="rank an existing study of an earlier run's --out again (no training)")
@@ -181,7 +183,7 @@ def main(argv=None) -> None:
         with open(out / "corrupted.csv", "w", newline="") as handle:
             csv.writer(handle).writerows([("image", "class", "kind"), *record])
         paths = study.train_study(study_config(data_dir, out / "saved", args.budget, args.epochs, args.batch_size,
-                                               args.side), args.folds)
+                                               args.side, args.device), args.folds)
     result = study_label_issues(paths.root)
     images = sum(len(saved.names) for saved, _ in result.sources)
     write_issues_csv(result.issues, result.class_names, out / "label_issues.csv")
@@ -190,7 +192,7 @@ def main(argv=None) -> None:
 
     print(f"NEU-Seg: {images} images, {len(record)} corrupted ({args.share:.0%}: "
           + ", ".join(f"{sum(k == kind for *_, k in record)} {kind}" for kind in ("drop", "move", "blob"))
-          + f"); {paths.folds}-fold study ({args.budget or f'{args.epochs} epochs a fold'}) on the CPU, "
+          + f"); {paths.folds}-fold study ({args.budget or f'{args.epochs} epochs a fold'}) on {args.device}, "
           f"out-of-fold score "
           f"{paths.round_record().get('score', float('nan')):.4f}")
     print(f"{len(ranking)} of {images} images have a suspect label; recall of the corrupted images "
