@@ -186,13 +186,14 @@ def main(argv=None) -> None:
                                                args.side, args.device), args.folds)
     result = study_label_issues(paths.root)
     images = sum(len(saved.names) for saved, _ in result.sources)
+    trained = f"{args.budget or f'{args.epochs} epochs a fold'} on {args.device}" if args.study is None else args.study
     write_issues_csv(result.issues, result.class_names, out / "label_issues.csv")
     write_issue_gallery(result, out, max_images=60)
     ranking = image_ranking(result.issues)
 
     print(f"NEU-Seg: {images} images, {len(record)} corrupted ({args.share:.0%}: "
           + ", ".join(f"{sum(k == kind for *_, k in record)} {kind}" for kind in ("drop", "move", "blob"))
-          + f"); {paths.folds}-fold study ({args.budget or f'{args.epochs} epochs a fold'}) on {args.device}, "
+          + f"); {paths.folds}-fold study ({trained}), "
           f"out-of-fold score "
           f"{paths.round_record().get('score', float('nan')):.4f}")
     print(f"{len(ranking)} of {images} images have a suspect label; recall of the corrupted images "
