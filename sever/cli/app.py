@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from sever import __version__
-from sever.cli import data, planning, prediction, publishing, training
+from sever.cli import data, labels, planning, prediction, publishing, training
 from sever.cli.common import EXIT_USER_ERROR
 from sever.exceptions import SeverError, TrainingInterrupted
 
@@ -76,5 +76,5 @@ def cli(ctx: click.Context, debug: bool, verbose: bool, quiet: bool) -> None:
 
 for _command in (training.train, training.demo_data, prediction.predict, prediction.pseudo_label,
                  prediction.evaluate, prediction.tune, publishing.report, publishing.upload, data.convert,
-                 publishing.export, data.check_data, planning.plan, planning.auto):
+                 publishing.export, data.check_data, planning.plan, planning.auto, labels.label_issues):
     cli.add_command(_command)

@@ -43,6 +43,8 @@ class GalleryImage:
         score: mean Dice over the classes in the truth or the prediction (None: neither has any).
         truth, predicted: class indices present in each.
         errors: ``[kind, class index]`` pairs (:data:`KINDS`); a wrong class names the true class.
+            A third item, when present, is shown after the pair (a label issue's score).
+        rank: the image's place in a ranking (0 first; the label-issues gallery's suspects), or None.
     """
 
     name: str
@@ -52,6 +54,7 @@ class GalleryImage:
     truth: list[int]
     predicted: list[int]
     errors: list[list]
+    rank: int | None = None
 
 
 def present_dice(dice: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -121,7 +124,8 @@ function passes(r) {
 function value(r) { return r.score === null ? 2 : r.score; }
 function ordered() {
   const shown = RECORDS.filter(passes), how = $('sort').value;
-  if (how === 'name') shown.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+  if (how === 'rank') shown.sort((a, b) => a.rank - b.rank);
+  else if (how === 'name') shown.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
   else shown.sort((a, b) => (value(a) - value(b)) * (how === 'dice-' ? -1 : 1) || (a.name < b.name ? -1 : 1));
   return shown;
 }
@@ -139,7 +143,7 @@ function card(r) {
   if (r.errors.length) {
     const errs = document.createElement('div');
     errs.className = 'err';
-    errs.textContent = r.errors.map(e => e[0] + ': ' + CLASSES[e[1]]).join(', ');
+    errs.textContent = r.errors.map(e => e[0] + ': ' + CLASSES[e[1]] + (e.length > 2 ? ' ' + e[2] : '')).join(', ');
     div.append(errs);
   }
   return div;
@@ -167,18 +171,23 @@ def _options(values: Sequence[tuple[str, str]]) -> str:
     return "".join(f"<option value='{html.escape(v)}'>{html.escape(label)}</option>" for v, label in values)
 
 
-def write_gallery(records: Sequence[GalleryImage], class_names: Sequence[str], folder: Path, note: str) -> Path:
-    """Write ``folder/gallery.html`` over ``records`` (their thumbnails already under ``folder``)."""
+def write_gallery(records: Sequence[GalleryImage], class_names: Sequence[str], folder: Path, note: str,
+                  kinds: Sequence[str] = KINDS, title: str = "Validation gallery") -> Path:
+    """Write ``folder/gallery.html`` over ``records`` (their thumbnails already under ``folder``).
+
+    ``kinds``: the error kinds the filter offers; records with a ``rank`` are first shown in its order.
+    """
+    ranked = [("rank", "rank, most suspect first")] if records and all(r.rank is not None for r in records) else []
     legend = "".join(f"<span class='swatch' style='background:rgb{tuple(int(v) for v in CLASS_COLOURS[c % len(CLASS_COLOURS)])}'>"
                      f"</span>{html.escape(name)} " for c, name in enumerate(class_names))
     controls = (
         f"<label>class <select id='class'>{_options([('all', 'all'), *((str(c), n) for c, n in enumerate(class_names))])}"
         f"</select></label> <label>error <select id='kind'>"
-        f"{_options([(k, k) for k in ('all', 'any error', *KINDS, 'correct')])}</select></label> "
-        f"<label>sort <select id='sort'>{_options([('dice+', 'Dice, worst first'), ('dice-', 'Dice, best first'), ('name', 'name')])}"
+        f"{_options([(k, k) for k in ('all', 'any error', *kinds, 'correct')])}</select></label> "
+        f"<label>sort <select id='sort'>{_options([*ranked, ('dice+', 'Dice, worst first'), ('dice-', 'Dice, best first'), ('name', 'name')])}"
         f"</select></label> <button id='prev'>previous</button> <button id='next'>next</button> <span id='status'></span>")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
-            f"<title>sever gallery</title><style>{_STYLE}</style></head><body><h1>Validation gallery</h1>"
+            f"<title>sever gallery</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>{html.escape(note)} Each picture: truth outlined above, prediction below. Dice: mean over the "
             f"classes in the truth or the prediction. Class colours: {legend}</p>"
             f"<div id='controls'>{controls}</div><div id='cards'></div>"

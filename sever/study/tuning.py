@@ -37,16 +37,29 @@ def oof_sources(path: str | Path | StudyPaths) -> list:
     Raises:
         CheckpointError: a fold not done or without its ``oof/`` folder, naming it.
     """
+    return [(SavedProbabilities([oof]), truth) for oof, _, truth in _fold_splits(path)]
+
+
+def oof_images(path: str | Path | StudyPaths) -> dict[str, Path]:
+    """The file of every image :func:`oof_sources` holds, by name (each fold's validation images).
+
+    Raises:
+        CheckpointError: as :func:`oof_sources`.
+    """
+    return {image.name: image for _, paths, _ in _fold_splits(path) for image in paths}
+
+
+def _fold_splits(path: str | Path | StudyPaths) -> list[tuple[Path, list[Path], object]]:
+    """Each finished fold's ``(out-of-fold folder, validation image paths, their Annotations)``."""
     study = path if isinstance(path, StudyPaths) else StudyPaths(Path(path))
-    sources = []
+    splits = []
     for entry in study.entries():
         oof = study.oof_dir(entry.fold)
         if entry.status != "done" or not oof.is_dir():
             raise CheckpointError(f"{study.root}: fold {entry.fold} has no out-of-fold probabilities "
                                   f"({entry.status}, {oof}); finish it with sever train -r {study.root}")
-        _, truth = validation_split(load_config(RunPaths(entry.run).config))
-        sources.append((SavedProbabilities([oof]), truth))
-    return sources
+        splits.append((oof, *validation_split(load_config(RunPaths(entry.run).config))))
+    return splits
 
 
 def class_names(path: str | Path) -> list[str] | None:
