@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The training step's tests in tests/trainer/test_trainer.py, whose other tests train real runs (minutes per mutant).
 TRAIN_STEP = [f"tests/trainer/test_trainer.py::{name}" for name in (
     "test_accumulated_steps_update_once_with_the_mean_gradient",
-    "test_a_non_finite_loss_stops_training_before_any_backward",
+    "test_a_non_finite_loss_stops_training_at_the_next_read_naming_its_first_batch",
     "test_one_validation_pass_logs_the_tasks_loss_or_metrics_and_keeps_the_visuals_asked_for")]
 
 # The core modules and the test files that exercise each one. Edit freely: a module that

@@ -1,17 +1,14 @@
 """The label-issues gallery in a real headless Chromium: suspects in rank order, filtered by issue kind.
 
-Needs the system's ``chromium`` and ``chromedriver`` and selenium (as tests/test_report_browser.py); skips otherwise.
+Needs the system's ``chromium`` and ``chromedriver`` and selenium (tests/browser.py); skips otherwise.
 """
 
-import pytest
+from browser import ALL_IMAGES_LOADED, NEEDS_BROWSER, browser  # noqa: F401 (fixture)
 from label_studies import corrupted_study  # noqa: F401 (fixture)
-from test_report_browser import ALL_IMAGES_LOADED, BROWSER, DRIVER, browser  # noqa: F401 (fixture)
 
 from sever.inference.label_issues import image_ranking, study_label_issues
 from sever.report.label_issues import write_issue_gallery
 
-needs_browser = pytest.mark.skipif(BROWSER is None or DRIVER is None,
-                                   reason="Chromium and chromedriver not installed (apt-get install chromium chromium-driver)")
 
 
 def shown(browser) -> list[str]:  # noqa: F811 (fixture)
@@ -28,7 +25,7 @@ def test_gallery_records_follow_the_ranking(corrupted_study, tmp_path):  # noqa:
     assert set(image_ranking(result.issues)) == {image for image, _ in planted}
 
 
-@needs_browser
+@NEEDS_BROWSER
 def test_rank_order_and_kind_filter_in_the_browser(corrupted_study, tmp_path, browser):  # noqa: F811 (fixture)
     from selenium.webdriver.support.ui import Select
 
