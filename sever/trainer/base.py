@@ -18,7 +18,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.config import parse_duration
 from sever.utils.distributed import Distributed
 from sever.utils.run import RunPaths
+from sever.utils.time_budget import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class BaseTrainer(abc.ABC):
         self.start_step = 0
         self.writer = SummaryWriter(str(run.tensorboard)) if options["tensorboard"] and distributed.is_main else None
         self._stop_signal: int | None = None
+        # asked between the batches of a long pass (validation) besides the time budget: a reason to stop, or None
+        self.stop_conditions: list[Callable[[], str | None]] = []
         self._started: tuple[float, int] | None = None  # (time.monotonic(), epoch) when train() began
         budget = options["time_budget"]
         self.budget = TimeBudget(parse_duration(budget, "trainer.time_budget")) if budget is not None else None
@@ -119,6 +122,8 @@ class BaseTrainer(abc.ABC):
             for epoch in range(self.start_epoch, self.epochs + 1):
                 if self.budget is not None and self.budget.final_epoch is not None and epoch > self.budget.final_epoch:
                     break  # a resumed run whose budget had ended
+                if epoch > self.start_epoch and not self._epoch_fits(epoch):
+                    break
                 self._apply_encoder_freeze(epoch)
                 start_step, self.start_step = self.start_step, 0
                 self.steps_done, self.interrupted = 0, False
@@ -127,7 +132,7 @@ class BaseTrainer(abc.ABC):
                     self._save_interrupted(epoch)
                     self._raise_interrupted(f"stopped at epoch {epoch} after {self.steps_done} batches")
                 if self.budget is not None:
-                    self.budget.end_pass()
+                    self.budget.end_pass(self.steps_done - start_step)
                 self._plan_budget(epoch)
                 if self._should_validate(epoch):
                     log.update(self._valid_epoch(epoch))
@@ -155,6 +160,23 @@ class BaseTrainer(abc.ABC):
             self.writer.file_writer.add_summary(self._hparams()[2])  # the session ended normally
             self.writer.close()
         return log
+
+    def _epoch_fits(self, epoch: int) -> bool:
+        """With a time budget: whether ``epoch`` can still train a useful share and finish its validation,
+        expected from the measured validations scaled to the machine's speed now (said so when not)."""
+        if self.budget is None or self.budget.epoch_fits():
+            return True
+        logger.info("time budget: %.0f s of %.0f s spent; epoch %d would not finish with its validation (about "
+                    "%.0f s): training ends after epoch %d", self.budget.spent, self.budget.seconds, epoch,
+                    self.budget.tail, epoch - 1)
+        return False
+
+    def pass_deadline(self) -> Deadline:
+        """What a long pass (validation) polls between batches: the budget's end and :attr:`stop_conditions`."""
+        deadline = self.budget.deadline() if self.budget is not None else Deadline()
+        for condition in self.stop_conditions:
+            deadline.add(condition)
+        return deadline
 
     def _out_of_time(self) -> bool:
         """During a training pass: whether the time budget leaves only this epoch's validation and checkpoint."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sever.data_loader.augmentation import PAD_LABEL
@@ -29,6 +30,7 @@ from sever.model.scheduler import step_within_epoch
 from sever.registries import TRAINERS
 from sever.utils.device import autocast
 from sever.utils.distributed import Distributed
+from sever.utils.time_budget import BUDGET_ENDS, spread_order
 from sever.utils.visualization import overlay_masks, to_uint8_image
 
 logger = logging.getLogger(__name__)
@@ -294,9 +296,14 @@ class Trainer(BaseTrainer):
     @torch.inference_mode()
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         model = self._begin_validation()
+        loader, total, stride = self._budget_valid_loader()
+        deadline = self.pass_deadline()
+        if self.budget is not None:
+            self.budget.begin_validation()
         sums: dict[str, float] = {}
-        batches = 0
-        for batch_index, (images, targets) in enumerate(tqdm(self.valid_loader, desc="validation", leave=False,
+        batches = done = 0
+        reason = None
+        for batch_index, (images, targets) in enumerate(tqdm(loader, desc="validation", leave=False,
                                                              dynamic_ncols=True, disable=None)):
             inputs, targets = self._to_device(images, targets)
             with autocast(self.amp, self.device):
@@ -304,10 +311,44 @@ class Trainer(BaseTrainer):
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             batches += 1
+            done += len(images)
             self._update_metrics(outputs, targets)
             self._collect_visuals(batch_index, images, targets, outputs)
+            if (reason := deadline.reason()) is not None:
+                break
+        if self.budget is not None:
+            self.budget.end_validation(done)
+        if done < total:
+            every = f" (every {stride}-th image{', then cut' if reason else ''})" if stride > 1 else ""
+            logger.info("validation on %d of %d images%s: %s", done, total, every, reason or BUDGET_ENDS)
         self._write_visuals(epoch)
         return self._valid_log(sums, batches)
+
+    def _budget_valid_loader(self):
+        """The validation loader this epoch iterates, the images of a whole pass and the stride it keeps.
+
+        Without a time budget, :attr:`valid_loader` itself. With one, its batches in
+        :func:`~sever.utils.time_budget.spread_order` (a pass cut at its deadline has scored
+        an even subset), keeping every k-th image only when the measured validation, scaled to
+        the machine's speed now, would not fit in the budget (:meth:`TimeBudget.validation_stride`).
+        """
+        batches = [list(batch) for batch in self.valid_loader.batch_sampler]
+        total = sum(len(batch) for batch in batches)
+        if self.budget is None:
+            return self.valid_loader, total, 1
+        self.budget.valid_images = total
+        stride = self.budget.validation_stride(total)
+        if stride > 1 or getattr(self, "_spread_loader", None) is None:
+            kept = even_batches(batches, stride)
+            loader = self.valid_loader
+            spread = DataLoader(loader.dataset, batch_sampler=[kept[i] for i in spread_order(len(kept))],
+                                num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                                pin_memory=loader.pin_memory, persistent_workers=stride == 1 and loader.num_workers > 0,
+                                worker_init_fn=loader.worker_init_fn)
+            if stride > 1:
+                return spread, total, stride
+            self._spread_loader = spread
+        return self._spread_loader, total, 1
 
     def _collect_visuals(self, batch_index, images, targets, outputs) -> None:
         """Hook: keep what :meth:`_write_visuals` shows (called for each validation batch).
@@ -341,6 +382,19 @@ class Trainer(BaseTrainer):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema_state_dict") is not None:
             self.ema.load_state_dict(state["ema_state_dict"])
+
+
+def even_batches(batches: list[list[int]], stride: int) -> list[list[int]]:
+    """``batches`` of dataset indices keeping every ``stride``-th image (counted across the batches, in order);
+    batches left empty are dropped, the others keep their images' grouping (one padded size each)."""
+    position = 0
+    kept = []
+    for batch in batches:
+        chosen = [index for offset, index in enumerate(batch, start=position) if offset % stride == 0]
+        position += len(batch)
+        if chosen:
+            kept.append(chosen)
+    return kept
 
 
 @TRAINERS.register
