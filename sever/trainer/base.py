@@ -122,8 +122,6 @@ class BaseTrainer(abc.ABC):
             for epoch in range(self.start_epoch, self.epochs + 1):
                 if self.budget is not None and self.budget.final_epoch is not None and epoch > self.budget.final_epoch:
                     break  # a resumed run whose budget had ended
-                if epoch > self.start_epoch and not self._epoch_fits(epoch):
-                    break
                 self._apply_encoder_freeze(epoch)
                 start_step, self.start_step = self.start_step, 0
                 self.steps_done, self.interrupted = 0, False
@@ -142,6 +140,8 @@ class BaseTrainer(abc.ABC):
                 self._log_epoch(log, learning_rates)
                 if self.budget is not None:
                     self.budget.end_epoch()
+                    if epoch < self.epochs and not self._epoch_fits(epoch + 1):
+                        self.budget.final_epoch = epoch
                 self._save_epoch(epoch, improved)
                 if self._stop_agreed():
                     self._raise_interrupted(f"stopped after epoch {epoch}")
@@ -162,13 +162,16 @@ class BaseTrainer(abc.ABC):
         return log
 
     def _epoch_fits(self, epoch: int) -> bool:
-        """With a time budget: whether ``epoch`` can still train a useful share and finish its validation,
-        expected from the measured validations scaled to the machine's speed now (said so when not)."""
-        if self.budget is None or self.budget.epoch_fits():
+        """At the end of the epoch before ``epoch``: whether ``epoch`` can still train a useful share and finish
+        its validation, expected from the measured validations scaled to the machine's speed now (said so when not).
+
+        The plan made after the training pass (:meth:`_plan_budget`) decides this too, but a
+        validation slower than expected can spend what that plan counted on.
+        """
+        if self.budget.final_epoch is not None or self.budget.epoch_fits():
             return True
-        logger.info("time budget: %.0f s of %.0f s spent; epoch %d would not finish with its validation (about "
-                    "%.0f s): training ends after epoch %d", self.budget.spent, self.budget.seconds, epoch,
-                    self.budget.tail, epoch - 1)
+        logger.info("time budget: epoch %d would not finish with its validation (about %.0f s expected, %.0f s "
+                    "left)", epoch, self.budget.tail, self.budget.left)
         return False
 
     def pass_deadline(self) -> Deadline:

@@ -129,11 +129,12 @@ class TimeBudget:
             self.validation = (seconds / images, self._seconds_per_batch() or 0.0)
 
     def epoch_fits(self) -> bool:
-        """Before an epoch: whether a useful share of a training pass and its tail still fit in the budget.
+        """Between epochs: whether a useful share of a training pass and its tail still fit in the budget.
 
-        True before any pass of the run has been timed.
+        True before any validation has been timed: without a measured validation the plan
+        made after each pass (:meth:`plan`) and the pass's own guard (:meth:`pass_over`) decide.
         """
-        if not self.passes:
+        if not self.passes or self.validation is None:
             return True
         mean_pass = sum(self.passes) / len(self.passes)
         return epochs_fitting(self.left, mean_pass, self.tail) > 0

@@ -319,7 +319,7 @@ class Trainer(BaseTrainer):
         if self.budget is not None:
             self.budget.end_validation(done)
         if done < total:
-            every = f" (every {stride}-th image{', then cut' if reason else ''})" if stride > 1 else ""
+            every = f" (1 image in {stride}{', then cut' if reason else ''})" if stride > 1 else ""
             logger.info("validation on %d of %d images%s: %s", done, total, every, reason or BUDGET_ENDS)
         self._write_visuals(epoch)
         return self._valid_log(sums, batches)

@@ -55,3 +55,37 @@ def test_useful_epochs_drop_a_sliver_and_keep_a_share():
     assert tb.useful_epochs(3.4) == (3, pytest.approx(0.4))
     assert tb.useful_epochs(0.6) == (0, pytest.approx(0.6))
     assert tb.useful_epochs(3.1, partial_share=0.05) == (3, pytest.approx(0.1))
+
+
+def test_a_spread_order_visits_every_index_once_each_prefix_spread_evenly():
+    assert tb.spread_order(10, 4) == [0, 4, 8, 2, 6, 1, 5, 9, 3, 7]
+    order = tb.spread_order(538)
+    assert sorted(order) == list(range(538))
+    assert order[:68] == list(range(0, 538, 8))  # cut after an eighth: every 8th image
+    assert sorted(order[:269]) == list(range(0, 538, 2))  # after half: every second one
+
+
+@pytest.mark.parametrize("expected, left, items, stride", [(60, 60, 6, 1), (60, 20, 6, 3), (60, 25, 6, 3),
+                                                            (180, 20, 6, 6), (60, -5, 6, 6), (10, 1, 1, 1)])
+def test_a_pass_that_would_not_fit_keeps_every_kth_item(expected, left, items, stride):
+    assert tb.subset_stride(expected, left, items) == stride
+
+
+def test_the_slowdown_scales_a_measured_time_and_never_halves_it_more():
+    assert tb.slowdown(2.0, 6.0) == 3.0
+    assert tb.slowdown(2.0, 0.1) == 0.5
+    assert tb.scaled_seconds(10.0, 6, tb.slowdown(2.0, 6.0)) == 180.0
+    assert tb.reserve_seconds(85.0) == pytest.approx(15.0)
+
+
+def test_a_deadline_stops_at_its_time_or_for_any_condition_added():
+    now = [0.0]
+    deadline = tb.Deadline(10.0, clock=lambda: now[0])
+    assert deadline.reason() is None and deadline.left() == 10.0
+    stop = []
+    deadline.add(lambda: "SIGTERM received" if stop else None)
+    stop.append(True)
+    assert deadline.reason() == "SIGTERM received"
+    now[0] = 10.0
+    assert deadline.reason() == tb.BUDGET_ENDS
+    assert tb.Deadline().left() == float("inf") and tb.Deadline().reason() is None
