@@ -32,7 +32,7 @@ from sever.inference.predictor import TUNED_FILE
 from sever.planning.fingerprint import Layout, fingerprint
 from sever.planning.plan import Plan, make_plan
 from sever.planning.probe import device_target
-from sever.utils.time_budget import parse_budget
+from sever.utils.time_budget import parse_budget, reserve_seconds
 from sever.study.folder import StudyPaths
 from sever.study.train import train_study
 
@@ -97,7 +97,9 @@ def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
                   "post-processing not tuned (see the run's log): sever predict uses the defaults")
         report = run.root / "report" / "index.html"
         return AutoResult(plan, experiment_file, run.root, tuning, [report] if report.is_file() else [])
-    paths = train_study(config, plan.folds, expected_overhead=plan.fold_overhead)
+    study_seconds = parse_budget(config["trainer"]["time_budget"], "trainer.time_budget")
+    paths = train_study(config, plan.folds, expected_overhead=plan.fold_overhead,
+                        tuning_reserve=reserve_seconds(study_seconds))
     summary = tuning_summary(StudyPaths(paths.root))
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
     return AutoResult(plan, experiment_file, paths.root, summary, reports)

@@ -111,14 +111,15 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
     overrides = budget_overrides(study, fold, overrides)
     given = _given_budget(overrides)
     started = folder.CLOCK()
+    deadline = fold_deadline(study, fold, started)
     if is_main:
         study.set_status(fold, "running")
     try:
         if run.last.is_file() or run.saved_epochs():
             logger.info("fold %d: resuming %s", fold, run.root)
-            experiment.resume(run.root, overrides)
+            experiment.resume(run.root, overrides, deadline=deadline)
         else:
-            experiment.train(config, overrides, run_dir=run.root)
+            experiment.train(config, overrides, run_dir=run.root, deadline=deadline)
         if is_main:
             write_oof(study, fold)
     except TrainingInterrupted:
@@ -136,6 +137,16 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
         if given is not None:
             study.note_overhead(fold_key(study, fold), elapsed - given)
     return run
+
+
+def fold_deadline(study: StudyPaths, fold: int, started: float) -> time_budget.Deadline | None:
+    """When the fold's share of the study's time ends, counted from ``started`` (on :data:`folder.CLOCK`, when
+    it reserved the share); None without a budget.
+
+    The fold's run ends its self-tuning and report by it.
+    """
+    share = study.reservation(fold_key(study, fold))
+    return None if share is None else time_budget.Deadline(share, clock=folder.CLOCK, start=started)
 
 
 def _given_budget(overrides: Sequence[str]) -> float | None:

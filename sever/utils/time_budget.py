@@ -122,6 +122,12 @@ def reserve_seconds(study_seconds: float, reserve: float = STUDY_RESERVE) -> flo
     return study_seconds * reserve / (1 - reserve)
 
 
+def study_left(seconds: float, slots: int, spent: Iterable[float], reserve: float = 0.0) -> float:
+    """Wall seconds a study has left: its ``seconds`` (each of ``slots`` folds at once) less what was ``spent``
+    (slot-seconds), plus the ``reserve`` kept beyond them for its out-of-fold tuning."""
+    return (seconds * slots - sum(spent)) / slots + reserve
+
+
 def slowdown(seconds_then: float, seconds_now: float) -> float:
     """How many times slower the machine is now: the same work (a batch) took ``seconds_then``, now ``seconds_now``.
 
@@ -163,16 +169,18 @@ class Deadline:
     """The stop condition a long loop polls between items: a time budget's end and any other condition.
 
     Args:
-        seconds: seconds from now until the budget ends; None: no time limit.
+        seconds: seconds from ``start`` until the budget ends; None: no time limit.
         clock: monotonic seconds (a test passes a fake one).
+        start: when the seconds count from, on ``clock`` (default: now).
 
     Conditions added with :meth:`add` (e.g. "a signal was received") are asked too, so one
     object stops a validation pass, a tuning or an out-of-fold prediction for any reason.
     """
 
-    def __init__(self, seconds: float | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, seconds: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 start: float | None = None):
         self.clock = clock
-        self.at = None if seconds is None else clock() + seconds
+        self.at = None if seconds is None else (clock() if start is None else start) + seconds
         self.conditions: list[Callable[[], str | None]] = []
 
     def add(self, condition: Callable[[], str | None]) -> Deadline:
