@@ -3,7 +3,9 @@
 The clock counts the wall time of training itself (epochs, validation and
 checkpoint writing) from the start of :meth:`BaseTrainer.train`, added to the time
 spent before a resume, which every checkpoint carries. Building the model and
-reading the data are not counted, nor is the post-processing tuning after training.
+reading the data are not counted, nor is the post-processing tuning after training
+(a study's fold ends that and its report by the fold's deadline instead:
+:func:`sever.experiment.after_training`).
 
 Each epoch is a training pass, then its tail: validation and the checkpoint. At the
 end of each training pass the run plans how many more epochs fit in what is left,

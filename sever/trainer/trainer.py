@@ -85,6 +85,7 @@ class Trainer(BaseTrainer):
         )
         self.skipped_steps = 0
         self.network = self._wrap_network()
+        self._spread_loader: DataLoader | None = None  # the validation batches in spread order (with a time budget)
 
     def _wrap_network(self) -> torch.nn.Module:
         """The module the training step calls: the model, wrapped for DDP and compiled as configured.
@@ -338,7 +339,7 @@ class Trainer(BaseTrainer):
             return self.valid_loader, total, 1
         self.budget.valid_images = total
         stride = self.budget.validation_stride(total)
-        if stride > 1 or getattr(self, "_spread_loader", None) is None:
+        if stride > 1 or self._spread_loader is None:
             kept = even_batches(batches, stride)
             loader = self.valid_loader
             spread = DataLoader(loader.dataset, batch_sampler=[kept[i] for i in spread_order(len(kept))],
