@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--demo-images", type=int, default=256, help="labelled images of the generated demo data")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--skip-idle", action="store_true", help="only the loaded run")
+    parser.add_argument("--logs", type=Path, default=None, help="folder to keep each run's whole output in")
     args = parser.parse_args()
     budget = parse_budget(args.time)
     with tempfile.TemporaryDirectory(prefix="sever-budget-") as temporary:
@@ -117,6 +118,9 @@ def main() -> None:
         for label, hog in runs:
             wall, output = run_auto(data, args.time, root / label, ["--device", args.device], hog, args.hog_after)
             results.append((label, hog, wall))
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                (args.logs / f"auto_{label}.log").write_text(output)
             print(f"--- {label}: {wall:.0f} s; where the budget acted:")
             for line in output.splitlines():
                 if BUDGET_LINES.search(line):

@@ -26,7 +26,7 @@ from sever.model.scheduler import build_scheduler
 from sever.report import report_after_training
 from sever.registries import ARCHITECTURES, DATA_LOADERS, LOSSES, METRICS, SCHEDULERS, TASKS, TRAINERS, TRANSFORMS
 from sever.tasks import task_of
-from sever.utils import distributed
+from sever.utils import distributed, time_budget
 from sever.utils.checkpoint import load_checkpoint, remove_stale_temporaries
 from sever.utils.distributed import Distributed
 from sever.utils.config import (apply_overrides, dump_config, load_config, output_classes, validate_config,
@@ -302,24 +302,29 @@ def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any
 
 def after_training(experiment: Experiment, run: RunPaths, deadline: Deadline | None = None) -> None:
     """The finished run tunes itself and writes its report, each timed; by a ``deadline``, each shrinks:
-    the tuning to an even subset of the validation images, the report is left out once it has come."""
+    the tuning to an even subset of the validation images, the report to the images that fit in the time
+    left at the tuning's measured seconds per image (none: no report, said so)."""
     started = time.monotonic()
-    tune_postprocess(experiment.config, run, experiment.device, deadline)
-    logger.info("self-tuning took %.0f s", time.monotonic() - started)
+    tuned = tune_postprocess(experiment.config, run, experiment.device, deadline)
+    tuning = time.monotonic() - started
+    logger.info("self-tuning took %.0f s", tuning)
     report_images = experiment.config["trainer"]["report_images"]
-    if not report_images:
-        return
+    if report_images and deadline is not None and tuned:
+        report_images = time_budget.items_fitting(deadline.left(), tuning / tuned, report_images)
     reason = deadline.reason() if deadline is not None else None
-    if reason is not None:
-        logger.info("no run report: %s; write it with sever report %s", reason, run.root)
+    if not report_images or reason is not None:
+        if experiment.config["trainer"]["report_images"]:
+            logger.info("no run report: %s; write it with sever report %s", reason or time_budget.BUDGET_ENDS,
+                        run.root)
         return
     started = time.monotonic()
     report_after_training(run.root, report_images)
-    logger.info("the run report took %.0f s", time.monotonic() - started)
+    logger.info("the run report (%d images) took %.0f s", report_images, time.monotonic() - started)
 
 
-def tune_postprocess(config: dict, run: RunPaths, device: torch.device, deadline: Deadline | None = None) -> None:
-    """Tune the finished run's post-processing on its validation split (``trainer.tune_postprocess``).
+def tune_postprocess(config: dict, run: RunPaths, device: torch.device, deadline: Deadline | None = None) -> int:
+    """Tune the finished run's post-processing on its validation split (``trainer.tune_postprocess``);
+    returns the images it was tuned on (0: not tuned).
 
     Writes ``postprocess.yml`` and the settings into the tuned checkpoint
     (:func:`sever.inference.tune.tune_run`) and logs the default and tuned validation
@@ -327,10 +332,10 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device, deadline
     """
     if not config["trainer"]["tune_postprocess"]:
         logger.info("post-processing not tuned: trainer.tune_postprocess is false")
-        return
+        return 0
     if not task_of(config).pixel_maps:
         logger.info("post-processing not tuned: a %s run has no segmentation post-processing", config["task"])
-        return
+        return 0
     from sever.inference.predictor import TUNED_FILE
     from sever.inference.tune import tune_run
 
@@ -338,10 +343,11 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device, deadline
         result = tune_run(run.root, device, deadline)
     except ConfigError as exc:
         logger.info("post-processing not tuned: %s", exc)
-        return
+        return 0
     logger.info("post-processing tuned on the validation split (competition metric and per-class Dice, "
                 "default settings against tuned):\n%s", result.summary())
     logger.info("wrote %s; sever predict/evaluate -m %s use it by default", run.root / TUNED_FILE, run.root)
+    return len(result.image_ids)
 
 
 def train_from_files(config_paths: tuple[str, ...], overrides: tuple[str, ...] = ()) -> list[RunPaths]:

@@ -72,6 +72,9 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
 def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
          seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
     """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
+    from sever.utils.time_budget import Deadline, parse_budget
+
+    deadline = Deadline(parse_budget(time_budget))  # --time counts from here: imports and the plan included
     from sever.study.auto import plan_dataset, run_auto
     from sever.utils.paths import check_output_path
 
@@ -83,7 +86,7 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
         click.echo(line)
     for note in planned.notes:
         click.echo(f"note: {note}")
-    result = run_auto(planned, out_dir)
+    result = run_auto(planned, out_dir, deadline)
     click.echo(f"experiment: {result.experiment}")
     click.echo(result.tuning)
     for report in result.reports:

@@ -128,6 +128,17 @@ def study_left(seconds: float, slots: int, spent: Iterable[float], reserve: floa
     return (seconds * slots - sum(spent)) / slots + reserve
 
 
+def after_planning(planned: float, total: float, left: float, shared: bool) -> float:
+    """``trainer.time_budget`` (seconds) once planning has taken ``total - left`` of a ``total`` budget.
+
+    A study's (``shared``) is scaled to what is ``left``, so it keeps its reserve's share of it;
+    a single run's loses the planning time, down to :data:`MIN_FOLD_TRAINING`.
+    """
+    if shared:
+        return planned * max(left, 0.0) / total
+    return max(planned - (total - left), MIN_FOLD_TRAINING)
+
+
 def slowdown(seconds_then: float, seconds_now: float) -> float:
     """How many times slower the machine is now: the same work (a batch) took ``seconds_then``, now ``seconds_now``.
 
@@ -139,6 +150,13 @@ def slowdown(seconds_then: float, seconds_now: float) -> float:
 def scaled_seconds(per_item: float, items: int, factor: float = 1.0) -> float:
     """Seconds ``items`` take at ``per_item`` seconds each measured earlier, on a machine ``factor`` times slower."""
     return per_item * items * factor
+
+
+def items_fitting(left: float, per_item: float, items: int) -> int:
+    """How many of ``items`` fit in ``left`` seconds at ``per_item`` seconds each (measured): 0 to ``items``."""
+    if per_item <= 0:
+        return items
+    return max(0, min(items, math.floor(left / per_item)))
 
 
 def subset_stride(expected: float, left: float, items: int) -> int:
@@ -180,6 +198,7 @@ class Deadline:
     def __init__(self, seconds: float | None = None, clock: Callable[[], float] = time.monotonic,
                  start: float | None = None):
         self.clock = clock
+        self.seconds = seconds
         self.at = None if seconds is None else (clock() if start is None else start) + seconds
         self.conditions: list[Callable[[], str | None]] = []
 

@@ -89,3 +89,16 @@ def test_a_deadline_stops_at_its_time_or_for_any_condition_added():
     now[0] = 10.0
     assert deadline.reason() == tb.BUDGET_ENDS
     assert tb.Deadline().left() == float("inf") and tb.Deadline().reason() is None
+
+
+@pytest.mark.parametrize("left, per_item, items, fitting", [(10.0, 3.0, 8, 3), (100.0, 3.0, 8, 8), (-1.0, 3.0, 8, 0),
+                                                              (5.0, 0.0, 8, 8)])
+def test_items_fitting_the_time_left_at_their_measured_cost(left, per_item, items, fitting):
+    assert tb.items_fitting(left, per_item, items) == fitting
+
+
+def test_planning_time_comes_out_of_a_single_run_and_scales_a_study():
+    assert tb.after_planning(300.0, total=600.0, left=540.0, shared=False) == 240.0
+    assert tb.after_planning(510.0, total=600.0, left=540.0, shared=True) == pytest.approx(459.0)  # keeps 15% reserve
+    assert tb.after_planning(30.0, total=600.0, left=500.0, shared=False) == tb.MIN_FOLD_TRAINING
+    assert tb.study_left(600.0, 2, [300.0, 500.0], reserve=90.0) == pytest.approx(290.0)
