@@ -284,3 +284,12 @@ def test_no_epoch_starts_when_the_validation_measured_before_would_not_fit(one_i
     assert "epoch 2 would not finish with its validation (about 60 s expected, 36 s left)" in caplog.text
     assert state["time_budget"]["final_epoch"] == 1  # a resume does not train on
     assert state["time_budget"]["spent"] <= 100.0
+
+
+def test_a_first_pass_leaves_a_share_of_itself_for_its_unmeasured_tail(clock):
+    budget = TimeBudget(110)
+    budget.start()
+    clock.now = 99.0
+    assert not budget.pass_over()
+    clock.now = 100.0  # 10 s left: a tenth of the 100-s pass so far, for the first validation and checkpoint
+    assert budget.pass_over()

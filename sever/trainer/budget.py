@@ -38,7 +38,7 @@ import math
 import time
 from typing import Any
 
-from sever.utils.time_budget import (PARTIAL_SHARE, Deadline, epochs_fitting, scaled_seconds, slowdown,
+from sever.utils.time_budget import (FIRST_TAIL_SHARE, PARTIAL_SHARE, Deadline, epochs_fitting, scaled_seconds, slowdown,
                                      subset_stride)
 
 __all__ = ["PARTIAL_SHARE", "TimeBudget"]
@@ -142,8 +142,14 @@ class TimeBudget:
         return epochs_fitting(self.left, mean_pass, self.tail) > 0
 
     def pass_over(self) -> bool:
-        """During a training pass: whether only the time of its tail is left."""
-        return self.spent + self.tail >= self.seconds
+        """During a training pass: whether only the time of its tail is left.
+
+        Before any tail was measured, the first is expected to take
+        :data:`~sever.utils.time_budget.FIRST_TAIL_SHARE` of the pass so far: the first
+        validation and checkpoint then find time left (the validation is still cut at the deadline).
+        """
+        tail = self.tail if self.durations else FIRST_TAIL_SHARE * (time.monotonic() - self._epoch_started)
+        return self.spent + tail >= self.seconds
 
     def end_pass(self, batches: int = 0) -> None:
         """Record the duration of the training pass that just ended, of ``batches`` batches (0: not known)."""

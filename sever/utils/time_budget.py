@@ -36,6 +36,7 @@ from sever.utils.config import parse_duration
 STUDY_RESERVE = 0.15  # share of a study's budget kept for out-of-fold prediction, tuning and the report
 PARTIAL_SHARE = 0.25  # the least share of a training pass worth a shorter last epoch (and its validation)
 MIN_FOLD_TRAINING = 1.0  # seconds a fold's run is given at least, however large its overhead
+FIRST_TAIL_SHARE = 0.1  # before any epoch's tail is measured, the first one is expected to take this share of its pass
 SPREAD = 8  # a cut pass covers at worst every SPREAD-th item of what it had left (spread_order)
 BUDGET_ENDS = "the time budget ends"  # the reason a Deadline gives when its time is up
 
