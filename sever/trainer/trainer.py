@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Callable
 
@@ -319,24 +320,25 @@ class Trainer(BaseTrainer):
                 break
         if self.budget is not None:
             self.budget.end_validation(done)
-        if done < total:
+        if done < (total or math.inf) and (reason is not None or stride > 1):
             every = f" (1 image in {stride}{', then cut' if reason else ''})" if stride > 1 else ""
-            logger.info("validation on %d of %d images%s: %s", done, total, every, reason or BUDGET_ENDS)
+            of = f" of {total}" if total is not None else ""
+            logger.info("validation on %d%s images%s: %s", done, of, every, reason or BUDGET_ENDS)
         self._write_visuals(epoch)
         return self._valid_log(sums, batches)
 
     def _budget_valid_loader(self):
         """The validation loader this epoch iterates, the images of a whole pass and the stride it keeps.
 
-        Without a time budget, :attr:`valid_loader` itself. With one, its batches in
+        Without a time budget, :attr:`valid_loader` itself (and None for its images). With one, its batches in
         :func:`~sever.utils.time_budget.spread_order` (a pass cut at its deadline has scored
         an even subset), keeping every k-th image only when the measured validation, scaled to
         the machine's speed now, would not fit in the budget (:meth:`TimeBudget.validation_stride`).
         """
+        if self.budget is None or not isinstance(self.valid_loader, DataLoader):
+            return self.valid_loader, None, 1  # the images of a pass are counted only where a budget needs them
         batches = [list(batch) for batch in self.valid_loader.batch_sampler]
         total = sum(len(batch) for batch in batches)
-        if self.budget is None:
-            return self.valid_loader, total, 1
         self.budget.valid_images = total
         stride = self.budget.validation_stride(total)
         if stride > 1 or self._spread_loader is None:
