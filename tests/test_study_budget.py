@@ -1,6 +1,6 @@
 """A study's trainer.time_budget, shared between the folds still to train (the clock is injected)."""
 
-import itertools
+import sys
 
 import pytest
 import yaml
@@ -14,9 +14,16 @@ FOLD_SECONDS = 150.0  # what each fold "takes" on the injected clock
 
 @pytest.fixture
 def clock(monkeypatch):
-    """Every call moves the clock on by FOLD_SECONDS: a fold reads it when it starts and when it ends."""
-    ticks = itertools.count()
-    monkeypatch.setattr(folder, "CLOCK", lambda: FOLD_SECONDS * next(ticks))
+    """The clock moves on by FOLD_SECONDS each time a fold reads it (when it starts and when it ends); the
+    deadlines polled in between (its tuning, its out-of-fold maps) read the time as it is."""
+    now = [-FOLD_SECONDS]
+
+    def read() -> float:
+        if sys._getframe(1).f_code.co_name == "train_fold":
+            now[0] += FOLD_SECONDS
+        return now[0]
+
+    monkeypatch.setattr(folder, "CLOCK", read)
 
 
 def fold_budgets(paths: StudyPaths) -> list:
@@ -122,7 +129,7 @@ def test_a_study_on_a_machine_3x_slower_than_planned_still_ends_by_its_budget(ma
         now[0] += seconds + 3 * 40.0 - 30.0  # its training, then all its overhead but the out-of-fold maps
         return None
 
-    def out_of_fold_maps(study, fold):
+    def out_of_fold_maps(study, fold, deadline=None):
         now[0] += 30.0
 
     monkeypatch.setattr(folds.experiment, "train", run_on_a_slow_machine)

@@ -53,7 +53,7 @@ from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.registry import parse_spec
-from sever.utils.time_budget import SPREAD, Deadline, spread_order
+from sever.utils.time_budget import SPREAD, Deadline, spread_order, until_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -321,22 +321,11 @@ def statistics_from_run(predictor: Predictor, base: PostProcessing, thresholds: 
     stats = TuneStatistics(base, thresholds, predictor.class_names)
     if deadline is not None:
         paths = [paths[i] for i in spread_order(len(paths))]
-    done = 0
-    for batch in predictor.predict_files(paths, batch_size, num_workers, description="tune"):
+    batches = predictor.predict_files(paths, batch_size, num_workers, description="tune")
+    for batch in until_deadline(batches, deadline, len(paths), "tuning", lambda batch: len(batch.names)):
         truth = truth_batch(annotations, batch.names, tuple(batch.images.shape[-2:])).to(batch.probs.device)
         stats.update(batch.names, batch.probs, truth, batch.class_probs)
-        done += len(batch.names)
-        if _cut(deadline, done, len(paths)):
-            break
     return stats
-
-
-def _cut(deadline: Deadline | None, done: int, total: int) -> bool:
-    """Whether a tuning pass over ``total`` images stops after ``done`` of them (said so when it does)."""
-    reason = deadline.reason() if deadline is not None and done < total else None
-    if reason is not None:
-        logger.info("tuning on %d of %d images: %s", done, total, reason)
-    return reason is not None
 
 
 def statistics_from_files(probs_dir: str | Path, truth_csv: str | Path, postprocess: str | Path | None,
@@ -371,14 +360,12 @@ def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotation
     check_same_classes([saved for saved, _ in sources])
     stats = TuneStatistics(load_settings(postprocess, first.classes, first.gated), thresholds,
                            class_labels(class_names, first.classes))
-    total, done = sum(len(saved.names) for saved, _ in sources), 0
-    for saved, truth in _spread_parts(sources) if deadline is not None else sources:
-        for batch in saved.batches(batch_size):
-            stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
-                         batch.class_probs)
-            done += len(batch.names)
-            if _cut(deadline, done, total):
-                return stats
+    total = sum(len(saved.names) for saved, _ in sources)
+    parts = _spread_parts(sources) if deadline is not None else sources
+    pairs = ((batch, truth) for saved, truth in parts for batch in saved.batches(batch_size))
+    for batch, truth in until_deadline(pairs, deadline, total, "tuning", lambda pair: len(pair[0].names)):
+        stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
+                     batch.class_probs)
     return stats
 
 

@@ -121,7 +121,7 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
         else:
             experiment.train(config, overrides, run_dir=run.root, deadline=deadline)
         if is_main:
-            write_oof(study, fold)
+            write_oof(study, fold, deadline)
     except TrainingInterrupted:
         raise  # stays running: the next -r STUDY resumes it
     except Exception:
@@ -155,10 +155,14 @@ def _given_budget(overrides: Sequence[str]) -> float | None:
     return time_budget.parse_budget(values[-1], "trainer.time_budget") if values else None
 
 
-def write_oof(study: StudyPaths, fold: int) -> Path | None:
+def write_oof(study: StudyPaths, fold: int, deadline: time_budget.Deadline | None = None) -> Path | None:
     """Predict the fold's validation images with its best checkpoint into ``fold{k}/oof/`` (uint8 ``.npz``).
 
-    Tasks whose runs do not predict pixel maps (``Task.pixel_maps`` false) keep none.
+    Tasks whose runs do not predict pixel maps (``Task.pixel_maps`` false) keep none. With a
+    ``deadline`` (the fold's share of the study's time, or any stop condition) the images come in
+    :func:`~sever.utils.time_budget.spread_order` and, once an even
+    :data:`~sever.utils.time_budget.SPREAD`-th of them is written, the pass stops when it comes
+    (said so): the study's tuning then reads an even subset of this fold's images.
     """
     from sever.inference.evaluate import predictor_split
     from sever.inference.outputs import write_predictions
@@ -173,8 +177,12 @@ def write_oof(study: StudyPaths, fold: int) -> Path | None:
     paths, _ = predictor_split(predictor)
     oof = study.oof_dir(fold)
     shutil.rmtree(oof, ignore_errors=True)  # a retried fold rewrites all of it
+    if deadline is not None:
+        paths = [paths[i] for i in time_budget.spread_order(len(paths))]
     batches = predictor.predict_files(paths, args.get("valid_batch_size") or args.get("batch_size", 8),
                                       args.get("num_workers", 2), description=f"fold {fold} out-of-fold")
+    batches = time_budget.until_deadline(batches, deadline, len(paths), f"fold {fold}: out-of-fold maps",
+                                         lambda batch: len(batch.names), at_least=len(paths) // time_budget.SPREAD)
     write_predictions(batches, load_settings(None, predictor.classes, False), run / "oof.csv", save_probs=oof,
                       outputs=predictor.outputs)
     logger.info("fold %d: out-of-fold probabilities of %d images in %s", fold, len(paths), oof)

@@ -27,9 +27,13 @@ point has covered an even subset of it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator, TypeVar
+
+logger = logging.getLogger(__name__)
+Item = TypeVar("Item")
 
 from sever.utils.config import parse_duration
 
@@ -217,3 +221,22 @@ class Deadline:
         if self.left() <= 0:
             return BUDGET_ENDS
         return next((reason for condition in self.conditions if (reason := condition())), None)
+
+
+def until_deadline(batches: Iterable[Item], deadline: Deadline | None, total: int, what: str,
+                   size: Callable[[Item], int] = len, at_least: int = 0) -> Iterator[Item]:
+    """``batches`` of a pass over ``total`` images until ``deadline`` gives a reason to stop (polled after each).
+
+    Args:
+        size: the images of one batch.
+        at_least: images the pass covers before it may stop.
+        what: the pass, for the line said when it stops: ``{what} on N of M images: REASON``.
+    """
+    done = 0
+    for batch in batches:
+        yield batch
+        done += size(batch)
+        reason = deadline.reason() if deadline is not None and at_least <= done < total else None
+        if reason is not None:
+            logger.info("%s on %d of %d images: %s", what, done, total, reason)
+            return

@@ -102,3 +102,19 @@ def test_planning_time_comes_out_of_a_single_run_and_scales_a_study():
     assert tb.after_planning(510.0, total=600.0, left=540.0, shared=True) == pytest.approx(459.0)  # keeps 15% reserve
     assert tb.after_planning(30.0, total=600.0, left=500.0, shared=False) == tb.MIN_FOLD_TRAINING
     assert tb.study_left(600.0, 2, [300.0, 500.0], reserve=90.0) == pytest.approx(290.0)
+
+
+def test_a_pass_until_the_deadline_covers_its_minimum_then_stops_and_says_so(caplog):
+    import logging
+
+    now = [0.0]
+    deadline = tb.Deadline(1.0, clock=lambda: now[0])
+    batches = [[i, i + 1] for i in range(0, 16, 2)]  # 8 batches of 2 of 16 images
+    taken = []
+    with caplog.at_level(logging.INFO, logger="sever"):
+        for batch in tb.until_deadline(batches, deadline, 16, "fold 0: out-of-fold maps", at_least=4):
+            taken.append(batch)
+            now[0] += 1.0  # the deadline passes with the first batch, but 4 images are due first
+    assert taken == batches[:2]
+    assert "fold 0: out-of-fold maps on 4 of 16 images: the time budget ends" in caplog.text
+    assert list(tb.until_deadline(batches, None, 16, "tuning")) == batches
