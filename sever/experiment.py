@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,7 +26,7 @@ from sever.model.scheduler import build_scheduler
 from sever.report import report_after_training
 from sever.registries import ARCHITECTURES, DATA_LOADERS, LOSSES, METRICS, SCHEDULERS, TASKS, TRAINERS, TRANSFORMS
 from sever.tasks import task_of
-from sever.utils import distributed
+from sever.utils import distributed, time_budget
 from sever.utils.checkpoint import load_checkpoint, remove_stale_temporaries
 from sever.utils.distributed import Distributed
 from sever.utils.config import (apply_overrides, dump_config, load_config, output_classes, validate_config,
@@ -34,6 +35,7 @@ from sever.utils.device import check_amp, resolve_device
 from sever.utils.registry import parse_spec
 from sever.utils.logger import add_file_log
 from sever.utils.run import RunPaths, resolve_resume
+from sever.utils.time_budget import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +175,13 @@ def _checkpoint_bytes(model: torch.nn.Module) -> int:
     return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def train(config: dict, overrides: tuple[str, ...] | list[str] = (), run_dir: Path | None = None) -> RunPaths:
-    """Train a new run from a loaded config; returns its folder (``run_dir``, e.g. a study's fold, or a new one)."""
+def train(config: dict, overrides: tuple[str, ...] | list[str] = (), run_dir: Path | None = None,
+          deadline: Deadline | None = None) -> RunPaths:
+    """Train a new run from a loaded config; returns its folder (``run_dir``, e.g. a study's fold, or a new one).
+
+    ``deadline``: when the run's whole time ends (a study's fold: its share); its self-tuning
+    and report then shrink to end by it (:func:`after_training`).
+    """
     config = prepare_config(config, overrides)
     experiment = build_experiment(config)
     context = experiment.distributed
@@ -185,11 +192,11 @@ def train(config: dict, overrides: tuple[str, ...] | list[str] = (), run_dir: Pa
         run.check_free_space(4 * _checkpoint_bytes(experiment.model))
         dump_config(with_block_defaults(config), run.config)
     run = RunPaths(Path(context.broadcast(str(run.root) if run else None)))
-    _run_trainer(experiment, run, "run folder: %s", run.root)
+    _run_trainer(experiment, run, "run folder: %s", run.root, deadline=deadline)
     return run
 
 
-def resume(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> RunPaths:
+def resume(path: str | Path, overrides: tuple[str, ...] | list[str] = (), deadline: Deadline | None = None) -> RunPaths:
     """Continue a run from a checkpoint file or the newest valid one in a run folder.
 
     The checkpoint's architecture and classes are compared with the config in
@@ -206,7 +213,7 @@ def resume(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Run
         remove_stale_temporaries(run.checkpoints)
         run.check_free_space(4 * _checkpoint_bytes(experiment.model))
         dump_config(with_block_defaults(config), run.config)  # with the --set values it now trains with
-    _run_trainer(experiment, run, "resuming from %s", checkpoint, state=state)
+    _run_trainer(experiment, run, "resuming from %s", checkpoint, state=state, deadline=deadline)
     return run
 
 
@@ -270,7 +277,8 @@ def _arch_defaults(name: Any) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not p.empty and p.kind is not p.KEYWORD_ONLY}
 
 
-def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any, state: dict | None = None) -> None:
+def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any, state: dict | None = None,
+                 deadline: Deadline | None = None) -> None:
     """Train with the run's log file attached; rank 0 logs, the others only warn."""
     context = experiment.distributed
     sever_logger = logging.getLogger("sever")
@@ -284,10 +292,7 @@ def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any
             trainer.resume(state)
         trainer.train()
         if context.is_main:
-            tune_postprocess(experiment.config, run, experiment.device)
-        report_images = experiment.config["trainer"]["report_images"]
-        if context.is_main and report_images:
-            report_after_training(run.root, report_images)
+            after_training(experiment, run, deadline)
     finally:
         if handler is not None:
             sever_logger.removeHandler(handler)
@@ -295,8 +300,31 @@ def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any
         distributed.teardown(context)
 
 
-def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
-    """Tune the finished run's post-processing on its validation split (``trainer.tune_postprocess``).
+def after_training(experiment: Experiment, run: RunPaths, deadline: Deadline | None = None) -> None:
+    """The finished run tunes itself and writes its report, each timed; by a ``deadline``, each shrinks:
+    the tuning to an even subset of the validation images, the report to the images that fit in the time
+    left at the tuning's measured seconds per image (none: no report, said so)."""
+    started = time.monotonic()
+    tuned = tune_postprocess(experiment.config, run, experiment.device, deadline)
+    tuning = time.monotonic() - started
+    logger.info("self-tuning took %.0f s", tuning)
+    report_images = experiment.config["trainer"]["report_images"]
+    if report_images and deadline is not None and tuned:
+        report_images = time_budget.items_fitting(deadline.left(), tuning / tuned, report_images)
+    reason = deadline.reason() if deadline is not None else None
+    if not report_images or reason is not None:
+        if experiment.config["trainer"]["report_images"]:
+            logger.info("no run report: %s; write it with sever report %s", reason or time_budget.BUDGET_ENDS,
+                        run.root)
+        return
+    started = time.monotonic()
+    report_after_training(run.root, report_images)
+    logger.info("the run report (%d images) took %.0f s", report_images, time.monotonic() - started)
+
+
+def tune_postprocess(config: dict, run: RunPaths, device: torch.device, deadline: Deadline | None = None) -> int:
+    """Tune the finished run's post-processing on its validation split (``trainer.tune_postprocess``);
+    returns the images it was tuned on (0: not tuned).
 
     Writes ``postprocess.yml`` and the settings into the tuned checkpoint
     (:func:`sever.inference.tune.tune_run`) and logs the default and tuned validation
@@ -304,18 +332,18 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
     """
     if not config["trainer"]["tune_postprocess"]:
         logger.info("post-processing not tuned: trainer.tune_postprocess is false")
-        return
+        return 0
     if not task_of(config).pixel_maps:
         logger.info("post-processing not tuned: a %s run has no segmentation post-processing", config["task"])
-        return
+        return 0
     from sever.inference.predictor import TUNED_FILE
     from sever.inference.tune import tune_run
 
     try:
-        result = tune_run(run.root, device, data_config=config)
+        result = tune_run(run.root, device, deadline, data_config=config)
     except ConfigError as exc:
         logger.info("post-processing not tuned: %s", exc)
-        return
+        return 0
     logger.info("post-processing tuned on the validation split (competition metric and per-class Dice, "
                 "default settings against tuned):\n%s", result.summary())
     logger.info("wrote %s; sever predict/evaluate -m %s use it by default", run.root / TUNED_FILE, run.root)
@@ -327,6 +355,7 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device) -> None:
             logger.warning(line.removeprefix("WARNING: "))
         else:
             (logger.warning if "NOT learned" in line else logger.info)(line)
+    return len(result.image_ids)
 
 
 def check_single_run(config: dict, overrides: tuple[str, ...] | list[str] = (), source: str | None = None) -> dict:

@@ -18,6 +18,7 @@ from sever.planning.fingerprint import Layout
 from sever.planning.plan import Plan
 from sever.utils.config import load_config, resolve_experiment
 from sever.utils.run import RunPaths
+from sever.utils.time_budget import Deadline, parse_budget
 from sever.study.auto import AutoResult, plan_dataset, run_auto
 from sever.study.folder import StudyPaths, is_study
 from sever.study.train import train_study
@@ -153,9 +154,13 @@ def plan(data_dir: str | Path, time: str = "1h", name: str | None = None, format
                         None if unlabelled is None else str(unlabelled), seed)
 
 
-def run_plan(planned: Plan, out: str | Path = "saved/auto") -> AutoRun:
-    """Train a plan's study (or run) in ``out`` and tune it out-of-fold (``sever auto``'s second half)."""
-    return AutoRun(run_auto(planned, out))
+def run_plan(planned: Plan, out: str | Path = "saved/auto", deadline: Deadline | None = None) -> AutoRun:
+    """Train a plan's study (or run) in ``out`` and tune it out-of-fold (``sever auto``'s second half).
+
+    ``deadline``: when the whole budget ends, started before planning so that the plan's own
+    time counts (None: the plan's ``trainer.time_budget`` from now).
+    """
+    return AutoRun(run_auto(planned, out, deadline))
 
 
 def auto(data_dir: str | Path, time: str = "10m", out: str | Path = "saved/auto", **options: Any) -> AutoRun:
@@ -171,4 +176,5 @@ def auto(data_dir: str | Path, time: str = "10m", out: str | Path = "saved/auto"
     Returns:
         An :class:`AutoRun`: ``.saved`` the study folder, ``.load()`` its model.
     """
-    return run_plan(plan(data_dir, time, **options), out)
+    deadline = Deadline(parse_budget(time))  # ``time`` counts from here: the plan's own measurements included
+    return run_plan(plan(data_dir, time, **options), out, deadline)

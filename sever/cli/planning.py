@@ -73,6 +73,9 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
 def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
          seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
     """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
+    from sever.utils.time_budget import Deadline, parse_budget
+
+    deadline = Deadline(parse_budget(time_budget))  # --time counts from here: imports and the plan included
     from sever.api.training import plan as plan_experiment, run_plan
     from sever.utils.paths import check_output_path
 
@@ -84,7 +87,7 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
     for note in planned.notes:
         click.echo(f"note: {note}")
     click.echo(planned.learning.note())
-    result = run_plan(planned, out_dir).result
+    result = run_plan(planned, out_dir, deadline).result
     click.echo(f"experiment: {result.experiment}")
     click.echo(result.tuning)
     for report in result.reports:

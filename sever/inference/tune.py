@@ -32,6 +32,7 @@ tuned, which ``sever predict/evaluate -m RUN`` then use by default.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.registry import parse_spec
+from sever.utils.time_budget import SPREAD, Deadline, spread_order, until_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -331,11 +333,18 @@ def search_widening(stats: TuneStatistics, min_pixels: Sequence[int] = DEFAULT_M
 
 
 def statistics_from_run(predictor: Predictor, base: PostProcessing, thresholds: Sequence[float],
-                        batch_size: int = 8, num_workers: int = 2) -> TuneStatistics:
-    """Predict the validation split of the predictor's first run once and gather the statistics."""
+                        batch_size: int = 8, num_workers: int = 2, deadline: Deadline | None = None) -> TuneStatistics:
+    """Predict the validation split of the predictor's first run once and gather the statistics.
+
+    With a ``deadline`` the images come in :func:`~sever.utils.time_budget.spread_order` and the
+    prediction stops when it comes, so the tuning uses an even subset of them (said so).
+    """
     paths, annotations = predictor_split(predictor)
     stats = TuneStatistics(base, thresholds, predictor.class_names)
-    for batch in predictor.predict_files(paths, batch_size, num_workers, description="tune"):
+    if deadline is not None:
+        paths = [paths[i] for i in spread_order(len(paths))]
+    batches = predictor.predict_files(paths, batch_size, num_workers, description="tune")
+    for batch in until_deadline(batches, deadline, len(paths), "tuning", lambda batch: len(batch.names)):
         truth = truth_batch(annotations, batch.names, tuple(batch.images.shape[-2:])).to(batch.probs.device)
         stats.update(batch.names, batch.probs, truth, batch.class_probs)
     return stats
@@ -359,10 +368,12 @@ def statistics_from_files(probs_dir: str | Path, truth_csv: str | Path, postproc
 
 def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotations]], postprocess: str | Path | None,
                           thresholds: Sequence[float], class_names: Sequence[str] | None = None,
-                          batch_size: int = 8) -> TuneStatistics:
+                          batch_size: int = 8, deadline: Deadline | None = None) -> TuneStatistics:
     """Gather the statistics from the union of saved probabilities, each with the true masks of its images.
 
-    A study's out-of-fold maps are one source per fold (every labelled image once).
+    A study's out-of-fold maps are one source per fold (every labelled image once). With a
+    ``deadline`` every source is read in :func:`~sever.utils.time_budget.spread_order`, an even
+    share of each in turn, until it comes: the tuning then uses an even subset (said so).
 
     Raises:
         DataError: sources of different class counts, or with and without classifier probabilities.
@@ -371,14 +382,29 @@ def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotation
     check_same_classes([saved for saved, _ in sources])
     stats = TuneStatistics(load_settings(postprocess, first.classes, first.gated), thresholds,
                            class_labels(class_names, first.classes))
-    for saved, truth in sources:
-        for batch in saved.batches(batch_size):
-            stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
-                         batch.class_probs)
+    total = sum(len(saved.names) for saved, _ in sources)
+    parts = _spread_parts(sources) if deadline is not None else sources
+    pairs = ((batch, truth) for saved, truth in parts for batch in saved.batches(batch_size))
+    for batch, truth in until_deadline(pairs, deadline, total, "tuning", lambda pair: len(pair[0].names)):
+        stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
+                     batch.class_probs)
     return stats
 
 
-def tune_run(root: str | Path, device: torch.device | str = "cpu", data_config: Mapping | None = None) -> TuneResult:
+def _spread_parts(sources, parts: int = SPREAD):
+    """``sources`` as ``parts`` rounds: round r holds each source's r-th share of its images in spread order."""
+    for part in range(parts):
+        for saved, truth in sources:
+            order = [saved.names[i] for i in spread_order(len(saved.names))]
+            share = order[part * len(order) // parts:(part + 1) * len(order) // parts]
+            if share:
+                view = copy.copy(saved)
+                view.names = share
+                yield view, truth
+
+
+def tune_run(root: str | Path, device: torch.device | str = "cpu", deadline: Deadline | None = None,
+             data_config: Mapping | None = None) -> TuneResult:
     """Tune a finished segmentation run on its own validation split and store the result.
 
     The run's best checkpoint (else its newest) predicts the validation split once (tiled
@@ -405,7 +431,7 @@ def tune_run(root: str | Path, device: torch.device | str = "cpu", data_config: 
     predictor = Predictor([loaded], device=device, amp=resolve_amp("auto", device), tiling=valid_tiling(loaded.config))
     _, args = parse_spec(loaded.config["data_loader"], "data_loader")
     stats = statistics_from_run(predictor, PostProcessing.default(predictor.classes), DEFAULT_THRESHOLDS,
-                                args.get("batch_size", 8), args.get("num_workers", 0))
+                                args.get("batch_size", 8), args.get("num_workers", 0), deadline)
     result = search_widening(stats, DEFAULT_MIN_PIXELS)
     result.write(Path(root) / TUNED_FILE, f"the validation split of {opened.source}")
     state = dict(opened.state, postprocess=result.best.to_mapping(),

@@ -36,7 +36,8 @@ from sever.planning.probe import device_target
 from sever.report.compare import report_after_study
 from sever.study.folder import StudyPaths
 from sever.study.train import train_study
-from sever.utils.time_budget import parse_budget
+from sever.utils import time_budget
+from sever.utils.time_budget import Deadline, parse_budget
 
 logger = logging.getLogger(__name__)
 
@@ -86,22 +87,43 @@ def tuning_summary(study: StudyPaths) -> str:
             f"{record['default_score']:.4f} with the defaults)")
 
 
-def run_auto(plan: Plan, out_dir: str | Path) -> AutoResult:
-    """Write the plan into ``out_dir``, train its study there and tune it out-of-fold."""
+def within_deadline(config: dict, folds: int, deadline: Deadline | None) -> dict:
+    """``config`` with its ``trainer.time_budget`` less what fingerprinting and planning took of ``deadline``.
+
+    The plan sized the budget to the whole ``--time``; the time it took itself is taken from
+    it (:func:`~sever.utils.time_budget.after_planning`), so the study or run ends by ``--time``.
+    """
+    if deadline is None or deadline.seconds is None:
+        return config
+    planned = parse_budget(config["trainer"]["time_budget"], "trainer.time_budget")
+    seconds = time_budget.after_planning(planned, deadline.seconds, deadline.left(), shared=folds > 1)
+    logger.info("planning took %.0f s of --time: trainer.time_budget %.0f s -> %.0f s",
+                deadline.seconds - deadline.left(), planned, seconds)
+    return {**config, "trainer": {**config["trainer"], "time_budget": f"{round(seconds, 1):g}s"}}
+
+
+def run_auto(plan: Plan, out_dir: str | Path, deadline: Deadline | None = None) -> AutoResult:
+    """Write the plan into ``out_dir``, train its study there and tune it out-of-fold.
+
+    ``deadline``: when ``--time`` ends, started before the plan (:func:`within_deadline`).
+    """
     out = Path(out_dir)
     config = plan.config = {**plan.config, "save_dir": str(out)}
     plan.reasons["save_dir"] = "sever auto's output folder: the study is made here"
     experiment_file = plan.write(out / f"{config['name']}.yml")
     logger.info("experiment planned: %s", experiment_file)
+    config = within_deadline(config, plan.folds, deadline)
     if plan.folds == 1:
-        run = experiment.train(config)
+        run = experiment.train(config, deadline=deadline)
         tuned = run.root / TUNED_FILE
         tuning = (f"post-processing tuned on the run's validation split: {tuned}" if tuned.is_file() else
                   "post-processing not tuned (see the run's log): sever predict uses the defaults")
         report = run.root / "report" / "index.html"
         learning = learning_lines(run_learning(run.root), "validation split") if tuned.is_file() else []
         return AutoResult(plan, experiment_file, run.root, tuning, [report] if report.is_file() else [], learning)
-    paths = train_study(config, plan.folds, expected_overhead=plan.fold_overhead)
+    study_seconds = parse_budget(config["trainer"]["time_budget"], "trainer.time_budget")
+    paths = train_study(config, plan.folds, expected_overhead=plan.fold_overhead,
+                        tuning_reserve=time_budget.reserve_seconds(study_seconds))
     summary = tuning_summary(StudyPaths(paths.root))
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
     study_page = report_after_study(paths.root)  # the study's own page, listed before its folds' reports

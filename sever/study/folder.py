@@ -33,7 +33,9 @@ is round ``r``.
 The time budget (``trainer.time_budget`` of the study) is kept in ``budget``: its
 ``seconds``, the fold ``slots`` trained at once, the seconds ``spent`` by each fold
 (and pseudo-labelling) and the share ``reserved`` by each fold in training, keyed
-``round<r>/fold<k>``; see :meth:`StudyPaths.reserve`.
+``round<r>/fold<k>``; see :meth:`StudyPaths.reserve`. Each round's out-of-fold tuning is
+charged too (``round<r>/tuning``); it ends by the study's deadline
+(:meth:`StudyPaths.tuning_deadline`), using the ``tuning_reserve`` ``sever auto`` keeps.
 """
 
 from __future__ import annotations
@@ -268,6 +270,30 @@ class StudyPaths:
         data = self._read()
         noted = list(((data.get("budget") or {}).get("overhead") or {}).values())
         return time_budget.mean_overhead(noted, data.get("expected_overhead", 0.0))
+
+    def keep_reserve(self, seconds: float) -> None:
+        """Record the seconds of the whole budget kept beyond ``trainer.time_budget`` for the study's out-of-fold
+        tuning (``sever auto`` keeps :data:`~sever.utils.time_budget.STUDY_RESERVE` of ``--time``)."""
+        with self._locked():
+            data = self._read()
+            data["tuning_reserve"] = max(0.0, float(seconds))
+            self._write(data)
+
+    def reservation(self, key: str) -> float | None:
+        """The seconds fold ``key`` holds now (:meth:`reserve`), or None."""
+        budget = self._read().get("budget") or {}
+        return budget.get("reserved", {}).get(key)
+
+    def tuning_deadline(self) -> time_budget.Deadline | None:
+        """When the study's time ends, for its out-of-fold tuning: what its folds left of the budget, and the
+        reserve kept for the tuning (:meth:`keep_reserve`); None without a budget."""
+        data = self._read()
+        budget = data.get("budget")
+        if budget is None:
+            return None
+        left = time_budget.study_left(budget["seconds"], budget.get("slots", 1), budget["spent"].values(),
+                                      data.get("tuning_reserve", 0.0))
+        return time_budget.Deadline(left, clock=CLOCK)
 
     def spent(self) -> float:
         """Seconds the study has spent so far (0 without a budget)."""

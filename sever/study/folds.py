@@ -111,16 +111,17 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
     overrides = budget_overrides(study, fold, overrides)
     given = _given_budget(overrides)
     started = folder.CLOCK()
+    deadline = fold_deadline(study, fold, started)
     if is_main:
         study.set_status(fold, "running")
     try:
         if run.last.is_file() or run.saved_epochs():
             logger.info("fold %d: resuming %s", fold, run.root)
-            experiment.resume(run.root, overrides)
+            experiment.resume(run.root, overrides, deadline=deadline)
         else:
-            experiment.train(config, overrides, run_dir=run.root)
+            experiment.train(config, overrides, run_dir=run.root, deadline=deadline)
         if is_main:
-            write_oof(study, fold)
+            write_oof(study, fold, deadline)
     except TrainingInterrupted:
         raise  # stays running: the next -r STUDY resumes it
     except Exception:
@@ -138,16 +139,30 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
     return run
 
 
+def fold_deadline(study: StudyPaths, fold: int, started: float) -> time_budget.Deadline | None:
+    """When the fold's share of the study's time ends, counted from ``started`` (on :data:`folder.CLOCK`, when
+    it reserved the share); None without a budget.
+
+    The fold's run ends its self-tuning and report by it.
+    """
+    share = study.reservation(fold_key(study, fold))
+    return None if share is None else time_budget.Deadline(share, clock=folder.CLOCK, start=started)
+
+
 def _given_budget(overrides: Sequence[str]) -> float | None:
     """The seconds of the last ``trainer.time_budget=`` override, or None without one."""
     values = [item.split("=", 1)[1] for item in overrides if item.startswith("trainer.time_budget=")]
     return time_budget.parse_budget(values[-1], "trainer.time_budget") if values else None
 
 
-def write_oof(study: StudyPaths, fold: int) -> Path | None:
+def write_oof(study: StudyPaths, fold: int, deadline: time_budget.Deadline | None = None) -> Path | None:
     """Predict the fold's validation images with its best checkpoint into ``fold{k}/oof/`` (uint8 ``.npz``).
 
-    Tasks whose runs do not predict pixel maps (``Task.pixel_maps`` false) keep none.
+    Tasks whose runs do not predict pixel maps (``Task.pixel_maps`` false) keep none. With a
+    ``deadline`` (the fold's share of the study's time, or any stop condition) the images come in
+    :func:`~sever.utils.time_budget.spread_order` and, once an even
+    :data:`~sever.utils.time_budget.SPREAD`-th of them is written, the pass stops when it comes
+    (said so): the study's tuning then reads an even subset of this fold's images.
     """
     from sever.inference.evaluate import predictor_split
     from sever.inference.outputs import write_predictions
@@ -162,8 +177,12 @@ def write_oof(study: StudyPaths, fold: int) -> Path | None:
     paths, _ = predictor_split(predictor)
     oof = study.oof_dir(fold)
     shutil.rmtree(oof, ignore_errors=True)  # a retried fold rewrites all of it
+    if deadline is not None:
+        paths = [paths[i] for i in time_budget.spread_order(len(paths))]
     batches = predictor.predict_files(paths, args.get("valid_batch_size") or args.get("batch_size", 8),
                                       args.get("num_workers", 2), description=f"fold {fold} out-of-fold")
+    batches = time_budget.until_deadline(batches, deadline, len(paths), f"fold {fold}: out-of-fold maps",
+                                         lambda batch: len(batch.names), at_least=len(paths) // time_budget.SPREAD)
     write_predictions(batches, load_settings(None, predictor.classes, False), run / "oof.csv", save_probs=oof,
                       outputs=predictor.outputs)
     logger.info("fold %d: out-of-fold probabilities of %d images in %s", fold, len(paths), oof)

@@ -136,14 +136,18 @@ def tune_round(study: StudyPaths, config: dict) -> None:
     """Tune ``study``'s round on its out-of-fold maps: its ``postprocess.yml`` and its out-of-fold score.
 
     Skipped (and said so) with ``trainer.tune_postprocess: false`` or for a task without
-    pixel predictions; the round then has no score.
+    pixel predictions; the round then has no score. With a time budget it ends by the
+    study's deadline, on an even subset of the maps when it must (and its time is charged).
     """
     if not config["trainer"]["tune_postprocess"] or not task_of(config).pixel_maps:
         logger.info("round %d: not tuned out-of-fold (trainer.tune_postprocess is false or a %s study)",
                     study.round_number, config["task"])
         return
     args = config["data_loader"].get("args") or {}
-    result = tune_out_of_fold(study, batch_size=args.get("valid_batch_size") or args.get("batch_size", 8))
+    started = folder.CLOCK()
+    result = tune_out_of_fold(study, batch_size=args.get("valid_batch_size") or args.get("batch_size", 8),
+                              deadline=study.tuning_deadline())
+    study.charge(f"round{study.round_number}/tuning", folder.CLOCK() - started)
     logger.info("round %d tuned out-of-fold:\n%s", study.round_number, result.summary())
 
 

@@ -153,18 +153,22 @@ def run_round(study: StudyPaths, config: dict, overrides: Sequence[str], paralle
 
 def train_study(config: dict, folds: int, only: int | None = None, overrides: Sequence[str] = (),
                 parallel: int = 1, nproc: int = 1, debug: bool = False,
-                expected_overhead: float | None = None) -> StudyPaths:
+                expected_overhead: float | None = None, tuning_reserve: float | None = None) -> StudyPaths:
     """Make a study of ``config`` with ``folds`` folds and train them all (or only fold ``only``).
 
     ``expected_overhead``: seconds a fold is expected to take beyond its training (``sever
     auto`` passes its plan's estimate), taken from the first folds' shares until one has
     finished and measured it; without it the first folds train their whole share.
+    ``tuning_reserve``: seconds kept beyond ``trainer.time_budget`` for the out-of-fold tuning
+    (``sever auto`` keeps a share of ``--time``); without it the tuning has what the folds left.
     """
     if only is not None and not 0 <= only < folds:
         raise ConfigError(f"--fold {only}: must be one of 0..{folds - 1} (--folds {folds})")
     study = create_study(config, folds, overrides)
     if expected_overhead is not None:
         study.expect_overhead(expected_overhead)
+    if tuning_reserve is not None:
+        study.keep_reserve(tuning_reserve)
     return run_study(study, None if only is None else [only], overrides, parallel, nproc, debug)
 
 

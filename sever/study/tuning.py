@@ -22,6 +22,7 @@ from sever.inference.tune import (DEFAULT_C_FACTORS, DEFAULT_MIN_PIXELS, DEFAULT
 from sever.study.folder import StudyPaths
 from sever.utils.config import load_config
 from sever.utils.run import RunPaths
+from sever.utils.time_budget import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def class_names(path: str | Path) -> list[str] | None:
 def tune_out_of_fold(study: StudyPaths, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                      min_pixels: Sequence[int] = DEFAULT_MIN_PIXELS, c_factors: Sequence[float] = DEFAULT_C_FACTORS,
                      postprocess: str | Path | None = None, batch_size: int = 8,
-                     output: str | Path | None = None) -> TuneResult:
+                     output: str | Path | None = None, deadline: Deadline | None = None) -> TuneResult:
     """Tune ``study``'s round on its out-of-fold maps and write the best settings.
 
     Args:
@@ -85,12 +86,15 @@ def tune_out_of_fold(study: StudyPaths, thresholds: Sequence[float] = DEFAULT_TH
             ``empty_scores`` (the empty predictor's per class), ``class_survivors`` (the images each
             class keeps a mask on) and ``tuned_images``, from which
             :func:`sever.inference.learning.study_learning` judges each class.
+        deadline: when the study's time budget ends (:meth:`StudyPaths.tuning_deadline`): the
+            maps are then read in an even order and the tuning uses those read by then.
 
     Raises:
         CheckpointError: a fold not done or without its out-of-fold maps.
     """
     study = study.at_round(study.round_number)
-    stats = statistics_from_saved(oof_sources(study), postprocess, thresholds, class_names(study.root), batch_size)
+    stats = statistics_from_saved(oof_sources(study), postprocess, thresholds, class_names(study.root), batch_size,
+                                  deadline)
     result = search_widening(stats, min_pixels, c_factors)
     target = study.postprocess if output is None else Path(output)
     result.write(target, f"the out-of-fold probabilities of {study.root} round {study.round_number}")

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from sever.utils.config import parse_duration
 from sever.utils.distributed import Distributed
 from sever.utils.progress import format_duration
 from sever.utils.run import RunPaths
+from sever.utils.time_budget import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class BaseTrainer(abc.ABC):
         self.start_step = 0
         self.writer = SummaryWriter(str(run.tensorboard)) if options["tensorboard"] and distributed.is_main else None
         self._stop_signal: int | None = None
+        # asked between the batches of a long pass (validation) besides the time budget: a reason to stop, or None
+        self.stop_conditions: list[Callable[[], str | None]] = []
         self._started: tuple[float, int] | None = None  # (time.monotonic(), epoch) when train() began
         budget = options["time_budget"]
         self.budget = TimeBudget(parse_duration(budget, "trainer.time_budget")) if budget is not None else None
@@ -128,7 +131,7 @@ class BaseTrainer(abc.ABC):
                     self._save_interrupted(epoch)
                     self._raise_interrupted(f"stopped at epoch {epoch} after {self.steps_done} batches")
                 if self.budget is not None:
-                    self.budget.end_pass()
+                    self.budget.end_pass(self.steps_done - start_step)
                 self._plan_budget(epoch)
                 if self._should_validate(epoch):
                     log.update(self._valid_epoch(epoch))
@@ -138,6 +141,8 @@ class BaseTrainer(abc.ABC):
                 self._log_epoch(log, learning_rates)
                 if self.budget is not None:
                     self.budget.end_epoch()
+                    if epoch < self.epochs and not self._epoch_fits(epoch + 1):
+                        self.budget.final_epoch = epoch
                 self._save_epoch(epoch, improved)
                 if self._stop_agreed():
                     self._raise_interrupted(f"stopped after epoch {epoch}")
@@ -156,6 +161,26 @@ class BaseTrainer(abc.ABC):
             self.writer.file_writer.add_summary(self._hparams()[2])  # the session ended normally
             self.writer.close()
         return log
+
+    def _epoch_fits(self, epoch: int) -> bool:
+        """At the end of the epoch before ``epoch``: whether ``epoch`` can still train a useful share and finish
+        its validation, expected from the measured validations scaled to the machine's speed now (said so when not).
+
+        The plan made after the training pass (:meth:`_plan_budget`) decides this too, but a
+        validation slower than expected can spend what that plan counted on.
+        """
+        if self.budget.final_epoch is not None or self.budget.epoch_fits():
+            return True
+        logger.info("time budget: epoch %d would not finish with its validation (about %.0f s expected, %.0f s "
+                    "left)", epoch, self.budget.tail, self.budget.left)
+        return False
+
+    def pass_deadline(self) -> Deadline:
+        """What a long pass (validation) polls between batches: the budget's end and :attr:`stop_conditions`."""
+        deadline = self.budget.deadline() if self.budget is not None else Deadline()
+        for condition in self.stop_conditions:
+            deadline.add(condition)
+        return deadline
 
     def _out_of_time(self) -> bool:
         """During a training pass: whether the time budget leaves only this epoch's validation and checkpoint."""

@@ -22,6 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.profiler import record_function
+from torch.utils.data import DataLoader
 
 from sever.data_loader.augmentation import PAD_LABEL
 from sever.trainer.base import BaseTrainer
@@ -31,6 +32,7 @@ from sever.registries import TRAINERS
 from sever.utils.device import autocast
 from sever.utils.distributed import Distributed
 from sever.utils.progress import Progress
+from sever.utils.time_budget import BUDGET_ENDS, spread_order
 from sever.utils.visualization import overlay_masks, to_uint8_image
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,7 @@ class Trainer(BaseTrainer):
         self.skipped_steps = 0
         self._first_non_finite: torch.Tensor | None = None  # (batch, loss) of the pass's first, on the device
         self.network = self._wrap_network()
+        self._spread_loader: DataLoader | None = None  # the validation batches in spread order (with a time budget)
 
     def _wrap_network(self) -> torch.nn.Module:
         """The module the training step calls: the model, wrapped for DDP and compiled as configured.
@@ -391,22 +394,62 @@ class Trainer(BaseTrainer):
     @torch.inference_mode()
     def _valid_epoch(self, epoch: int) -> dict[str, float]:
         model = self._begin_validation()
+        loader, total, stride = self._budget_valid_loader()
+        deadline = self.pass_deadline()
+        if self.budget is not None:
+            self.budget.begin_validation()
         sums: dict[str, torch.Tensor] = {}  # on the device, read once at the end
-        batches = 0
-        shown = Progress(len(self.valid_loader), f"validation of epoch {epoch}/{self.epochs}", "batch")
-        for batch_index, (images, targets) in enumerate(self.valid_loader):
+        batches = done = 0
+        reason = None
+        shown = Progress(len(loader), f"validation of epoch {epoch}/{self.epochs}", "batch")
+        for batch_index, (images, targets) in enumerate(loader):
             inputs, targets = self._to_device(images, targets)
             with autocast(self.amp, self.device):
                 parts, outputs = self._valid_forward(model, inputs, targets)
             for key, value in parts.items():
                 sums[key] = sums[key] + value if key in sums else value.double()
             batches += 1
+            done += len(images)
             self._update_metrics(outputs, targets)
             self._collect_visuals(batch_index, images, targets, outputs)
             shown.update(images=len(images))
+            if (reason := deadline.reason()) is not None:
+                break
         shown.close()
+        if self.budget is not None:
+            self.budget.end_validation(done)
+        if done < (total or math.inf) and (reason is not None or stride > 1):
+            every = f" (1 image in {stride}{', then cut' if reason else ''})" if stride > 1 else ""
+            of = f" of {total}" if total is not None else ""
+            logger.info("validation on %d%s images%s: %s", done, of, every, reason or BUDGET_ENDS)
         self._write_visuals(epoch)
         return self._valid_log(self._read(sums, epoch), batches)
+
+    def _budget_valid_loader(self):
+        """The validation loader this epoch iterates, the images of a whole pass and the stride it keeps.
+
+        Without a time budget, :attr:`valid_loader` itself (and None for its images). With one, its batches in
+        :func:`~sever.utils.time_budget.spread_order` (a pass cut at its deadline has scored
+        an even subset), keeping every k-th image only when the measured validation, scaled to
+        the machine's speed now, would not fit in the budget (:meth:`TimeBudget.validation_stride`).
+        """
+        if self.budget is None or not isinstance(self.valid_loader, DataLoader):
+            return self.valid_loader, None, 1  # the images of a pass are counted only where a budget needs them
+        batches = [list(batch) for batch in self.valid_loader.batch_sampler]
+        total = sum(len(batch) for batch in batches)
+        self.budget.valid_images = total
+        stride = self.budget.validation_stride(total)
+        if stride > 1 or self._spread_loader is None:
+            kept = even_batches(batches, stride)
+            loader = self.valid_loader
+            spread = DataLoader(loader.dataset, batch_sampler=[kept[i] for i in spread_order(len(kept))],
+                                num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                                pin_memory=loader.pin_memory, persistent_workers=stride == 1 and loader.num_workers > 0,
+                                worker_init_fn=loader.worker_init_fn)
+            if stride > 1:
+                return spread, total, stride
+            self._spread_loader = spread
+        return self._spread_loader, total, 1
 
     def _collect_visuals(self, batch_index, images, targets, outputs) -> None:
         """Hook: keep what :meth:`_write_visuals` shows (called for each validation batch).
@@ -440,6 +483,19 @@ class Trainer(BaseTrainer):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema_state_dict") is not None:
             self.ema.load_state_dict(state["ema_state_dict"])
+
+
+def even_batches(batches: list[list[int]], stride: int) -> list[list[int]]:
+    """``batches`` of dataset indices keeping every ``stride``-th image (counted across the batches, in order);
+    batches left empty are dropped, the others keep their images' grouping (one padded size each)."""
+    position = 0
+    kept = []
+    for batch in batches:
+        chosen = [index for offset, index in enumerate(batch, start=position) if offset % stride == 0]
+        position += len(batch)
+        if chosen:
+            kept.append(chosen)
+    return kept
 
 
 @TRAINERS.register

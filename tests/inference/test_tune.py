@@ -151,3 +151,31 @@ def test_cli_tune_from_saved_probabilities_finds_the_known_best(tmp_path):
     assert mean_line(result.output) == [0.25, 1.0] and "(2 images)" in result.output
     tuned = PostProcessing.load(tmp_path / "pp.yml", 2)
     assert tuned.threshold == (0.45, 0.5) and tuned.min_pixels == (400, 200)
+
+
+def test_tuning_by_a_deadline_reads_an_even_share_of_every_fold_and_says_so(tmp_path, caplog):
+    import logging
+
+    from sever.data_loader.annotations import read_rle_csv
+    from sever.inference.outputs import SavedProbabilities
+    from sever.inference.tune import statistics_from_saved
+    from sever.utils.time_budget import Deadline, spread_order
+
+    probs, truth = synthetic(n=16)
+    rows = ["ImageId,ClassId,EncodedPixels"]
+    for i in range(16):
+        (tmp_path / f"fold{i % 2}").mkdir(exist_ok=True)
+        save_probabilities(tmp_path / f"fold{i % 2}", f"{i}.jpg", probs[i].numpy())  # two folds of 8 images
+        rows += [f"{i}.jpg,{k + 1},{rle_encode(truth[i, k].numpy())}" for k in range(2) if truth[i, k].any()]
+    (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
+    sources = [(saved, read_rle_csv(tmp_path / "truth.csv", 2, image_ids=saved.names))
+               for saved in (SavedProbabilities([tmp_path / f"fold{k}"]) for k in range(2))]
+    ticks = iter(range(1, 100))
+    deadline = Deadline(5.0, clock=lambda: float(next(ticks)), start=0.0)  # a second a reading: ends at the 5th
+    with caplog.at_level(logging.INFO, logger="sever"):
+        stats = statistics_from_saved(sources, None, (0.5,), ["a", "b"], batch_size=1, deadline=deadline)
+    spread = [[saved.names[i] for i in spread_order(8)] for saved, _ in sources]
+    assert stats.image_ids == [spread[0][0], spread[1][0], spread[0][1], spread[1][1], spread[0][2]]
+    assert "tuning on 5 of 16 images: the time budget ends" in caplog.text
+    whole = statistics_from_saved(sources, None, (0.5,), ["a", "b"], batch_size=1)
+    assert sorted(whole.image_ids) == sorted(f"{i}.jpg" for i in range(16))  # no deadline: every image

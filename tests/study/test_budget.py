@@ -1,6 +1,6 @@
 """A study's trainer.time_budget, shared between the folds still to train (the clock is injected)."""
 
-import itertools
+import sys
 
 import pytest
 import yaml
@@ -14,9 +14,16 @@ FOLD_SECONDS = 150.0  # what each fold "takes" on the injected clock
 
 @pytest.fixture
 def clock(monkeypatch):
-    """Every call moves the clock on by FOLD_SECONDS: a fold reads it when it starts and when it ends."""
-    ticks = itertools.count()
-    monkeypatch.setattr(folder, "CLOCK", lambda: FOLD_SECONDS * next(ticks))
+    """The clock moves on by FOLD_SECONDS each time a fold reads it (when it starts and when it ends); the
+    deadlines polled in between (its tuning, its out-of-fold maps) read the time as it is."""
+    now = [-FOLD_SECONDS]
+
+    def read() -> float:
+        if sys._getframe(1).f_code.co_name == "train_fold":
+            now[0] += FOLD_SECONDS
+        return now[0]
+
+    monkeypatch.setattr(folder, "CLOCK", read)
 
 
 def fold_budgets(paths: StudyPaths) -> list:
@@ -110,3 +117,31 @@ def test_a_study_without_budget_leaves_the_overrides_alone(tmp_path):
     paths = StudyPaths(tmp_path)
     paths.initialise(2)
     assert folds.budget_overrides(paths.at_round(0), 0, ["a=1"]) == ["a=1"]
+
+
+def test_a_study_on_a_machine_3x_slower_than_planned_still_ends_by_its_budget(make_config, monkeypatch):
+    """Planned: 40 s of overhead a fold; the machine then runs 3x slower, so each fold's set-up, tuning,
+    report and out-of-fold maps take 120 s. Each fold's run keeps its own training budget (its clock
+    holds it); the ledger must give the later folds their share less the overhead measured, so the
+    study ends within its budget and the last fold still trains as long as the one before."""
+    now = [0.0]
+    monkeypatch.setattr(folder, "CLOCK", lambda: now[0])
+    trained = []
+
+    def run_on_a_slow_machine(config, overrides, run_dir=None, deadline=None):
+        seconds = folds._given_budget(overrides)
+        trained.append(seconds)
+        now[0] += seconds + 3 * 40.0 - 30.0  # its training, then all its overhead but the out-of-fold maps
+        return None
+
+    def out_of_fold_maps(study, fold, deadline=None):
+        now[0] += 30.0
+
+    monkeypatch.setattr(folds.experiment, "train", run_on_a_slow_machine)
+    monkeypatch.setattr(folds, "write_oof", out_of_fold_maps)
+    paths = study.train_study(make_config(epochs=1, time_budget="10m", tune_postprocess=False), folds=3,
+                              expected_overhead=40, tuning_reserve=90)
+    assert paths.spent() == pytest.approx(now[0]) and now[0] <= 600 * 1.05
+    assert trained == pytest.approx([160, 40, 40])  # the last fold is not starved by the slowdown
+    assert paths.overhead() == pytest.approx(120)
+    assert paths.tuning_deadline().left() == pytest.approx(90)  # the reserve is left for the tuning

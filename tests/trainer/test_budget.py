@@ -13,6 +13,7 @@ from sever.trainer.budget import TimeBudget
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import parse_duration
 from sever.utils.run import RunPaths
+from sever.utils.time_budget import spread_order
 
 
 @pytest.mark.parametrize("text, seconds", [("2h30m", 9000), ("45m", 2700), ("90s", 90), ("1.5h", 5400),
@@ -151,3 +152,145 @@ def test_a_budget_stops_a_long_run_ends_its_schedule_and_survives_resume(make_co
     assert longer["time_budget"]["spent"] > spent
     assert len(longer["time_budget"]["durations"]) == len(state["time_budget"]["durations"]) + 1
     assert len(longer["time_budget"]["passes"]) == len(longer["time_budget"]["durations"])
+
+
+# ----------------------------------------------------------------------------- validation inside the budget
+
+
+def test_validation_expected_from_the_measured_one_scaled_to_the_machine_now(clock):
+    budget = TimeBudget(1000)
+    budget.valid_images = 6
+    budget.start()
+    clock.now = 10.0
+    budget.end_pass(5)  # 2 s a batch
+    budget.begin_validation()
+    clock.now = 70.0
+    budget.end_validation(6)  # 10 s an image
+    clock.now = 71.0
+    budget.end_epoch()  # 1 s of checkpoint
+    assert budget.expected_validation(6) == 60.0 and budget.rest_of_tail == pytest.approx(1.0)
+    clock.now = 101.0
+    budget.end_pass(5)  # 6 s a batch: the machine is 3x slower now
+    assert budget.expected_validation(6) == pytest.approx(180.0)
+    assert budget.tail == pytest.approx(181.0)
+    assert budget.validation_stride(6) == 1  # 898 s left
+    clock.now = 900.0  # 99 s left, 1 s of it the checkpoint's: 180 s of validation fit one image in 2
+    assert budget.validation_stride(6) == 2
+    clock.now = 999.0
+    assert budget.validation_stride(6) == 6  # one image at least
+    budget.end_epoch()
+    saved = budget.state()  # what the checkpoint keeps
+    resumed = TimeBudget(1000)
+    resumed.load(saved)
+    assert resumed.expected_validation(6) == pytest.approx(180.0)
+
+
+@pytest.fixture
+def one_image_batches(make_config):
+    """A tiny config with a 100-s budget validating one image a batch (6 images), so a cut shows which."""
+
+    def make(**trainer):
+        config = make_config(time_budget="100s", **trainer)
+        config["data_loader"]["args"]["valid_batch_size"] = 1
+        return config
+
+    return make
+
+
+def built_trainer(config, root):
+    prepared = experiment.prepare_config(config)
+    return experiment.make_trainer(experiment.build_experiment(prepared), RunPaths(root))
+
+
+def scored_images(monkeypatch, trainer) -> list:
+    """The validation dataset's indices as the trainer reads them (the loaders run in this process)."""
+    dataset = trainer.valid_loader.dataset
+    read = []
+    original = type(dataset).__getitem__
+
+    def recording(self, index):
+        read.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(type(dataset), "__getitem__", recording)
+    return read
+
+
+@pytest.mark.slow
+def test_a_validation_that_would_overrun_scores_an_even_subset_and_says_so(one_image_batches, tmp_path, clock,
+                                                                            monkeypatch, caplog):
+    trainer = built_trainer(one_image_batches(), tmp_path / "run")
+    budget = trainer.budget
+    budget.start()
+    clock.now = 10.0
+    budget.end_pass(5)
+    budget.validation = (10.0, 2.0)  # epoch 1's validation took 10 s an image, at 2 s a training batch
+    clock.now = 80.0  # 20 s left: the 60 s of a whole validation fit one image in 3
+    order = [index for batch in trainer.valid_loader.batch_sampler for index in batch]
+    read = scored_images(monkeypatch, trainer)
+    with caplog.at_level(logging.INFO, logger="sever"):
+        log = trainer._valid_epoch(2)
+    assert sorted(read) == [order[0], order[3]]
+    assert "validation on 2 of 6 images (1 image in 3): the time budget ends" in caplog.text
+    assert "val_dice_mean" in log
+
+
+class Ticking(Clock):
+    """A clock one second further on at every reading."""
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.slow
+def test_validation_stops_at_the_deadline_having_scored_an_even_spread(one_image_batches, tmp_path, monkeypatch,
+                                                                       caplog):
+    trainer = built_trainer(one_image_batches(), tmp_path / "run")
+    ticking = Ticking()
+    monkeypatch.setattr(budget_module, "time", ticking)
+    trainer.budget.start()
+    ticking.now = 95.0  # no validation measured yet: it runs until the deadline cuts it
+    batches = list(trainer.valid_loader.batch_sampler)
+    read = scored_images(monkeypatch, trainer)
+    with caplog.at_level(logging.INFO, logger="sever"):
+        trainer._valid_epoch(1)
+    done = len(read)
+    assert 0 < done < 6
+    assert read == [batches[i][0] for i in spread_order(6)[:done]]  # every 4th, then the gaps halved
+    assert f"validation on {done} of 6 images: the time budget ends" in caplog.text
+    assert trainer.budget.validation[0] > 0  # the cut validation was timed
+
+
+@pytest.mark.slow
+def test_no_epoch_starts_when_the_validation_measured_before_would_not_fit(one_image_batches, clock, monkeypatch,
+                                                                          caplog):
+    trainer_class = experiment.TRAINERS.get("SegmentationTrainer", "task")
+    train_step, valid_forward = trainer_class._train_step, trainer_class._valid_forward
+
+    def slow_step(self, images, *args):  # 1 s a batch of training ...
+        clock.now += 1.0
+        return train_step(self, images, *args)
+
+    def slow_validation(self, model, images, targets):  # ... and 10 s an image of validation
+        clock.now += 10.0 * len(images)
+        return valid_forward(self, model, images, targets)
+
+    monkeypatch.setattr(trainer_class, "_train_step", slow_step)
+    monkeypatch.setattr(trainer_class, "_valid_forward", slow_validation)
+    with caplog.at_level(logging.INFO, logger="sever"):
+        run = experiment.train(one_image_batches(epochs=10))
+    state = load_checkpoint(run.last)
+    assert state["epoch"] == 1  # epoch 2 would have ended after 100 s: its 60-s validation no longer fit
+    assert "epoch 2 would not finish with its validation (about 60 s expected, 36 s left)" in caplog.text
+    assert state["time_budget"]["final_epoch"] == 1  # a resume does not train on
+    assert state["time_budget"]["spent"] <= 100.0
+
+
+def test_a_first_pass_leaves_a_share_of_itself_for_its_unmeasured_tail(clock):
+    budget = TimeBudget(110)
+    budget.start()
+    clock.now = 99.0
+    assert not budget.pass_over()
+    clock.now = 100.0  # 10 s left: a tenth of the 100-s pass so far, for the first validation and checkpoint
+    assert budget.pass_over()
