@@ -122,6 +122,23 @@ def test_code_blocks_are_found(tmp_path):
     assert blocks[1][2] == "x = 1\n\nassert x == 1\n"
 
 
+def test_python_blocks_in_a_row_run_as_one_script(tmp_path):
+    """A page's python blocks share their names until a console block (or another :class:) comes between."""
+    page = ("T\n=\n\n.. code-block:: python\n   :class: tested\n\n   x = 1\n\n"
+            ".. code-block:: python\n   :class: tested\n\n   assert x == 1\n\n"
+            ".. code-block:: console\n   :class: tested\n\n   $ true\n\n"
+            ".. code-block:: python\n   :class: tested\n\n   y = 2\n")
+    path = tmp_path / "page.rst"
+    path.write_text(page)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    script = page_script(path, tmp_path, scratch)
+    assert sorted(file.name for file in scratch.iterdir()) == ["block0.py", "block2.py"]
+    assert (scratch / "block0.py").read_text() == "x = 1\n\nassert x == 1\n"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 PAGES = sorted(DOCS.glob("guides/*.rst")) + [REPO / "README.rst"]
 
 
@@ -151,10 +168,22 @@ def docs_workspace(tmp_path_factory) -> Path:
     return root
 
 
+def script_steps(blocks: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The blocks with python blocks in a row (same ``:class:``) joined into one script, as a reader runs a
+    page's examples in one session: a later block uses the names an earlier one made."""
+    steps: list[tuple[str, str, str]] = []
+    for language, kind, text in blocks:
+        if language == "python" and steps and steps[-1][:2] == ("python", kind):
+            steps[-1] = ("python", kind, steps[-1][2] + "\n" + text)
+        else:
+            steps.append((language, kind, text))
+    return steps
+
+
 def page_script(page: Path, workspace: Path, scratch: Path) -> str:
     """One bash script running the page's tested blocks in order (python blocks through files in ``scratch``)."""
     lines = ["set -euo pipefail"]
-    for number, (language, kind, text) in enumerate(code_blocks(page)):
+    for number, (language, kind, text) in enumerate(script_steps(code_blocks(page))):
         lines.append(f"cd {shlex.quote(str(REPO if kind == 'tested-checkout' else workspace))}")
         if language == "python":
             script = scratch / f"block{number}.py"
@@ -169,11 +198,6 @@ def page_script(page: Path, workspace: Path, scratch: Path) -> str:
 @pytest.mark.parametrize("page", [page for page in PAGES if code_blocks(page)], ids=lambda page: page.name)
 def test_examples_run(page, docs_workspace, tmp_path):
     """Every block marked tested runs, in the page's order, in a copy of the workspace; any failing command fails."""
-    if page.name == "README.rst":
-        import sever
-
-        if not hasattr(sever, "train"):
-            pytest.skip("the README's Python example needs sever's Python API (sever.train, sever.load)")
     workspace = tmp_path / "workspace"
     shutil.copytree(docs_workspace, workspace, symlinks=True)
     (workspace / "benchmarks").symlink_to(REPO / "benchmarks")  # the checkout's scripts, as from its root

@@ -10,7 +10,9 @@
   checks a config's args against that same signature.
 - ``.. sever-commands::``: the usage line of every ``sever`` command, then each command's
   ``--help`` text, from the click group itself.
-- ``.. sever-modules::``: an ``automodule`` of every module of the ``sever`` package.
+- ``.. sever-modules::``: an ``automodule`` of every module of the ``sever`` package; a name a
+  module re-exports through ``__all__`` (``sever.load``, ``sever.SeverError``) is a link to the
+  module that defines it, so each object has one target.
 - ``.. sever-guides::``: a toctree of the guides in the order its content lists, skipping those
   not written yet and ending with any guide the list does not name (a plain toctree warns about a
   missing entry, and a glob matching nothing warns in a way ``suppress_warnings`` cannot silence).
@@ -239,8 +241,45 @@ class Modules(_Generated):
         for name in names:
             if name == "sever.__main__":
                 continue  # running it starts the command line
-            lines += [f"``{name}``", "-" * (len(name) + 4), "", f".. automodule:: {name}", ""]
+            lines += [f"``{name}``", "-" * (len(name) + 4), "", f".. automodule:: {name}"]
+            elsewhere = _reexports(name)
+            if elsewhere:
+                lines.append(f"   :exclude-members: {', '.join(elsewhere)}")
+                lines += ["", "Also importable from here (documented where defined):", ""]
+                lines += [f"- :py:obj:`{name}.{short} <{home}>`{_summary(home)}" for short, home in elsewhere.items()]
+            lines.append("")
         return lines
+
+
+def _reexports(module_name: str) -> dict[str, str]:
+    """The classes and functions a module's ``__all__`` names but another module defines.
+
+    autodoc documents every name of ``__all__``, so a re-export (``sever.SeverError``,
+    ``sever.planning.plan.PlanError``) would be a second target of the same object and make
+    every plain reference to it ambiguous. They are listed as links to their home instead.
+    Returns {name in the module: dotted path where it is defined}.
+    """
+    import importlib
+
+    module = importlib.import_module(module_name)
+    found = {}
+    for short in getattr(module, "__all__", ()):
+        value = getattr(module, short)  # sever's lazy names import their module here
+        if not (inspect.isclass(value) or inspect.isfunction(value)):
+            continue  # constants carry no home module; autodoc documents them where listed
+        if value.__module__ != module_name:
+            found[short] = f"{value.__module__}.{value.__qualname__}"
+    return found
+
+
+def _summary(dotted: str) -> str:
+    """': ' and the first line of the docstring of the object at ``dotted``, or ''."""
+    import importlib
+
+    module_name, _, attribute = dotted.rpartition(".")
+    doc = inspect.getdoc(getattr(importlib.import_module(module_name), attribute)) or ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    return f": {first}" if first else ""
 
 
 class Guides(_Generated):

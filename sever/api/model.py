@@ -305,8 +305,8 @@ def load(path: PathLike | Sequence[PathLike], weights: Sequence[float] | None = 
     Args:
         path: a run folder (its best checkpoint), a checkpoint ``.pth``, a study folder (its
             finished folds' ensemble, with the study's tuned post-processing), or a list of
-            them (an ensemble). Exported models (ONNX, TorchScript, smp folders) are not
-            supported yet.
+            them (an ensemble), or an exported model (``sever export``: ONNX, TorchScript, an
+            smp folder) with the post-processing it carries.
         weights: one ensemble weight per path (``mean``/``rms``); a study's is shared by its folds.
         average: how an ensemble's probabilities combine: ``mean``, ``rms`` or ``max``.
         allow_missing_folds: a study predicts with its finished folds when some are not.
@@ -315,6 +315,6 @@ def load(path: PathLike | Sequence[PathLike], weights: Sequence[float] | None = 
         A :class:`Model`; the weights load on its first prediction, on the device asked for.
 
     Raises:
-        CheckpointError: nothing at ``path``, an unfinished study fold, an exported model.
+        CheckpointError: nothing at ``path``, an unfinished study fold, a file that is no model.
     """
     return Model(open_models(_as_list(path), weights, allow_missing_folds), average)
