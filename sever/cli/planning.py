@@ -9,10 +9,12 @@ import click
 from sever.cli.common import LabelFormat
 
 
-def _plan_options(command):
+def _plan_options(command=None, *, data_required: bool = True):
     """The options ``sever plan`` and ``sever auto`` share: where the data is, the device, the budget."""
+    if command is None:
+        return lambda command: _plan_options(command, data_required=data_required)
     options = [
-        click.argument("data_dir", type=click.Path()),
+        click.argument("data_dir", type=click.Path(), required=data_required),
         click.option("--format", "fmt", type=LabelFormat(), default=None,
                      help="Label format: a registered data source of masks [default: kaggle when the CSV is there, "
                           "else mask_folder]."),
@@ -63,18 +65,32 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
 
 
 @click.command()
-@_plan_options
-@click.option("--time", "time_budget", required=True, help="Time the whole run may take, e.g. 2h.")
+@_plan_options(data_required=False)
+@click.option("--time", "time_budget", default=None, help="Time the whole run may take, e.g. 2h (required with DATA_DIR).")
 @click.option("--unlabelled", type=click.Path(file_okay=False), default=None,
               help="Folder of unlabelled images for a pseudo-label round.")
 @click.option("-o", "--out", "out_dir", default="saved/auto", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the experiment file, the fingerprint and the study.")
-def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
-         seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
-    """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
-    from sever.study.auto import plan_dataset, run_auto
+@click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
+              help="Continue the sever auto whose -o folder this is (after a stop: SIGTERM, Ctrl-C), instead of "
+                   "DATA_DIR: its study is resumed as sever train -r STUDY does, then tuned and reported.")
+def auto(data_dir: str | None, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
+         seed: int, time_budget: str | None, unlabelled: str | None, out_dir: str, resume_dir: str | None) -> None:
+    """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts.
+
+    Stopped (SIGTERM, Ctrl-C), it exits with 128 + the signal and prints the one command that continues:
+    sever auto --resume OUT_DIR.
+    """
+    from sever.study.auto import plan_dataset, resume_auto, run_auto
     from sever.utils.paths import check_output_path
 
+    if resume_dir is not None:
+        if data_dir is not None or time_budget is not None:
+            raise click.UsageError("--resume OUT_DIR continues the saved plan: give no DATA_DIR nor --time")
+        _print_result(resume_auto(resume_dir))
+        return
+    if data_dir is None or time_budget is None:
+        raise click.UsageError("give DATA_DIR and --time (or --resume OUT_DIR to continue a stopped sever auto)")
     check_output_path(out_dir, "-o", folder=True)
 
     planned = plan_dataset(data_dir, time_budget, name or Path(data_dir).resolve().name,
@@ -83,7 +99,11 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
         click.echo(line)
     for note in planned.notes:
         click.echo(f"note: {note}")
-    result = run_auto(planned, out_dir)
+    _print_result(run_auto(planned, out_dir))
+
+
+def _print_result(result) -> None:
+    """What ``sever auto`` made, ending with the command that predicts."""
     click.echo(f"experiment: {result.experiment}")
     click.echo(result.tuning)
     for report in result.reports:

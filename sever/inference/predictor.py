@@ -35,6 +35,7 @@ from sever.inference.checkpoints import LoadedModel, load_models
 from sever.inference.compose import Composition, Gate, check_class_weights, compose, gate, require_every_class
 from sever.inference.tiling import Tiling
 from sever.model.postprocess import PROB_SCALE, PostProcessing
+from sever.utils import interrupt
 from sever.utils.config import OutputClasses
 from sever.utils.device import autocast, check_amp, resolve_device
 
@@ -275,9 +276,10 @@ class Predictor:
 
         Raises:
             DataError: an image is missing or unreadable (the message names it).
+            Interrupted: SIGINT/SIGTERM, between two batches (:mod:`sever.utils.interrupt`).
         """
         with tqdm(total=len(paths), desc=description, unit="img", dynamic_ncols=True, disable=None) as progress:
-            for batch in read_images(paths, batch_size, num_workers):
+            for batch in interrupt.checked(read_images(paths, batch_size, num_workers), description):
                 for names, images in _same_size_runs(batch):
                     probs, class_probs = self.predict(images)
                     yield PredictionBatch(names, images, probs, class_probs)

@@ -50,6 +50,7 @@ from sever.inference.predictor import TUNED_FILE, Predictor, class_labels, load_
 from sever.inference.tiling import valid_tiling
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
+from sever.utils import interrupt
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.registry import parse_spec
 
@@ -350,7 +351,7 @@ def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotation
     stats = TuneStatistics(load_settings(postprocess, first.classes, first.gated), thresholds,
                            class_labels(class_names, first.classes))
     for saved, truth in sources:
-        for batch in saved.batches(batch_size):
+        for batch in interrupt.checked(saved.batches(batch_size), "tuning on saved probabilities"):
             stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
                          batch.class_probs)
     return stats

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sever.exceptions import DataError, SeverError
+from sever.exceptions import DataError, Interrupted, SeverError
 from sever.inference.checkpoints import run_config
 from sever.utils.run import RunPaths
 
@@ -90,6 +90,8 @@ def _validation(run: RunPaths, folder: Path, max_images: int, examples: int, pos
     settings_note = _settings_note(run, postprocess, missing)
     try:
         scores = score_validation(run.root, max_images, examples, postprocess or _tuned_settings(run))
+    except Interrupted:
+        raise  # a stop request is not a missing section
     except SeverError as exc:
         missing.append(f"validation predictions: {exc}")
         return []
@@ -201,6 +203,8 @@ def report_after_training(run_dir: Path, max_images: int) -> None:
     predicted on the CPU); a failure is logged as a warning, never raised."""
     try:
         report = write_report(run_dir, max_images=max_images)
+    except Interrupted:
+        raise  # the command that trained says how to continue
     except Exception as exc:  # noqa: BLE001 - the run is saved; a drawing failure must not fail training
         logger.warning("could not write the run report (%s: %s); retry with: sever report %s",
                        type(exc).__name__, exc, run_dir)

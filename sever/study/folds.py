@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from sever import experiment
-from sever.exceptions import ConfigError, TrainingInterrupted
+from sever.exceptions import ConfigError, Interrupted
 from sever.study import folder
 from sever.study.folder import BudgetSpent, StudyFailed, StudyPaths, unfinished
 from sever.study.rounds import round_config
@@ -121,8 +121,8 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
             experiment.train(config, overrides, run_dir=run.root)
         if is_main:
             write_oof(study, fold)
-    except TrainingInterrupted:
-        raise  # stays running: the next -r STUDY resumes it
+    except Interrupted:
+        raise  # training, its report or the out-of-fold maps stopped on a signal: stays running, -r STUDY resumes it
     except Exception:
         if is_main:
             study.set_status(fold, "failed")

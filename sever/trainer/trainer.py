@@ -27,6 +27,7 @@ from sever.trainer.base import BaseTrainer
 from sever.exceptions import TrainingError
 from sever.model.scheduler import step_within_epoch
 from sever.registries import TRAINERS
+from sever.utils import interrupt
 from sever.utils.device import autocast
 from sever.utils.distributed import Distributed
 from sever.utils.visualization import overlay_masks, to_uint8_image
@@ -296,8 +297,10 @@ class Trainer(BaseTrainer):
         model = self._begin_validation()
         sums: dict[str, float] = {}
         batches = 0
-        for batch_index, (images, targets) in enumerate(tqdm(self.valid_loader, desc="validation", leave=False,
-                                                             dynamic_ncols=True, disable=None)):
+        batches_checked = interrupt.checked(self.valid_loader, f"the validation of epoch {epoch}", self.dist.any)
+        for batch_index, (images, targets) in enumerate(tqdm(batches_checked, desc="validation", leave=False,
+                                                             total=len(self.valid_loader), dynamic_ncols=True,
+                                                             disable=None)):
             inputs, targets = self._to_device(images, targets)
             with autocast(self.amp, self.device):
                 parts, outputs = self._valid_forward(model, inputs, targets)
