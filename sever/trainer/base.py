@@ -168,8 +168,7 @@ class BaseTrainer(abc.ABC):
         try:
             return self._valid_epoch(epoch)
         except Interrupted:
-            self._raise_interrupted(f"stopped during the validation of epoch {epoch}, which trains again on resume",
-                                   saved=False)
+            self._raise_interrupted(f"stopped during the validation of epoch {epoch}", saved=False)
 
     def _out_of_time(self) -> bool:
         """During a training pass: whether the time budget leaves only this epoch's validation and checkpoint."""
@@ -403,7 +402,8 @@ class BaseTrainer(abc.ABC):
         if saved:
             what, command = f"{where} and saved {self.run.last}", f"sever train -r {self.run.root}"
         elif self.run.last.is_file():
-            what, command = f"{where}; {self.run.last} is unchanged", f"sever train -r {self.run.root}"
+            what = f"{where}; a resume trains that epoch again from {self.run.last}"
+            command = f"sever train -r {self.run.root}"
         else:
             what, command = f"{where}, before any checkpoint was saved", f"sever train -c {self.run.config}"
         signum = self._stop_signal or interrupt.requested() or signal.SIGTERM  # another rank may have received it
