@@ -706,8 +706,9 @@ def test_a_stop_between_epochs_saves_the_epoch_and_stops(tmp_path):
     assert load_checkpoint(trainer.run.last)["epoch"] == 1
 
 
-def test_the_signal_handler_asks_for_a_stop_then_stops_at_once(tmp_path, caplog):
+def test_the_signal_handler_asks_for_a_stop_then_stops_at_once(tmp_path, caplog, monkeypatch):
     trainer = make(tmp_path)
+    monkeypatch.setattr(interrupt, "REPEAT_S", 0.0)  # the second signal comes at once here
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with caplog.at_level(logging.WARNING), interrupt.listening():
         signal.raise_signal(signal.SIGTERM)

@@ -10,7 +10,8 @@ on its own) the first SIGINT/SIGTERM:
 - anywhere else raises :class:`~sever.exceptions.Interrupted` at once, as Ctrl-C raises
   ``KeyboardInterrupt`` (files are written atomically, so nothing saved is left half-written).
 
-A second signal stops at once (``KeyboardInterrupt``). Forked data-loader workers inherit
+A second signal stops at once (``KeyboardInterrupt``), unless it follows the first within
+:data:`REPEAT_S` (the same stop passed on twice, e.g. by a parent to its fold processes). Forked data-loader workers inherit
 the handler and ignore it: the main process decides. In a thread other than the main one
 nothing is installed (Python allows handlers in the main thread only).
 """
@@ -22,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from sever.exceptions import Interrupted
@@ -31,7 +33,8 @@ logger = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 T = TypeVar("T")
 
-_state = {"installed": 0, "listening": 0, "signal": None, "owner": None}
+REPEAT_S = 1.0  # a second signal sooner than this after the first is the same stop, not a second one
+_state = {"installed": 0, "listening": 0, "signal": None, "since": 0.0, "owner": None}
 
 
 def requested() -> int | None:
@@ -84,8 +87,10 @@ def _on_signal(signum, frame) -> None:
     if os.getpid() != _state["owner"]:
         return  # a forked loader worker: the main process decides
     if _state["signal"] is not None:
-        raise KeyboardInterrupt  # the second signal: stop at once
-    _state["signal"] = signum
+        if time.monotonic() - _state["since"] < REPEAT_S:
+            return  # the same stop twice (a parent passing on what the process group had)
+        raise KeyboardInterrupt  # a second stop: at once
+    _state.update(signal=signum, since=time.monotonic())
     if _state["listening"]:
         logger.warning("%s received: finishing the current step, then saving", signal_name(signum))
         return
@@ -111,7 +116,7 @@ def handled() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _state.update(installed=0, signal=None)
+        _state.update(installed=0, listening=0, signal=None)  # a loop left unclosed by an error listens no more
 
 
 @contextlib.contextmanager

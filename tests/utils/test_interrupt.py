@@ -97,7 +97,8 @@ def test_a_listening_loop_stops_at_the_next_item_and_says_what_stopped():
     assert interrupt.requested() is None, "the outermost handled() forgets the request"
 
 
-def test_outside_a_listening_loop_the_signal_stops_at_once_and_a_second_one_aborts():
+def test_outside_a_listening_loop_the_signal_stops_at_once_and_a_second_one_aborts(monkeypatch):
+    monkeypatch.setattr(interrupt, "REPEAT_S", 0.0)  # the second signal comes at once here
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with interrupt.handled():
         with pytest.raises(Interrupted, match="^SIGINT received: stopped$") as stop:
@@ -106,6 +107,16 @@ def test_outside_a_listening_loop_the_signal_stops_at_once_and_a_second_one_abor
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGTERM)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_the_same_stop_passed_on_twice_is_one_stop():
+    seen = []
+    with interrupt.handled(), pytest.raises(Interrupted):
+        for item in interrupt.checked(range(3), "counting"):
+            seen.append(item)
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # e.g. from the process group and from a parent: no abort
+    assert seen == [0]
 
 
 def test_a_loop_that_ends_after_the_signal_still_stops():
