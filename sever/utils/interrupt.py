@@ -42,20 +42,15 @@ def requested() -> int | None:
     return _state["signal"]
 
 
-def clear() -> None:
-    """Forget a stop request (the outermost :func:`handled` does it on entry and exit)."""
-    _state["signal"] = None
-
-
 def signal_name(signum: int) -> str:
     """``SIGTERM`` for 15."""
     return signal.Signals(signum).name
 
 
-def stopped(what: str, signum: int | None = None, command: str | None = None) -> Interrupted:
-    """The :class:`Interrupted` saying that ``what`` stopped on ``signum`` (default: the one received)."""
-    signum = signum or requested() or signal.SIGTERM  # another rank may have received it
-    return Interrupted(f"{signal_name(signum)} received: {what}", signum, command)
+def stopped(what: str) -> Interrupted:
+    """The :class:`Interrupted` saying that ``what`` stopped on the signal received."""
+    signum = requested() or signal.SIGTERM  # in distributed work, another rank may have received it
+    return Interrupted(f"{signal_name(signum)} received: {what}", signum)
 
 
 def check(what: str, agree: Callable[[bool], bool] | None = None) -> None:
