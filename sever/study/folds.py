@@ -238,7 +238,8 @@ def run_queue(folds: Sequence[int], slots: Sequence[Mapping[str, str]],
         thread.start()
     try:
         for thread in threads:
-            thread.join()
+            while thread.is_alive():  # wakes up to run a signal's handler, which only the main thread runs
+                thread.join(timeout=0.2)
     except BaseException:  # a stop (SIGTERM, Ctrl-C) raised while waiting
         stopped.set()
         raise

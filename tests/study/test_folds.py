@@ -27,6 +27,7 @@ def test_a_fold_config_validates_on_its_fold_of_the_saved_split(tmp_path):
 
 
 def test_after_a_stop_no_slot_starts_another_fold():
+    import os
     import signal
     import time
 
@@ -38,7 +39,7 @@ def test_after_a_stop_no_slot_starts_another_fold():
 
     def launch(fold, environment):
         started.append(fold)
-        signal.raise_signal(signal.SIGTERM)  # handled in the main thread (waiting in join: it raises there)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread (waiting in join: it raises there)
         for _ in range(500):  # as a fold process would still run while the main thread takes the signal
             if interrupt.requested() is not None:
                 break
