@@ -315,3 +315,65 @@ def test_sigterm_in_auto_self_tuning_then_auto_resume_tunes(auto_data, tmp_path,
 def test_auto_resume_refuses_a_folder_auto_did_not_make(tmp_path):
     code, output, _ = invoke(["auto", "--resume", tmp_path])
     assert code == 1 and "not an output folder of sever auto (no auto.yml)" in output
+
+
+SLOW_STUDY_TUNING = '''
+import sys, time
+sys.path.insert(0, {tests!r})
+from plan_datasets import fake_target
+import sever.study.auto as auto
+import sever.study.rounds as rounds
+from sever.inference.tune import TuneStatistics
+
+auto.device_target = lambda device, classes, fp: fake_target(step=1.0, per_image=True)
+_tune, _update, _slow = rounds.tune_out_of_fold, TuneStatistics.update, []
+
+
+def tune(*args, **kwargs):
+    _slow.append(True)
+    sys.stderr.write("@@study-tuning\\n")
+    sys.stderr.flush()
+    return _tune(*args, **kwargs)
+
+
+def update(self, *args, **kwargs):
+    if _slow:
+        time.sleep(2.0)
+    return _update(self, *args, **kwargs)
+
+
+rounds.tune_out_of_fold, TuneStatistics.update = tune, update
+'''
+
+
+@pytest.mark.slow
+def test_a_real_sever_auto_process_stopped_in_its_self_tuning_exits_143_with_the_command(auto_data, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    hooks, out = tmp_path / "hooks", tmp_path / "out"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_STUDY_TUNING.format(tests=str(Path(__file__).parents[1])))
+    env = {**os.environ, "PYTHONPATH": f"{hooks}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "sever", "auto", str(auto_data), "--device", "cpu", "--time",
+                                "1m", "-o", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:
+            if line.startswith("@@study-tuning"):
+                break
+        time.sleep(0.5)  # inside the first (2-s) batch of the study's tuning
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    waited = time.monotonic() - sent
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert waited < GRACE_S, f"exited {waited:.1f} s after SIGTERM"
+    assert stderr.strip().splitlines()[-1] == (
+        f"SIGTERM received: stopped during tuning on saved probabilities. Resume with: sever auto --resume {out}")
+    code, output, _ = invoke(["auto", "--resume", out])
+    assert code == 0, output
+    check_auto_finished(output, out)
