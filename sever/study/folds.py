@@ -234,9 +234,9 @@ def run_queue(folds: Sequence[int], slots: Sequence[Mapping[str, str]],
             results[fold] = launch(fold, environment)
 
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in slots]
-    for thread in threads:
-        thread.start()
     try:
+        for thread in threads:
+            thread.start()
         for thread in threads:
             while thread.is_alive():  # wakes up to run a signal's handler, which only the main thread runs
                 thread.join(timeout=0.2)
