@@ -33,13 +33,35 @@ class DistributedError(SeverError):
     """A process of a multi-process command failed; the message names its rank and its error."""
 
 
-class TrainingInterrupted(SeverError):
+class Interrupted(SeverError):
+    """A long command stopped on request (Ctrl-C, SIGTERM), what it had saved intact.
+
+    ``what`` says what stopped and what was saved, ``command`` (or None) the one command that
+    continues; an outer layer that knows better replaces it (:meth:`resume_with`: a study's
+    fold is continued by ``sever train -r STUDY``, ``sever auto`` by ``sever auto --resume``).
+    The CLI prints the message and exits with 128 + ``signal_number`` (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, what: str, signal_number: int, command: str | None = None):
+        self.what, self.signal_number, self.command = what, signal_number, command
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"{self.what}. Resume with: {self.command}" if self.command else self.what
+
+    def resume_with(self, command: str) -> "Interrupted":
+        """This error, continued by ``command`` instead."""
+        self.command = command
+        self.args = (self._message(),)
+        return self
+
+
+class TrainingInterrupted(Interrupted):
     """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""
 
-    def __init__(self, message: str, checkpoint: str, signal_number: int):
-        super().__init__(message)
+    def __init__(self, what: str, checkpoint: str, signal_number: int, command: str | None = None):
+        super().__init__(what, signal_number, command)
         self.checkpoint = checkpoint
-        self.signal_number = signal_number
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

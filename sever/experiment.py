@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from sever.exceptions import CheckpointError, ConfigError
+from sever.exceptions import CheckpointError, ConfigError, Interrupted
 from sever.inference.tiling import valid_tiling
 from sever.model.model import build_model
 from sever.model.optimizer import build_optimizer
@@ -293,6 +293,8 @@ def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any
         trainer.train()
         if context.is_main:
             after_training(experiment, run, deadline)
+    except Interrupted as stop:  # tuning or the report: a resume of the trained run does them again
+        raise stop if stop.command else stop.resume_with(f"sever train -r {run.root}")
     finally:
         if handler is not None:
             sever_logger.removeHandler(handler)

@@ -117,10 +117,13 @@ class AutoRun:
     """What :func:`auto` made.
 
     Attributes:
-        result: the plan, its experiment file, the tuning summary and the reports.
+        result: the experiment file, the study or run folder, the tuning summary, the reports and
+            whether each class was learned.
+        planned: the plan it trained (None for a resumed ``sever auto``).
     """
 
     result: AutoResult
+    planned: Plan | None = None
 
     @property
     def saved(self) -> Path:
@@ -128,8 +131,9 @@ class AutoRun:
         return self.result.saved
 
     @property
-    def plan(self) -> Plan:
-        return self.result.plan
+    def plan(self) -> Plan | None:
+        """The plan: each config value with its reason (None when resumed)."""
+        return self.planned
 
     @property
     def experiment(self) -> Path:
@@ -160,7 +164,7 @@ def run_plan(planned: Plan, out: str | Path = "saved/auto", deadline: Deadline |
     ``deadline``: when the whole budget ends, started before planning so that the plan's own
     time counts (None: the plan's ``trainer.time_budget`` from now).
     """
-    return AutoRun(run_auto(planned, out, deadline))
+    return AutoRun(run_auto(planned, out, deadline), planned)
 
 
 def auto(data_dir: str | Path, time: str = "10m", out: str | Path = "saved/auto", **options: Any) -> AutoRun:

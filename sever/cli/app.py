@@ -7,12 +7,16 @@ commands so ``sever --help`` answers at once.
 
 from __future__ import annotations
 
+import shlex
+import sys
+
 import click
 
 from sever import __version__
 from sever.cli import data, labels, planning, prediction, publishing, training
 from sever.cli.common import EXIT_USER_ERROR
-from sever.exceptions import SeverError, TrainingInterrupted
+from sever.exceptions import Interrupted, SeverError
+from sever.utils import interrupt
 
 
 VERBOSITY_FLAGS = {  # obj key: (option spellings, help); on the group and after every command name
@@ -49,10 +53,22 @@ class SeverGroup(click.Group):
                                            callback=_flag_after_the_command, help=help_text))
         super().add_command(cmd, name)
 
+    def main(self, args=None, *rest, **options):
+        self.arguments = list(sys.argv[1:] if args is None else args)  # the command line, to run it again
+        return super().main(args, *rest, **options)
+
     def invoke(self, ctx: click.Context):
+        """Run the command with SIGINT/SIGTERM handled (:mod:`sever.utils.interrupt`).
+
+        A stop exits with 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM) and the
+        one command that continues: the command's own, else the same command line again.
+        """
         try:
-            return super().invoke(ctx)
-        except TrainingInterrupted as exc:
+            with interrupt.handled():
+                return super().invoke(ctx)
+        except Interrupted as exc:
+            if exc.command is None:
+                exc.resume_with(shlex.join(["sever", *getattr(self, "arguments", [])]))
             click.echo(str(exc), err=True)
             ctx.exit(128 + exc.signal_number)
         except SeverError as exc:

@@ -9,10 +9,12 @@ import click
 from sever.cli.common import LabelFormat
 
 
-def _plan_options(command):
+def _plan_options(command=None, *, data_required: bool = True):
     """The options ``sever plan`` and ``sever auto`` share: where the data is, the device, the budget."""
+    if command is None:
+        return lambda command: _plan_options(command, data_required=data_required)
     options = [
-        click.argument("data_dir", type=click.Path()),
+        click.argument("data_dir", type=click.Path(), required=data_required),
         click.option("--format", "fmt", type=LabelFormat(), default=None,
                      help="Label format: a registered data source of masks [default: kaggle when the CSV is there, "
                           "else mask_folder]."),
@@ -64,21 +66,37 @@ def plan(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
 
 
 @click.command()
-@_plan_options
-@click.option("--time", "time_budget", required=True, help="Time the whole run may take, e.g. 2h.")
+@_plan_options(data_required=False)
+@click.option("--time", "time_budget", default=None, help="Time the whole run may take, e.g. 2h (required with DATA_DIR).")
 @click.option("--unlabelled", type=click.Path(file_okay=False), default=None,
               help="Folder of unlabelled images for a pseudo-label round.")
 @click.option("-o", "--out", "out_dir", default="saved/auto", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the experiment file, the fingerprint and the study.")
-def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
-         seed: int, time_budget: str, unlabelled: str | None, out_dir: str) -> None:
-    """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts."""
+@click.option("--resume", "resume_dir", default=None, type=click.Path(file_okay=False),
+              help="Continue the sever auto whose -o folder this is (after a stop: SIGTERM, Ctrl-C), instead of "
+                   "DATA_DIR: its study is resumed as sever train -r STUDY does, then tuned and reported.")
+def auto(data_dir: str | None, fmt: str | None, images: str, csv: str, masks: str, device: str, name: str | None,
+         seed: int, time_budget: str | None, unlabelled: str | None, out_dir: str, resume_dir: str | None) -> None:
+    """Plan, train a K-fold study within --time, tune it out-of-fold; ends with the command that predicts.
+
+    Stopped (SIGTERM, Ctrl-C), it exits with 128 + the signal and prints the one command that continues:
+    sever auto --resume OUT_DIR.
+    """
     from sever.utils.time_budget import Deadline, parse_budget
 
-    deadline = Deadline(parse_budget(time_budget))  # --time counts from here: imports and the plan included
+    # --time counts from here: imports and the plan included
+    deadline = Deadline(parse_budget(time_budget)) if time_budget is not None and resume_dir is None else None
     from sever.api.training import plan as plan_experiment, run_plan
+    from sever.study.auto import resume_auto
     from sever.utils.paths import check_output_path
 
+    if resume_dir is not None:
+        if data_dir is not None or time_budget is not None:
+            raise click.UsageError("--resume OUT_DIR continues the saved plan: give no DATA_DIR nor --time")
+        _print_result(resume_auto(resume_dir))
+        return
+    if data_dir is None or time_budget is None:
+        raise click.UsageError("give DATA_DIR and --time (or --resume OUT_DIR to continue a stopped sever auto)")
     check_output_path(out_dir, "-o", folder=True)
 
     planned = plan_experiment(data_dir, time_budget, name, fmt, images, csv, masks, device, unlabelled, seed)
@@ -87,7 +105,11 @@ def auto(data_dir: str, fmt: str | None, images: str, csv: str, masks: str, devi
     for note in planned.notes:
         click.echo(f"note: {note}")
     click.echo(planned.learning.note())
-    result = run_plan(planned, out_dir, deadline).result
+    _print_result(run_plan(planned, out_dir, deadline).result)
+
+
+def _print_result(result) -> None:
+    """What ``sever auto`` made, ending with the command that predicts (and each class it did not learn)."""
     click.echo(f"experiment: {result.experiment}")
     click.echo(result.tuning)
     for report in result.reports:

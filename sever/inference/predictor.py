@@ -34,6 +34,7 @@ from sever.inference.checkpoints import LoadedModel, load_models
 from sever.inference.compose import Composition, Gate, check_class_weights, compose, gate, require_every_class
 from sever.inference.tiling import Tiling
 from sever.model.postprocess import PROB_SCALE, PostProcessing
+from sever.utils import interrupt
 from sever.utils.config import OutputClasses
 from sever.utils.device import autocast, check_amp, resolve_device
 from sever.utils.progress import Progress
@@ -275,6 +276,7 @@ class Predictor:
 
         Raises:
             DataError: an image is missing or unreadable (the message names it).
+            Interrupted: SIGINT/SIGTERM, between two batches (:mod:`sever.utils.interrupt`).
         """
         return self.predict_images(read_images(paths, batch_size, num_workers), len(paths), description)
 
@@ -287,7 +289,7 @@ class Predictor:
         probabilities. A batch of mixed sizes is split into runs of one size.
         """
         with Progress(total, description, leave=True) as shown:
-            for batch in batches:
+            for batch in interrupt.checked(batches, description):
                 for names, images in _same_size_runs(batch):
                     probs, class_probs = self.predict(images)
                     yield PredictionBatch(names, images, probs, class_probs)

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sever.data_loader.datasets import list_images
-from sever.exceptions import DistributedError, SeverError
+from sever.exceptions import DistributedError, Interrupted, SeverError
 from sever.inference.outputs import PredictionSummary, Submission, predict_directory
 from sever.inference.predictor import Predictor
 from sever.model.postprocess import PostProcessing
@@ -107,6 +107,8 @@ def predict_sharded(context: Distributed, predictor: Predictor, settings: PostPr
             logger.exception("rank 0 of %d failed", context.world_size)
         rows = ShardRows(context.rank, [], [], np.zeros(settings.classes, np.int64), f"{type(exc).__name__}: {exc}")
     shards = context.gather(rows)
+    if isinstance(failure, Interrupted):
+        raise failure  # a stop, not a failure: the CLI says how to continue
     if not context.is_main:
         if failure is not None:
             raise failure

@@ -51,6 +51,7 @@ from sever.inference.predictor import TUNED_FILE, Predictor, class_labels, load_
 from sever.inference.tiling import valid_tiling
 from sever.model.metric import dice_per_image
 from sever.model.postprocess import PostProcessing
+from sever.utils import interrupt
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.registry import parse_spec
 from sever.utils.time_budget import SPREAD, Deadline, spread_order, until_deadline
@@ -385,6 +386,7 @@ def statistics_from_saved(sources: Sequence[tuple[SavedProbabilities, Annotation
     total = sum(len(saved.names) for saved, _ in sources)
     parts = _spread_parts(sources) if deadline is not None else sources
     pairs = ((batch, truth) for saved, truth in parts for batch in saved.batches(batch_size))
+    pairs = interrupt.checked(pairs, "tuning on saved probabilities")
     for batch, truth in until_deadline(pairs, deadline, total, "tuning", lambda pair: len(pair[0].names)):
         stats.update(batch.names, batch.probs, truth_batch(truth, batch.names, batch.probs.shape[-2:]),
                      batch.class_probs)

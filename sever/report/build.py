@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sever.exceptions import DataError, SeverError
+from sever.exceptions import DataError, Interrupted, SeverError
 from sever.inference.checkpoints import run_config
 from sever.utils.run import RunPaths
 
@@ -116,6 +116,8 @@ def _validation(run: RunPaths, folder: Path, cap: ImageCap, examples: int, postp
     try:
         scores = score_validation(run.root, cap.images, examples, postprocess or _tuned_settings(run),
                                   gallery_dir=folder / GALLERY_DIR)
+    except Interrupted:
+        raise  # a stop request is not a missing section
     except SeverError as exc:
         missing.append(f"validation predictions: {exc}")
         return []
@@ -298,6 +300,8 @@ def report_after_training(run_dir: Path, max_images: int) -> None:
     predicted on the CPU); a failure is logged as a warning, never raised."""
     try:
         report = write_report(run_dir, max_images=max_images, cap_option="trainer.report_images")
+    except Interrupted:
+        raise  # the command that trained says how to continue
     except Exception as exc:  # noqa: BLE001 - the run is saved; a drawing failure must not fail training
         logger.warning("could not write the run report (%s: %s); retry with: sever report %s",
                        type(exc).__name__, exc, run_dir)

@@ -32,16 +32,17 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from sever import experiment
-from sever.exceptions import ConfigError, TrainingInterrupted
+from sever.exceptions import ConfigError, Interrupted
 from sever.study import folder
 from sever.study.folder import BudgetSpent, StudyFailed, StudyPaths, unfinished
 from sever.study.rounds import round_config
 from sever.tasks import task_of
-from sever.utils import time_budget
+from sever.utils import interrupt, time_budget
 from sever.utils.config import load_config
 from sever.utils.distributed import from_environment, torchrun_command
 from sever.utils.run import RunPaths
@@ -122,8 +123,8 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
             experiment.train(config, overrides, run_dir=run.root, deadline=deadline)
         if is_main:
             write_oof(study, fold, deadline)
-    except TrainingInterrupted:
-        raise  # stays running: the next -r STUDY resumes it
+    except Interrupted:
+        raise  # training, its report or the out-of-fold maps stopped on a signal: stays running, -r STUDY resumes it
     except Exception:
         if is_main:
             study.set_status(fold, "failed")
@@ -147,6 +148,20 @@ def fold_deadline(study: StudyPaths, fold: int, started: float) -> time_budget.D
     """
     share = study.reservation(fold_key(study, fold))
     return None if share is None else time_budget.Deadline(share, clock=folder.CLOCK, start=started)
+
+
+def _stop_fold_processes(processes: Sequence[subprocess.Popen], signum: int, grace: float = 25.0) -> None:
+    """Pass a stop to the fold processes still running (Kubernetes signals PID 1 only) and wait for
+    them to save, at most ``grace`` seconds (the ~30 s a scheduler gives), then kill what is left."""
+    alive = [process for process in processes if process.poll() is None]
+    for process in alive:
+        process.send_signal(signum)  # one that had it too ignores the repeat (sever.utils.interrupt.REPEAT_S)
+    deadline = time.monotonic() + grace
+    for process in alive:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _given_budget(overrides: Sequence[str]) -> float | None:
@@ -227,8 +242,10 @@ def run_queue(folds: Sequence[int], slots: Sequence[Mapping[str, str]],
         waiting.put(fold)
     results: dict[int, int] = {}
 
+    stopped = threading.Event()
+
     def worker(environment: Mapping[str, str]) -> None:
-        while True:
+        while interrupt.requested() is None and not stopped.is_set():  # after a stop no slot starts another fold
             try:
                 fold = waiting.get_nowait()
             except queue.Empty:
@@ -236,10 +253,15 @@ def run_queue(folds: Sequence[int], slots: Sequence[Mapping[str, str]],
             results[fold] = launch(fold, environment)
 
     threads = [threading.Thread(target=worker, args=(slot,), daemon=True) for slot in slots]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # wakes up to run a signal's handler, which only the main thread runs
+                thread.join(timeout=0.2)
+    except BaseException:  # a stop (SIGTERM, Ctrl-C) raised while waiting
+        stopped.set()
+        raise
     return results
 
 
@@ -262,15 +284,23 @@ def train_folds(study: StudyPaths, folds: Sequence[int], overrides: Sequence[str
         return study
     slots = fold_slots(parallel, nproc, torch.cuda.device_count())
 
+    running: list[subprocess.Popen] = []
+
     def launch(fold: int, environment: Mapping[str, str]) -> int:
         command = fold_command(study, fold, nproc, overrides, debug)
         logger.info("fold %d: %s %s", fold, " ".join(f"{k}={v}" for k, v in environment.items()), " ".join(command))
-        status = subprocess.run(command, env={**os.environ, **environment}, check=False).returncode
-        if status != 0 and fold in unfinished(study):
+        process = subprocess.Popen(command, env={**os.environ, **environment})
+        running.append(process)
+        status = process.wait()
+        if status != 0 and fold in unfinished(study) and interrupt.requested() is None:
             study.set_status(fold, "failed")  # a process killed before it could say so
         return status
 
-    results = run_queue(folds, slots, launch)
+    try:
+        results = run_queue(folds, slots, launch)
+    except Interrupted as stop:
+        _stop_fold_processes(running, stop.signal_number)
+        raise
     failed = sorted(fold for fold, status in results.items() if status != 0)
     if failed:
         logs = ", ".join(f"fold {fold} ({RunPaths(study.fold_dir(fold)).log_file})" for fold in failed)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sever import experiment
-from sever.exceptions import CheckpointError, ConfigError
+from sever.exceptions import CheckpointError, ConfigError, Interrupted
 from sever.study.folder import StudyPaths, unfinished
 from sever.study.folds import train_folds, with_fold
 from sever.study.rounds import NothingConfident, PseudoPlan, current_round, prepare_round, tune_round
@@ -118,8 +118,17 @@ def run_study(study: StudyPaths, folds: Sequence[int] | None = None, overrides: 
     Raises:
         StudyFailed: naming every fold that failed and its log.
         BudgetSpent: the study's time budget ran out with folds still to train.
+        Interrupted: SIGINT/SIGTERM; its command is ``sever train -r STUDY`` (with ``--fold``).
     """
-    study = StudyPaths(study.root)
+    try:
+        return _run_study(StudyPaths(study.root), folds, overrides, parallel, nproc, debug)
+    except Interrupted as stop:  # a fold's own hint would name the fold, not the study
+        only = f" --fold {folds[0]}" if folds is not None and len(folds) == 1 else ""
+        raise stop.resume_with(f"sever train -r {study.root}{only}")
+
+
+def _run_study(study: StudyPaths, folds: Sequence[int] | None, overrides: Sequence[str], parallel: int, nproc: int,
+               debug: bool) -> StudyPaths:
     config = study_config(study, overrides)
     if config["trainer"]["time_budget"] is not None:
         study.set_budget(time_budget.parse_budget(config["trainer"]["time_budget"], "trainer.time_budget"),

@@ -7,7 +7,6 @@ is the same for every task lives here.
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
 import math
 import os
@@ -15,10 +14,9 @@ import random
 import re
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,11 +25,12 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from sever import __version__
-from sever.exceptions import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from sever.exceptions import CheckpointError, ConfigError, Interrupted, TrainingError, TrainingInterrupted
 from sever.model.scheduler import set_horizon, step_scheduler
 from sever.trainer.budget import TimeBudget
 from sever.utils.checkpoint import atomic_torch_save
 from sever.utils.config import parse_duration
+from sever.utils import interrupt
 from sever.utils.distributed import Distributed
 from sever.utils.progress import format_duration
 from sever.utils.run import RunPaths
@@ -106,6 +105,9 @@ class BaseTrainer(abc.ABC):
 
     @property
     def stop_requested(self) -> bool:
+        """Whether a signal asked this process to stop (:mod:`sever.utils.interrupt`)."""
+        if self._stop_signal is None:
+            self._stop_signal = interrupt.requested()
         return self._stop_signal is not None
 
     def _stop_agreed(self) -> bool:
@@ -119,7 +121,7 @@ class BaseTrainer(abc.ABC):
         self._write_run_description()
         if self.budget is not None:
             self.budget.start()
-        with self._stop_on_signals():
+        with interrupt.listening():
             for epoch in range(self.start_epoch, self.epochs + 1):
                 if self.budget is not None and self.budget.final_epoch is not None and epoch > self.budget.final_epoch:
                     break  # a resumed run whose budget had ended
@@ -134,7 +136,7 @@ class BaseTrainer(abc.ABC):
                     self.budget.end_pass(self.steps_done - start_step)
                 self._plan_budget(epoch)
                 if self._should_validate(epoch):
-                    log.update(self._valid_epoch(epoch))
+                    log.update(self._validate(epoch))
                 learning_rates = self._learning_rates()  # the rates this epoch trained with
                 step_scheduler(self.lr_scheduler, log, self.monitor_metric)
                 improved = self._update_monitor(log)
@@ -181,6 +183,18 @@ class BaseTrainer(abc.ABC):
         for condition in self.stop_conditions:
             deadline.add(condition)
         return deadline
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """:meth:`_valid_epoch`; a signal stops it between two batches (every rank at the same one).
+
+        Nothing is saved then: ``last.pth`` keeps the end of epoch ``epoch - 1`` (or the batch an
+        earlier stop saved), so a resume trains epoch ``epoch`` again and validates it. Saving the
+        unvalidated epoch would need a checkpoint whose scheduler and monitor wait for a validation.
+        """
+        try:
+            return self._valid_epoch(epoch)
+        except Interrupted:
+            self._raise_interrupted(f"stopped during the validation of epoch {epoch}", saved=False)
 
     def _out_of_time(self) -> bool:
         """During a training pass: whether the time budget leaves only this epoch's validation and checkpoint."""
@@ -413,16 +427,23 @@ class BaseTrainer(abc.ABC):
             atomic_torch_save(self._state(epoch - 1, self.steps_done), self.run.last)
         self.dist.barrier()
 
-    def _raise_interrupted(self, where: str) -> None:
+    def _raise_interrupted(self, where: str, saved: bool = True) -> None:
+        """Raise :class:`TrainingInterrupted`: what stopped, the checkpoint that holds the progress, how to resume.
+
+        ``saved``: whether ``where`` saved :attr:`run.last` (else it names what the last one holds).
+        """
         if self.writer is not None:
             self.writer.close()
-        signum = self._stop_signal or signal.SIGTERM  # another rank may have received it
-        name = signal.Signals(signum).name
-        raise TrainingInterrupted(
-            f"{name} received: {where} and saved {self.run.last}. Resume with: sever train -r {self.run.root}",
-            checkpoint=str(self.run.last),
-            signal_number=signum,
-        )
+        if saved:
+            what, command = f"{where} and saved {self.run.last}", f"sever train -r {self.run.root}"
+        elif self.run.last.is_file():
+            what = f"{where}; a resume trains that epoch again from {self.run.last}"
+            command = f"sever train -r {self.run.root}"
+        else:
+            what, command = f"{where}, before any checkpoint was saved", f"sever train -c {self.run.config}"
+        signum = self._stop_signal or interrupt.requested() or signal.SIGTERM  # another rank may have received it
+        raise TrainingInterrupted(f"{signal.Signals(signum).name} received: {what}", str(self.run.last), signum,
+                                  command)
 
     def resume(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint loaded with :func:`~sever.utils.checkpoint.load_checkpoint`."""
@@ -456,33 +477,6 @@ class BaseTrainer(abc.ABC):
         logger.info("resumed at epoch %d, batch %d", self.start_epoch, self.start_step)
 
     # ------------------------------------------------------------------ signals
-
-    @contextlib.contextmanager
-    def _stop_on_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM finish the current step, then save and stop.
-
-        Forked data-loader workers inherit the handler; there it does nothing
-        (Ctrl-C reaches the whole process group) and the main process decides.
-        """
-        owner = os.getpid()
-
-        def request_stop(signum, frame):
-            if os.getpid() != owner:
-                return
-            if self._stop_signal is not None:  # second Ctrl-C: stop at once
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            logger.warning("%s received: finishing the current step, then saving", signal.Signals(signum).name)
-
-        if threading.current_thread() is threading.main_thread():
-            previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        else:
-            previous = {}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
 
 def _values(log: dict[str, float], keys: list[str]) -> str:

@@ -29,6 +29,7 @@ from sever.trainer.base import BaseTrainer
 from sever.exceptions import TrainingError
 from sever.model.scheduler import step_within_epoch
 from sever.registries import TRAINERS
+from sever.utils import interrupt
 from sever.utils.device import autocast
 from sever.utils.distributed import Distributed
 from sever.utils.progress import Progress
@@ -402,7 +403,8 @@ class Trainer(BaseTrainer):
         batches = done = 0
         reason = None
         shown = Progress(len(loader), f"validation of epoch {epoch}/{self.epochs}", "batch")
-        for batch_index, (images, targets) in enumerate(loader):
+        batches_checked = interrupt.checked(loader, f"the validation of epoch {epoch}", self.dist.any)
+        for batch_index, (images, targets) in enumerate(batches_checked):
             inputs, targets = self._to_device(images, targets)
             with autocast(self.amp, self.device):
                 parts, outputs = self._valid_forward(model, inputs, targets)

@@ -31,6 +31,7 @@ from sever.trainer.base import flatten_config
 from sever.trainer.trainer import ClassificationTrainer, SegmentationTrainer, Trainer
 from sever.utils.checkpoint import load_checkpoint
 from sever.utils.config import TRAINER_SCHEMA, validate_section
+from sever.utils import interrupt
 from sever.utils.distributed import Distributed
 from sever.utils.run import RunPaths
 
@@ -747,10 +748,11 @@ def test_a_stop_between_epochs_saves_the_epoch_and_stops(tmp_path):
     assert load_checkpoint(trainer.run.last)["epoch"] == 1
 
 
-def test_the_signal_handler_asks_for_a_stop_then_stops_at_once(tmp_path, caplog):
+def test_the_signal_handler_asks_for_a_stop_then_stops_at_once(tmp_path, caplog, monkeypatch):
     trainer = make(tmp_path)
+    monkeypatch.setattr(interrupt, "REPEAT_S", 0.0)  # the second signal comes at once here
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with caplog.at_level(logging.WARNING), trainer._stop_on_signals():
+    with caplog.at_level(logging.WARNING), interrupt.listening():
         signal.raise_signal(signal.SIGTERM)
         assert trainer.stop_requested and trainer._stop_signal == signal.SIGTERM
         assert said(caplog) == ["SIGTERM received: finishing the current step, then saving"]
@@ -761,8 +763,8 @@ def test_the_signal_handler_asks_for_a_stop_then_stops_at_once(tmp_path, caplog)
 
 def test_a_forked_loader_worker_leaves_the_stop_to_the_main_process(tmp_path, monkeypatch):
     trainer = make(tmp_path)
-    with trainer._stop_on_signals():
-        monkeypatch.setattr("sever.trainer.base.os", SimpleNamespace(getpid=lambda: 0))  # as seen in a worker
+    with interrupt.listening():
+        monkeypatch.setattr("sever.utils.interrupt.os", SimpleNamespace(getpid=lambda: 0))  # as seen in a worker
         signal.raise_signal(signal.SIGINT)
         monkeypatch.undo()
     assert not trainer.stop_requested
