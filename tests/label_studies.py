@@ -4,16 +4,11 @@ demo data, then three of its labels corrupted (one missing mask, one wrong class
 
 import numpy as np
 import pytest
+from made_studies import study_from_truth
 
 from sever.data_loader.annotations import Annotations, read_rle_csv, write_rle_csv
 from sever.data_loader.demo import make_demo_data
 from sever.data_loader.rle import rle_encode
-from sever.inference.evaluate import truth_batch, validation_split
-from sever.inference.outputs import save_probabilities
-from sever.study.folder import StudyPaths
-from sever.study.folds import with_fold
-from sever.study.splits import image_key, write_splits
-from sever.utils.config import dump_config
 
 HEIGHT, WIDTH = 64, 256
 
@@ -48,22 +43,5 @@ def corrupted_study(tmp_path):
 
     data = make_demo_data(tmp_path / "data", n_train=24, n_test=2, height=HEIGHT, width=WIDTH, seed=5)
     config = tiny_config(data, tmp_path / "saved")
-    paths = StudyPaths(tmp_path / "study")
-    paths.root.mkdir()
-    dump_config(with_fold(config, 2, 0), paths.config)
-    images = sorted((data / "train_images").iterdir())
-    write_splits(paths.splits, {image_key(path, data): i % 2 for i, path in enumerate(images)}, 2)
-    paths.initialise(2)
-    rng = np.random.default_rng(0)
-    for fold in range(2):
-        run_config = with_fold(config, 2, fold, paths.splits)
-        paths.fold_dir(fold).mkdir()
-        dump_config(run_config, paths.fold_dir(fold) / "config.yaml")
-        names, truth = validation_split(run_config)
-        paths.oof_dir(fold).mkdir()
-        for path in names:
-            mask = truth_batch(truth, [path.name], (HEIGHT, WIDTH))[0].numpy().astype(bool)  # (C, H, W)
-            probs = np.where(mask, rng.integers(190, 256, mask.shape), rng.integers(0, 60, mask.shape))
-            save_probabilities(paths.oof_dir(fold), path.name, probs.astype(np.uint8))
-        paths.set_status(fold, "done")
+    paths = study_from_truth(data, config, tmp_path / "study", (HEIGHT, WIDTH), (190, 256), (0, 60))
     return paths, corrupt(data / "train.csv")

@@ -51,13 +51,19 @@ def test_widening_stops_once_the_best_threshold_is_inside_the_grid(caplog):
     assert "still on the edge" not in caplog.text
 
 
-def test_a_best_min_pixels_on_the_edge_widens_the_grid_past_it():
+def false_blobs_of_150_and_250_pixels() -> TuneStatistics:
+    """Statistics of two images whose truth is empty: 150 false pixels in one, 250 in the other."""
     probs = torch.zeros(2, 1, 20, 20, dtype=torch.uint8)
-    probs[0, :, :10, :15] = 230  # 150 false pixels in one image, 250 in the other; the truth is empty
+    probs[0, :, :10, :15] = 230
     probs[1, :, :10, :] = probs[1, :, 10:15, :10] = 230
     base = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0}, 1)
     stats = TuneStatistics(base, [0.5], ["class 1"])
     stats.update(["a.jpg", "b.jpg"], probs, torch.zeros_like(probs))
+    return stats
+
+
+def test_a_best_min_pixels_on_the_edge_widens_the_grid_past_it():
+    stats = false_blobs_of_150_and_250_pixels()
     assert stats.search([0, 100, 200]).best.min_pixels == (200,)  # wipes one image: the edge of the grid
     result = search_widening(stats, [0, 100, 200])
     # widened by a step of 100 to 300, the first value above 250, then once more: 300 is no longer the edge
@@ -72,12 +78,7 @@ def test_an_uneven_grid_widens_by_the_spacing_at_each_of_its_ends():
 
 
 def test_an_uneven_min_pixels_grid_is_widened_from_its_top_spacing():
-    probs = torch.zeros(2, 1, 20, 20, dtype=torch.uint8)
-    probs[0, :, :10, :15] = 230  # 150 false pixels in one image, 250 in the other; the truth is empty
-    probs[1, :, :10, :] = probs[1, :, 10:15, :10] = 230
-    base = PostProcessing.from_mapping({"threshold": 0.5, "min_pixels": 0}, 1)
-    stats = TuneStatistics(base, [0.5], ["class 1"])
-    stats.update(["a.jpg", "b.jpg"], probs, torch.zeros_like(probs))
+    stats = false_blobs_of_150_and_250_pixels()
     result = search_widening(stats, [0, 10, 160])
     # 160 wipes one image, on the edge: a step of 150 (not 10, the bottom's) reaches 310, which wipes both;
     # one more step (460) puts 310 inside the grid

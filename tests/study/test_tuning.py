@@ -5,19 +5,15 @@ each fold's "out-of-fold maps" drawn from the true masks (defects 160..255, back
 so the default threshold 0.5 keeps background noise and a tuned one does not.
 """
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
+from made_studies import study_from_truth
 
 from sever.cli.app import cli
-from sever.inference.evaluate import evaluate_saved, truth_batch, validation_split
-from sever.inference.outputs import save_probabilities
+from sever.inference.evaluate import evaluate_saved
 from sever.inference.predictor import class_labels, load_settings
 from sever.study.folder import StudyPaths
-from sever.study.folds import with_fold
-from sever.study.splits import image_key, write_splits
 from sever.study.tuning import oof_sources, tune_out_of_fold
-from sever.utils.config import dump_config
 
 
 @pytest.fixture
@@ -25,25 +21,7 @@ def hand_made_study(demo_dir, tmp_path):
     from conftest import tiny_config
 
     config = tiny_config(demo_dir, tmp_path / "saved")
-    paths = StudyPaths(tmp_path / "study")
-    paths.root.mkdir()
-    dump_config(with_fold(config, 2, 0), paths.config)
-    images = sorted((demo_dir / "train_images").iterdir())
-    write_splits(paths.splits, {image_key(path, demo_dir): i % 2 for i, path in enumerate(images)}, 2)
-    paths.initialise(2)
-    rng = np.random.default_rng(0)
-    for fold in range(2):
-        run_config = with_fold(config, 2, fold, paths.splits)
-        paths.fold_dir(fold).mkdir()
-        dump_config(run_config, paths.fold_dir(fold) / "config.yaml")
-        names, truth = validation_split(run_config)
-        paths.oof_dir(fold).mkdir()
-        for path in names:
-            mask = truth_batch(truth, [path.name], (64, 256))[0].numpy().astype(bool)  # (C, H, W)
-            probs = np.where(mask, rng.integers(160, 256, mask.shape), rng.integers(0, 151, mask.shape))
-            save_probabilities(paths.oof_dir(fold), path.name, probs.astype(np.uint8))
-        paths.set_status(fold, "done")
-    return paths
+    return study_from_truth(demo_dir, config, tmp_path / "study", (64, 256), (160, 256), (0, 151))
 
 
 def scores_of(paths: StudyPaths, settings_file) -> tuple[float, list[float]]:
