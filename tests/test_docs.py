@@ -63,7 +63,7 @@ def test_docs_build_without_warnings(tmp_path):
     for key in ("time_budget", "valid_overlap", "DefectDice", "pseudo_images"):  # generated from the schema
         assert key in config_page, key
     cli_page = _page_text(tmp_path / "html" / "reference" / "cli.html")
-    assert "sever plan [OPTIONS] DATA_DIR" in cli_page and "sever auto [OPTIONS] DATA_DIR" in cli_page
+    assert "sever plan [OPTIONS] DATA_DIR" in cli_page and "sever auto [OPTIONS] [DATA_DIR]" in cli_page
 
 
 def _page_text(path: Path) -> str:

@@ -47,6 +47,11 @@ class PlanPolicy:
         sampler_alpha: the class-balancing sampler's blend of natural (0) and equal (1) group weights.
         useful_epoch_share: the least share of an epoch's batches a planned run may end with; a
             shorter last epoch is not planned (the trainer's own guard, ``PARTIAL_SHARE``).
+        learn_crops: training crops the reference data (the demo data) needs to leave the floor (rule below).
+        learn_frequency: the reference's rarest class's share of the images.
+        learn_cover: the reference's rarest class's median defect area per image as a share of a crop.
+        learn_rarity_power: exponent of the rarity factor.
+        learn_size_power: exponent of the size factor.
 
     The learning rule (:mod:`sever.planning.learning`): the training crops a run is expected to
     see before its validation defect Dice leaves the floor, ``learn_crops`` scaled up for a class
@@ -63,11 +68,6 @@ class PlanPolicy:
     the rule asks about 780 steps of it. The exponents are chosen, not fitted: 1 for rarity (a
     class must be shown a number of times) and 1 for size (the loss a small defect contributes
     shrinks with its pixels).
-        learn_crops: training crops the reference data (the demo data) needs to leave the floor.
-        learn_frequency: the reference's rarest class's share of the images.
-        learn_cover: the reference's rarest class's median defect area per image as a share of a crop.
-        learn_rarity_power: exponent of the rarity factor.
-        learn_size_power: exponent of the size factor.
     """
 
     max_folds: int = 5
