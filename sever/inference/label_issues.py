@@ -46,6 +46,7 @@ from sever.inference.predictor import class_labels, load_settings
 from sever.model.postprocess import PROB_SCALE, PostProcessing
 from sever.study.folder import STUDY_FILE, StudyPaths, is_study
 from sever.study.tuning import class_names, oof_images, oof_sources
+from sever.utils import interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def rank_label_issues(sources: Sequence[tuple[SavedProbabilities, object]], sett
         raise ConfigError("postprocess: settings for a classifier; out-of-fold probabilities hold no classifier's")
     issues: list[LabelIssue] = []
     for saved, truth in sources:
-        for batch in saved.batches(batch_size):
+        for batch in interrupt.checked(saved.batches(batch_size), "label-issues"):
             predicted = confident_masks(batch.probs, settings)
             masks = truth_batch(truth, batch.names, tuple(predicted.shape[-2:])).numpy()
             issues += batch_issues(batch.names, batch.probs.numpy().astype(np.float32) / PROB_SCALE, masks,
