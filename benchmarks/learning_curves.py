@@ -22,7 +22,10 @@ Variants (made from the Kaggle-layout source, images symlinked, labels rewritten
 - ``rarer``: of the images showing the rarest class, only one in ``--rarer`` kept;
 - ``smaller``: every image and mask shrunk by ``--shrink`` per side, pasted on its own median grey at its old size
   (same image size, defects ``--shrink``\\ :sup:`2` times fewer pixels);
-- ``emptier``: the defect-free images repeated (flipped) until they are ``--empty`` of the set.
+- ``emptier``: the defect-free images repeated (flipped) until they are ``--empty`` of the set;
+- ``smallcrop``: the base data trained on the first smaller crop the learning rules would plan
+  (``sever.planning.sizing.smaller_crops``: about half the pixels), which tests the rule's claim that a defect
+  covering more of a crop needs fewer crops.
 
 The real measurement (idle machine; hours: each run is up to POINTS x (N steps + a validation)):
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import tempfile
@@ -53,10 +57,11 @@ from sever.data_loader.demo import make_demo_data
 from sever.data_loader.rle import rle_decode, rle_encode
 from sever.inference.learning import LEARNED_GAIN
 from sever.planning.fingerprint import fingerprint
-from sever.planning.learning import crop_cover
+from sever.planning.need import crop_cover, crops_needed
 from sever.planning.plan import make_plan
 from sever.planning.policy import DEFAULT_POLICY
 from sever.planning.probe import device_target
+from sever.planning.sizing import smaller_crops
 from sever.report.history import read_history
 
 # ----------------------------------------------------------------------------- datasets and their variants
@@ -140,7 +145,8 @@ def emptier(data: Path, out: Path, share: float) -> Path:
 
 VARIANTS = {"base": lambda data, out, args: data, "rarer": lambda data, out, args: rarer(data, out, args.rarer),
             "smaller": lambda data, out, args: smaller(data, out, args.shrink),
-            "emptier": lambda data, out, args: emptier(data, out, args.empty)}
+            "emptier": lambda data, out, args: emptier(data, out, args.empty),
+            "smallcrop": lambda data, out, args: data}  # the base data trained on smaller crops (one_curve)
 
 
 # ----------------------------------------------------------------------------- one curve
@@ -178,11 +184,25 @@ def settled(steps: list[int], values: list[float], share: float = 0.9) -> int | 
     return next(s for s, v in zip(steps, values) if v >= share * max(values))
 
 
-def planned_config(data: Path, save_dir: Path, seed: int, steps: int, points: int) -> tuple[dict, object]:
-    """The planner's experiment for ``data`` on the CPU, trained flat for ``points`` x ``steps`` steps."""
+class NoSmallerCrop(Exception):
+    """The ``smallcrop`` variant of a dataset whose crop the learning rules would keep."""
+
+
+def planned_config(data: Path, save_dir: Path, seed: int, steps: int, points: int,
+                   smaller_crop: bool = False) -> tuple[dict, object]:
+    """The planner's experiment for ``data`` on the CPU (planned for epochs: the image's own crop), trained flat
+    for ``points`` x ``steps`` steps; ``smaller_crop``: at the first crop the learning rules would shrink it to."""
     fp = fingerprint(data)
-    plan = make_plan(fp, device_target("cpu", len(fp.classes), fp), 3600, data.name, seed)
+    plan = make_plan(fp, device_target("cpu", len(fp.classes), fp), 3600, data.name, seed,
+                     policy=dataclasses.replace(DEFAULT_POLICY, plan_to_learn=False))
     config = plan.config
+    if smaller_crop:
+        crop = (config["augmentation"]["args"]["height"], config["augmentation"]["args"]["width"])
+        smaller = smaller_crops(fp, crop)
+        if not smaller:
+            raise NoSmallerCrop(f"{data}: the learning rules would not shrink its {crop[0]}x{crop[1]} crop (the floor "
+                                "or the defects' extent)")
+        config["augmentation"]["args"]["height"], config["augmentation"]["args"]["width"] = smaller[0]
     config["save_dir"] = str(save_dir)
     config["data_loader"]["args"]["num_workers"] = 0
     config["lr_scheduler"] = {"type": "FlatCosineAnnealing", "args": {"start_anneal": points + 1,
@@ -193,13 +213,13 @@ def planned_config(data: Path, save_dir: Path, seed: int, steps: int, points: in
 
 
 def one_curve(name: str, variant: str, data: Path, work: Path, seed: int, steps: int, points: int) -> Curve:
-    config, fp = planned_config(data, work / "runs", seed, steps, points)
+    config, fp = planned_config(data, work / "runs", seed, steps, points, smaller_crop=variant == "smallcrop")
     run = experiment.train(config)
     history = read_history(run)
     epochs, mean = history.series("val_dice_defect_mean")
     crop = (config["augmentation"]["args"]["height"], config["augmentation"]["args"]["width"])
-    shown = [(k, c) for k, c in enumerate(fp.classes) if c.images > 0]
-    k, hardest = min(shown, key=lambda kc: (kc[1].frequency * crop_cover(kc[1], fp, crop)))
+    _, hardest = crops_needed(fp, crop)  # the class the rule says sets the need
+    k = fp.classes.index(hardest)
     _, hard = history.series(f"val_dice_defect_{k}")
     at = [e * steps for e in epochs]  # epochs are numbered from 1
     return Curve(name, variant, seed, fp.images, config["data_loader"]["args"]["batch_size"], hardest.name,
@@ -233,16 +253,18 @@ def fit(curves: list[Curve]) -> dict:
 
 
 def source(name: str, work: Path, args) -> Path:
-    if name == "demo":
+    """``demo`` (the demo data), ``demo-mixed`` (the same with every image its own size) or a folder."""
+    if name in ("demo", "demo-mixed"):
         height, width = (int(v) for v in args.demo_size.split("x"))
-        return make_demo_data(work / "demo", n_train=args.demo_images, n_test=1, height=height, width=width, seed=0)
+        return make_demo_data(work / name, n_train=args.demo_images, n_test=1, height=height, width=width, seed=0,
+                              mixed_sizes=name == "demo-mixed")
     return Path(name)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", action="append", required=True,
-                        help="'demo' or a Kaggle-layout folder (e.g. ../shared/data/neu-seg); repeatable")
+    parser.add_argument("--data", action="append", default=[],
+                        help="'demo', 'demo-mixed' (mixed image sizes) or a Kaggle-layout folder (e.g. ../shared/data/neu-seg); repeatable")
     parser.add_argument("--variants", default="base,rarer,smaller,emptier")
     parser.add_argument("--subset", type=int, default=None, help="images per dataset at most")
     parser.add_argument("--demo-images", type=int, default=256)
@@ -254,8 +276,10 @@ def main(argv=None) -> None:
     parser.add_argument("--points", type=int, default=40, help="validations per run")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", type=Path, default=Path("learning_curves.json"))
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="a --out file of an earlier run: its curves join this run's fit; repeatable")
     args = parser.parse_args(argv)
-    curves = []
+    curves = [Curve(**curve) for earlier in args.merge for curve in json.loads(earlier.read_text())["curves"]]
     with tempfile.TemporaryDirectory(prefix="curves-") as tmp:
         work = Path(tmp)
         for d, name in enumerate(args.data):
@@ -263,8 +287,12 @@ def main(argv=None) -> None:
             for variant in args.variants.split(","):
                 data = VARIANTS[variant](base, work / f"set{d}" / variant, args)
                 for seed in (int(s) for s in args.seeds.split(",")):
-                    curve = one_curve(Path(name).name, variant, data, work / f"set{d}" / f"{variant}-{seed}", seed,
-                                      args.steps, args.points)
+                    try:
+                        curve = one_curve(Path(name).name, variant, data, work / f"set{d}" / f"{variant}-{seed}",
+                                          seed, args.steps, args.points)
+                    except NoSmallerCrop as skipped:
+                        print(f"skipped: {skipped}", flush=True)
+                        continue
                     curves.append(curve)
                     print(f"{curve.dataset:>10} {variant:>8} seed {seed}: {curve.images} images, batch {curve.batch}, "
                           f"hardest {curve.hardest} ({curve.share:.1%} of images, {curve.cover:.2%} of a crop): "

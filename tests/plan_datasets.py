@@ -1,6 +1,7 @@
 """Small datasets and a fake device for the plan and auto tests: known squares in a mask folder,
 a NEU-Seg subset, a device whose step times are given (so no plan depends on the machine's speed), a made-up fingerprint."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -8,10 +9,13 @@ import cv2
 import numpy as np
 
 from sever.planning.fingerprint import ClassStats, Fingerprint
+from sever.planning.policy import DEFAULT_POLICY
 from sever.planning.probe import Target
 from sever.utils.device import Capabilities
 
 CPU = Capabilities("cpu")
+# planning for epochs only, as before issue 27: isolates a rule from the learning rules (tests/planning/test_learning.py)
+EPOCHS_ONLY = dataclasses.replace(DEFAULT_POLICY, plan_to_learn=False)
 
 
 def fake_target(step: float = 0.01, caps: Capabilities = CPU, fits=None, image_seconds: float | None = None,

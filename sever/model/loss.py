@@ -353,13 +353,16 @@ class BCEDiceLoss(Loss):
     Args:
         bce_weight: weight of the BCE term (>= 0).
         dice_weight: weight of the Dice term (>= 0); not both 0.
+        pos_weight: weight of the defect pixels in the BCE term, as :class:`BCELoss`'s: a number,
+            or one per class (``sever plan`` weighs rare or small classes up when the budget is short).
     """
 
-    def __init__(self, bce_weight: float = 0.6, dice_weight: float = 0.4):
+    def __init__(self, bce_weight: float = 0.6, dice_weight: float = 0.4,
+                 pos_weight: float | Sequence[float] | None = None):
         super().__init__()
         weights = _validated_weights(bce_weight=bce_weight, dice_weight=dice_weight)
         self.bce_weight, self.dice_weight = weights["bce_weight"], weights["dice_weight"]
-        self.bce = BCELoss()
+        self.bce = BCELoss(pos_weight)
         self.dice = DiceLoss()
 
     def compute(self, logits: Tensor, target: Tensor, valid: Tensor | None = None) -> dict[str, Tensor]:

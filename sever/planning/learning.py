@@ -14,38 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sever.planning.fingerprint import ClassStats, Fingerprint
+from sever.planning.fingerprint import Fingerprint
+from sever.planning.need import crop_cover, crops_needed, steps_needed
 from sever.planning.policy import DEFAULT_POLICY, PlanPolicy
 from sever.planning.sizing import epoch_estimate, epoch_steps, fold_budget, plan_folds
 
 # The longest budget searched for one that reaches the need, as a multiple of the planned one.
 LONGEST_BUDGET = 1000.0
-
-
-def crop_cover(c: ClassStats, fp: Fingerprint, crop: tuple[int, int]) -> float:
-    """The share of a training crop class ``c`` covers where it is shown: its median defect pixels per image
-    over the pixels of a crop (of a median image, when the image is smaller than the crop)."""
-    seen = min(crop[0] * crop[1], fp.heights[1] * fp.widths[1])
-    return min(1.0, c.area[1] / seen)
-
-
-def class_difficulty(c: ClassStats, fp: Fingerprint, crop: tuple[int, int],
-                     policy: PlanPolicy = DEFAULT_POLICY) -> float:
-    """How many times the reference's crops class ``c`` needs (at least 1): rarer or smaller needs more."""
-    share, cover = max(c.frequency, 1e-6), max(crop_cover(c, fp, crop), 1e-6)
-    return (max(1.0, policy.learn_frequency / share) ** policy.learn_rarity_power
-            * max(1.0, policy.learn_cover / cover) ** policy.learn_size_power)
-
-
-def crops_needed(fp: Fingerprint, crop: tuple[int, int], policy: PlanPolicy = DEFAULT_POLICY
-                 ) -> tuple[float, ClassStats | None]:
-    """Training crops a run should see before its validation defect Dice leaves the floor, and the class that
-    sets it (the hardest of the classes shown in some image; None without any)."""
-    shown = [c for c in fp.classes if c.images > 0]
-    if not shown:
-        return policy.learn_crops, None
-    hardest = max(shown, key=lambda c: class_difficulty(c, fp, crop, policy))
-    return policy.learn_crops * class_difficulty(hardest, fp, crop, policy), hardest
 
 
 def steps_given(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int], step: float,
@@ -57,8 +32,11 @@ def steps_given(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int
         return (fold_budget(budget, fp, folds, batch, crop, step, policy)
                 / epoch_estimate(fp, folds, batch, crop, step, policy))
 
-    folds = plan_folds(fp, epochs_at, rounds > 0, policy)[0]
-    return max(0.0, epochs_at(folds)) / (rounds + 1) * epoch_steps(fp, folds, batch, policy), folds
+    def steps_at(folds: int) -> float:
+        return max(0.0, epochs_at(folds)) / (rounds + 1) * epoch_steps(fp, folds, batch, policy)
+
+    folds = plan_folds(fp, epochs_at, rounds > 0, policy, steps_needed(fp, crop, batch, policy), steps_at)[0]
+    return steps_at(folds), folds
 
 
 def budget_reaching(fp: Fingerprint, steps: float, budget: float, batch: int, crop: tuple[int, int], step: float,
@@ -133,8 +111,8 @@ def learning_estimate(fp: Fingerprint, budget: float, batch: int, crop: tuple[in
         run_epochs: epochs each planned run (one round of a fold) is estimated to hold; folds: its folds
             (1: a single run); rounds: pseudo-label rounds after the first.
     """
-    crops, hardest = crops_needed(fp, crop, policy)
-    needed = math.ceil(crops / batch)
+    needed = steps_needed(fp, crop, batch, policy)
+    hardest = crops_needed(fp, crop, policy)[1]
     given = run_epochs * epoch_steps(fp, folds, batch, policy)
     why = "no class shown" if hardest is None else (
         f"set by {hardest.name}: in {hardest.frequency:.1%} of the images, covering {crop_cover(hardest, fp, crop):.2%}"

@@ -39,7 +39,7 @@ from typing import Any
 
 from sever.planning.experiment_file import experiment_text, wrapped
 from sever.planning.fingerprint import Fingerprint
-from sever.planning.learning import LearningEstimate, learning_estimate
+from sever.planning.learning import LearningEstimate
 from sever.planning.policy import DEFAULT_POLICY, PlanPolicy
 from sever.planning.probe import PlanError, Target, device_target
 from sever.planning.rules import PLAN_RULES, PlanContext, RuleRegistry
@@ -105,9 +105,7 @@ def make_plan(fp: Fingerprint, target: Target, budget: float, name: str, seed: i
             _set(config, dotted, value)
             reasons.pop(dotted, None)  # a later rule's value replaces the reason of the earlier one
         reasons.update(why)
-    learning = learning_estimate(fp, budget, ctx.sizing.batch, ctx.crop, ctx.sizing.step, ctx.run_epochs,
-                                 ctx.sizing.folds, ctx.rounds, policy)
-    return Plan(config, reasons, fp, ctx.notes, ctx.fold_overhead, learning)
+    return Plan(config, reasons, fp, ctx.notes, ctx.fold_overhead, ctx.learning)
 
 
 def _set(config: dict, dotted: str, value: Any) -> None:

@@ -47,6 +47,16 @@ class PlanPolicy:
         sampler_alpha: the class-balancing sampler's blend of natural (0) and equal (1) group weights.
         useful_epoch_share: the least share of an epoch's batches a planned run may end with; a
             shorter last epoch is not planned (the trainer's own guard, ``PARTIAL_SHARE``).
+        plan_to_learn: plan to reach the learning rule's need (below) first: fewer folds (down to one
+            run) while a fold would take fewer steps than the need, a smaller crop when even one run
+            would, and rare or small classes' defect pixels weighed up in the loss when the budget
+            still falls short. False plans for epochs only, as sever did before (the need is still
+            printed).
+        min_learning_crop: the smallest crop side :attr:`plan_to_learn` shrinks a crop to, pixels.
+        learning_crop_gain: a smaller crop that does not reach the need is planned only when it comes
+            this many times closer to it (steps given over steps needed).
+        max_pos_weight: the largest weight of a class's defect pixels in the BCE term, planned when the
+            budget falls short of the need (the square root of the class's difficulty, capped here).
         learn_crops: training crops the reference data (the demo data) needs to leave the floor (rule below).
         learn_frequency: the reference's rarest class's share of the images.
         learn_cover: the reference's rarest class's median defect area per image as a share of a crop.
@@ -91,6 +101,10 @@ class PlanPolicy:
     loading_samples: int = 12
     sampler_alpha: float = 0.5
     useful_epoch_share: float = PARTIAL_SHARE
+    plan_to_learn: bool = True
+    min_learning_crop: int = 128
+    learning_crop_gain: float = 1.25
+    max_pos_weight: float = 4.0
     learn_crops: float = 800.0
     learn_frequency: float = 0.094
     learn_cover: float = 0.03

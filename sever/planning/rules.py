@@ -28,8 +28,10 @@ from sever.data_loader.sampling import SamplerFactory, allocate
 from sever.planning.fingerprint import Fingerprint
 from sever.planning.policy import DEFAULT_POLICY, PlanPolicy
 from sever.planning.probe import PlanError, Target
-from sever.planning.sizing import (Sizing, epoch_estimate, epoch_steps, fold_overhead, loader_workers, size_plan,
-                                   validation_share)
+from sever.planning.learning import LearningEstimate, learning_estimate
+from sever.planning.need import class_difficulty
+from sever.planning.sizing import (Sizing, ceil32, epoch_estimate, epoch_steps, floor32, fold_overhead, learning_crop,
+                                   loader_workers, size_plan, validation_share)
 from sever.utils import time_budget
 from sever.utils.device import choose_amp
 
@@ -61,7 +63,13 @@ class PlanContext:
 
     @cached_property
     def crop_and_reason(self) -> tuple[tuple[int, int], str]:
-        return plan_crop(self.fp, self.kind, self.policy)
+        """The image-shaped crop (:func:`plan_crop`), shrunk when a run could not learn at it
+        (:func:`~sever.planning.sizing.learning_crop`)."""
+        crop, why = plan_crop(self.fp, self.kind, self.policy)
+        smaller, shrunk = learning_crop(self.fp, self.target, self.budget, crop, self.policy)
+        if shrunk is None:
+            return crop, why
+        return smaller, f"crop {smaller[0]}x{smaller[1]}, {shrunk}; the image's own {why}"
 
     @property
     def crop(self) -> tuple[int, int]:
@@ -90,6 +98,12 @@ class PlanContext:
     def epochs(self) -> int:
         """Whole epochs one fold's run is estimated to hold (at least 1)."""
         return max(1, int(self.run_epochs))
+
+    @cached_property
+    def learning(self) -> LearningEstimate:
+        """The steps each planned run gets against those the data needs (:mod:`sever.planning.learning`)."""
+        return learning_estimate(self.fp, self.budget, self.sizing.batch, self.crop, self.sizing.step,
+                                 self.run_epochs, self.sizing.folds, self.rounds, self.policy)
 
     @property
     def fold_overhead(self) -> float:
@@ -145,14 +159,6 @@ rule = PLAN_RULES.rule
 
 
 # ----------------------------------------------------------------------------- pure decisions
-
-
-def floor32(value: float) -> int:
-    return max(32, int(value) // 32 * 32)
-
-
-def ceil32(value: float) -> int:
-    return max(32, math.ceil(value / 32) * 32)
 
 
 def plan_crop(fp: Fingerprint, kind: str, policy: PlanPolicy = DEFAULT_POLICY) -> tuple[tuple[int, int], str]:
@@ -422,10 +428,34 @@ def _normalisation(ctx: PlanContext) -> tuple[tuple[float, float], str]:
             f"grey mean and std of the images ({fp.grey_mean:.4f}, {fp.grey_std:.4f})")
 
 
+def plan_loss(fp: Fingerprint, crop: tuple[int, int], short: bool, policy: PlanPolicy = DEFAULT_POLICY
+              ) -> tuple[dict, str]:
+    """The loss and why: BCE + Dice, with each class's defect pixels weighed up in the BCE term when the
+    budget is ``short`` of the data's learning need (:attr:`PlanPolicy.plan_to_learn`).
+
+    The weight is the square root of the class's difficulty (how many times the reference's crops
+    it needs: :func:`sever.planning.need.class_difficulty`), capped at
+    :attr:`PlanPolicy.max_pos_weight`: a rare or small class's few defect pixels then pull harder
+    while the model is far from settled; the tuned threshold takes back the false alarms this adds.
+    """
+    loss = {"type": "BCEDiceLoss", "args": {"bce_weight": 0.6, "dice_weight": 0.4}}
+    why = "BCE + Dice (0.6/0.4, the write-up's): the Dice term keeps pulling towards small defects"
+    if not (policy.plan_to_learn and short):
+        return loss, why
+    weights = [round(min(policy.max_pos_weight, class_difficulty(c, fp, crop, policy) ** 0.5), 2) if c.images else 1.0
+               for c in fp.classes]
+    if max(weights) <= 1.0:
+        return loss, why
+    loss["args"]["pos_weight"] = weights
+    heavier = ", ".join(f"{c.name} {w:g}" for c, w in zip(fp.classes, weights) if w > 1.0)
+    return loss, (why + f"; the budget falls short of what this data needs to learn, so the defect pixels of the "
+                        f"classes harder than the reference weigh more in the BCE term ({heavier}: the square root of "
+                        f"their difficulty, at most {policy.max_pos_weight:g})")
+
+
 @rule("loss")
 def _loss(ctx: PlanContext) -> tuple[dict, str]:
-    return ({"type": "BCEDiceLoss", "args": {"bce_weight": 0.6, "dice_weight": 0.4}},
-            "BCE + Dice (0.6/0.4, the write-up's): the Dice term keeps pulling towards small defects")
+    return plan_loss(ctx.fp, ctx.crop, ctx.learning.short, ctx.policy)
 
 
 @rule("metrics")

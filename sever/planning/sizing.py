@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sever.planning.fingerprint import Fingerprint
+from sever.planning.need import steps_needed
 from sever.planning.policy import DEFAULT_POLICY, PlanPolicy
 from sever.planning.probe import PlanError, Target
 from sever.utils import time_budget
@@ -22,6 +23,16 @@ from sever.utils.device import cpu_batch_size, largest_batch
 
 
 # ----------------------------------------------------------------------------- estimates
+
+
+def floor32(value: float) -> int:
+    """``value`` rounded down to a multiple of 32 (smp's input sides), at least 32."""
+    return max(32, int(value) // 32 * 32)
+
+
+def ceil32(value: float) -> int:
+    """``value`` rounded up to a multiple of 32, at least 32."""
+    return max(32, math.ceil(value / 32) * 32)
 
 
 def validation_share(folds: int, policy: PlanPolicy = DEFAULT_POLICY) -> float:
@@ -139,22 +150,38 @@ def plan_batch(target: Target, arch: dict, crop: tuple[int, int], images: int,
 
 
 def plan_folds(fp: Fingerprint, epochs_fitting: Callable[[int], float], study_needed: bool = False,
-               policy: PlanPolicy = DEFAULT_POLICY) -> tuple[int, str, list[str]]:
+               policy: PlanPolicy = DEFAULT_POLICY, needed: float = 0.0,
+               steps_fitting: Callable[[int], float] | None = None) -> tuple[int, str, list[str]]:
     """The number of folds, why, and notes on what was planned around.
 
     Up to :attr:`PlanPolicy.max_folds`; no more than the rarest class's images (each fold should
     validate on it), and fewer when a fold's share of the budget holds under
-    :attr:`PlanPolicy.min_epochs_per_fold` epochs. When even 2 folds would, 1: a single run
-    validated on :attr:`PlanPolicy.single_validation` of the images, unless ``study_needed``
-    (pseudo-label rounds are a study's). At equal time, folds that each train a few epochs lose
-    to one model trained longer on more images (measured on NEU-Seg: a 3-fold study 0.776, one
-    self-tuned run 0.820 on 400 held-out images, 5 minutes each).
+    :attr:`PlanPolicy.min_epochs_per_fold` epochs or, with :attr:`PlanPolicy.plan_to_learn`, under
+    the ``needed`` optimiser steps the data is expected to need before it learns
+    (:func:`sever.planning.need.steps_needed`): a run learns first, folds come when each can. When
+    even 2 folds would fall short, 1: a single run validated on :attr:`PlanPolicy.single_validation`
+    of the images, unless ``study_needed`` (pseudo-label rounds are a study's). At equal time, folds
+    that each train a few epochs lose to one model trained longer on more images (measured on
+    NEU-Seg: a 3-fold study 0.776, one self-tuned run 0.820 on 400 held-out images, 5 minutes each).
 
     Args:
         epochs_fitting: ``folds`` -> the epochs each fold's share of the budget holds.
+        needed: optimiser steps a run should take; 0 plans for epochs only.
+        steps_fitting: ``folds`` -> the optimiser steps each fold's share holds (needed with ``needed``).
     """
     notes = []
     least = policy.min_epochs_per_fold
+    learn = policy.plan_to_learn and needed > 0 and steps_fitting is not None
+
+    def short(folds: int) -> str | None:
+        """Why ``folds`` folds are too many for the budget, or None."""
+        if epochs_fitting(folds) < least:
+            return f"under {least} epochs"
+        if learn and steps_fitting(folds) < needed:
+            return (f"about {steps_fitting(folds):.0f} optimiser steps, under the {needed:.0f} this data is expected "
+                    "to need before it learns (sever.planning.need)")
+        return None
+
     rarest = min(fp.classes, key=lambda c: c.images)
     folds = policy.max_folds
     why = f"{folds} folds"
@@ -163,13 +190,13 @@ def plan_folds(fp: Fingerprint, epochs_fitting: Callable[[int], float], study_ne
         why = f"{folds} folds: {rarest.name} is in only {rarest.images} images"
         notes.append(f"folds reduced to {folds}: {rarest.name} is in only {rarest.images} image(s)"
                      + ("; some folds validate without it" if rarest.images < 2 else ""))
-    while folds > 2 and epochs_fitting(folds) < least:
+    while folds > 2 and (reason := short(folds)) is not None:
         folds -= 1
-        why = f"{folds} folds: more would leave under {least} epochs per fold in the budget"
-    if folds == 2 and not study_needed and epochs_fitting(2) < least and epochs_fitting(1) >= 1:
+        why = f"{folds} folds: more would each train {reason} in the budget"
+    if folds == 2 and not study_needed and (reason := short(2)) is not None and epochs_fitting(1) >= 1:
         return 1, (f"one run validated on {policy.single_validation:.0%} of the images, not a study: two folds "
-                   f"would each train under {least} epochs in the budget, and at equal time one model "
-                   "trained longer on more images beats undertrained folds"), notes
+                   f"would each train {reason}, and at equal time one model trained longer on more images beats "
+                   "undertrained folds"), notes
     return folds, why + "; every labelled image is validated once, by a model that never saw it", notes
 
 
@@ -251,26 +278,85 @@ def cpu_batch_for_budget(fp: Fingerprint, target: Target, arch: dict, crop: tupl
                          f"under {policy.min_updates} at larger batches")
 
 
+def _small_batch_and_step(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, int],
+                          policy: PlanPolicy) -> tuple[dict, int, str, float, list[str]]:
+    """The smallest plan's model, batch (and why), measured step seconds and notes at ``crop``."""
+    small, _ = plan_architecture(fp, target.caps.kind, 0.0, allow_large=False, policy=policy)
+    batch, batch_reason = plan_batch(target, small, crop, fp.images, policy)
+    if target.caps.kind == "cpu":
+        batch, batch_reason = cpu_batch_for_budget(fp, target, small, crop, budget, batch, batch_reason, policy)
+    step, notes = training_step(target, small, crop, batch)
+    return small, batch, batch_reason, step, notes
+
+
+def smaller_crops(fp: Fingerprint, crop: tuple[int, int], policy: PlanPolicy = DEFAULT_POLICY) -> list[tuple[int, int]]:
+    """Crops of about half the pixels of the one before, from ``crop`` down: each side times 0.7, in
+    multiples of 32, never under :attr:`PlanPolicy.min_learning_crop` nor under the 95th-percentile
+    defect extent along its axis (a crop still holds a whole defect)."""
+    floors = [max(policy.min_learning_crop, ceil32(max((c.extent[axis] for c in fp.classes), default=0)))
+              for axis in (0, 1)]
+    crops = []
+    while True:
+        smaller = tuple(max(min(side, floor), side * 7 // 10 // 32 * 32) for side, floor in zip(crop, floors))
+        if smaller == crop:
+            return crops
+        crops.append(crop := (smaller[0], smaller[1]))
+
+
+def learning_crop(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, int],
+                  policy: PlanPolicy = DEFAULT_POLICY) -> tuple[tuple[int, int], str | None]:
+    """``crop``, or a smaller one (:func:`smaller_crops`) when a single run at ``crop`` would take fewer
+    optimiser steps than the data needs (:func:`sever.planning.need.steps_needed`); and why (None: kept).
+
+    Fewer pixels per step buy the need twice: each step costs less (measured on the target), and
+    a defect covers more of a smaller crop, so fewer crops are needed. The first smaller crop
+    that reaches the need is chosen, else the one that comes closest, if it comes at least
+    :attr:`PlanPolicy.learning_crop_gain` times closer than ``crop``.
+    """
+    if not policy.plan_to_learn:
+        return crop, None
+
+    def reach(candidate: tuple[int, int]) -> tuple[float, float]:
+        _, batch, _, step, _ = _small_batch_and_step(fp, target, budget, candidate, policy)
+        return single_run_updates(fp, budget, batch, candidate, step, policy), steps_needed(fp, candidate, batch,
+                                                                                              policy)
+
+    given, needed = reach(crop)
+    if given >= needed:
+        return crop, None
+    best, best_reach = crop, (given, needed)
+    for candidate in smaller_crops(fp, crop, policy):
+        reached = reach(candidate)
+        if reached[0] / reached[1] > best_reach[0] / best_reach[1]:
+            best, best_reach = candidate, reached
+        if reached[0] >= reached[1]:
+            break
+    if best == crop or best_reach[0] / best_reach[1] < policy.learning_crop_gain * given / needed:
+        return crop, None
+    return best, (f"shrunk from {crop[0]}x{crop[1]}, where a single run would take about {given:.0f} optimiser steps "
+                  f"of the {needed:.0f} this data needs before it learns, to {best[0]}x{best[1]}: about "
+                  f"{best_reach[0]:.0f} of {best_reach[1]:.0f} (cheaper steps, and each defect covers more of a crop)")
+
+
 def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, int], study_needed: bool = False,
               policy: PlanPolicy = DEFAULT_POLICY) -> Sizing:
     """Measure the smallest plan, refuse a budget too short for it, choose the folds, then the model.
 
-    The larger model is kept only when its measured steps still give each fold
+    The folds are planned to give each run the steps the data needs (:func:`plan_folds`). The
+    larger model is kept only when its measured steps still give each fold
     :attr:`PlanPolicy.min_epochs_per_fold` epochs.
     """
     kind = target.caps.kind
-    small, _ = plan_architecture(fp, kind, 0.0, allow_large=False, policy=policy)
-    batch, batch_reason = plan_batch(target, small, crop, fp.images, policy)
-    if kind == "cpu":
-        batch, batch_reason = cpu_batch_for_budget(fp, target, small, crop, budget, batch, batch_reason, policy)
-    step, notes = training_step(target, small, crop, batch)
+    small, batch, batch_reason, step, notes = _small_batch_and_step(fp, target, budget, crop, policy)
     check_budget(fp, budget, batch, crop, step, kind, study_needed, policy)
 
     def fold_epochs(folds: int) -> float:
         return (fold_budget(budget, fp, folds, batch, crop, step, policy)
                 / epoch_estimate(fp, folds, batch, crop, step, policy))
 
-    folds, folds_reason, fold_notes = plan_folds(fp, fold_epochs, study_needed, policy)
+    folds, folds_reason, fold_notes = plan_folds(
+        fp, fold_epochs, study_needed, policy, steps_needed(fp, crop, batch, policy),
+        lambda folds: fold_epochs(folds) / (1 + study_needed) * epoch_steps(fp, folds, batch, policy))
     notes += fold_notes
     per_fold = fold_budget(budget, fp, folds, batch, crop, step, policy)
     arch, arch_reason = plan_architecture(fp, kind, per_fold, policy=policy)

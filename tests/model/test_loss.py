@@ -66,6 +66,16 @@ def test_bce_dice_is_weighted_sum_with_named_parts():
     assert not out["bce"].requires_grad and not out["dice_loss"].requires_grad
 
 
+def test_bce_dice_weighs_each_class_s_defect_pixels_in_its_bce_term_only():
+    logits = torch.zeros(1, 2, 2, 2)
+    target = torch.stack([torch.ones(2, 2), torch.zeros(2, 2)])[None]
+    plain, weighted = BCEDiceLoss()(logits, target), BCEDiceLoss(pos_weight=[3, 1])(logits, target)
+    assert weighted["bce"].item() == pytest.approx(2 * math.log(2), rel=1e-6)  # as BCELoss(pos_weight=[3, 1])
+    assert plain["bce"].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert weighted["dice_loss"].item() == pytest.approx(plain["dice_loss"].item())
+    assert weighted["loss"].item() == pytest.approx(plain["loss"].item() + 0.6 * math.log(2), rel=1e-6)
+
+
 def test_bce_pos_weight_scalar_and_per_class():
     # positives (-ln 3/4 and ln 2) weighted 2: (3 ln 4/3 + 3 ln 2) / 4
     assert BCELoss(pos_weight=2)(LOGITS, TARGET).item() == pytest.approx(3 * math.log(8 / 3) / 4, rel=1e-6)

@@ -1,76 +1,25 @@
 """The learning rule: the steps a dataset is expected to need against the steps the budget gives, printed
-before training, with the budget that would reach them; fake fingerprints and fake step probes."""
+before training, with the budget that would reach them; and the plan spending its budget to reach them first
+(fewer folds, a smaller crop, rare classes weighed up). Fake fingerprints and fake step probes."""
 
-import dataclasses
 import re
 
 import pytest
-from plan_datasets import fake_fp, fake_target
+from learning_datasets import demo_like, rare_small, stats
+from plan_datasets import CPU, EPOCHS_ONLY, fake_target
 
-from sever.planning.fingerprint import ClassStats
-from sever.planning.learning import crops_needed, learning_estimate
+from sever.planning.learning import learning_estimate
 from sever.planning.plan import make_plan
 from sever.planning.policy import DEFAULT_POLICY
+from sever.planning.probe import Target
+
+TODAY = EPOCHS_ONLY  # today's planner: for epochs only
 
 
-def stats(name, images, total, area, extent=(30, 30)):
-    return ClassStats(name, images, images / total, [area / 2, area, area * 3], [area / 3, area / 2, area],
-                      list(extent))
-
-
-def rare_small(tmp_path, images=1000, share=0.08, area=300.0, classes=5):
-    """Like issue 27's dataset: images of 300x300, ``classes`` classes each in ``share`` of them, defects of
-    ``area`` pixels per image."""
-    count = round(share * images)
-    return fake_fp(tmp_path, images=images, side=(300, 300), empty=0.6,
-                   classes=[stats(f"class{k + 1}", count, images, area) for k in range(classes)])
-
-
-def demo_like(tmp_path):
-    """The reference: the demo data's rarest class (24 of 256 images of 256x1600, 1,960 pixels each)."""
-    return fake_fp(tmp_path, images=256, side=(256, 1600), empty=0.34,
-                   classes=[stats("class2", 24, 256, 1960.0), stats("class3", 98, 256, 3818.0)])
-
-
-def test_the_reference_data_needs_the_reference_crops_and_the_hardest_class_sets_the_need(tmp_path):
-    crops, hardest = crops_needed(demo_like(tmp_path), (256, 256))
-    assert hardest.name == "class2" and crops == pytest.approx(DEFAULT_POLICY.learn_crops, rel=0.01)
-    common = fake_fp(tmp_path, images=256, side=(256, 1600), classes=[stats("class3", 98, 256, 3818.0)])
-    assert crops_needed(common, (256, 256))[0] == DEFAULT_POLICY.learn_crops  # never fewer than the reference
-
-
-def test_rarer_classes_and_smaller_defects_need_proportionally_more_crops(tmp_path):
-    base, _ = crops_needed(rare_small(tmp_path, share=0.094, area=0.03 * 65536), (256, 256))
-    assert base == pytest.approx(DEFAULT_POLICY.learn_crops, rel=0.02)
-    assert crops_needed(rare_small(tmp_path, share=0.047, area=0.03 * 65536), (256, 256))[0] == pytest.approx(
-        2 * base, rel=0.05)
-    assert crops_needed(rare_small(tmp_path, share=0.094, area=0.0075 * 65536), (256, 256))[0] == pytest.approx(
-        4 * base, rel=0.02)
-    # a class in no image is not what sets the need (it cannot be learned from this data at all)
-    fp = rare_small(tmp_path, share=0.094, area=0.03 * 65536)
-    fp.classes.append(ClassStats("absent", 0, 0.0, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0, 0]))
-    assert crops_needed(fp, (256, 256))[1].name != "absent"
-
-
-def test_a_crop_larger_than_the_images_is_measured_against_the_image(tmp_path):
-    small_images = fake_fp(tmp_path, images=100, side=(64, 64), classes=[stats("class1", 50, 100, 123.0)])
-    # 123 of a 64x64 image's 4,096 pixels is 3%: no harder than the reference, whatever the crop
-    assert crops_needed(small_images, (256, 256))[0] == pytest.approx(DEFAULT_POLICY.learn_crops)
-
-
-def test_the_policy_fields_are_the_rule(tmp_path):
+def test_issue_27s_dataset_planned_for_epochs_is_warned_with_the_budget_that_reaches_the_need(tmp_path):
+    """Today's planner on the issue's dataset and slow CPU: its 2 folds fall short, and the warning says so."""
     fp = rare_small(tmp_path)
-    policy = dataclasses.replace(DEFAULT_POLICY, learn_crops=1600.0, learn_size_power=0.5)
-    plain, _ = crops_needed(fp, (256, 256))
-    changed, _ = crops_needed(fp, (256, 256), policy)
-    size = DEFAULT_POLICY.learn_cover / (300 / 65536)
-    assert plain == pytest.approx(800 * size * 0.094 / 0.08)
-    assert changed == pytest.approx(1600 * size ** 0.5 * 0.094 / 0.08)
-
-
-def test_issue_27s_dataset_on_its_slow_cpu_is_warned_with_the_budget_that_reaches_the_need(tmp_path):
-    fp = rare_small(tmp_path)
-    plan = make_plan(fp, fake_target(step=1.2), 20 * 60, "rare")
+    plan = make_plan(fp, fake_target(step=1.2), 20 * 60, "rare", policy=TODAY)
     learning = plan.learning
     assert plan.folds == 2 and 150 < learning.given < 400  # about the 272 steps the issue's plan gave
     assert learning.short and learning.needed == pytest.approx(771, abs=5)
@@ -80,8 +29,8 @@ def test_issue_27s_dataset_on_its_slow_cpu_is_warned_with_the_budget_that_reache
     minutes = re.search(r"--time (\d+)h(\d+)m would give each of its (\d+) folds", warning)
     seconds = (int(minutes.group(1)) * 60 + int(minutes.group(2))) * 60
     # the named budget really plans runs of at least the needed steps; 10% less does not
-    assert make_plan(fp, fake_target(step=1.2), seconds, "rare").learning.given >= learning.needed
-    assert make_plan(fp, fake_target(step=1.2), seconds * 0.9, "rare").learning.short
+    assert make_plan(fp, fake_target(step=1.2), seconds, "rare", policy=TODAY).learning.given >= learning.needed
+    assert make_plan(fp, fake_target(step=1.2), seconds * 0.9, "rare", policy=TODAY).learning.short
     assert warning.splitlines()[0] in plan.text().replace("\n# ", " ")  # the experiment file carries it
 
 
@@ -94,7 +43,71 @@ def test_a_budget_that_reaches_the_need_says_so_without_a_warning(tmp_path):
 
 def test_pseudo_label_rounds_share_a_folds_steps(tmp_path):
     fp = rare_small(tmp_path)
-    plain = learning_estimate(fp, 3600, 8, (256, 256), 0.5, run_epochs=10, folds=2)
-    rounds = learning_estimate(fp, 3600, 8, (256, 256), 0.5, run_epochs=5, folds=2, rounds=1)
+    plain = learning_estimate(fp, 3600, 8, (256, 256), 0.5, run_epochs=10, folds=2, policy=TODAY)
+    rounds = learning_estimate(fp, 3600, 8, (256, 256), 0.5, run_epochs=5, folds=2, rounds=1, policy=TODAY)
     assert rounds.given == pytest.approx(plain.given / 2)
     assert rounds.reaching[0] > plain.reaching[0]
+
+
+def pixel_target(seconds_per_pixel: float = 2e-6):
+    """A CPU whose steps take ``seconds_per_pixel`` per crop pixel: fewer pixels per step, cheaper steps."""
+    return Target("cpu", CPU, lambda arch, crop, batch: seconds_per_pixel * batch * crop[0] * crop[1], None, None)
+
+
+def test_folds_give_way_to_one_run_that_reaches_the_need(tmp_path):
+    """The issue's dataset: 2 folds of about 220 steps each learn nothing; one run of about 900 reaches the 771."""
+    fp = rare_small(tmp_path)
+    plan = make_plan(fp, fake_target(step=1.2), 20 * 60, "rare")
+    assert plan.folds == 1 and plan.learning.given >= plan.learning.needed and not plan.learning.short
+    reason = plan.reasons["data_loader.args.validation_split"]
+    assert "under the 771 this data is expected to need before it learns" in reason
+    assert plan.config["augmentation"]["args"]["height"] == 256  # one run reaches the need at the image's crop
+    assert "pos_weight" not in plan.config["loss"]["args"]  # nor are classes weighed up: nothing falls short
+
+
+def test_folds_are_reduced_only_as_far_as_the_need_asks_and_come_back_with_time(tmp_path):
+    fp = rare_small(tmp_path)
+    planned = {minutes: (make_plan(fp, fake_target(step=1.2), minutes * 60, "rare"),
+                         make_plan(fp, fake_target(step=1.2), minutes * 60, "rare", policy=TODAY))
+               for minutes in (20, 60, 90, 180)}
+    for plan, today in planned.values():
+        assert plan.folds <= today.folds
+        if plan.folds > 1:  # a study is planned only when each of its folds reaches the need
+            assert plan.learning.given >= plan.learning.needed
+    assert [plan.folds for plan, _ in planned.values()] == [1, 2, 4, 5]  # between one run and today's 5 folds
+    assert planned[180][0].text() == planned[180][1].text()  # a budget that suffices plans as before
+
+
+def test_a_smaller_crop_when_even_one_run_falls_short(tmp_path):
+    """A slow CPU whose steps cost per pixel: at 256x256 one run takes about 500 of the 771 steps needed; at
+    160x160 its steps are cheaper and a defect covers more of a crop, so it reaches the need."""
+    fp = rare_small(tmp_path)
+    plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
+    today = make_plan(fp, pixel_target(), 10 * 60, "rare", policy=TODAY)
+    assert (today.config["augmentation"]["args"]["height"], today.learning.short) == (256, True)
+    args = plan.config["augmentation"]["args"]
+    assert (args["height"], args["width"]) == (160, 160) and not plan.learning.short
+    assert plan.reasons["augmentation.args.height"].startswith("crop 160x160, shrunk from 256x256, where a single "
+                                                               "run would take about")
+
+
+def test_a_crop_is_never_shrunk_below_the_floor_nor_the_defects_extent(tmp_path):
+    fp = rare_small(tmp_path, share=0.01, area=30.0)  # far too hard for any budget here: the smallest crop allowed
+    plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
+    assert plan.config["augmentation"]["args"]["height"] == DEFAULT_POLICY.min_learning_crop
+    for c in fp.classes:
+        c.extent = [150, 40]  # defects 150 pixels high: a crop must hold them
+    plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
+    assert plan.config["augmentation"]["args"]["height"] == 160 and plan.config["augmentation"]["args"]["width"] == 128
+
+
+def test_hard_classes_weigh_more_in_the_loss_only_when_the_budget_still_falls_short(tmp_path):
+    fp = rare_small(tmp_path, share=0.01, area=30.0)
+    fp.classes[0] = stats("common", 500, 1000, 4000.0)  # as easy as the reference: weighed as before
+    plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
+    assert plan.learning.short
+    weights = plan.config["loss"]["args"]["pos_weight"]
+    assert weights[0] == 1.0 and weights[1:] == [DEFAULT_POLICY.max_pos_weight] * 4
+    assert "weigh more in the BCE term" in plan.reasons["loss"]
+    assert "pos_weight" not in make_plan(fp, pixel_target(), 10 * 60, "rare", policy=TODAY).config["loss"]["args"]
+    assert "pos_weight" not in make_plan(fp, pixel_target(1e-9), 10 * 60, "rare").config["loss"]["args"]

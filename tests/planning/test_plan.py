@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from plan_datasets import CPU, fake_target, neu_subset, squares_dataset
+from plan_datasets import CPU, EPOCHS_ONLY, fake_target, neu_subset, squares_dataset
 
 from sever.cli.app import cli
 from sever.data_loader.convert import csv_to_mask_folder
@@ -133,7 +133,8 @@ def test_defect_seeking_crops_only_when_a_crop_covers_under_half_an_image(demo_f
 
 
 def test_a_budget_too_short_for_two_trained_folds_plans_one_run(demo_fp):
-    single = make_plan(demo_fp, fake_target(step=2.0), 60, "demo")
+    """Planning for epochs (the learning rules plan one run sooner: tests/planning/test_learning.py)."""
+    single = make_plan(demo_fp, fake_target(step=2.0), 60, "demo", policy=EPOCHS_ONLY)
     args = single.config["data_loader"]["args"]
     assert single.folds == 1 and "folds" not in args and args["validation_split"] == 0.15
     assert "one run validated on 15% of the images" in single.reasons["data_loader.args.validation_split"]
@@ -141,11 +142,11 @@ def test_a_budget_too_short_for_two_trained_folds_plans_one_run(demo_fp):
     assert "the training time of the single run" in single.reasons["trainer.time_budget"]
     assert "#   sever train -c THIS_FILE    # or: sever auto" in single.text()
     prepare_config(single.config)
-    study = make_plan(demo_fp, fake_target(step=2.0, per_image=True), 90, "demo")
+    study = make_plan(demo_fp, fake_target(step=2.0, per_image=True), 90, "demo", policy=EPOCHS_ONLY)
     assert study.folds == 2 and "validation_split" not in study.config["data_loader"]["args"]
-    assert make_plan(demo_fp, fake_target(step=2.0, per_image=True), 75, "demo").folds == 1
+    assert make_plan(demo_fp, fake_target(step=2.0, per_image=True), 75, "demo", policy=EPOCHS_ONLY).folds == 1
     assert make_plan(demo_fp, fake_target(step=2.0, per_image=True), 75, "demo",
-                     unlabelled=str(demo_fp.data_dir)).folds == 2  # pseudo-label rounds are a study's
+                     unlabelled=str(demo_fp.data_dir), policy=EPOCHS_ONLY).folds == 2  # pseudo-label rounds are a study's
 
 
 def test_a_short_cpu_budget_lowers_the_batch_for_more_optimiser_steps(demo_fp):

@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from plan_datasets import fake_fp, fake_target
+from plan_datasets import EPOCHS_ONLY, fake_fp, fake_target
 
 from sever.data_loader.sampling import SamplerFactory
 from sever.experiment import prepare_config
@@ -101,8 +101,8 @@ def test_a_batch_that_holds_every_group_keeps_fixed_shares(tmp_path):
 
 def test_the_plan_switches_the_sampler_when_a_short_budget_lowers_the_batch(tmp_path):
     fp = fake_fp(tmp_path, images=400, counts=(160, 120, 80, 8))
-    short = make_plan(fp, fake_target(step=0.4, per_image=True), 120, "fake")
-    long = make_plan(fp, fake_target(step=0.4, per_image=True), 3600, "fake")
+    short = make_plan(fp, fake_target(step=0.4, per_image=True), 120, "fake", policy=EPOCHS_ONLY)
+    long = make_plan(fp, fake_target(step=0.4, per_image=True), 3600, "fake", policy=EPOCHS_ONLY)
     assert short.config["data_loader"]["args"]["batch_size"] == 4
     assert short.config["data_loader"]["args"]["sampler"]["type"] == "WeightedRandomBatchSampler"
     assert "no fixed place" in short.reasons["data_loader.args.sampler"]
@@ -124,7 +124,7 @@ def single_run_budget(fp, target, policy, epochs: float) -> tuple[float, float]:
 
 def test_a_single_run_ends_before_an_epoch_it_could_train_only_a_sliver_of(tmp_path):
     fp = fake_fp(tmp_path)
-    policy = dataclasses.replace(DEFAULT_POLICY, min_updates=0)  # keep the CPU batch: the epoch stays the same
+    policy = dataclasses.replace(EPOCHS_ONLY, min_updates=0)  # keep the CPU batch: the epoch stays the same
     target = fake_target(step=1.0)
     budget, epoch = single_run_budget(fp, target, policy, 3.1)
     cut = make_plan(fp, target, budget, "fake", policy=policy)
@@ -141,7 +141,7 @@ def test_a_single_run_ends_before_an_epoch_it_could_train_only_a_sliver_of(tmp_p
 def test_a_study_whose_fold_runs_cannot_train_one_epoch_is_refused_naming_the_time_needed(tmp_path):
     fp = fake_fp(tmp_path)
     target = fake_target(step=1.0)
-    policy = dataclasses.replace(DEFAULT_POLICY, min_updates=0)  # keep the CPU batch: the epoch stays the same
+    policy = dataclasses.replace(EPOCHS_ONLY, min_updates=0)  # keep the CPU batch: the epoch stays the same
     ctx = PlanContext(fp, target, 3600, "probe", unlabelled=str(tmp_path), policy=policy)
     sizing = ctx.sizing
     epoch = epoch_estimate(fp, 2, sizing.batch, ctx.crop, sizing.step, policy)

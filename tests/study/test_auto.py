@@ -5,6 +5,7 @@ is planned does not depend on how loaded the machine is; the folds then really t
 their planned time budgets.
 """
 
+import functools
 import re
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from plan_datasets import fake_target, neu_subset
+from plan_datasets import EPOCHS_ONLY, fake_target, neu_subset
 
 from sever.cli.app import cli
 from sever.data_loader.convert import csv_to_mask_folder
 from sever.data_loader.demo import make_demo_data
+from sever.planning.plan import make_plan
 from sever.utils.config import load_config
 from sever.study.folder import StudyPaths
 
@@ -25,6 +27,9 @@ from sever.study.folder import StudyPaths
 def one_second_steps(monkeypatch):
     monkeypatch.setattr("sever.study.auto.device_target",
                         lambda device, classes, fp: fake_target(step=1.0, per_image=True))
+    # tiny budgets on tiny data: planned for epochs, so that they make the studies these tests are about (the
+    # learning rules would give each such budget one run: tests/planning/test_learning.py)
+    monkeypatch.setattr("sever.study.auto.make_plan", functools.partial(make_plan, policy=EPOCHS_ONLY))
 
 
 def run_auto(data, out, *options):
@@ -174,6 +179,8 @@ def test_a_budget_far_too_short_is_warned_before_training_and_each_unlearned_cla
 
     monkeypatch.setattr("sever.study.auto.device_target",
                         lambda device, classes, fp: fake_target(step=step, per_image=step == 1.0))
+    if step == 2.0:  # the single run: as sever auto plans it, learning rules included
+        monkeypatch.setattr("sever.study.auto.make_plan", make_plan)
     data = rare_tiny_dataset(tmp_path / "rare")
     result = CliRunner().invoke(cli, ["auto", str(data), "--device", "cpu", "--time", "1m", "-o",
                                       str(tmp_path / "out")])

@@ -10,6 +10,7 @@ batch (no call after the one the signal landed in), the one command printed to c
 and, for training and ``sever auto``, that this command completes.
 """
 
+import functools
 import os
 import re
 import signal
@@ -250,12 +251,15 @@ def test_sigterm_in_report(tmp_path, monkeypatch, trained_run):
 
 @pytest.fixture
 def auto_data(tmp_path, monkeypatch):
-    from plan_datasets import fake_target
+    from plan_datasets import EPOCHS_ONLY, fake_target
 
     from sever.data_loader.demo import make_demo_data
+    from sever.planning.plan import make_plan
 
     monkeypatch.setattr("sever.study.auto.device_target",
                         lambda device, classes, fp: fake_target(step=1.0, per_image=True))
+    # planned for epochs: a study to stop (the learning rules give this tiny budget one run)
+    monkeypatch.setattr("sever.study.auto.make_plan", functools.partial(make_plan, policy=EPOCHS_ONLY))
     return make_demo_data(tmp_path / "demo", n_train=16, n_test=3, height=64, width=256, seed=11)
 
 
@@ -320,12 +324,14 @@ def test_auto_resume_refuses_a_folder_auto_did_not_make(tmp_path):
 SLOW_STUDY_TUNING = '''
 import sys, time
 sys.path.insert(0, {tests!r})
-from plan_datasets import fake_target
+import functools
+from plan_datasets import EPOCHS_ONLY, fake_target
 import sever.study.auto as auto
 import sever.study.rounds as rounds
 from sever.inference.tune import TuneStatistics
 
 auto.device_target = lambda device, classes, fp: fake_target(step=1.0, per_image=True)
+auto.make_plan = functools.partial(auto.make_plan, policy=EPOCHS_ONLY)  # a study, as in the fixture auto_data
 _tune, _update, _slow = rounds.tune_out_of_fold, TuneStatistics.update, []
 
 

@@ -1,0 +1,129 @@
+"""Planning to learn against planning for epochs: ``sever auto``'s plan with and without the learning rules
+(issue 27; ``PlanPolicy.plan_to_learn``), scored on held-out images at the same budgets, seeds and splits.
+
+For each dataset and each variant of it (``benchmarks/learning_curves.py``'s: ``base``, ``rarer``, ``smaller``,
+``emptier``), a share of the images is held out from everything. On the rest, both planners plan at each budget
+on the same measured device (one :class:`~sever.planning.probe.Target`, its step times measured once). Where the
+two experiment files are the same text, the runs would be the same: the row says so and nothing trains. Where
+they differ, each plan trains as ``sever auto`` does (the budget counting from before its planning), predicts
+the held-out images with its tuned post-processing, and is scored there: competition metric (mean Dice over
+image-class pairs), per-class Dice, and how many classes the run itself said it had not learned.
+
+The note's table (idle 2-core CPU; the demo budget is ``sever train -c experiments/demo.yml``'s wall time,
+about 2 minutes):
+
+    python benchmarks/plan_to_learn.py --data demo --data demo-mixed --data ../shared/data/neu-seg \\
+        --subset 600 --variants base,rarer,smaller,emptier --budgets 2m,7m,20m --out plan_to_learn.json
+
+Smoke run (minutes):
+
+    python benchmarks/plan_to_learn.py --data demo --demo-images 48 --demo-size 64x256 --variants base \\
+        --budgets 1m --out /tmp/plan_to_learn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from learning_curves import VARIANTS, source, subset  # benchmarks/ is on sys.path when run
+from neu_seg_study import split
+from plan_auto import held_out_score
+
+from sever.planning.fingerprint import fingerprint
+from sever.planning.plan import make_plan
+from sever.planning.policy import DEFAULT_POLICY
+from sever.planning.probe import device_target
+from sever.study.auto import run_auto
+from sever.utils.time_budget import Deadline, parse_budget
+
+PLANNERS = {"learn first": DEFAULT_POLICY, "epochs only": dataclasses.replace(DEFAULT_POLICY, plan_to_learn=False)}
+
+
+def plan_summary(plan) -> str:
+    """The planned choices the learning rules change, in a few words."""
+    args = plan.config["augmentation"]["args"]
+    weights = plan.config["loss"]["args"].get("pos_weight")
+    return (f"{plan.folds} fold(s), crop {args['height']}x{args['width']}, batch "
+            f"{plan.config['data_loader']['args']['batch_size']}" + (f", pos_weight {weights}" if weights else "")
+            + f"; {plan.learning.given:.0f} of {plan.learning.needed:.0f} steps")
+
+
+def compare(name: str, data: Path, work: Path, budgets: list[str], held_out: float, seed: int,
+            plans_only: bool = False) -> list[dict]:
+    """Both planners on ``data`` at each budget; one row per budget (``plans_only``: plan, train nothing)."""
+    images = sum(1 for _ in (data / "train_images").iterdir())
+    held = max(1, round(held_out * images))
+    parts = split(data, work / "parts", {"held_out": held, "train": images - held}, seed=seed)
+    fp = fingerprint(parts["train"])
+    target = device_target("cpu", len(fp.classes), fp)  # measured once: both planners see the same steps
+    classes, run_name = len(fp.classes), name.replace("/", "-")
+    rows = []
+    for budget in budgets:
+        seconds = parse_budget(budget)
+        plans = {label: make_plan(fp, target, seconds, run_name, seed, policy=policy) for label, policy in PLANNERS.items()}
+        row = {"dataset": name, "budget": budget, "held_out": held, "train": images - held,
+               "plans": {label: plan_summary(plan) for label, plan in plans.items()}}
+        if len({plan.text() for plan in plans.values()}) == 1:
+            row["same_plan"] = True
+            rows.append(row)
+            print(f"{name:>22} {budget:>4}: the same plan ({row['plans']['learn first']}): nothing to train", flush=True)
+            continue
+        if plans_only:
+            rows.append({**row, "same_plan": False})
+            print(f"{name:>22} {budget:>4}: " + "; ".join(f"{k}: {v}" for k, v in row["plans"].items()), flush=True)
+            continue
+        row["same_plan"], row["scores"] = False, {}
+        for label, policy in PLANNERS.items():
+            started = time.perf_counter()
+            deadline = Deadline(seconds)  # as sever auto: the budget counts from before the plan
+            plan = make_plan(fp, target, seconds, run_name, seed, policy=policy)
+            result = run_auto(plan, work / budget / label.replace(" ", "-"), deadline)
+            wall = time.perf_counter() - started
+            score = held_out_score(result.saved, parts["held_out"], work / budget, label.replace(" ", "-"), classes,
+                                   "cpu")
+            row["scores"][label] = {"metric": score.mean_dice, "class_dice": list(score.class_dice), "wall_s": wall,
+                                    "not_learned": sum("NOT learned" in line for line in result.learning)}
+            print(f"{name:>22} {budget:>4} {label:>11}: held-out {score.mean_dice:.4f} ("
+                  + " ".join(f"{d:.3f}" for d in score.class_dice) + f"), {wall:.0f} s, "
+                  f"{row['scores'][label]['not_learned']} class(es) not learned; {row['plans'][label]}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", action="append", required=True,
+                        help="'demo', 'demo-mixed' or a Kaggle-layout folder; repeatable")
+    parser.add_argument("--variants", default="base")
+    parser.add_argument("--subset", type=int, default=None, help="images per dataset at most")
+    parser.add_argument("--demo-images", type=int, default=256)
+    parser.add_argument("--demo-size", default="256x1600")
+    parser.add_argument("--rarer", type=int, default=4)
+    parser.add_argument("--shrink", type=float, default=2.0)
+    parser.add_argument("--empty", type=float, default=0.8)
+    parser.add_argument("--budgets", default="2m,7m,20m")
+    parser.add_argument("--held-out", type=float, default=0.25, help="share of each set held out from everything")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of both plans")
+    parser.add_argument("--plans-only", action="store_true", help="plan both ways and print them; train nothing")
+    parser.add_argument("--out", type=Path, default=Path("plan_to_learn.json"))
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="plan-to-learn-") as tmp:
+        work = Path(tmp)
+        for d, name in enumerate(args.data):
+            base = subset(source(name, work / f"src{d}", args), work / f"set{d}" / "base", args.subset, 0)
+            for variant in args.variants.split(","):
+                data = VARIANTS[variant](base, work / f"set{d}" / variant, args)
+                rows += compare(f"{Path(name).name}/{variant}", data, work / f"set{d}" / f"{variant}-runs",
+                                args.budgets.split(","), args.held_out, args.seed, args.plans_only)
+    args.out.write_text(json.dumps(rows, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
