@@ -35,7 +35,7 @@ from neu_seg_study import split
 from plan_auto import held_out_score
 
 from sever.planning.fingerprint import fingerprint
-from sever.planning.plan import make_plan
+from sever.planning.plan import PlanError, make_plan
 from sever.planning.policy import DEFAULT_POLICY
 from sever.planning.probe import device_target
 from sever.study.auto import run_auto
@@ -53,6 +53,14 @@ def plan_summary(plan) -> str:
             + f"; {plan.learning.given:.0f} of {plan.learning.needed:.0f} steps")
 
 
+def planned(fp, target, seconds: float, name: str, seed: int, policy):
+    """The plan, or why the planner refused the budget."""
+    try:
+        return make_plan(fp, target, seconds, name, seed, policy=policy)
+    except PlanError as refused:
+        return f"refused: {refused}"
+
+
 def compare(name: str, data: Path, work: Path, budgets: list[str], held_out: float, seed: int,
             plans_only: bool = False) -> list[dict]:
     """Both planners on ``data`` at each budget; one row per budget (``plans_only``: plan, train nothing)."""
@@ -65,10 +73,14 @@ def compare(name: str, data: Path, work: Path, budgets: list[str], held_out: flo
     rows = []
     for budget in budgets:
         seconds = parse_budget(budget)
-        plans = {label: make_plan(fp, target, seconds, run_name, seed, policy=policy) for label, policy in PLANNERS.items()}
-        row = {"dataset": name, "budget": budget, "held_out": held, "train": images - held,
-               "plans": {label: plan_summary(plan) for label, plan in plans.items()}}
-        if len({plan.text() for plan in plans.values()}) == 1:
+        row = {"dataset": name, "budget": budget, "held_out": held, "train": images - held}
+        plans = {label: planned(fp, target, seconds, run_name, seed, policy) for label, policy in PLANNERS.items()}
+        row["plans"] = {label: plan if isinstance(plan, str) else plan_summary(plan) for label, plan in plans.items()}
+        if all(isinstance(plan, str) for plan in plans.values()):
+            rows.append({**row, "same_plan": True})
+            print(f"{name:>22} {budget:>4}: refused by both: {row['plans']['learn first']}", flush=True)
+            continue
+        if len({plan if isinstance(plan, str) else plan.text() for plan in plans.values()}) == 1:
             row["same_plan"] = True
             rows.append(row)
             print(f"{name:>22} {budget:>4}: the same plan ({row['plans']['learn first']}): nothing to train", flush=True)
@@ -79,6 +91,10 @@ def compare(name: str, data: Path, work: Path, budgets: list[str], held_out: flo
             continue
         row["same_plan"], row["scores"] = False, {}
         for label, policy in PLANNERS.items():
+            if isinstance(plans[label], str):  # refused: nothing to predict with
+                row["scores"][label] = {"metric": None, "refused": plans[label]}
+                print(f"{name:>22} {budget:>4} {label:>11}: refused ({plans[label]})", flush=True)
+                continue
             started = time.perf_counter()
             deadline = Deadline(seconds)  # as sever auto: the budget counts from before the plan
             plan = make_plan(fp, target, seconds, run_name, seed, policy=policy)

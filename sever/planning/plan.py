@@ -8,8 +8,9 @@ with each reason as a comment above its key (:mod:`sever.planning.experiment_fil
 ``fingerprint.json`` beside it. The written file validates like any experiment
 (:func:`sever.experiment.prepare_config`) and trains as it is: ``sever train -c FILE`` trains
 fold 0, ``--folds K`` (K from ``data_loader.args.folds``) all of them, ``sever auto`` the study.
-When the budget is too short for two folds to train ``min_epochs_per_fold`` epochs each, the
-plan is one run with a validation split instead (no ``folds``): ``sever train -c FILE`` trains it.
+When the budget is too short for two folds to train ``min_epochs_per_fold`` epochs each, or the
+steps the data needs before it learns (:mod:`sever.planning.need`), the plan is one run with a
+validation split instead (no ``folds``): ``sever train -c FILE`` trains it.
 
 The package:
 
@@ -17,6 +18,8 @@ The package:
 - :mod:`~sever.planning.rules`: the rules, one function per config key, registered in order;
 - :mod:`~sever.planning.sizing`: the measured part (batch, step time, folds, the model) and the
   estimates of an epoch's and a fold's seconds;
+- :mod:`~sever.planning.need`: the training crops the data is expected to need before it learns, which
+  the folds, the crop and the loss are planned to reach;
 - :mod:`~sever.planning.learning`: the steps the data is expected to need against those the budget gives
   (:class:`~sever.planning.learning.LearningEstimate`, ``Plan.learning``), printed before training;
 - :mod:`~sever.planning.probe`: the device and loader timing (:class:`~sever.planning.probe.Target`);

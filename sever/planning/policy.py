@@ -55,6 +55,8 @@ class PlanPolicy:
         min_learning_crop: the smallest crop side :attr:`plan_to_learn` shrinks a crop to, pixels.
         learning_crop_gain: a smaller crop that does not reach the need is planned only when it comes
             this many times closer to it (steps given over steps needed).
+        weigh_difficulty: a class is weighed up (below) only from this difficulty on (the times the
+            reference's crops it needs).
         max_pos_weight: the largest weight of a class's defect pixels in the BCE term, planned when the
             budget falls short of the need (the square root of the class's difficulty, capped here).
         learn_crops: training crops the reference data (the demo data) needs to leave the floor (rule below).
@@ -104,6 +106,7 @@ class PlanPolicy:
     plan_to_learn: bool = True
     min_learning_crop: int = 128
     learning_crop_gain: float = 1.25
+    weigh_difficulty: float = 2.0
     max_pos_weight: float = 4.0
     learn_crops: float = 800.0
     learn_frequency: float = 0.094

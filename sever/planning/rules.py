@@ -433,8 +433,9 @@ def plan_loss(fp: Fingerprint, crop: tuple[int, int], short: bool, policy: PlanP
     """The loss and why: BCE + Dice, with each class's defect pixels weighed up in the BCE term when the
     budget is ``short`` of the data's learning need (:attr:`PlanPolicy.plan_to_learn`).
 
-    The weight is the square root of the class's difficulty (how many times the reference's crops
-    it needs: :func:`sever.planning.need.class_difficulty`), capped at
+    The weight of a class at least :attr:`PlanPolicy.weigh_difficulty` times as hard as the
+    reference (it needs that many times the reference's crops:
+    :func:`sever.planning.need.class_difficulty`) is the square root of its difficulty, capped at
     :attr:`PlanPolicy.max_pos_weight`: a rare or small class's few defect pixels then pull harder
     while the model is far from settled; the tuned threshold takes back the false alarms this adds.
     """
@@ -442,8 +443,9 @@ def plan_loss(fp: Fingerprint, crop: tuple[int, int], short: bool, policy: PlanP
     why = "BCE + Dice (0.6/0.4, the write-up's): the Dice term keeps pulling towards small defects"
     if not (policy.plan_to_learn and short):
         return loss, why
-    weights = [round(min(policy.max_pos_weight, class_difficulty(c, fp, crop, policy) ** 0.5), 2) if c.images else 1.0
-               for c in fp.classes]
+    difficulty = [class_difficulty(c, fp, crop, policy) if c.images else 1.0 for c in fp.classes]
+    weights = [round(min(policy.max_pos_weight, d ** 0.5), 2) if d >= policy.weigh_difficulty else 1.0
+               for d in difficulty]
     if max(weights) <= 1.0:
         return loss, why
     loss["args"]["pos_weight"] = weights

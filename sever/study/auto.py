@@ -16,9 +16,10 @@ A stop (SIGTERM, Ctrl-C) in any step ends with ``sever auto --resume OUT_DIR``
 (:func:`resume_auto`): it reads ``OUT_DIR/auto.yml`` and the experiment file, resumes the
 study as ``sever train -r STUDY`` does, and ends as ``sever auto`` would have.
 
-A budget too short for two folds plans one run with a validation split instead
-(:func:`sever.planning.sizing.plan_folds`): it trains, tunes itself on that split and writes
-its report, and ``sever predict -m RUN`` uses its tuned settings.
+A budget too short for two folds (to train a few epochs each, or the steps the data needs to
+learn) plans one run with a validation split instead (:func:`sever.planning.sizing.plan_folds`):
+it trains, tunes itself on that split and writes its report, and ``sever predict -m RUN`` uses
+its tuned settings.
 
 With unlabelled images, the plan carries ``pseudo: {images: DIR, rounds: 1}``, which a
 study that runs pseudo-label rounds reads.

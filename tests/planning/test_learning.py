@@ -111,3 +111,12 @@ def test_hard_classes_weigh_more_in_the_loss_only_when_the_budget_still_falls_sh
     assert "weigh more in the BCE term" in plan.reasons["loss"]
     assert "pos_weight" not in make_plan(fp, pixel_target(), 10 * 60, "rare", policy=TODAY).config["loss"]["args"]
     assert "pos_weight" not in make_plan(fp, pixel_target(1e-9), 10 * 60, "rare").config["loss"]["args"]
+
+
+def test_a_class_about_as_hard_as_the_reference_is_not_weighed_up(tmp_path):
+    """Weights for classes at least twice as hard as the reference only: a 1.01 weight would change the plan for
+    nothing."""
+    fp = rare_small(tmp_path, share=0.01, area=30.0)
+    fp.classes[0] = stats("near", 85, 1000, 0.03 * 65536)  # 8.5% of the images: 1.1 times the reference's need
+    plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
+    assert plan.learning.short and plan.config["loss"]["args"]["pos_weight"][0] == 1.0
