@@ -1,13 +1,13 @@
 """Learning curves: validation defect Dice every N optimiser steps, when it leaves the floor and settles, and the
-learning rule's constants fitted to them (issue 27, part 1; the rule is ``sever.planning.learning``).
+learning rule's constants fitted to them (issue 27, part 1; the rule is ``sever.planning.need``).
 
 For each dataset and each variant of it, the planner's own experiment (``sever plan`` on the CPU) trains with a
 flat learning rate and ``trainer.max_steps_per_epoch: N``, so each "epoch" is N optimiser steps followed by a
 validation pass on the planned split; no time budget, no self-tuning, no report. Per point the validation
 ``dice_defect`` of every class is read back from train.log. Then, per run:
 
-- **leaves the floor**: the first point from which the hardest class's (and the mean) defect Dice stays at or
-  above ``--floor`` (0.1, ``sever.inference.learning.LEARNED_GAIN``) at the next point as well;
+- **leaves the floor**: the first point from which the defect Dice of the class the rule says is hardest stays
+  at or above 0.1 (``sever.inference.learning.LEARNED_GAIN``) for 3 points in a row;
 - **settles**: the first point reaching 90% of the best defect Dice the run ever logged.
 
 The rule (``PlanPolicy.learn_*``) says a run needs ``learn_crops * max(1, f_ref / f) ** a * max(1, c_ref / c) ** b``
@@ -169,13 +169,24 @@ class Curve:
     settle_step: int | None
 
 
-def first_staying(steps: list[int], values: list[float], level: float) -> int | None:
-    """The first step from which ``values`` stay at or above ``level`` at the next point too (the last point
-    counts alone)."""
-    for i, value in enumerate(values):
-        if value >= level and (i + 1 == len(values) or values[i + 1] >= level):
+STAYING = 3  # points in a row at or above the floor: one validation of a few dozen images is noisy
+
+
+def first_staying(steps: list[int], values: list[float], level: float, points: int = STAYING) -> int | None:
+    """The first step from which ``values`` stay at or above ``level`` for ``points`` points in a row (fewer at
+    the end of the curve: the points there are)."""
+    for i in range(len(values)):
+        if all(value >= level for value in values[i:i + points]):
             return steps[i]
     return None
+
+
+def measured(curve: Curve) -> Curve:
+    """``curve`` with its floor and settling steps found again from its series (an earlier run's, by today's
+    definitions)."""
+    values = curve.hardest_dice or curve.defect_mean
+    return dataclasses.replace(curve, floor_step=first_staying(curve.steps, values, LEARNED_GAIN),
+                               settle_step=settled(curve.steps, values))
 
 
 def settled(steps: list[int], values: list[float], share: float = 0.9) -> int | None:
@@ -249,6 +260,30 @@ def fit(curves: list[Curve]) -> dict:
             "note": "exponents kept (too few runs left the floor, or their factors do not vary)"}
 
 
+def plot(curves: list[Curve], path: Path) -> None:
+    """Each curve's hardest-class defect Dice against the crops seen, the floor drawn and where each left it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 5))
+    for curve in curves:
+        crops = [step * curve.batch for step in curve.steps]
+        line, = axes.plot(crops, curve.hardest_dice or curve.defect_mean, marker="o", markersize=3,
+                          label=f"{curve.dataset} {curve.variant} ({curve.share:.0%} of images, {curve.cover:.1%} "
+                                f"of a crop)")
+        if curve.floor_step is not None:
+            axes.axvline(curve.floor_step * curve.batch, color=line.get_color(), linestyle=":", linewidth=1)
+    axes.axhline(LEARNED_GAIN, color="grey", linestyle="--", linewidth=1, label="floor (0.1)")
+    axes.set(xlabel="training crops seen", ylabel="validation defect Dice of the hardest class",
+             title="Learning curves (flat learning rate); dotted: where each left the floor")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -276,10 +311,11 @@ def main(argv=None) -> None:
     parser.add_argument("--points", type=int, default=40, help="validations per run")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", type=Path, default=Path("learning_curves.json"))
+    parser.add_argument("--plot", type=Path, default=None, help="a PNG of the curves")
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="a --out file of an earlier run: its curves join this run's fit; repeatable")
     args = parser.parse_args(argv)
-    curves = [Curve(**curve) for earlier in args.merge for curve in json.loads(earlier.read_text())["curves"]]
+    curves = [measured(Curve(**curve)) for earlier in args.merge for curve in json.loads(earlier.read_text())["curves"]]
     with tempfile.TemporaryDirectory(prefix="curves-") as tmp:
         work = Path(tmp)
         for d, name in enumerate(args.data):
@@ -294,11 +330,23 @@ def main(argv=None) -> None:
                         print(f"skipped: {skipped}", flush=True)
                         continue
                     curves.append(curve)
+                    args.out.write_text(json.dumps({"curves": [asdict(c) for c in curves]}, indent=1))  # so far
                     print(f"{curve.dataset:>10} {variant:>8} seed {seed}: {curve.images} images, batch {curve.batch}, "
                           f"hardest {curve.hardest} ({curve.share:.1%} of images, {curve.cover:.2%} of a crop): "
                           f"floor left at {curve.floor_step} steps, settled at {curve.settle_step}; defect Dice "
                           + " ".join(f"{s}:{v:.2f}" for s, v in zip(curve.steps, curve.hardest_dice or
                                                                      curve.defect_mean)), flush=True)
+    print(f"{'dataset':>12} {'variant':>9} {'images':>6} {'batch':>5} {'share':>6} {'cover':>6} {'rule':>6} "
+          f"{'floor':>6} {'settled':>7}  (crops; floor and settled: steps x batch)")
+    for curve in curves:
+        policy = DEFAULT_POLICY
+        rule = (max(1.0, policy.learn_frequency / max(curve.share, 1e-6)) ** policy.learn_rarity_power
+                * max(1.0, policy.learn_cover / max(curve.cover, 1e-6)) ** policy.learn_size_power * policy.learn_crops)
+        crops = [None if step is None else step * curve.batch for step in (curve.floor_step, curve.settle_step)]
+        print(f"{curve.dataset:>12} {curve.variant:>9} {curve.images:>6} {curve.batch:>5} {curve.share:>6.1%} "
+              f"{curve.cover:>6.2%} {rule:>6.0f} {str(crops[0]):>6} {str(crops[1]):>7}")
+    if args.plot is not None:
+        plot(curves, args.plot)
     fitted = fit(curves)
     print("fitted:", json.dumps(fitted))
     args.out.write_text(json.dumps({"curves": [asdict(c) for c in curves], "fit": fitted}, indent=1))

@@ -47,10 +47,9 @@ PLANNERS = {"learn first": DEFAULT_POLICY, "epochs only": dataclasses.replace(DE
 def plan_summary(plan) -> str:
     """The planned choices the learning rules change, in a few words."""
     args = plan.config["augmentation"]["args"]
-    weights = plan.config["loss"]["args"].get("pos_weight")
     return (f"{plan.folds} fold(s), crop {args['height']}x{args['width']}, batch "
-            f"{plan.config['data_loader']['args']['batch_size']}" + (f", pos_weight {weights}" if weights else "")
-            + f"; {plan.learning.given:.0f} of {plan.learning.needed:.0f} steps")
+            f"{plan.config['data_loader']['args']['batch_size']}; {plan.learning.given:.0f} of "
+            f"{plan.learning.needed:.0f} steps")
 
 
 def planned(fp, target, seconds: float, name: str, seed: int, policy):
@@ -62,8 +61,9 @@ def planned(fp, target, seconds: float, name: str, seed: int, policy):
 
 
 def compare(name: str, data: Path, work: Path, budgets: list[str], held_out: float, seed: int,
-            plans_only: bool = False) -> list[dict]:
-    """Both planners on ``data`` at each budget; one row per budget (``plans_only``: plan, train nothing)."""
+            plans_only: bool = False, only: set[str] | None = None) -> list[dict]:
+    """Both planners on ``data`` at each budget; one row per budget (``plans_only``: plan, train nothing; ``only``:
+    train only these ``dataset/variant@budget`` cells)."""
     images = sum(1 for _ in (data / "train_images").iterdir())
     held = max(1, round(held_out * images))
     parts = split(data, work / "parts", {"held_out": held, "train": images - held}, seed=seed)
@@ -85,7 +85,7 @@ def compare(name: str, data: Path, work: Path, budgets: list[str], held_out: flo
             rows.append(row)
             print(f"{name:>22} {budget:>4}: the same plan ({row['plans']['learn first']}): nothing to train", flush=True)
             continue
-        if plans_only:
+        if plans_only or (only is not None and f"{name}@{budget}" not in only):
             rows.append({**row, "same_plan": False})
             print(f"{name:>22} {budget:>4}: " + "; ".join(f"{k}: {v}" for k, v in row["plans"].items()), flush=True)
             continue
@@ -126,6 +126,8 @@ def main(argv=None) -> None:
     parser.add_argument("--held-out", type=float, default=0.25, help="share of each set held out from everything")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of both plans")
     parser.add_argument("--plans-only", action="store_true", help="plan both ways and print them; train nothing")
+    parser.add_argument("--only", default=None,
+                        help="train only these cells where the plans differ, e.g. demo/base@7m,neu-seg/smaller@2m")
     parser.add_argument("--out", type=Path, default=Path("plan_to_learn.json"))
     args = parser.parse_args(argv)
     rows = []
@@ -136,7 +138,9 @@ def main(argv=None) -> None:
             for variant in args.variants.split(","):
                 data = VARIANTS[variant](base, work / f"set{d}" / variant, args)
                 rows += compare(f"{Path(name).name}/{variant}", data, work / f"set{d}" / f"{variant}-runs",
-                                args.budgets.split(","), args.held_out, args.seed, args.plans_only)
+                                args.budgets.split(","), args.held_out, args.seed, args.plans_only,
+                                None if args.only is None else set(args.only.split(",")))
+                args.out.write_text(json.dumps(rows, indent=1))  # what is done so far
     args.out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {args.out}")
 

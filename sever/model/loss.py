@@ -354,7 +354,7 @@ class BCEDiceLoss(Loss):
         bce_weight: weight of the BCE term (>= 0).
         dice_weight: weight of the Dice term (>= 0); not both 0.
         pos_weight: weight of the defect pixels in the BCE term, as :class:`BCELoss`'s: a number,
-            or one per class (``sever plan`` weighs rare or small classes up when the budget is short).
+            or one per class (a rare or small class weighed up).
     """
 
     def __init__(self, bce_weight: float = 0.6, dice_weight: float = 0.4,

@@ -79,8 +79,8 @@ class LearningEstimate:
         """The line ``sever plan`` and ``sever auto`` print before training."""
         line = (f"learning: the budget gives each run about {self.given:.0f} optimiser steps of {self.batch} crops; "
                 f"this data is expected to need about {self.needed:.0f} before its validation defect Dice leaves "
-                f"the floor ({self.hardest}; sever.planning.learning's rule, its constants set from three datasets, "
-                "not yet from measured learning curves)")
+                f"the floor ({self.hardest}; sever.planning.need's rule: its learning curves in the docs' plan and "
+                "auto guide)")
         return line if not self.short else self.warning()
 
     def warning(self) -> str:

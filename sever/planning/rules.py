@@ -29,7 +29,6 @@ from sever.planning.fingerprint import Fingerprint
 from sever.planning.policy import DEFAULT_POLICY, PlanPolicy
 from sever.planning.probe import PlanError, Target
 from sever.planning.learning import LearningEstimate, learning_estimate
-from sever.planning.need import class_difficulty
 from sever.planning.sizing import (Sizing, ceil32, epoch_estimate, epoch_steps, floor32, fold_overhead, learning_crop,
                                    loader_workers, size_plan, validation_share)
 from sever.utils import time_budget
@@ -428,36 +427,10 @@ def _normalisation(ctx: PlanContext) -> tuple[tuple[float, float], str]:
             f"grey mean and std of the images ({fp.grey_mean:.4f}, {fp.grey_std:.4f})")
 
 
-def plan_loss(fp: Fingerprint, crop: tuple[int, int], short: bool, policy: PlanPolicy = DEFAULT_POLICY
-              ) -> tuple[dict, str]:
-    """The loss and why: BCE + Dice, with each class's defect pixels weighed up in the BCE term when the
-    budget is ``short`` of the data's learning need (:attr:`PlanPolicy.plan_to_learn`).
-
-    The weight of a class at least :attr:`PlanPolicy.weigh_difficulty` times as hard as the
-    reference (it needs that many times the reference's crops:
-    :func:`sever.planning.need.class_difficulty`) is the square root of its difficulty, capped at
-    :attr:`PlanPolicy.max_pos_weight`: a rare or small class's few defect pixels then pull harder
-    while the model is far from settled; the tuned threshold takes back the false alarms this adds.
-    """
-    loss = {"type": "BCEDiceLoss", "args": {"bce_weight": 0.6, "dice_weight": 0.4}}
-    why = "BCE + Dice (0.6/0.4, the write-up's): the Dice term keeps pulling towards small defects"
-    if not (policy.plan_to_learn and short):
-        return loss, why
-    difficulty = [class_difficulty(c, fp, crop, policy) if c.images else 1.0 for c in fp.classes]
-    weights = [round(min(policy.max_pos_weight, d ** 0.5), 2) if d >= policy.weigh_difficulty else 1.0
-               for d in difficulty]
-    if max(weights) <= 1.0:
-        return loss, why
-    loss["args"]["pos_weight"] = weights
-    heavier = ", ".join(f"{c.name} {w:g}" for c, w in zip(fp.classes, weights) if w > 1.0)
-    return loss, (why + f"; the budget falls short of what this data needs to learn, so the defect pixels of the "
-                        f"classes harder than the reference weigh more in the BCE term ({heavier}: the square root of "
-                        f"their difficulty, at most {policy.max_pos_weight:g})")
-
-
 @rule("loss")
 def _loss(ctx: PlanContext) -> tuple[dict, str]:
-    return plan_loss(ctx.fp, ctx.crop, ctx.learning.short, ctx.policy)
+    return ({"type": "BCEDiceLoss", "args": {"bce_weight": 0.6, "dice_weight": 0.4}},
+            "BCE + Dice (0.6/0.4, the write-up's): the Dice term keeps pulling towards small defects")
 
 
 @rule("metrics")

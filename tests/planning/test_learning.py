@@ -1,11 +1,11 @@
 """The learning rule: the steps a dataset is expected to need against the steps the budget gives, printed
 before training, with the budget that would reach them; and the plan spending its budget to reach them first
-(fewer folds, a smaller crop, rare classes weighed up). Fake fingerprints and fake step probes."""
+(fewer folds, a smaller crop). Fake fingerprints and fake step probes."""
 
 import re
 
 import pytest
-from learning_datasets import demo_like, rare_small, stats
+from learning_datasets import demo_like, rare_small
 from plan_datasets import CPU, EPOCHS_ONLY, fake_target
 
 from sever.planning.learning import learning_estimate
@@ -62,7 +62,6 @@ def test_folds_give_way_to_one_run_that_reaches_the_need(tmp_path):
     reason = plan.reasons["data_loader.args.validation_split"]
     assert "under the 771 this data is expected to need before it learns" in reason
     assert plan.config["augmentation"]["args"]["height"] == 256  # one run reaches the need at the image's crop
-    assert "pos_weight" not in plan.config["loss"]["args"]  # nor are classes weighed up: nothing falls short
 
 
 def test_folds_are_reduced_only_as_far_as_the_need_asks_and_come_back_with_time(tmp_path):
@@ -99,24 +98,3 @@ def test_a_crop_is_never_shrunk_below_the_floor_nor_the_defects_extent(tmp_path)
         c.extent = [150, 40]  # defects 150 pixels high: a crop must hold them
     plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
     assert plan.config["augmentation"]["args"]["height"] == 160 and plan.config["augmentation"]["args"]["width"] == 128
-
-
-def test_hard_classes_weigh_more_in_the_loss_only_when_the_budget_still_falls_short(tmp_path):
-    fp = rare_small(tmp_path, share=0.01, area=30.0)
-    fp.classes[0] = stats("common", 500, 1000, 4000.0)  # as easy as the reference: weighed as before
-    plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
-    assert plan.learning.short
-    weights = plan.config["loss"]["args"]["pos_weight"]
-    assert weights[0] == 1.0 and weights[1:] == [DEFAULT_POLICY.max_pos_weight] * 4
-    assert "weigh more in the BCE term" in plan.reasons["loss"]
-    assert "pos_weight" not in make_plan(fp, pixel_target(), 10 * 60, "rare", policy=TODAY).config["loss"]["args"]
-    assert "pos_weight" not in make_plan(fp, pixel_target(1e-9), 10 * 60, "rare").config["loss"]["args"]
-
-
-def test_a_class_about_as_hard_as_the_reference_is_not_weighed_up(tmp_path):
-    """Weights for classes at least twice as hard as the reference only: a 1.01 weight would change the plan for
-    nothing."""
-    fp = rare_small(tmp_path, share=0.01, area=30.0)
-    fp.classes[0] = stats("near", 85, 1000, 0.03 * 65536)  # 8.5% of the images: 1.1 times the reference's need
-    plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
-    assert plan.learning.short and plan.config["loss"]["args"]["pos_weight"][0] == 1.0

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from plan_datasets import EPOCHS_ONLY, fake_fp, fake_target
 
-from sever.data_loader.sampling import SamplerFactory
 from sever.experiment import prepare_config
 from sever.planning.fingerprint import Fingerprint
 from sever.planning.plan import PlanError, make_plan
