@@ -48,6 +48,7 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -296,17 +297,31 @@ def source(name: str, work: Path, args) -> Path:
     return Path(name)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_dataset_options(parser: argparse.ArgumentParser, variants: str) -> None:
+    """The options naming the datasets and their variants (``benchmarks/plan_to_learn.py`` takes them too)."""
     parser.add_argument("--data", action="append", default=[],
-                        help="'demo', 'demo-mixed' (mixed image sizes) or a Kaggle-layout folder (e.g. ../shared/data/neu-seg); repeatable")
-    parser.add_argument("--variants", default="base,rarer,smaller,emptier")
+                        help="'demo', 'demo-mixed' (mixed image sizes) or a Kaggle-layout folder (e.g. "
+                             "../shared/data/neu-seg); repeatable")
+    parser.add_argument("--variants", default=variants, help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--subset", type=int, default=None, help="images per dataset at most")
     parser.add_argument("--demo-images", type=int, default=256)
     parser.add_argument("--demo-size", default="256x1600")
     parser.add_argument("--rarer", type=int, default=4)
     parser.add_argument("--shrink", type=float, default=2.0)
     parser.add_argument("--empty", type=float, default=0.8)
+
+
+def variant_sets(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, str, Path, Path]]:
+    """``(dataset name, variant, its folder, a work folder of the dataset)`` for each ``--data`` and ``--variants``."""
+    for d, name in enumerate(args.data):
+        base = subset(source(name, work / f"src{d}", args), work / f"set{d}" / "base", args.subset, 0)
+        for variant in args.variants.split(","):
+            yield Path(name).name, variant, VARIANTS[variant](base, work / f"set{d}" / variant, args), work / f"set{d}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_dataset_options(parser, "base,rarer,smaller,emptier")
     parser.add_argument("--steps", type=int, default=25, help="optimiser steps between two validations")
     parser.add_argument("--points", type=int, default=40, help="validations per run")
     parser.add_argument("--seeds", default="0")
@@ -317,25 +332,21 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     curves = [measured(Curve(**curve)) for earlier in args.merge for curve in json.loads(earlier.read_text())["curves"]]
     with tempfile.TemporaryDirectory(prefix="curves-") as tmp:
-        work = Path(tmp)
-        for d, name in enumerate(args.data):
-            base = subset(source(name, work / f"src{d}", args), work / f"set{d}" / "base", args.subset, 0)
-            for variant in args.variants.split(","):
-                data = VARIANTS[variant](base, work / f"set{d}" / variant, args)
-                for seed in (int(s) for s in args.seeds.split(",")):
-                    try:
-                        curve = one_curve(Path(name).name, variant, data, work / f"set{d}" / f"{variant}-{seed}",
-                                          seed, args.steps, args.points)
-                    except NoSmallerCrop as skipped:
-                        print(f"skipped: {skipped}", flush=True)
-                        continue
-                    curves.append(curve)
-                    args.out.write_text(json.dumps({"curves": [asdict(c) for c in curves]}, indent=1))  # so far
-                    print(f"{curve.dataset:>10} {variant:>8} seed {seed}: {curve.images} images, batch {curve.batch}, "
-                          f"hardest {curve.hardest} ({curve.share:.1%} of images, {curve.cover:.2%} of a crop): "
-                          f"floor left at {curve.floor_step} steps, settled at {curve.settle_step}; defect Dice "
-                          + " ".join(f"{s}:{v:.2f}" for s, v in zip(curve.steps, curve.hardest_dice or
-                                                                     curve.defect_mean)), flush=True)
+        for name, variant, data, folder in variant_sets(args, Path(tmp)):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                try:
+                    curve = one_curve(name, variant, data, folder / f"{variant}-{seed}", seed, args.steps,
+                                      args.points)
+                except NoSmallerCrop as skipped:
+                    print(f"skipped: {skipped}", flush=True)
+                    continue
+                curves.append(curve)
+                args.out.write_text(json.dumps({"curves": [asdict(c) for c in curves]}, indent=1))  # so far
+                print(f"{curve.dataset:>10} {variant:>8} seed {seed}: {curve.images} images, batch {curve.batch}, "
+                      f"hardest {curve.hardest} ({curve.share:.1%} of images, {curve.cover:.2%} of a crop): "
+                      f"floor left at {curve.floor_step} steps, settled at {curve.settle_step}; defect Dice "
+                      + " ".join(f"{s}:{v:.2f}" for s, v in zip(curve.steps, curve.hardest_dice or
+                                                                 curve.defect_mean)), flush=True)
     print(f"{'dataset':>12} {'variant':>9} {'images':>6} {'batch':>5} {'share':>6} {'cover':>6} {'rule':>6} "
           f"{'floor':>6} {'settled':>7}  (crops; floor and settled: steps x batch)")
     for curve in curves:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from learning_curves import VARIANTS, source, subset  # benchmarks/ is on sys.path when run
+from learning_curves import add_dataset_options, variant_sets  # benchmarks/ is on sys.path when run
 from neu_seg_study import split
 from plan_auto import held_out_score
 
@@ -113,15 +113,7 @@ def compare(name: str, data: Path, work: Path, budgets: list[str], held_out: flo
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", action="append", required=True,
-                        help="'demo', 'demo-mixed' or a Kaggle-layout folder; repeatable")
-    parser.add_argument("--variants", default="base")
-    parser.add_argument("--subset", type=int, default=None, help="images per dataset at most")
-    parser.add_argument("--demo-images", type=int, default=256)
-    parser.add_argument("--demo-size", default="256x1600")
-    parser.add_argument("--rarer", type=int, default=4)
-    parser.add_argument("--shrink", type=float, default=2.0)
-    parser.add_argument("--empty", type=float, default=0.8)
+    add_dataset_options(parser, "base")
     parser.add_argument("--budgets", default="2m,7m,20m")
     parser.add_argument("--held-out", type=float, default=0.25, help="share of each set held out from everything")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and of both plans")
@@ -132,16 +124,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="plan-to-learn-") as tmp:
-        work = Path(tmp)
-        for d, name in enumerate(args.data):
-            base = subset(source(name, work / f"src{d}", args), work / f"set{d}" / "base", args.subset, 0)
-            for variant in args.variants.split(","):
-                data = VARIANTS[variant](base, work / f"set{d}" / variant, args)
-                rows += compare(f"{Path(name).name}/{variant}", data, work / f"set{d}" / f"{variant}-runs",
-                                args.budgets.split(","), args.held_out, args.seed, args.plans_only,
-                                None if args.only is None else set(args.only.split(",")))
-                args.out.write_text(json.dumps(rows, indent=1))  # what is done so far
-    args.out.write_text(json.dumps(rows, indent=1))
+        for name, variant, data, folder in variant_sets(args, Path(tmp)):
+            rows += compare(f"{name}/{variant}", data, folder / f"{variant}-runs", args.budgets.split(","),
+                            args.held_out, args.seed, args.plans_only,
+                            None if args.only is None else set(args.only.split(",")))
+            args.out.write_text(json.dumps(rows, indent=1))  # what is done so far
     print(f"wrote {args.out}")
 
 
