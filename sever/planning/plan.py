@@ -19,7 +19,7 @@ The package:
 - :mod:`~sever.planning.sizing`: the measured part (batch, step time, folds, the model) and the
   estimates of an epoch's and a fold's seconds;
 - :mod:`~sever.planning.need`: the training crops the data is expected to need before it learns, which
-  the folds, the crop and the loss are planned to reach;
+  the folds and the crop are planned to reach;
 - :mod:`~sever.planning.learning`: the steps the data is expected to need against those the budget gives
   (:class:`~sever.planning.learning.LearningEstimate`, ``Plan.learning``), printed before training;
 - :mod:`~sever.planning.probe`: the device and loader timing (:class:`~sever.planning.probe.Target`);

@@ -176,10 +176,10 @@ def plan_folds(fp: Fingerprint, epochs_fitting: Callable[[int], float], study_ne
     def short(folds: int) -> str | None:
         """Why ``folds`` folds are too many for the budget, or None."""
         if epochs_fitting(folds) < least:
-            return f"under {least} epochs"
+            return f"under {least} epochs in the budget"
         if learn and steps_fitting(folds) < needed:
-            return (f"about {steps_fitting(folds):.0f} optimiser steps, under the {needed:.0f} this data is expected "
-                    "to need before it learns (sever.planning.need)")
+            return (f"about {steps_fitting(folds):.0f} optimiser steps in the budget, under the {needed:.0f} this data "
+                    "is expected to need before it learns (sever.planning.need)")
         return None
 
     rarest = min(fp.classes, key=lambda c: c.images)
@@ -192,7 +192,7 @@ def plan_folds(fp: Fingerprint, epochs_fitting: Callable[[int], float], study_ne
                      + ("; some folds validate without it" if rarest.images < 2 else ""))
     while folds > 2 and (reason := short(folds)) is not None:
         folds -= 1
-        why = f"{folds} folds: more would each train {reason} in the budget"
+        why = f"{folds} folds: more would each train {reason}"
     if folds == 2 and not study_needed and (reason := short(2)) is not None and epochs_fitting(1) >= 1:
         return 1, (f"one run validated on {policy.single_validation:.0%} of the images, not a study: two folds "
                    f"would each train {reason}, and at equal time one model trained longer on more images beats "
