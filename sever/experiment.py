@@ -361,15 +361,20 @@ def tune_postprocess(config: dict, run: RunPaths, device: torch.device, deadline
 
 
 def check_single_run(config: dict, overrides: tuple[str, ...] | list[str] = (), source: str | None = None) -> dict:
-    """``config`` prepared for one run (:func:`prepare_config`); a config of pseudo-label rounds is a study's.
+    """``config`` prepared for one run (:func:`prepare_config`); a config of pseudo-label rounds or with a
+    final model is a study's.
 
     Raises:
-        ConfigError: a bad config, or ``pseudo`` set; the message starts with ``source`` (its file) when given.
+        ConfigError: a bad config, or ``pseudo`` or ``final_model`` set; the message starts with ``source``
+            (its file) when given.
     """
     try:
         prepared = prepare_config(config, overrides)
         if prepared["pseudo"] is not None:
             raise ConfigError("pseudo: pseudo-label rounds train a study: give --folds K")
+        if prepared["final_model"]:
+            raise ConfigError("final_model: a study trains its final model after its folds: give --folds K, or set "
+                              "final_model: false for one run")
     except ConfigError as exc:
         if source is None:
             raise

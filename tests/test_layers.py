@@ -36,6 +36,7 @@ UNIT_OF = {
     "sever.study.tuning": "inference",
     "sever.study.rounds": "experiment",
     "sever.study.folds": "experiment",
+    "sever.study.final": "experiment",
     "sever.study.train": "experiment",
     "sever.study.auto": "experiment",
     "sever.planning": "planning",

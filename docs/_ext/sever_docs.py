@@ -65,6 +65,8 @@ MEANINGS: dict[str, dict[str, str]] = {
         "trainer": "training loop options (:ref:`config-trainer`)",
         "pseudo": "``{images: DIR, rounds: R, ...}``: pseudo-label rounds of a study on unlabelled images "
                   "(:doc:`/guides/studies`; ``sever auto --unlabelled`` writes ``rounds: 1``)",
+        "final_model": "a study's: after its folds, one run on every labelled image for a fold's share of the "
+                       "budget, which ``sever predict -m STUDY`` predicts with (:doc:`/guides/studies`)",
     },
     "trainer": {
         "epochs": "last epoch (an upper bound with ``time_budget``)",

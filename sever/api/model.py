@@ -303,10 +303,10 @@ def load(path: PathLike | Sequence[PathLike], weights: Sequence[float] | None = 
     """Load a trained model for prediction.
 
     Args:
-        path: a run folder (its best checkpoint), a checkpoint ``.pth``, a study folder (its
-            finished folds' ensemble, with the study's tuned post-processing), or a list of
-            them (an ensemble), or an exported model (``sever export``: ONNX, TorchScript, an
-            smp folder) with the post-processing it carries.
+        path: a run folder (its best checkpoint), a checkpoint ``.pth``, a study folder (its final
+            model when it trained one, else its finished folds' ensemble; with the study's tuned
+            post-processing), or a list of them (an ensemble), or an exported model (``sever
+            export``: ONNX, TorchScript, an smp folder) with the post-processing it carries.
         weights: one ensemble weight per path (``mean``/``rms``); a study's is shared by its folds.
         average: how an ensemble's probabilities combine: ``mean``, ``rms`` or ``max``.
         allow_missing_folds: a study predicts with its finished folds when some are not.

@@ -13,8 +13,8 @@ def _prediction_options(command):
     """The options shared by ``predict``, ``evaluate -m`` and ``tune -m``: models and how they predict."""
     options = [
         click.option("-m", "--model", "models", multiple=True, type=click.Path(),
-                     help="Run folder (its best checkpoint), checkpoint file or study folder (its folds' "
-                          "ensemble); repeat for an ensemble."),
+                     help="Run folder (its best checkpoint), checkpoint file or study folder (its final model "
+                          "when it has one, else its folds' ensemble); repeat for an ensemble."),
         click.option("-w", "--weight", "weights", multiple=True, type=float,
                      help="Ensemble weight of each -m (or --from-probs), in order; mean and rms only."),
         click.option("--average", default="mean", show_default=True, type=click.Choice(["mean", "rms", "max"]),

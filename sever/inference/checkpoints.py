@@ -263,13 +263,23 @@ def load_models(paths: Sequence[CheckpointRef], task: str, device: torch.device 
 
 
 def study_runs(study: str | Path, allow_missing: bool = False) -> list[Path]:
-    """The run folders of a study's finished folds.
+    """The run folders a study predicts with: its final model when it has one trained
+    (:mod:`sever.study.final`), else its finished folds.
 
     Raises:
         CheckpointError: a fold not ``done`` (pending, running, failed) or without its
             run folder, unless ``allow_missing`` (then a warning names it); no fold done.
     """
     paths = StudyPaths(Path(study))
+    final = paths.final_entry()
+    if final is not None and final.status == "done" and final.run.is_dir():
+        info_once(logger, "%s: predicting with its final model %s (trained on every labelled image after the folds); "
+                          "its fold ensemble: -m %s/fold0 -m %s/fold1 ... --postprocess %s", study, final.run, study,
+                  study, paths.postprocess)
+        return [final.run]
+    if final is not None:
+        logger.warning("%s: its final model is %s: predicting with the folds", study,
+                       final.status if final.run.is_dir() else f"missing ({final.run})")
     runs = []
     for entry in paths.entries():
         if entry.status == "done" and entry.run.is_dir():

@@ -226,7 +226,9 @@ def validation_split(config: dict, outputs: OutputClasses | None = None) -> tupl
                          seed=config["seed"])
     annotations, paths = split.valid()
     if not paths:
-        raise ConfigError(f"run {config['name']!r} held out no validation images (validation_split: 0)")
+        raise ConfigError(f"run {config['name']!r} held out no validation images (validation_split: 0; a study's "
+                          "final model trains on all of them): score a study out-of-fold with sever evaluate -m STUDY "
+                          "--oof, or predict other labelled images and score them with sever evaluate --pred")
     return paths, annotations.for_outputs(outputs or output_classes(config))
 
 

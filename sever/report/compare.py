@@ -165,6 +165,19 @@ def _round_rows(paths: StudyPaths) -> list[list]:
     return rows
 
 
+def _final_section(paths: StudyPaths, folder: Path) -> Section | None:
+    """What the study's final model is (:mod:`sever.study.final`) and whether it predicts; None without one."""
+    final = paths.final_entry()
+    if final is None:
+        return None
+    predicts = ("sever predict -m STUDY predicts with it, with the study's tuned post-processing"
+                if final.status == "done" else "sever predict -m STUDY predicts with the folds until it is done")
+    own = final.run / "report" / "index.html"
+    links = [(_relative(own, folder), "the final model's own report")] if own.is_file() else []
+    return Section("Final model", f"One run on every labelled image, trained after the folds: {final.status} "
+                                  f"({final.run.relative_to(paths.root)}/); {predicts}.", links=links)
+
+
 def _tuned_note(settings_file: Path) -> str | None:
     """The header comment of a ``postprocess.yml`` (how and how well it was tuned); None without the file."""
     if not settings_file.is_file():
@@ -230,6 +243,8 @@ def write_study_report(study_dir: str | Path) -> Report:
                        f"sever tune -m {paths.root}).")
     for number in range(paths.rounds + 1):
         sections += _round_sections(paths.at_round(number), folder, class_names, missing)
+    if (final := _final_section(paths, folder)) is not None:
+        sections.append(final)
     ledger = _ledger(data)
     if ledger is None:
         missing.append("time budget: the study had none (trainer.time_budget), so there is no ledger.")

@@ -12,6 +12,9 @@
         fold0/ ... fold{K-1}/
             (a normal run folder, see :mod:`sever.utils.run`)
             oof/            the best checkpoint's uint8 probabilities of the fold's validation images
+        final/              with ``final_model: true``: a run on every labelled image, trained after
+                            the rounds for a fold's share of the time, carrying the chosen round's
+                            post-processing; ``sever predict -m STUDY`` predicts with it (:mod:`sever.study.final`)
         round1/ ... round{R}/   pseudo-label rounds (a ``pseudo`` block in the config)
             pseudo.csv      the previous round's confident predictions of ``pseudo.images``
             postprocess.yml, fold0/ ... fold{K-1}/   as above, for this round
@@ -19,11 +22,11 @@
 Round 0 (the labelled data alone) keeps the layout of a study without rounds. A
 fold is ``pending`` until its training starts, ``running`` while it trains (or when
 it was interrupted), ``done`` once its out-of-fold probabilities are written and
-``failed`` when its training raised. Several processes may update the study file (one
-per fold, see :mod:`sever.study.folds`), so every update is a read-modify-write under a lock
-file, written atomically. The study file is validated whenever it is read
-(:func:`check_study_file`): a hand edit that breaks it is refused with the file, the
-round, the fold and the key named, before anything is written.
+``failed`` when its training raised; the final model's entry (``final``) has a status too.
+Several processes may update the study file (one per fold, see :mod:`sever.study.folds`), so
+every update is a read-modify-write under a lock file, written atomically. The study file is
+validated whenever it is read (:func:`check_study_file`): a hand edit that breaks it is refused
+with the file, the round, the fold and the key named, before anything is written.
 
 ``StudyPaths(root)`` reads and writes the round the study predicts with
 (:meth:`StudyPaths.chosen_round`: the finished round with the best out-of-fold score),
@@ -33,8 +36,8 @@ is round ``r``.
 The time budget (``trainer.time_budget`` of the study) is kept in ``budget``: its
 ``seconds``, the fold ``slots`` trained at once, the seconds ``spent`` by each fold
 (and pseudo-labelling) and the share ``reserved`` by each fold in training, keyed
-``round<r>/fold<k>``; see :meth:`StudyPaths.reserve`. Each round's out-of-fold tuning is
-charged too (``round<r>/tuning``); it ends by the study's deadline
+``round<r>/fold<k>`` (the final model: ``final``); see :meth:`StudyPaths.reserve`. Each round's
+out-of-fold tuning is charged too (``round<r>/tuning``); it ends by the study's deadline
 (:meth:`StudyPaths.tuning_deadline`), using the ``tuning_reserve`` ``sever auto`` keeps.
 """
 
@@ -55,6 +58,7 @@ from sever.utils import time_budget
 STUDY_FILE = "study.yml"
 SPLITS_FILE = "splits.json"
 STATUSES = ("pending", "running", "done", "failed")
+FINAL_RUN = "final"  # the final model's run folder and its key in the time budget's ledger
 LOCK_TIMEOUT_S = 60.0
 
 CLOCK: Callable[[], float] = time.monotonic  # seconds; what the time budget's ledger is measured with
@@ -73,6 +77,14 @@ class FoldEntry:
     """One fold of a study: its number, status and run folder (absolute)."""
 
     fold: int
+    status: str
+    run: Path
+
+
+@dataclass(frozen=True)
+class FinalEntry:
+    """The study's final model (``final_model: true``): its status and run folder (absolute)."""
+
     status: str
     run: Path
 
@@ -138,12 +150,31 @@ class StudyPaths:
         """The fold's out-of-fold probability folder (``--save-probs`` format)."""
         return self.fold_dir(fold) / "oof"
 
-    def initialise(self, folds: int, rounds: int = 0) -> None:
-        """Write the study file of a new study: every fold of round 0 and of ``rounds`` pseudo-label rounds pending."""
+    def initialise(self, folds: int, rounds: int = 0, final: bool = False) -> None:
+        """Write the study file of a new study: every fold of round 0 and of ``rounds`` pseudo-label rounds pending,
+        and with ``final`` the final model pending."""
         data: dict = {"folds": folds, "runs": _pending_runs(folds, "")}
         if rounds:
             data["rounds"] = [{"round": r, "runs": _pending_runs(folds, f"round{r}/")} for r in range(1, rounds + 1)]
+        if final:
+            data["final"] = {"status": "pending", "run": FINAL_RUN}
         self._write(data)
+
+    def final_entry(self) -> FinalEntry | None:
+        """The final model's entry; None for a study without one."""
+        final = self._read().get("final")
+        return None if final is None else FinalEntry(str(final["status"]), self.root / str(final["run"]))
+
+    def set_final_status(self, status: str) -> None:
+        """Record ``status`` for the final model (read-modify-write under the lock)."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        with self._locked():
+            data = self._read()
+            if data.get("final") is None:
+                raise CheckpointError(f"{self.file}: the study has no final model")
+            data["final"]["status"] = status
+            self._write(data)
 
     def entries(self) -> list[FoldEntry]:
         """Every fold's entry of this round, by fold number.
@@ -213,14 +244,16 @@ class StudyPaths:
                 budget["slots"], budget["reserved"] = int(slots), {}
             self._write(data)
 
-    def reserve(self, key: str, waiting: list[str]) -> float | None:
+    def reserve(self, key: str, waiting: list[str], alone: bool = False) -> float | None:
         """The seconds fold ``key`` may train, reserved for it; None without a budget.
 
         The budget holds ``seconds * slots`` slot-seconds. What is neither spent nor
         reserved by other folds in training is shared equally by ``key`` and the other
-        ``waiting`` folds (every fold still to train, in this round and the later ones)
-        that hold no reservation. Returns that share plus what ``key`` spent in earlier
+        ``waiting`` folds (every fold still to train, in this round and the later ones, and the
+        final model) that hold no reservation. Returns that share plus what ``key`` spent in earlier
         sessions, which its run's own clock counts (0 or less: the budget is spent).
+        ``alone``: ``key`` trains with every other slot idle (the final model), so its share is
+        also held to the wall seconds the study has left.
         """
         with self._locked():
             data = self._read()
@@ -231,6 +264,9 @@ class StudyPaths:
             sharing = [k for k in dict.fromkeys([key, *waiting]) if k not in reserved]
             share = time_budget.ledger_share(budget["seconds"] * budget.get("slots", 1), budget["spent"].values(),
                                              reserved.values(), len(sharing))
+            if alone:
+                share = min(share, time_budget.study_left(budget["seconds"], budget.get("slots", 1),
+                                                          budget["spent"].values()))
             budget["reserved"] = {**reserved, key: share}
             self._write(data)
         return share + budget["spent"].get(key, 0.0)
@@ -354,7 +390,8 @@ def check_study_file(data: dict, source: Path) -> None:
 
     Checked: ``folds`` an integer >= 1; ``rounds`` a list of entries with ``runs``; each round's
     ``runs`` a list of one entry per fold 0..K-1, each with an integer ``fold``, a known
-    ``status`` (:data:`STATUSES`) and a ``run`` folder (a relative path).
+    ``status`` (:data:`STATUSES`) and a ``run`` folder (a relative path); a ``final`` entry
+    likewise with a ``status`` and a ``run``.
 
     Raises:
         CheckpointError: one line, e.g. ``STUDY/study.yml: round 0, fold 1: 'run' is missing ...``.
@@ -367,6 +404,26 @@ def check_study_file(data: dict, source: Path) -> None:
         raise CheckpointError(f"{source}: rounds: a list of round entries (each with runs), got {rounds!r}")
     for number, entry in enumerate([data, *rounds]):
         _check_runs(entry.get("runs"), folds, f"{source}: round {number}")
+    if data.get("final") is not None:
+        _check_final(data["final"], f"{source}: final")
+
+
+def _check_final(final, where: str) -> None:
+    """The final model's entry: a mapping with a ``status`` and a ``run`` folder."""
+    if not isinstance(final, dict):
+        raise CheckpointError(f"{where}: the final model's entry (status, run), got {final!r}")
+    for key in ("status", "run"):
+        if key not in final:
+            raise CheckpointError(f"{where}: {key!r} is missing (the final model's entry has status and run)")
+    _check_status_and_run(final, where, "the final model's")
+
+
+def _check_status_and_run(entry: dict, where: str, whose: str) -> None:
+    """An entry's ``status`` one of :data:`STATUSES` and its ``run`` a folder relative to the study."""
+    if entry["status"] not in STATUSES:
+        raise CheckpointError(f"{where}: status: one of {', '.join(STATUSES)}, got {entry['status']!r}")
+    if not isinstance(entry["run"], str) or not entry["run"] or Path(entry["run"]).is_absolute():
+        raise CheckpointError(f"{where}: run: {whose} run folder relative to the study, got {entry['run']!r}")
 
 
 def _check_runs(runs, folds: int, where: str) -> None:
@@ -383,10 +440,7 @@ def _check_runs(runs, folds: int, where: str) -> None:
         fold = run["fold"]
         if not isinstance(fold, int) or isinstance(fold, bool) or fold != index:
             raise CheckpointError(f"{at}: fold: the integer {index} (entries are in fold order), got {fold!r}")
-        if run["status"] not in STATUSES:
-            raise CheckpointError(f"{at}: status: one of {', '.join(STATUSES)}, got {run['status']!r}")
-        if not isinstance(run["run"], str) or not run["run"] or Path(run["run"]).is_absolute():
-            raise CheckpointError(f"{at}: run: the fold's run folder relative to the study, got {run['run']!r}")
+        _check_status_and_run(run, at, "the fold's")
     if len(runs) != folds:
         raise CheckpointError(f"{where}: runs: {len(runs)} fold entries for folds: {folds}")
 

@@ -72,28 +72,31 @@ def fold_key(study: StudyPaths, fold: int) -> str:
 
 
 def still_to_train(study: StudyPaths) -> list[str]:
-    """The ledger keys of every fold not done, in ``study``'s round and the later ones."""
-    return [fold_key(study.at_round(r), fold) for r in range(study.round_number, study.rounds + 1)
-            for fold in unfinished(study.at_round(r))]
+    """The ledger keys of every fold not done, in ``study``'s round and the later ones, and of the final
+    model (:mod:`sever.study.final`) while it is not done."""
+    folds = [fold_key(study.at_round(r), fold) for r in range(study.round_number, study.rounds + 1)
+             for fold in unfinished(study.at_round(r))]
+    final = study.final_entry()
+    return folds + ([folder.FINAL_RUN] if final is not None and final.status != "done" else [])
 
 
-def budget_overrides(study: StudyPaths, fold: int, overrides: Sequence[str]) -> list[str]:
-    """``overrides`` with the fold's share of the study's time budget as its ``trainer.time_budget``.
+def share_overrides(study: StudyPaths, key: str, what: str, overrides: Sequence[str], alone: bool = False) -> list[str]:
+    """``overrides`` with the share of the study's time budget reserved for ``key`` (``what``: its name in
+    messages; ``alone``: see :meth:`~sever.study.folder.StudyPaths.reserve`) as its ``trainer.time_budget``.
 
     Raises:
-        BudgetSpent: nothing is left of the budget for this fold.
+        BudgetSpent: nothing is left of the budget for it.
     """
-    seconds = study.reserve(fold_key(study, fold), still_to_train(study))
+    seconds = study.reserve(key, still_to_train(study), alone)
     if seconds is None:
         return list(overrides)
     if seconds <= 0:
-        study.charge(fold_key(study, fold), 0.0)
+        study.charge(key, 0.0)
         raise BudgetSpent(f"{study.root}: the study's trainer.time_budget is spent ({study.spent():.0f} s) with "
-                          f"fold {fold} of round {study.round_number} still to train; give more with sever train "
-                          f"-r {study.root} --set trainer.time_budget=DURATION")
+                          f"{what} still to train; give more with sever train -r {study.root} --set "
+                          f"trainer.time_budget=DURATION")
     training = time_budget.fold_training(seconds, study.overhead(), floor=time_budget.MIN_FOLD_TRAINING)
-    logger.info("fold %d of round %d: %.0f s of the study's time budget, %.0f s of it training", fold,
-                study.round_number, seconds, training)
+    logger.info("%s: %.0f s of the study's time budget, %.0f s of it training", what, seconds, training)
     return [*overrides, f"trainer.time_budget={round(training, 1):g}s"]
 
 
@@ -103,50 +106,64 @@ def train_fold(study: StudyPaths, fold: int, overrides: Sequence[str] = ()) -> R
     Under torchrun every rank trains; rank 0 alone records the status and predicts.
     An interrupted fold stays ``running`` (the next ``-r STUDY`` resumes it); one that
     raises is ``failed`` and the error goes on. With a time budget the fold trains for
-    its share (:func:`budget_overrides`) and the time it took is charged to the study,
+    its share (:func:`share_overrides`) and the time it took is charged to the study,
     interrupted or not.
     """
-    config = fold_config(study, fold)
-    is_main = from_environment().is_main
     run = RunPaths(study.fold_dir(fold))
-    overrides = budget_overrides(study, fold, overrides)
+    train_share(study, fold_key(study, fold), f"fold {fold} of round {study.round_number}", run,
+                fold_config(study, fold), overrides, lambda status: study.set_status(fold, status),
+                lambda deadline: write_oof(study, fold, deadline))
+    return run
+
+
+def train_share(study: StudyPaths, key: str, what: str, run: RunPaths, config: dict, overrides: Sequence[str],
+                set_status: Callable[[str], None], finish: Callable[[time_budget.Deadline | None], object],
+                alone: bool = False) -> None:
+    """Train ``run`` from ``config`` (or resume it from its newest checkpoint) for the share of the study's time
+    budget reserved for ``key`` (:func:`share_overrides`; ``what`` names it), then ``finish(deadline)`` it.
+
+    ``set_status`` records ``running``, then ``done``, or ``failed`` when it raised (an interrupted run stays
+    ``running``); the wall time is charged to ``key``, interrupted or not, and what it took beyond its
+    training is noted as its overhead. Under torchrun every rank trains; rank 0 alone records and finishes.
+    """
+    is_main = from_environment().is_main
+    overrides = share_overrides(study, key, what, overrides, alone)
     given = _given_budget(overrides)
     started = folder.CLOCK()
-    deadline = fold_deadline(study, fold, started)
+    deadline = share_deadline(study, key, started)
     if is_main:
-        study.set_status(fold, "running")
+        set_status("running")
     try:
         if run.last.is_file() or run.saved_epochs():
-            logger.info("fold %d: resuming %s", fold, run.root)
+            logger.info("%s: resuming %s", what, run.root)
             experiment.resume(run.root, overrides, deadline=deadline)
         else:
             experiment.train(config, overrides, run_dir=run.root, deadline=deadline)
         if is_main:
-            write_oof(study, fold, deadline)
+            finish(deadline)
     except Interrupted:
-        raise  # training, its report or the out-of-fold maps stopped on a signal: stays running, -r STUDY resumes it
+        raise  # training, its report or what finishes it stopped on a signal: stays running, -r STUDY resumes it
     except Exception:
         if is_main:
-            study.set_status(fold, "failed")
+            set_status("failed")
         raise
     finally:
         if is_main:
             elapsed = folder.CLOCK() - started
-            study.charge(fold_key(study, fold), elapsed)
+            study.charge(key, elapsed)
     if is_main:
-        study.set_status(fold, "done")
+        set_status("done")
         if given is not None:
-            study.note_overhead(fold_key(study, fold), elapsed - given)
-    return run
+            study.note_overhead(key, elapsed - given)
 
 
-def fold_deadline(study: StudyPaths, fold: int, started: float) -> time_budget.Deadline | None:
-    """When the fold's share of the study's time ends, counted from ``started`` (on :data:`folder.CLOCK`, when
-    it reserved the share); None without a budget.
+def share_deadline(study: StudyPaths, key: str, started: float) -> time_budget.Deadline | None:
+    """When the share of the study's time reserved for ``key`` (a fold's ledger key) ends, counted from
+    ``started`` (on :data:`folder.CLOCK`, when it reserved the share); None without a budget.
 
     The fold's run ends its self-tuning and report by it.
     """
-    share = study.reservation(fold_key(study, fold))
+    share = study.reservation(key)
     return None if share is None else time_budget.Deadline(share, clock=folder.CLOCK, start=started)
 
 

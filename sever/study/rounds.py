@@ -104,9 +104,10 @@ class PseudoPlan:
 
 
 def round_config(config: dict, study: StudyPaths) -> dict:
-    """A fold config of ``study``'s round: without the ``pseudo`` block, with its round's pseudo-labels."""
+    """A fold config of ``study``'s round: without the study's own keys (``pseudo``, ``final_model``), with its
+    round's pseudo-labels."""
     plan = PseudoPlan.from_config(config.get("pseudo"))
-    config = {key: value for key, value in config.items() if key != "pseudo"}
+    config = {key: value for key, value in config.items() if key not in ("pseudo", "final_model")}
     if study.round_number == 0:
         return config
     data_loader = dict(config["data_loader"])

@@ -3,7 +3,8 @@
 ``sever train -c X --folds K`` makes the study folder (:mod:`sever.study.folder`), saves
 its split (``splits.json``, :mod:`sever.study.splits`) and trains fold 0..K-1 of round 0
 (:mod:`sever.study.folds`), then each pseudo-label round (:mod:`sever.study.rounds`), each
-round tuned out-of-fold when its folds are done (:mod:`sever.study.tuning`).
+round tuned out-of-fold when its folds are done (:mod:`sever.study.tuning`), then, with
+``final_model: true``, its final model on every labelled image (:mod:`sever.study.final`).
 ``sever train -r STUDY`` resumes it: the saved split is read again (images added to the
 data folder since are refused unless ``--assign-new-images`` gives them folds), a fold
 marked done whose run folder was deleted is trained again (said so), and every fold not
@@ -18,6 +19,7 @@ from typing import Sequence
 
 from sever import experiment
 from sever.exceptions import CheckpointError, ConfigError, Interrupted
+from sever.study.final import check_final_model, train_final
 from sever.study.folder import StudyPaths, unfinished
 from sever.study.folds import train_folds, with_fold
 from sever.study.rounds import NothingConfident, PseudoPlan, current_round, prepare_round, tune_round
@@ -41,6 +43,7 @@ def create_study(config: dict, folds: int, overrides: Sequence[str] = ()) -> Stu
         ConfigError: a bad config, a data loader without folds, more folds than images, a bad ``pseudo`` block.
     """
     config = experiment.prepare_config(with_fold(config, folds, 0), overrides)
+    check_final_model(config)
     plan = PseudoPlan.from_config(config["pseudo"])
     assignment = derived_split(config)
     study = StudyPaths(new_folder(config["save_dir"], config["name"]))
@@ -50,9 +53,10 @@ def create_study(config: dict, folds: int, overrides: Sequence[str] = ()) -> Stu
         raise ConfigError(f"save_dir: cannot create {study.root}: {exc.strerror or exc}") from None
     dump_config(config, study.config)
     write_splits(study.splits, assignment, folds)
-    study.initialise(folds, plan.rounds if plan else 0)
-    logger.info("study folder: %s (%d folds%s; the split of its %d images saved in %s)", study.root, folds,
-                f", {plan.rounds} pseudo-label round(s) over {plan.images}" if plan else "", len(assignment),
+    study.initialise(folds, plan.rounds if plan else 0, config["final_model"])
+    logger.info("study folder: %s (%d folds%s%s; the split of its %d images saved in %s)", study.root, folds,
+                f", {plan.rounds} pseudo-label round(s) over {plan.images}" if plan else "",
+                ", then a final model on every image" if config["final_model"] else "", len(assignment),
                 study.splits.name)
     return study
 
@@ -97,7 +101,7 @@ def check_saved_split(study: StudyPaths, config: dict, assign_new_images: bool =
 
 
 def retrain_missing(study: StudyPaths) -> None:
-    """Mark pending (to train again, said so) every fold marked done whose run folder is gone."""
+    """Mark pending (to train again, said so) every fold (and the final model) marked done whose run folder is gone."""
     for number in range(study.rounds + 1):
         at = study.at_round(number)
         for entry in at.entries():
@@ -105,13 +109,19 @@ def retrain_missing(study: StudyPaths) -> None:
                 logger.warning("round %d, fold %d: marked done in %s but its run folder %s is gone: training it "
                                "again", number, entry.fold, study.file, entry.run)
                 at.set_status(entry.fold, "pending")
+    final = study.final_entry()
+    if final is not None and final.status == "done" and not final.run.is_dir():
+        logger.warning("the final model: marked done in %s but its run folder %s is gone: training it again",
+                       study.file, final.run)
+        study.set_final_status("pending")
 
 
 def run_study(study: StudyPaths, folds: Sequence[int] | None = None, overrides: Sequence[str] = (),
               parallel: int = 1, nproc: int = 1, debug: bool = False) -> StudyPaths:
     """Train a study: every round's unfinished folds (default), or ``folds`` of its current round.
 
-    A whole run goes round by round (:func:`run_round`); ``folds`` (``--fold k``, and
+    A whole run goes round by round (:func:`run_round`), then trains the final model when the study has
+    one (:func:`~sever.study.final.train_final`); ``folds`` (``--fold k``, and
     each fold process of ``--parallel``) trains those folds of the first round with an
     unfinished fold and nothing else.
 
@@ -143,6 +153,7 @@ def _run_study(study: StudyPaths, folds: Sequence[int] | None, overrides: Sequen
         except NothingConfident as error:  # the earlier rounds stand; predict uses the best of them
             logger.warning("%s; the study ends with round %d", error, number - 1)
             break
+    train_final(study, overrides)
     return study
 
 

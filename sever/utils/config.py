@@ -267,6 +267,7 @@ TOP_SCHEMA: dict[str, Field] = {
     "lr_scheduler": Field(SPEC, default=None, nullable=True),
     "trainer": Field((dict,), required=True),
     "pseudo": Field((dict,), default=None, nullable=True),  # pseudo-label rounds of a study (sever.study)
+    "final_model": Field((bool,), default=False),  # a study's run on every image after its folds (sever.study.final)
 }
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "a mapping"}

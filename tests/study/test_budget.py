@@ -19,7 +19,7 @@ def clock(monkeypatch):
     now = [-FOLD_SECONDS]
 
     def read() -> float:
-        if sys._getframe(1).f_code.co_name == "train_fold":
+        if sys._getframe(1).f_code.co_name == "train_share":  # a fold (or final model) starting or ending
             now[0] += FOLD_SECONDS
         return now[0]
 
@@ -103,20 +103,20 @@ def test_later_rounds_count_among_the_folds_still_to_train(tmp_path):
     paths.initialise(2, rounds=1)
     paths.set_budget(800, 1)
     assert folds.still_to_train(paths.at_round(0)) == ["round0/fold0", "round0/fold1", "round1/fold0", "round1/fold1"]
-    assert folds.budget_overrides(paths.at_round(0), 0, ["a=1"]) == ["a=1", "trainer.time_budget=200s"]
+    assert folds.share_overrides(paths.at_round(0), "round0/fold0", "fold 0 of round 0", ["a=1"]) == ["a=1", "trainer.time_budget=200s"]
 
 
 def test_a_spent_budget_stops_the_study_naming_the_fold(tmp_path):
     paths = ledger(tmp_path, 100, folds=2)
     paths.charge("round0/fold0", 150)
     with pytest.raises(BudgetSpent, match="time_budget is spent .* fold 1 of round 0 still to train"):
-        folds.budget_overrides(paths.at_round(0), 1, [])
+        folds.share_overrides(paths.at_round(0), "round0/fold1", "fold 1 of round 0", [])
 
 
 def test_a_study_without_budget_leaves_the_overrides_alone(tmp_path):
     paths = StudyPaths(tmp_path)
     paths.initialise(2)
-    assert folds.budget_overrides(paths.at_round(0), 0, ["a=1"]) == ["a=1"]
+    assert folds.share_overrides(paths.at_round(0), "round0/fold0", "fold 0 of round 0", ["a=1"]) == ["a=1"]
 
 
 def test_a_study_on_a_machine_3x_slower_than_planned_still_ends_by_its_budget(make_config, monkeypatch):
