@@ -70,10 +70,14 @@ def hand_written(experiment: Path, train_dir: Path, save_dir: Path, device: str,
     return run.root, time.perf_counter() - started
 
 
-def held_out_score(model: Path, held_out: Path, out: Path, tag: str, classes: int, device: str):
-    """Predict the held-out images with the model's own tuned post-processing and score them."""
+def held_out_score(model: Path | list[Path], held_out: Path, out: Path, tag: str, classes: int, device: str,
+                   postprocess: Path | None = None):
+    """Predict the held-out images with ``model`` (several: their ensemble) and score them; the post-processing
+    is ``postprocess``, else the model's own tuned settings."""
     prediction = out / f"{tag}.csv"
-    sever("predict", "-m", model, "-i", held_out / "train_images", "-o", prediction, "--device", device)
+    models = [arg for path in (model if isinstance(model, list) else [model]) for arg in ("-m", path)]
+    settings = [] if postprocess is None else ["--postprocess", postprocess]
+    sever("predict", *models, *settings, "-i", held_out / "train_images", "-o", prediction, "--device", device)
     return evaluate_csv(prediction, held_out / "train.csv", classes, held_out / "train_images")
 
 

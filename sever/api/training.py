@@ -140,8 +140,14 @@ class AutoRun:
         """The planned experiment file (``sever train -c`` repeats it)."""
         return self.result.experiment
 
+    @property
+    def final(self) -> Path | None:
+        """The study's final model on every labelled image (``final_model: true``), or None."""
+        return self.result.final
+
     def load(self, **options: Any) -> Model:
-        """The trained study (its folds' ensemble, tuned out-of-fold) or run, as :func:`sever.load` gives it."""
+        """The trained study (its final model when it has one, else its folds' ensemble; tuned out-of-fold) or
+        run, as :func:`sever.load` gives it."""
         return load(self.saved, **options)
 
 

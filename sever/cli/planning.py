@@ -115,6 +115,8 @@ def _print_result(result) -> None:
     for report in result.reports:
         click.echo(f"report: {report}")
     click.echo(f"{result.kind} saved in {result.saved}")
+    if result.final is not None:
+        click.echo(f"final model (predicts for the study): {result.final}")
     for line in result.learning:  # just above the predict command: a class never learned cannot go unseen
         click.echo(line)
     click.echo(f"next: {result.predict_command}")

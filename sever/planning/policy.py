@@ -58,6 +58,12 @@ class PlanPolicy:
         learn_cover: the reference's rarest class's median defect area per image as a share of a crop.
         learn_rarity_power: exponent of the rarity factor.
         learn_size_power: exponent of the size factor.
+        final_model_epochs: a study is planned with a final model on every labelled image
+            (``final_model: true``, :mod:`sever.study.final`), sharing the budget with its folds as
+            one more run, when that run would train at least this many epochs over all the images
+            (and every fold still gets its epochs and the learning need); ``inf``: never. Measured
+            (:func:`sever.planning.rules.plan_final_model`): at 2.8 and 13.4 epochs the fold ensemble
+            won, at 18.5 the final model.
 
     The learning rule (:mod:`sever.planning.learning`): the training crops a run is expected to
     see before its validation defect Dice leaves the floor, ``learn_crops`` scaled up for a class
@@ -107,6 +113,7 @@ class PlanPolicy:
     learn_cover: float = 0.03
     learn_rarity_power: float = 1.0
     learn_size_power: float = 1.0
+    final_model_epochs: float = 16.0
 
     def crop_cap(self, kind: str) -> int:
         """The largest crop side planned on a device of ``kind`` (``cpu`` or ``cuda``), pixels."""

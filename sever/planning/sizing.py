@@ -69,12 +69,12 @@ def fold_overhead(fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int]
 
 
 def fold_budget(budget: float, fp: Fingerprint, folds: int, batch: int, crop: tuple[int, int], step: float,
-                policy: PlanPolicy = DEFAULT_POLICY) -> float:
+                policy: PlanPolicy = DEFAULT_POLICY, final: bool = False) -> float:
     """The training seconds of each of ``folds`` folds in ``budget`` seconds for the whole study
     (``folds`` 1: of the single run): its share (:func:`~sever.utils.time_budget.fold_share`, the
-    study's reserve kept) less its :func:`fold_overhead`."""
-    return time_budget.fold_training(time_budget.fold_share(budget, folds, policy.reserve),
-                                     fold_overhead(fp, folds, batch, crop, step, policy))
+    study's reserve kept; with ``final``, shared with a final model too) less its :func:`fold_overhead`."""
+    share = time_budget.fold_share(budget, folds, policy.reserve) * folds / (folds + final)
+    return time_budget.fold_training(share, fold_overhead(fp, folds, batch, crop, step, policy))
 
 
 def single_run_updates(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int], step: float,
@@ -213,6 +213,14 @@ class Sizing:
     folds_reason: str
     per_fold: float
     notes: list[str]
+    final: bool = False  # the study shares its budget with a final model on every image (one more run)
+
+
+def final_epochs(fp: Fingerprint, sizing: Sizing, crop: tuple[int, int], policy: PlanPolicy = DEFAULT_POLICY) -> float:
+    """Epochs over all ``fp``'s images a study's final model trains in a fold's share of ``sizing``: counted at
+    the optimiser steps a fold takes in it (the final model, validating nothing, takes a few more)."""
+    epochs = sizing.per_fold / epoch_estimate(fp, sizing.folds, sizing.batch, crop, sizing.step, policy)
+    return epochs * epoch_steps(fp, sizing.folds, sizing.batch, policy) * sizing.batch / fp.images
 
 
 def check_budget(fp: Fingerprint, budget: float, batch: int, crop: tuple[int, int], step: float, kind: str,
@@ -339,10 +347,11 @@ def learning_crop(fp: Fingerprint, target: Target, budget: float, crop: tuple[in
 
 
 def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, int], study_needed: bool = False,
-              policy: PlanPolicy = DEFAULT_POLICY) -> Sizing:
+              policy: PlanPolicy = DEFAULT_POLICY, final: bool = False) -> Sizing:
     """Measure the smallest plan, refuse a budget too short for it, choose the folds, then the model.
 
-    The folds are planned to give each run the steps the data needs (:func:`plan_folds`). The
+    The folds are planned to give each run the steps the data needs (:func:`plan_folds`); with
+    ``final``, the study shares its budget with a final model as one more run. The
     larger model is kept only when its measured steps still give each fold
     :attr:`PlanPolicy.min_epochs_per_fold` epochs.
     """
@@ -351,23 +360,24 @@ def size_plan(fp: Fingerprint, target: Target, budget: float, crop: tuple[int, i
     check_budget(fp, budget, batch, crop, step, kind, study_needed, policy)
 
     def fold_epochs(folds: int) -> float:
-        return (fold_budget(budget, fp, folds, batch, crop, step, policy)
+        return (fold_budget(budget, fp, folds, batch, crop, step, policy, final and folds > 1)
                 / epoch_estimate(fp, folds, batch, crop, step, policy))
 
     folds, folds_reason, fold_notes = plan_folds(
         fp, fold_epochs, study_needed, policy, steps_needed(fp, crop, batch, policy),
         lambda folds: fold_epochs(folds) / (1 + study_needed) * epoch_steps(fp, folds, batch, policy))
     notes += fold_notes
-    per_fold = fold_budget(budget, fp, folds, batch, crop, step, policy)
+    final = final and folds > 1
+    per_fold = fold_budget(budget, fp, folds, batch, crop, step, policy, final)
     arch, arch_reason = plan_architecture(fp, kind, per_fold, policy=policy)
     if arch != small:
         large_batch, large_reason = plan_batch(target, arch, crop, fp.images, policy)
         large_step, large_notes = training_step(target, arch, crop, large_batch)
-        large_fold = fold_budget(budget, fp, folds, large_batch, crop, large_step, policy)
+        large_fold = fold_budget(budget, fp, folds, large_batch, crop, large_step, policy, final)
         large_epoch = epoch_estimate(fp, folds, large_batch, crop, large_step, policy)
         if large_fold >= policy.min_epochs_per_fold * large_epoch:
             return Sizing(arch, arch_reason, large_batch, large_reason, large_step, folds, folds_reason, large_fold,
-                          fold_notes + large_notes)
+                          fold_notes + large_notes, final)
         arch, arch_reason = small, (plan_architecture(fp, kind, per_fold, allow_large=False, policy=policy)[1]
                                     + "; Unet over resnet34 was measured too slow for the budget")
-    return Sizing(arch, arch_reason, batch, batch_reason, step, folds, folds_reason, per_fold, notes)
+    return Sizing(arch, arch_reason, batch, batch_reason, step, folds, folds_reason, per_fold, notes, final)

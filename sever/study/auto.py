@@ -10,7 +10,10 @@ The steps, each refusing bad input before the next starts:
 3. the study, once its folds are done, tunes the post-processing on the union of the
    out-of-fold probabilities (every labelled image scored by a model that never saw it;
    :func:`sever.study.tuning.tune_out_of_fold`, once) into its ``postprocess.yml``, which
-   ``sever predict -m STUDY`` uses.
+   ``sever predict -m STUDY`` uses;
+4. when the plan says so (``final_model: true``), a final model trains on every labelled image
+   for a fold's share of the budget and carries those settings (:mod:`sever.study.final`):
+   ``sever predict -m STUDY`` then predicts with it instead of the fold ensemble.
 
 A stop (SIGTERM, Ctrl-C) in any step ends with ``sever auto --resume OUT_DIR``
 (:func:`resume_auto`): it reads ``OUT_DIR/auto.yml`` and the experiment file, resumes the
@@ -58,7 +61,8 @@ AUTO_FILE = "auto.yml"  # in the output folder: what `sever auto --resume` reads
 class AutoResult:
     """What ``sever auto`` made: the experiment file, the study (or single run) folder, the tuning
     summary, the reports, and whether each class was learned
-    (:func:`sever.inference.learning.learning_lines`); ``folds`` 1 for a single run."""
+    (:func:`sever.inference.learning.learning_lines`); ``folds`` 1 for a single run; ``final`` the
+    study's final model (:mod:`sever.study.final`), which ``sever predict -m STUDY`` uses, or None."""
 
     folds: int
     experiment: Path
@@ -66,6 +70,7 @@ class AutoResult:
     tuning: str
     reports: list[Path]
     learning: list[str] = field(default_factory=list)
+    final: Path | None = None
 
     @property
     def kind(self) -> str:
@@ -207,5 +212,7 @@ def _study_result(paths: StudyPaths, experiment_file: Path) -> AutoResult:
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
     study_page = report_after_study(paths.root)  # the study's own page, listed before its folds' reports
     learning = learning_lines(study_learning(paths.root), "out-of-fold images")
+    final = StudyPaths(paths.root).final_entry()
     return AutoResult(paths.folds, experiment_file, paths.root, summary,
-                      ([study_page] if study_page else []) + reports, learning)
+                      ([study_page] if study_page else []) + reports, learning,
+                      final.run if final is not None and final.status == "done" else None)

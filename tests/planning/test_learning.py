@@ -2,6 +2,7 @@
 before training, with the budget that would reach them; and the plan spending its budget to reach them first
 (fewer folds, a smaller crop). Fake fingerprints and fake step probes."""
 
+import dataclasses
 import re
 
 import pytest
@@ -98,3 +99,40 @@ def test_a_crop_is_never_shrunk_below_the_floor_nor_the_defects_extent(tmp_path)
         c.extent = [150, 40]  # defects 150 pixels high: a crop must hold them
     plan = make_plan(fp, pixel_target(), 10 * 60, "rare")
     assert plan.config["augmentation"]["args"]["height"] == 160 and plan.config["augmentation"]["args"]["width"] == 128
+
+
+def planned_epochs(plan) -> float:
+    """The epochs a final model would train, as the plan's final_model reason states them."""
+    return float(re.search(r"about ([\d.]+) epochs", plan.reasons["final_model"]).group(1))
+
+
+def test_a_final_model_is_planned_from_the_epochs_it_would_train(tmp_path):
+    """The issue's dataset at 180 min: a final model sharing the budget would train about E epochs over its 1000
+    images. Under PlanPolicy.final_model_epochs the fold ensemble predicts; from it on, the final model does, the
+    folds re-planned around it so that every run still reaches the learning need."""
+    fp = rare_small(tmp_path)
+    default = make_plan(fp, fake_target(step=1.2), 180 * 60, "rare")
+    epochs = planned_epochs(default)
+    assert default.folds == 5 and default.config["final_model"] is False and 1 < epochs < 16
+    assert "under 16: a run that sees its images a few times is limited by its steps" in default.reasons["final_model"]
+    below = dataclasses.replace(DEFAULT_POLICY, final_model_epochs=epochs - 0.1)
+    with_final = make_plan(fp, fake_target(step=1.2), 180 * 60, "rare", policy=below)
+    assert with_final.config["final_model"] is True and planned_epochs(with_final) == epochs
+    assert 2 <= with_final.folds <= 5 and with_final.learning.given >= with_final.learning.needed
+    assert f"a final model on all 1000 labelled images, trained after the {with_final.folds} folds" in \
+        with_final.reasons["final_model"]
+    assert "fold runs and its final model" in with_final.reasons["trainer.time_budget"]
+    above = dataclasses.replace(DEFAULT_POLICY, final_model_epochs=epochs + 0.1)
+    assert make_plan(fp, fake_target(step=1.2), 180 * 60, "rare", policy=above).config == default.config
+
+
+def test_no_final_model_where_it_would_leave_the_folds_short_nor_with_pseudo_labels(tmp_path):
+    fp = rare_small(tmp_path)
+    anywhere = dataclasses.replace(DEFAULT_POLICY, final_model_epochs=0.0)
+    short = make_plan(fp, fake_target(step=1.2), 60 * 60, "rare", policy=anywhere)  # 2 folds just reach the need
+    assert short.folds == 2 and short.config["final_model"] is False
+    assert "would leave the folds short of the epochs or the learning steps" in short.reasons["final_model"]
+    rounds = make_plan(fp, fake_target(step=1.2), 180 * 60, "rare", unlabelled=str(tmp_path), policy=anywhere)
+    assert rounds.config["final_model"] is False and "pseudo-label rounds" in rounds.reasons["final_model"]
+    single = make_plan(fp, fake_target(step=1.2), 20 * 60, "rare", policy=anywhere)
+    assert single.folds == 1 and "final_model" not in single.config

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 from plan_datasets import EPOCHS_ONLY, fake_target, neu_subset
 
@@ -114,11 +115,29 @@ def test_auto_on_a_mask_folder(tmp_path, monkeypatch):
     assert len(tunings) == 1  # the study tunes its one round out-of-fold, and auto does not again
 
 
+def with_final_model(plan):
+    """``plan`` as the planner writes it when it chooses a final model (``sever.planning.rules.plan_final_model``)."""
+    plan.config["final_model"] = True
+    plan.reasons["final_model"] = "a test's plan: a final model on every image predicts"
+    return plan
+
+
 @pytest.mark.slow
-def test_auto_on_mixed_sizes(tmp_path):
+def test_auto_on_mixed_sizes_with_a_final_model_predicting(tmp_path, monkeypatch):
+    planned = functools.partial(make_plan, policy=EPOCHS_ONLY)
+    monkeypatch.setattr("sever.study.auto.make_plan", lambda *args, **kw: with_final_model(planned(*args, **kw)))
     data = make_demo_data(tmp_path / "mixed", n_train=16, n_test=2, height=96, width=256, seed=13, mixed_sizes=True)
     output, study = run_auto(data, tmp_path / "out")
     check_study(output, study)
+    final = study.final_entry()
+    assert load_config(tmp_path / "out" / "mixed.yml")["final_model"] is True
+    assert final.status == "done" and f"final model (predicts for the study): {final.run}" in output
+    assert (final.run / "postprocess.yml").read_text() == study.postprocess.read_text()
+    # the study's 51 s are shared by its 2 folds and the final model: the ledger charges all three
+    ledger = yaml.safe_load(study.file.read_text())["budget"]
+    assert set(ledger["spent"]) == {"round0/fold0", "round0/fold1", "round0/tuning", "final"}
+    run_predict_command(output, data / "test_images", tmp_path / "submission.csv")
+    assert len((tmp_path / "submission.csv").read_text().splitlines()) > 1
 
 
 @pytest.mark.slow
