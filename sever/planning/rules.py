@@ -49,7 +49,6 @@ class PlanContext:
     unlabelled: str | None = None
     policy: PlanPolicy = DEFAULT_POLICY
     notes: list[str] = field(default_factory=list)  # what a rule planned around, printed with the plan
-    final_epochs: float | None = field(default=None, init=False)  # a final model's epochs, set by sizing
 
     @property
     def kind(self) -> str:
@@ -77,17 +76,33 @@ class PlanContext:
         return self.crop_and_reason[0]
 
     @cached_property
+    def without_final(self) -> Sizing:
+        """The model, batch, step time and folds, measured on the target (:func:`size_plan`), the fold ensemble
+        predicting."""
+        return size_plan(self.fp, self.target, self.budget, self.crop, self.unlabelled is not None, self.policy)
+
+    @cached_property
+    def with_final(self) -> Sizing | None:
+        """The sizing with a final model sharing the budget as one more run; None where it cannot: a single
+        run, pseudo-label rounds (the final model trains on the labelled images alone), or folds it would
+        leave short."""
+        if self.rounds or self.without_final.folds == 1:
+            return None
+        sizing = size_plan(self.fp, self.target, self.budget, self.crop, False, self.policy, final=True)
+        return sizing if sizing.folds > 1 else None
+
+    @property
+    def final_epochs(self) -> float | None:
+        """Epochs over all the images the final model of :attr:`with_final` would train (None without one)."""
+        return None if self.with_final is None else final_epochs(self.fp, self.with_final, self.crop, self.policy)
+
+    @cached_property
     def sizing(self) -> Sizing:
-        """The model, batch, step time and folds, measured on the target (:func:`size_plan`), with a final
-        model sharing the budget when it would train :attr:`PlanPolicy.final_model_epochs` epochs
-        (:attr:`final_epochs`)."""
-        sizing = size_plan(self.fp, self.target, self.budget, self.crop, self.unlabelled is not None, self.policy)
-        if self.rounds == 0 and sizing.folds > 1:  # the final model trains on the labelled images alone
-            with_final = size_plan(self.fp, self.target, self.budget, self.crop, False, self.policy, final=True)
-            if with_final.folds > 1:
-                self.final_epochs = final_epochs(self.fp, with_final, self.crop, self.policy)
-                if self.final_epochs >= self.policy.final_model_epochs:
-                    sizing = with_final
+        """The plan's sizing: :attr:`with_final` when its final model would train
+        :attr:`PlanPolicy.final_model_epochs` epochs, else :attr:`without_final`."""
+        epochs = self.final_epochs
+        final = epochs is not None and epochs >= self.policy.final_model_epochs
+        sizing = self.with_final if final else self.without_final
         self.notes[:0] = sizing.notes
         return sizing
 

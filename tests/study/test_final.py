@@ -57,6 +57,11 @@ def test_predict_on_the_study_uses_the_final_model_with_the_studys_settings(trai
     assert "predicting with its final model" in caplog.text and "fold0 -m" in caplog.text
 
 
+def test_scoring_the_final_model_on_a_validation_split_says_how_to_score_it(trained):
+    with pytest.raises(ConfigError, match=r"held out no validation images .* sever evaluate -m STUDY --oof"):
+        sever.evaluate(trained.root, split="val")
+
+
 def test_a_final_model_not_done_leaves_prediction_to_the_folds(trained, tmp_path, caplog):
     copy = tmp_path / "study"
     shutil.copytree(trained.root, copy)
