@@ -272,7 +272,7 @@ def study_runs(study: str | Path, allow_missing: bool = False) -> list[Path]:
     """
     paths = StudyPaths(Path(study))
     final = paths.final_entry()
-    if final is not None and final.status == "done" and final.run.is_dir():
+    if final is not None and final.predicts:
         info_once(logger, "%s: predicting with its final model %s (trained on every labelled image after the folds); "
                           "its fold ensemble: -m %s/fold0 -m %s/fold1 ... --postprocess %s", study, final.run, study,
                   study, paths.postprocess)

@@ -212,7 +212,7 @@ def _study_result(paths: StudyPaths, experiment_file: Path) -> AutoResult:
     reports = [report for entry in paths.entries() if (report := entry.run / "report" / "index.html").is_file()]
     study_page = report_after_study(paths.root)  # the study's own page, listed before its folds' reports
     learning = learning_lines(study_learning(paths.root), "out-of-fold images")
-    final = StudyPaths(paths.root).final_entry()
+    final = paths.final_entry()
     return AutoResult(paths.folds, experiment_file, paths.root, summary,
                       ([study_page] if study_page else []) + reports, learning,
-                      final.run if final is not None and final.status == "done" else None)
+                      final.run if final is not None and final.predicts else None)

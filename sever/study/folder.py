@@ -88,6 +88,11 @@ class FinalEntry:
     status: str
     run: Path
 
+    @property
+    def predicts(self) -> bool:
+        """Whether it predicts for the study (``sever predict -m STUDY``): done, its run folder present."""
+        return self.status == "done" and self.run.is_dir()
+
 
 def is_study(path: str | Path) -> bool:
     """Whether ``path`` is a study folder (it holds ``study.yml``)."""
