@@ -15,6 +15,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import yaml
 
@@ -26,7 +27,9 @@ EPOCH_PREFIX = "epoch/"
 LR_PREFIX = "lr/"
 _LOG_EPOCH = re.compile(r"\bepoch (\d+)(?:/\d+)?\s+(.*)$")
 _LOG_VALUE = re.compile(r"([A-Za-z][\w.\-]*) (-?(?:\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|nan|inf))(?=\s|$)")
-_RECORD_FRAME = 12 + 4  # TFRecord: uint64 length, uint32 length CRC, data, uint32 data CRC
+_RECORD_HEAD = 12  # TFRecord: uint64 length, uint32 length CRC, then the data
+_RECORD_FRAME = _RECORD_HEAD + 4  # and a uint32 data CRC after it
+SCALAR_RECORD_BYTES = 4096  # a scalar's event is tens of bytes; images and histograms are far longer
 
 
 @dataclass
@@ -34,8 +37,9 @@ class History:
     """Logged values by name and step.
 
     Attributes:
-        values: ``{"val_dice_0": {epoch: value}, ...}``, one entry per epoch logged
-            (the last one written wins when a resumed run logged an epoch twice).
+        values: ``{"val_dice_0": {epoch: value}, ...}``, one entry per epoch logged (a resumed
+            run's events replace what the run logged before from the resume's first epoch on; in
+            ``train.log`` the last line of an epoch wins).
         lr: ``{"encoder": {step: rate}, ...}`` learning rate per parameter group, by the
             TensorBoard step it was logged at.
         source: where the values came from (for the page).
@@ -61,37 +65,79 @@ class History:
         return any(key.startswith("val_") for key in self.values)
 
 
+def _records(handle: BinaryIO, size: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` of the data of each complete TFRecord in an open event file of ``size`` bytes;
+    stops at a record the file ends inside. Only the framing is walked (8-byte little-endian lengths)."""
+    offset = 0
+    while offset + 8 <= size:
+        handle.seek(offset)
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if offset + _RECORD_FRAME + length > size:
+            return
+        yield offset + _RECORD_HEAD, length
+        offset += _RECORD_FRAME + length
+
+
 def truncated(path: Path) -> bool:
     """Whether a TensorBoard event file ends inside a record (a crash or full disk while writing).
 
-    Only the record framing is walked (8-byte little-endian lengths); contents are not checked.
+    Only the record framing is walked; contents are not checked.
     """
-    size, offset = path.stat().st_size, 0
+    size, end = path.stat().st_size, 0
     with open(path, "rb") as handle:
-        while offset + 8 <= size:
+        for offset, length in _records(handle, size):
+            end = offset + length + _RECORD_FRAME - _RECORD_HEAD
+    return end != size
+
+
+def scalar_events(path: Path) -> Iterator[tuple[str, int, float]]:
+    """``(tag, step, value)`` of each scalar in a TensorBoard event file, in the order written.
+
+    Records longer than :data:`SCALAR_RECORD_BYTES` are skipped unread: the trainer's validation
+    images (megabytes an epoch) would otherwise be read, checksummed and decoded with the scalars, which
+    took TensorBoard's reader 24 s for an 80-epoch run (295 MB). No checksum is computed; a record the
+    file ends inside ends the values (:func:`truncated` says so).
+    """
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.util.tensor_util import make_ndarray
+
+    with open(path, "rb") as handle:
+        for offset, length in list(_records(handle, path.stat().st_size)):
+            if length > SCALAR_RECORD_BYTES:
+                continue
             handle.seek(offset)
-            (length,) = struct.unpack("<Q", handle.read(8))
-            offset += _RECORD_FRAME + length
-    return offset != size
+            event = Event.FromString(handle.read(length))
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    yield value.tag, event.step, value.simple_value
+                elif value.HasField("tensor") and value.metadata.plugin_data.plugin_name == "scalars":
+                    yield value.tag, event.step, float(make_ndarray(value.tensor))
 
 
 def _from_events(run: RunPaths, history: History) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
-    files = sorted(run.tensorboard.glob("events.out.tfevents.*"))
+    files = sorted(run.tensorboard.glob("events.out.tfevents.*"))  # by creation time: a resume's file comes last
     damaged = [f.name for f in files if truncated(f)]
     if damaged:
         history.notes.append(f"TensorBoard event file(s) {', '.join(damaged)} end in a truncated record "
                              "(training stopped while writing?): the curves stop at the last complete value.")
-    accumulator = EventAccumulator(str(run.tensorboard), size_guidance={SCALARS: 0})
-    accumulator.Reload()
     class_names = _class_names(run)
-    for tag in accumulator.Tags().get("scalars", []):
-        for prefix, target in ((EPOCH_PREFIX, history.values), (LR_PREFIX, history.lr)):
-            if tag.startswith(prefix):
-                key = numbered(tag[len(prefix):], class_names) if target is history.values else tag[len(prefix):]
-                points = target.setdefault(key, {})
-                points.update((event.step, event.value) for event in accumulator.Scalars(tag))
+    for path in files:
+        first = True
+        for tag, step, value in scalar_events(path):
+            if first and tag.startswith((EPOCH_PREFIX, LR_PREFIX)):
+                _forget_from(history, step)  # a resume logs again from its first epoch on: what came after is stale
+                first = False
+            if tag.startswith(EPOCH_PREFIX):
+                history.values.setdefault(numbered(tag[len(EPOCH_PREFIX):], class_names), {})[step] = value
+            elif tag.startswith(LR_PREFIX):
+                history.lr.setdefault(tag[len(LR_PREFIX):], {})[step] = value
+
+
+def _forget_from(history: History, epoch: int) -> None:
+    """Drop every value and rate logged at ``epoch`` or later."""
+    for points in (*history.values.values(), *history.lr.values()):
+        for stale in [step for step in points if step >= epoch]:
+            del points[stale]
 
 
 def _class_names(run: RunPaths) -> list[str]:

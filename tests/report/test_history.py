@@ -4,6 +4,7 @@ page shows for what is missing or damaged."""
 
 import math
 
+import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
@@ -81,3 +82,31 @@ def test_an_event_file_cut_inside_a_record_is_found_and_its_complete_values_are_
     assert history.series("train_loss")[0] == [1, 2, 3]
     assert sorted(history.lr["encoder"]) == [1, 2]
     assert all(math.isfinite(v) for v in history.series("val_dice_0")[1])
+
+
+def test_the_scalars_between_large_image_records_are_all_read(run):
+    rng = np.random.default_rng(0)
+    with SummaryWriter(str(run.tensorboard)) as writer:
+        for epoch in LOSSES:
+            writer.add_scalar("epoch/train_loss", LOSSES[epoch], epoch)
+            grid = rng.integers(0, 256, (2, 128, 256, 3), dtype=np.uint8)  # noise: each image record is long
+            writer.add_images("val/truth_above_prediction", grid, epoch, dataformats="NHWC")
+            writer.add_scalar("lr/encoder", RATES[epoch], epoch)
+    (events,) = run.tensorboard.glob("events.out.tfevents.*")
+    assert events.stat().st_size > 3 * 2 * 128 * 256  # the images are in the file, each far over a scalar's length
+    history = read_history(run)
+    assert history.series("train_loss") == ([1, 2, 3], pytest.approx([LOSSES[e] for e in (1, 2, 3)]))
+    assert history.lr == {"encoder": pytest.approx(RATES)}
+
+
+def test_a_resumed_run_s_event_file_replaces_what_was_logged_from_its_first_epoch_on(run):
+    write_events(run)  # epochs 1 to 3, then the run stopped and resumed from its epoch-1 checkpoint
+    (first,) = run.tensorboard.glob("events.out.tfevents.*")
+    first.rename(run.tensorboard / "events.out.tfevents.1700000000.host.1.0")
+    with SummaryWriter(str(run.tensorboard)) as writer:  # the resume's file, named by a later time
+        writer.add_scalar("epoch/train_loss", 0.5, 2)
+        writer.add_scalar("lr/encoder", 4e-4, 2)
+    history = read_history(run)
+    assert history.values["train_loss"] == pytest.approx({1: 0.9, 2: 0.5})  # epoch 3 of before the resume is gone
+    assert history.values["val_dice_0"] == pytest.approx({1: 0.2})
+    assert history.lr == {"encoder": pytest.approx({1: 1e-3, 2: 4e-4})}
