@@ -305,14 +305,16 @@ def _run_trainer(experiment: Experiment, run: RunPaths, message: str, *args: Any
 def after_training(experiment: Experiment, run: RunPaths, deadline: Deadline | None = None) -> None:
     """The finished run tunes itself and writes its report, each timed; by a ``deadline``, each shrinks:
     the tuning to an even subset of the validation images, the report to the images that fit in the time
-    left at the tuning's measured seconds per image (none: no report, said so)."""
+    left at the tuning's measured seconds per image, once its sections without images are drawn
+    (:func:`sever.report.build.fitted_cap`; none fit from the start: no report, said so)."""
     started = time.monotonic()
     tuned = tune_postprocess(experiment.config, run, experiment.device, deadline)
     tuning = time.monotonic() - started
     logger.info("self-tuning took %.0f s", tuning)
     report_images = experiment.config["trainer"]["report_images"]
-    if report_images and deadline is not None and tuned:
-        report_images = time_budget.items_fitting(deadline.left(), tuning / tuned, report_images)
+    per_image = tuning / tuned if tuned else 0.0
+    if report_images and deadline is not None:
+        report_images = time_budget.items_fitting(deadline.left(), per_image, report_images)
     reason = deadline.reason() if deadline is not None else None
     if not report_images or reason is not None:
         if experiment.config["trainer"]["report_images"]:
@@ -320,8 +322,8 @@ def after_training(experiment: Experiment, run: RunPaths, deadline: Deadline | N
                         run.root)
         return
     started = time.monotonic()
-    report_after_training(run.root, report_images)
-    logger.info("the run report (%d images) took %.0f s", report_images, time.monotonic() - started)
+    report_after_training(run.root, report_images, deadline, per_image)
+    logger.info("the run report took %.0f s", time.monotonic() - started)
 
 
 def tune_postprocess(config: dict, run: RunPaths, device: torch.device, deadline: Deadline | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from sever.exceptions import DataError, Interrupted, SeverError
 from sever.inference.checkpoints import run_config
 from sever.utils.run import RunPaths
+from sever.utils.time_budget import Deadline, items_fitting
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ REPORT_DIR = "report"
 TUNED_SETTINGS = "postprocess.yml"  # where the report looks for `sever tune` output: RUN/postprocess.yml
 DEFAULT_MAX_IMAGES = 200
 DEFAULT_EXAMPLES = 4
+BUDGET_CAP = "time budget"  # ImageCap.option of a cap the run's deadline lowered
 RANKING = ("Images are ranked by the mean Dice over the classes present in the truth or the prediction "
            "(a class absent from both is left out: it is right by default); images with no class in either are "
            "not ranked.")
@@ -31,10 +33,31 @@ RANKING = ("Images are ranked by the mean Dice over the classes present in the t
 
 @dataclass(frozen=True)
 class ImageCap:
-    """How many validation images are predicted for the scores, and the setting that chose it (for the page)."""
+    """How many validation images are predicted for the scores, and the setting that chose it (for the page).
+
+    With a ``deadline`` (a run's, after training) the images are also fitted to the time left at
+    ``per_image`` measured seconds each (:meth:`within`).
+    """
 
     images: int = 200
     option: str = "max_images"
+    deadline: Deadline | None = None
+    per_image: float = 0.0
+
+    def describe(self) -> str:
+        """What capped the images, for the page: ``trainer.report_images 16``."""
+        if self.option == BUDGET_CAP:
+            return f"the time left in the run's budget, at {self.per_image:.2f} s an image"
+        return f"{self.option} {self.images}"
+
+    def within(self, reserve: float) -> ImageCap:
+        """This cap, lowered to the images whose predictions end ``reserve`` seconds before the deadline."""
+        if self.deadline is None or self.per_image <= 0:
+            return self
+        fitting = items_fitting(self.deadline.left() - reserve, self.per_image, self.images)
+        if fitting >= self.images:
+            return self
+        return ImageCap(fitting, BUDGET_CAP, per_image=self.per_image)
 
 
 @dataclass
@@ -112,6 +135,10 @@ def _validation(run: RunPaths, folder: Path, cap: ImageCap, examples: int, postp
     if task != "segmentation":
         missing.append(f"validation predictions: drawn for segmentation runs only (this is a {task} run).")
         return []
+    if cap.images == 0:
+        missing.append(f"validation predictions: none fitted in {cap.describe()}; draw them with "
+                       f"sever report {run.root}")
+        return []
     settings_note = _settings_note(run, postprocess, missing)
     try:
         scores = score_validation(run.root, cap.images, examples, postprocess or _tuned_settings(run),
@@ -122,7 +149,7 @@ def _validation(run: RunPaths, folder: Path, cap: ImageCap, examples: int, postp
         missing.append(f"validation predictions: {exc}")
         return []
     scored = (f"{scores.scored} of the {scores.total} validation images were predicted on the CPU with "
-              f"{scores.checkpoint.name}" + (f" (capped by {cap.option} {cap.images}, spread evenly over the split)"
+              f"{scores.checkpoint.name}" + (f" (capped by {cap.describe()}, spread evenly over the split)"
                                              if scores.scored < scores.total else "") + ".")
     sections = [
         Section("Validation scores", f"{scored} {settings_note} IoU beside Dice: the mean over the images of "
@@ -269,7 +296,8 @@ def report_folder(root: Path) -> Path:
 
 
 def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, examples: int = DEFAULT_EXAMPLES,
-                 postprocess: str | Path | None = None, cap_option: str = "max_images") -> Report:
+                 postprocess: str | Path | None = None, cap_option: str = "max_images",
+                 deadline: Deadline | None = None, seconds_per_image: float = 0.0) -> Report:
     """Write ``RUN/report/index.html`` and its figures; return what was written and what is missing.
 
     Args:
@@ -279,6 +307,10 @@ def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, exam
         postprocess: settings YAML; default ``RUN/postprocess.yml`` when present, else the defaults.
         cap_option: the setting ``max_images`` came from, named on the page when it caps the images
             (``--max-images`` from the CLI, ``trainer.report_images`` after training).
+        deadline: when the report must be written by (a run's time budget after training); the
+            validation images are then fewer where ``max_images`` would not fit (:func:`fitted_cap`).
+        seconds_per_image: the measured seconds to predict and score one validation image (0: unknown,
+            the deadline is not applied).
 
     Raises:
         DataError: ``run_dir`` is not a run folder, or ``report/`` cannot be written.
@@ -288,18 +320,38 @@ def write_report(run_dir: str | Path, max_images: int = DEFAULT_MAX_IMAGES, exam
         raise DataError(f"--postprocess: file not found: {postprocess}")
     folder = report_folder(run.root)
     missing: list[str] = []
+    clock = deadline.clock if deadline is not None else time.monotonic
+    started = clock()
     sections = _learning(run, missing) + _curves(run, folder, missing)
-    sections += _validation(run, folder, ImageCap(max_images, cap_option), examples, Path(postprocess) if postprocess else None, missing)
+    cap = fitted_cap(ImageCap(max_images, cap_option, deadline, seconds_per_image), examples, clock() - started)
+    if cap.option == BUDGET_CAP:
+        logger.info("the report predicts at most %d validation images, not %d: more would not end in the run's "
+                    "budget", cap.images, max_images)
+    sections += _validation(run, folder, cap, examples, Path(postprocess) if postprocess else None, missing)
     index = folder / "index.html"
     index.write_text(page(f"sever report: {run.root.name}", f"Run {run.root}", sections, missing), encoding="utf-8")
     return Report(index, sections, missing)
 
 
-def report_after_training(run_dir: Path, max_images: int) -> None:
+def fitted_cap(cap: ImageCap, examples: int, drawing: float) -> ImageCap:
+    """``cap`` lowered to the validation images that leave time, before its deadline, for what follows them.
+
+    After the predictions come the examples' second pass (``2 * examples`` images) and the drawing of the
+    validation figures, mosaics and gallery page. That drawing is taken to cost what the sections before
+    the predictions just took (``drawing`` seconds: the learning verdict, reading the history, four
+    figures), the same kind of work on a similar number of figures, measured on this machine now.
+    """
+    return cap.within(drawing + 2 * examples * cap.per_image)
+
+
+def report_after_training(run_dir: Path, max_images: int, deadline: Deadline | None = None,
+                          seconds_per_image: float = 0.0) -> None:
     """Write the report at the end of training (``trainer.report_images`` validation images
-    predicted on the CPU); a failure is logged as a warning, never raised."""
+    predicted on the CPU, fewer where they would not end by ``deadline`` at ``seconds_per_image``);
+    a failure is logged as a warning, never raised."""
     try:
-        report = write_report(run_dir, max_images=max_images, cap_option="trainer.report_images")
+        report = write_report(run_dir, max_images=max_images, cap_option="trainer.report_images",
+                              deadline=deadline, seconds_per_image=seconds_per_image)
     except Interrupted:
         raise  # the command that trained says how to continue
     except Exception as exc:  # noqa: BLE001 - the run is saved; a drawing failure must not fail training

@@ -1,5 +1,6 @@
 """sever report: the page training writes, its figures and numbers, and partial reports on bad input."""
 
+import html
 import json
 import logging
 import re
@@ -18,8 +19,9 @@ from sever.trainer.base import BaseTrainer
 from sever.exceptions import TrainingInterrupted
 from sever.inference.evaluate import evaluate_predictions, predictor_split
 from sever.inference.predictor import build_predictor, load_settings
-from sever.report import report_after_training, write_report
+from sever.report import build, report_after_training, write_report
 from sever.report.history import truncated
+from sever.utils.time_budget import Deadline
 
 
 class _Images(HTMLParser):
@@ -93,6 +95,35 @@ def test_the_cap_after_training_names_trainer_report_images(run_copy):
     text = (run_copy / "report" / "index.html").read_text(encoding="utf-8")
     assert "3 of the 6 validation images" in text and "capped by trainer.report_images 3" in text
     assert "--max-images" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("history_seconds, budget, images", [(0, 15, 6), (5, 15, 3), (5, 10, 0)])
+def test_a_deadline_fits_the_images_to_the_time_the_sections_without_them_leave(run_copy, monkeypatch,
+                                                                                 history_seconds, budget, images):
+    now = [0.0]
+    draw_curves = build._curves
+
+    def slow_curves(*args):  # reading the history and drawing its figures "take" history_seconds
+        now[0] += history_seconds
+        return draw_curves(*args)
+
+    monkeypatch.setattr(build, "_curves", slow_curves)
+    # 1 s an image; kept back: the drawing after the predictions (as long as the history took) and the
+    # 2 examples' second pass (2 s)
+    report = write_report(run_copy, max_images=6, examples=1, cap_option="trainer.report_images",
+                          deadline=Deadline(budget, clock=lambda: now[0]), seconds_per_image=1.0)
+    text = html.unescape(report.index.read_text(encoding="utf-8"))
+    assert [s.title for s in report.sections][1] == "Losses"  # the sections without images are all drawn
+    if images == 6:
+        assert "6 of the 6 validation images" in text and "capped" not in text
+    elif images:
+        assert f"{images} of the 6 validation images" in text
+        assert "capped by the time left in the run's budget, at 1.00 s an image" in text
+    else:
+        assert "Validation scores" not in [s.title for s in report.sections]
+        assert f"none fitted in the time left in the run's budget, at 1.00 s an image; draw them with sever " \
+               f"report {run_copy}" in html.unescape(missing_box(report.index))
 
 
 @pytest.mark.slow
