@@ -110,3 +110,10 @@ def test_a_resumed_run_s_event_file_replaces_what_was_logged_from_its_first_epoc
     assert history.values["train_loss"] == pytest.approx({1: 0.9, 2: 0.5})  # epoch 3 of before the resume is gone
     assert history.values["val_dice_0"] == pytest.approx({1: 0.2})
     assert history.lr == {"encoder": pytest.approx({1: 1e-3, 2: 4e-4})}
+
+
+def test_scalars_written_new_style_as_tensors_are_read_too(run):
+    with SummaryWriter(str(run.tensorboard)) as writer:  # torch's add_scalar(new_style=True): a "scalars" tensor
+        for epoch in LOSSES:
+            writer.add_scalar("epoch/train_loss", LOSSES[epoch], epoch, new_style=True)
+    assert read_history(run).series("train_loss") == ([1, 2, 3], pytest.approx([LOSSES[e] for e in (1, 2, 3)]))
